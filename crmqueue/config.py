@@ -1,0 +1,321 @@
+"""Typed settings: built-in defaults < TOML file < environment < command-line flags.
+
+Every section rejects unknown keys, and every error names its key path
+(``queues.email.workers: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from crmqueue.errors import ConfigError
+
+QUEUE_NAMES = ("email", "import-export", "report", "webhook", "notification")
+ENV_PREFIX = "CRMQUEUE_"
+CONFIG_ENV = "CRMQUEUE_CONFIG"
+DEFAULT_CONFIG_FILE = "crmqueue.toml"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+class StorageSettings(Section):
+    url: str = "sqlite:///crmqueue-data/queues.db"
+    connect_timeout_seconds: PositiveFloat = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
+            raise ValueError("must start with sqlite://, redis://, rediss:// or unix://")
+        return value
+
+
+class DatabaseSettings(Section):
+    url: str = "sqlite:///crmqueue-data/crm.db"
+
+
+class FilesSettings(Section):
+    dir: Path = Path("crmqueue-data/files")
+
+
+class QueueSettings(Section):
+    workers: PositiveInt
+    attempts: PositiveInt
+    backoff_seconds: Annotated[float, Field(ge=0)] = 2.0
+    backoff_max_seconds: Annotated[float, Field(ge=0)] = 3600.0
+    timeout_seconds: PositiveFloat
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 50
+    keep_completed_seconds: Annotated[int, Field(ge=0)] = 3600
+    keep_failed_seconds: Annotated[int, Field(ge=0)] = 86400
+    lease_seconds: PositiveFloat = 30.0
+    max_stalls: Annotated[int, Field(ge=0)] = 3
+
+
+def _queue(workers: int, attempts: int, timeout: float, priority: int = 50) -> Any:
+    return Field(
+        default_factory=lambda: QueueSettings(
+            workers=workers, attempts=attempts, timeout_seconds=timeout, priority=priority
+        )
+    )
+
+
+class QueuesSettings(Section):
+    email: QueueSettings = _queue(10, 5, 30, priority=100)
+    import_export: QueueSettings = Field(
+        alias="import-export",
+        default_factory=lambda: QueueSettings(workers=3, attempts=2, timeout_seconds=300),
+    )
+    report: QueueSettings = _queue(2, 3, 600)
+    webhook: QueueSettings = _queue(5, 10, 30)
+    notification: QueueSettings = _queue(20, 3, 30, priority=150)
+
+    def get(self, queue: str) -> QueueSettings:
+        if queue not in QUEUE_NAMES:
+            raise ConfigError(f"unknown queue {queue!r}; queues are {', '.join(QUEUE_NAMES)}")
+        settings: QueueSettings = getattr(self, queue.replace("-", "_"))
+        return settings
+
+
+class SendgridSettings(Section):
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.sendgrid.com"
+
+
+class SesSettings(Section):
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    base_url: str | None = None
+
+
+class ResendSettings(Section):
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.resend.com"
+
+
+class MailgunSettings(Section):
+    domain: str | None = None
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.mailgun.net"
+
+
+class SmtpSettings(Section):
+    host: str = "localhost"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 25
+    username: str | None = None
+    password: SecretStr | None = None
+    security: Literal["none", "starttls", "ssl"] = "none"
+    timeout_seconds: PositiveFloat = 10.0
+
+
+class EmailSettings(Section):
+    provider: Literal["outbox", "sendgrid", "ses", "resend", "mailgun", "smtp"] = "outbox"
+    from_address: str = "CRM <noreply@localhost>"
+    outbox_dir: Path = Path("crmqueue-data/outbox")
+    sendgrid: SendgridSettings = Field(default_factory=SendgridSettings)
+    ses: SesSettings = Field(default_factory=SesSettings)
+    resend: ResendSettings = Field(default_factory=ResendSettings)
+    mailgun: MailgunSettings = Field(default_factory=MailgunSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+
+
+class RunnerSettings(Section):
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    health_interval_seconds: PositiveFloat = 60.0
+    sweep_interval_seconds: PositiveFloat = 60.0
+    heartbeat_seconds: PositiveFloat = 5.0
+    imports: list[str] = Field(default_factory=list)
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class HealthSettings(Section):
+    window_seconds: PositiveInt = 300
+    failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.10
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(Section):
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    files: FilesSettings = Field(default_factory=FilesSettings)
+    queues: QueuesSettings = Field(default_factory=QueuesSettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective settings as JSON-ready data, secrets masked."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data["storage"]["url"] = mask_url(self.storage.url)
+        data["database"]["url"] = mask_url(self.database.url)
+        return data
+
+
+# The original system's variable names, mapped onto key paths.
+_ORIGINAL_ENV: dict[str, tuple[str, ...]] = {
+    "REDIS_URL": ("storage", "url"),
+    "EMAIL_PROVIDER": ("email", "provider"),
+    "EMAIL_FROM": ("email", "from_address"),
+    "SENDGRID_API_KEY": ("email", "sendgrid", "api_key"),
+    "AWS_REGION": ("email", "ses", "region"),
+    "AWS_ACCESS_KEY_ID": ("email", "ses", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("email", "ses", "secret_access_key"),
+    "AWS_SESSION_TOKEN": ("email", "ses", "session_token"),
+    "RESEND_API_KEY": ("email", "resend", "api_key"),
+    "MAILGUN_DOMAIN": ("email", "mailgun", "domain"),
+    "MAILGUN_API_KEY": ("email", "mailgun", "api_key"),
+}
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL such as redis://:secret@host:6379/0."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, hostpart = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:********@{hostpart}"
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: {key} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Key paths set by CRMQUEUE_<SECTION>__<KEY> and the original variable names."""
+    tree: dict[str, Any] = {}
+    for name, path in _ORIGINAL_ENV.items():
+        if environ.get(name):
+            _set_path(tree, path, environ[name])
+    if environ.get("REDIS_HOST") and not environ.get("REDIS_URL"):
+        password = environ.get("REDIS_PASSWORD", "")
+        auth = f":{quote(password, safe='')}@" if password else ""
+        url = (
+            f"redis://{auth}{environ['REDIS_HOST']}:{environ.get('REDIS_PORT', '6379')}"
+            f"/{environ.get('REDIS_DB', '0')}"
+        )
+        _set_path(tree, ("storage", "url"), url)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        parts = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"{name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        if parts[0] == "queues":
+            parts = (parts[0], parts[1].replace("_", "-"), *parts[2:])
+        _set_path(tree, parts, value)
+    return tree
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]
+) -> Path | None:
+    """--config, else $CRMQUEUE_CONFIG, else ./crmqueue.toml if present, else none."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    local = Path(DEFAULT_CONFIG_FILE)
+    return local if local.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(root)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings; raises ConfigError naming every bad key path.
+
+    ``overrides`` maps dotted key paths (``queues.email.workers``) to values from flags.
+    """
+    env = os.environ if environ is None else environ
+    path = find_config_file(config_file, env)
+    tree: dict[str, Any] = read_toml(path) if path else {}
+    if "queues" in tree and isinstance(tree["queues"], dict):
+        tree["queues"] = {k.replace("_", "-"): v for k, v in tree["queues"].items()}
+    tree = _deep_merge(tree, environment_overrides(env))
+    flag_tree: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        _set_path(flag_tree, tuple(dotted.split(".")), value)
+    tree = _deep_merge(tree, flag_tree)
+    queues = tree.get("queues")
+    if isinstance(queues, dict):
+        unknown = sorted(set(queues) - set(QUEUE_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"queues.{unknown[0]}: unknown queue; queues are {', '.join(QUEUE_NAMES)}"
+            )
+        defaults = QueuesSettings()
+        tree["queues"] = {
+            name: _deep_merge(defaults.get(name).model_dump(), queues.get(name, {}))
+            for name in QUEUE_NAMES
+        }
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        origin = f" (from {path})" if path else ""
+        raise ConfigError(_format_errors(exc) + origin) from None

@@ -1,0 +1,222 @@
+"""Queues: one Huey instance per queue over a leased JobStore, and the job bodies they run.
+
+A job body is a plain function registered with :func:`job`; its Huey task name
+(``module.function``) is its identity on the wire, so it never moves once released.
+Producers enqueue by name and never import the body's module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import huey
+from huey.registry import Message
+from huey.serializer import Serializer
+from pydantic import BaseModel
+
+from crmqueue.config import QUEUE_NAMES, QueueSettings, Settings, load_settings
+from crmqueue.engine.storage import JobStore, NewJob, open_store
+from crmqueue.errors import ConfigError, PayloadError, PermanentError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Body:
+    queue: str
+    name: str
+    func: Callable[..., Any]
+    payload: type[BaseModel] | None
+
+
+BODIES: dict[str, Body] = {}
+
+
+def job(queue: str, payload: type[BaseModel] | None = None) -> Callable[[F], F]:
+    """Register a job body for `queue`. The body gets the validated payload model
+    (or the raw dict when no model is given); a payload that fails validation in the
+    worker is a permanent failure."""
+    if queue not in QUEUE_NAMES:
+        raise ConfigError(f"unknown queue {queue!r}; queues are {', '.join(QUEUE_NAMES)}")
+
+    def register(func: F) -> F:
+        name = f"{func.__module__}.{func.__name__}"
+        BODIES[name] = Body(queue, name, func, payload)
+        return func
+
+    return register
+
+
+def _runner(body: Body) -> Callable[..., Any]:
+    @functools.wraps(body.func)
+    def run(**data: Any) -> Any:
+        if body.payload is None:
+            return body.func(data)
+        try:
+            model = body.payload.model_validate(data)
+        except Exception as exc:
+            raise PermanentError(f"payload failed validation in the worker: {exc}") from exc
+        return body.func(model)
+
+    return run
+
+
+class JsonMessages(Serializer):  # type: ignore[misc]
+    """Messages as JSON (id, name, payload): no pickle on shared storage."""
+
+    def serialize(self, data: Message) -> bytes:
+        return json.dumps(
+            {"id": data.id, "name": data.name, "payload": data.kwargs}, separators=(",", ":")
+        ).encode()
+
+    def deserialize(self, data: bytes) -> Message:
+        message = json.loads(data)
+        if not isinstance(message, dict) or not isinstance(message.get("payload"), dict):
+            raise ValueError("message is not a crmqueue job message")
+        return Message(id=message["id"], name=message["name"], args=(), kwargs=message["payload"])
+
+
+def encode_message(job_id: str, name: str, payload: Mapping[str, Any]) -> bytes:
+    return JsonMessages().serialize(Message(id=job_id, name=name, kwargs=dict(payload)))
+
+
+class QueueHuey(huey.Huey):  # type: ignore[misc]
+    """Huey over an existing JobStore; enqueueing goes through Queue.enqueue."""
+
+    def __init__(self, name: str, store: JobStore) -> None:
+        self._store = store
+        super().__init__(name, results=False, serializer=JsonMessages())
+
+    def create_storage(self) -> JobStore:
+        return self._store
+
+    def enqueue(self, task: Any) -> None:
+        raise NotImplementedError("enqueue through crmqueue.tasks or Queue.enqueue")
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """One job to enqueue; see Queue.enqueue for the fields."""
+
+    name: str
+    payload: Mapping[str, Any]
+    priority: int | None = None
+    delay: float | None = None
+    eta: dt.datetime | None = None
+    job_id: str | None = None
+
+
+class Queue:
+    """One queue: its settings, its Huey instance and its leased storage."""
+
+    def __init__(self, name: str, settings: Settings, store: JobStore) -> None:
+        self.name = name
+        self.spec: QueueSettings = settings.queues.get(name)
+        self.store = store
+        self.huey = QueueHuey(name, store)
+        for body in bodies_for(name):
+            self.huey.task(name=body.func.__name__)(_runner(body))
+
+    @property
+    def has_bodies(self) -> bool:
+        return any(body.queue == self.name for body in BODIES.values())
+
+    def _new_job(self, item: Enqueue) -> NewJob:
+        tenant = item.payload.get("tenant_id")
+        if not isinstance(tenant, str) or not tenant:
+            raise PayloadError([("tenant_id", "field required")])
+        priority = self.spec.priority if item.priority is None else item.priority
+        if not -1000 <= priority <= 1000:
+            raise PayloadError([("priority", "must be between -1000 and 1000")])
+        run_at = None
+        if item.eta is not None:
+            eta = item.eta if item.eta.tzinfo else item.eta.replace(tzinfo=dt.UTC)
+            run_at = eta.timestamp()
+        elif item.delay:
+            if item.delay < 0:
+                raise PayloadError([("delay", "must be >= 0")])
+            run_at = time.time() + item.delay
+        job_id = item.job_id or uuid.uuid4().hex
+        return NewJob(
+            id=job_id,
+            queue=self.name,
+            name=item.name,
+            tenant=tenant,
+            priority=priority,
+            max_attempts=self.spec.attempts,
+            message=encode_message(job_id, item.name, item.payload),
+            run_at=run_at,
+        )
+
+    def enqueue(
+        self,
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        priority: int | None = None,
+        delay: float | None = None,
+        eta: dt.datetime | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Store one job; returns its id. `delay` (seconds) or `eta` schedules it."""
+        return self.enqueue_many([Enqueue(name, payload, priority, delay, eta, job_id)])[0]
+
+    def enqueue_many(self, items: Sequence[Enqueue]) -> list[str]:
+        """Store many jobs in one round trip per batch; returns their ids in order."""
+        jobs = [self._new_job(item) for item in items]
+        self.store.enqueue_jobs(jobs)
+        return [j.id for j in jobs]
+
+
+def bodies_for(queue: str) -> list[Body]:
+    return [body for body in BODIES.values() if body.queue == queue]
+
+
+class Broker:
+    """The five queues over one storage, built from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        url, timeout = settings.storage.url, settings.storage.connect_timeout_seconds
+        self.queues = {
+            name: Queue(name, settings, open_store(url, name, timeout)) for name in QUEUE_NAMES
+        }
+
+    def queue(self, name: str) -> Queue:
+        if name not in self.queues:
+            raise ConfigError(f"unknown queue {name!r}; queues are {', '.join(QUEUE_NAMES)}")
+        return self.queues[name]
+
+    def find_job(self, job_id: str) -> tuple[Queue, dict[str, Any]] | None:
+        # Job ids are unique across queues and every store reads the shared records.
+        record = self.queues["email"].store.get_job(job_id)
+        if record is None:
+            return None
+        return self.queues[record["queue"]], record
+
+
+_broker: Broker | None = None
+_broker_guard = threading.Lock()
+
+
+def configure(settings: Settings | None = None) -> Broker:
+    """Set the process-wide broker (from settings, else from the environment's config)."""
+    global _broker
+    with _broker_guard:
+        _broker = Broker(settings or load_settings())
+        return _broker
+
+
+def get_broker() -> Broker:
+    """The process-wide broker, configured on first use from CRMQUEUE_CONFIG or defaults."""
+    if _broker is None:
+        return configure()
+    return _broker

@@ -1,0 +1,356 @@
+"""The consumer: per queue one fetcher thread claiming leased jobs for a pool of worker
+threads, plus one maintenance thread per process (lease renewal, heartbeats, and, on the
+elected leader only, reaping, retention sweeps and health checks)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import queue as stdqueue
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crmqueue.engine.queues import Broker, Queue
+from crmqueue.engine.retry import next_delay
+from crmqueue.engine.storage import Claim, error_record
+from crmqueue.errors import CrmQueueError, StorageUnavailable
+
+log = logging.getLogger("crmqueue.runner")
+
+LEADER_LOCK = "maintenance-leader"
+
+
+@dataclass
+class ActiveJob:
+    claim: Claim
+    queue: Queue
+    consumer: str
+    touched: float = field(default_factory=time.monotonic)
+    progress: int = 0
+
+
+_current: contextvars.ContextVar[ActiveJob | None] = contextvars.ContextVar(
+    "crmqueue_job", default=None
+)
+
+
+def report_progress(percent: float) -> None:
+    """Record the running job's progress (0-100); also renews its lease."""
+    active = _current.get()
+    if active is None:
+        raise CrmQueueError("report_progress() called outside a running job")
+    value = max(0, min(100, int(percent)))
+    if value == active.progress:
+        return
+    active.progress = value
+    active.queue.store.touch(active.claim, active.consumer, active.queue.spec.lease_seconds, value)
+    active.touched = time.monotonic()
+
+
+def current_job_id() -> str | None:
+    active = _current.get()
+    return active.claim.id if active else None
+
+
+class OutageLog:
+    """Logs a storage outage once when it starts and once when it ends."""
+
+    def __init__(self) -> None:
+        self._down = False
+        self._lock = threading.Lock()
+
+    def down(self, exc: Exception) -> None:
+        with self._lock:
+            if not self._down:
+                self._down = True
+                log.error("storage unreachable, retrying with backoff: %s", exc)
+
+    def up(self) -> None:
+        if self._down:
+            with self._lock:
+                if self._down:
+                    self._down = False
+                    log.warning("storage reachable again")
+
+
+class QueueRunner:
+    """One queue's fetcher and worker threads inside a consumer."""
+
+    def __init__(self, queue: Queue, consumer: str, workers: int, outage: OutageLog) -> None:
+        self.queue = queue
+        self.consumer = consumer
+        self.workers = workers if queue.has_bodies else 0
+        self.outage = outage
+        self.stopping = threading.Event()
+        self.inflight: dict[str, ActiveJob] = {}
+        self._slots = threading.Semaphore(self.workers)
+        self._inbox: stdqueue.SimpleQueue[Claim | None] = stdqueue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if not self.workers:
+            log.warning("queue %s has no job bodies yet: its jobs wait", self.queue.name)
+            return
+        name = self.queue.name
+        self._threads.append(
+            threading.Thread(target=self._fetch_loop, name=f"{name}-fetch", daemon=True)
+        )
+        for index in range(self.workers):
+            self._threads.append(
+                threading.Thread(target=self._work_loop, name=f"{name}-{index}", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+
+    def _fetch_loop(self) -> None:
+        backoff = 0.1
+        store, spec = self.queue.store, self.queue.spec
+        while not self.stopping.is_set():
+            if not self._slots.acquire(timeout=0.25):
+                continue
+            free = 1
+            while free < self.workers and self._slots.acquire(blocking=False):
+                free += 1
+            try:
+                result = store.claim(self.consumer, spec.lease_seconds, free)
+            except StorageUnavailable as exc:
+                self._give_back(free)
+                self.outage.down(exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.outage.up()
+            self._give_back(free - len(result.jobs))
+            for claim in result.jobs:
+                self.inflight[claim.id] = ActiveJob(claim, self.queue, self.consumer)
+                self._inbox.put(claim)
+            if not result.jobs:
+                timeout = 1.0
+                if result.next_due is not None:
+                    timeout = min(timeout, max(result.next_due - time.time(), 0.0))
+                if timeout > 0:
+                    try:
+                        store.wait_for_jobs(timeout)
+                    except StorageUnavailable as exc:
+                        self.outage.down(exc)
+                        self.stopping.wait(backoff)
+
+    def _give_back(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    def _work_loop(self) -> None:
+        while True:
+            claim = self._inbox.get()
+            if claim is None:
+                return
+            try:
+                self._execute(claim)
+            except Exception:
+                log.exception("job %s: could not record its outcome", claim.id)
+            finally:
+                self.inflight.pop(claim.id, None)
+                self._slots.release()
+
+    def _execute(self, claim: Claim) -> None:
+        active = self.inflight[claim.id]
+        started = time.monotonic()
+        token = _current.set(active)
+        tenant = "-"
+        try:
+            try:
+                task = self.queue.huey.deserialize_task(claim.message)
+            except Exception as exc:
+                self._record_poison(claim, exc)
+                return
+            tenant = str(task.kwargs.get("tenant_id", "-"))
+            log.debug("job %s %s active (attempt %d)", claim.id, claim.name, claim.attempts)
+            try:
+                result = task.execute()
+            except Exception as exc:
+                outcome = self._record_failure(claim, exc)
+            else:
+                owned = self.queue.store.complete(
+                    claim, self.consumer, result, self.queue.spec.keep_completed_seconds
+                )
+                outcome = "completed" if owned else "lease-lost"
+        finally:
+            _current.reset(token)
+        log.info(
+            "job %s queue=%s tenant=%s name=%s outcome=%s attempts=%d/%d duration=%.3fs",
+            claim.id, self.queue.name, tenant, claim.name.rsplit(".", 1)[-1], outcome,
+            claim.attempts, claim.max_attempts, time.monotonic() - started,
+        )  # fmt: skip
+
+    def _record_failure(self, claim: Claim, exc: Exception) -> str:
+        delay = next_delay(exc, claim.attempts, claim.max_attempts, self.queue.spec)
+        excerpt = "".join(traceback.format_exception(exc))[-2000:]
+        error = error_record(type(exc).__name__, str(exc), excerpt)
+        state = self.queue.store.fail(claim, self.consumer, error, delay)
+        if state == "delayed":
+            return f"retry-in-{delay:.1f}s"
+        return state or "lease-lost"
+
+    def _record_poison(self, claim: Claim, exc: Exception) -> None:
+        raw = claim.message[:500].decode("utf-8", "backslashreplace")
+        error = error_record("PoisonMessage", f"cannot run message: {exc}; raw: {raw}")
+        self.queue.store.fail(claim, self.consumer, error, None)
+        log.error("job %s queue=%s outcome=dead poison message: %s", claim.id, self.queue.name, exc)
+
+    def stop_fetching(self) -> None:
+        self.stopping.set()
+
+    def release_unfinished(self) -> int:
+        released = 0
+        for active in list(self.inflight.values()):
+            try:
+                if self.queue.store.release(active.claim, self.consumer):
+                    released += 1
+            except StorageUnavailable:
+                pass  # the lease expires and the reaper returns the job
+        return released
+
+    def join(self) -> None:
+        for _ in range(self.workers):
+            self._inbox.put(None)
+
+
+class Consumer:
+    """Runs the given queues in this process until stop()."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        queue_names: Iterable[str],
+        workers: dict[str, int] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.settings = broker.settings
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.outage = OutageLog()
+        workers = workers or {}
+        self.runners = [
+            QueueRunner(
+                broker.queue(name),
+                self.id,
+                workers.get(name, broker.queue(name).spec.workers),
+                self.outage,
+            )
+            for name in queue_names
+        ]
+        self._stop = threading.Event()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="crmqueue-maintenance", daemon=True
+        )
+        self.is_leader = False
+
+    def start(self) -> None:
+        for runner in self.runners:
+            runner.start()
+        self._heartbeat()
+        self._maintenance.start()
+        log.info(
+            "consumer %s started: %s",
+            self.id,
+            ", ".join(f"{r.queue.name} x{r.workers}" for r in self.runners),
+        )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop taking jobs, let running ones finish within `grace` seconds, then hand
+        the unfinished ones back to the queue."""
+        grace = self.settings.runner.shutdown_grace_seconds if grace is None else grace
+        for runner in self.runners:
+            runner.stop_fetching()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(r.inflight for r in self.runners):
+            time.sleep(0.05)
+        released = sum(r.release_unfinished() for r in self.runners)
+        if released:
+            log.warning("handed %d unfinished job(s) back to their queues", released)
+        self._stop.set()
+        for runner in self.runners:
+            runner.join()
+            with contextlib.suppress(StorageUnavailable):
+                runner.queue.store.forget_consumer(self.id)
+        log.info("consumer %s stopped", self.id)
+
+    def _heartbeat(self) -> None:
+        ttl = self.settings.runner.heartbeat_seconds * 3
+        for runner in self.runners:
+            runner.queue.store.heartbeat(self.id, runner.workers, ttl)
+
+    def _maintain(self) -> None:
+        runner_settings = self.settings.runner
+        due = {"heartbeat": 0.0, "reap": 0.0, "sweep": 0.0, "health": 0.0}
+        lock_store = self.broker.queue("email").store
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            try:
+                self._renew_leases(now)
+                if now >= due["heartbeat"]:
+                    due["heartbeat"] = now + runner_settings.heartbeat_seconds
+                    self._heartbeat()
+                    self.is_leader = lock_store.acquire_lock(
+                        LEADER_LOCK, self.id, runner_settings.heartbeat_seconds * 3
+                    )
+                if not self.is_leader:
+                    continue
+                if now >= due["reap"]:
+                    due["reap"] = now + 1.0
+                    self.reap()
+                if now >= due["sweep"]:
+                    due["sweep"] = now + runner_settings.sweep_interval_seconds
+                    self.sweep()
+                if now >= due["health"]:
+                    due["health"] = now + runner_settings.health_interval_seconds
+                    self.check_health()
+                self.outage.up()
+            except StorageUnavailable as exc:
+                self.outage.down(exc)
+            except Exception:
+                log.exception("maintenance step failed")
+
+    def _renew_leases(self, now: float) -> None:
+        for runner in self.runners:
+            every = runner.queue.spec.lease_seconds / 3
+            for active in list(runner.inflight.values()):
+                if now - active.touched >= every:
+                    active.touched = now
+                    runner.queue.store.touch(active.claim, self.id, runner.queue.spec.lease_seconds)
+
+    def reap(self) -> None:
+        for queue in self.broker.queues.values():
+            stalled = queue.store.reap(queue.spec.max_stalls)
+            if stalled:
+                log.warning("queue %s: %d job(s) stalled (lease expired)", queue.name, len(stalled))
+
+    def sweep(self) -> None:
+        for queue in self.broker.queues.values():
+            removed = queue.store.sweep(
+                queue.spec.keep_completed_seconds, queue.spec.keep_failed_seconds
+            )
+            if removed:
+                log.debug("queue %s: retention removed %d record(s)", queue.name, removed)
+
+    def check_health(self) -> dict[str, Any]:
+        from crmqueue.engine.health import HEALTH_KEY, health
+
+        report = health(self.broker)
+        for stats in report["queues"]:
+            if not stats["healthy"]:
+                log.warning(
+                    "queue %s degraded: failure rate %.1f%%, %d waiting, %d worker(s)",
+                    stats["queue"], stats["failure_rate"] * 100, stats["waiting"], stats["workers"],
+                )  # fmt: skip
+        self.broker.queue("email").store.put_data(HEALTH_KEY, json.dumps(report).encode())
+        return report

@@ -1,0 +1,45 @@
+"""The one exception tree of crmqueue: every error it raises on purpose is a CrmQueueError."""
+
+from __future__ import annotations
+
+
+class CrmQueueError(Exception):
+    """Root of every error crmqueue raises on purpose."""
+
+
+class ConfigError(CrmQueueError):
+    """The configuration is invalid; the message names each bad key path."""
+
+
+class PayloadError(CrmQueueError):
+    """A job payload failed validation; nothing was enqueued."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__(
+            "payload invalid: " + "; ".join(f"{field}: {reason}" for field, reason in errors)
+        )
+
+
+class StorageUnavailable(CrmQueueError):
+    """The queue storage could not be reached within the configured time."""
+
+
+class JobNotFound(CrmQueueError):
+    """No job with that id exists (it may have expired)."""
+
+
+class InvalidJobState(CrmQueueError):
+    """The operation is not allowed in the job's current state."""
+
+
+class PermanentError(CrmQueueError):
+    """Raised by a job body: retrying cannot help; the job goes dead at once."""
+
+
+class RetryableError(CrmQueueError):
+    """Raised by a job body: try again, after `delay` seconds if given (e.g. Retry-After)."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay

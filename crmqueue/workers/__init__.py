@@ -1,0 +1,5 @@
+"""Job bodies, one module per queue. Each module is listed here explicitly (a frozen
+executable cannot discover modules at run time); a queue without a module has no
+bodies yet and its jobs wait."""
+
+BODY_MODULES: tuple[str, ...] = ()
