@@ -199,11 +199,14 @@ _ORIGINAL_ENV: dict[str, tuple[str, ...]] = {
 def mask_url(url: str) -> str:
     """Hide the password of a URL such as redis://:secret@host:6379/0."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    netloc, slash, path = rest.partition("/")
+    # The last "@" ends the userinfo, as in urllib and redis-py, so an unescaped "@"
+    # inside the password cannot leak its tail into the host part.
+    userinfo, at, hostpart = netloc.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
         return url
-    userinfo, _, hostpart = rest.partition("@")
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:********@{hostpart}"
+    return f"{scheme}://{user}:********@{hostpart}{slash}{path}"
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -270,8 +273,18 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _normalize_queue_names(tree: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``import_export`` for ``import-export`` in every source (file, env, flags)."""
+    queues = tree.get("queues")
+    if isinstance(queues, dict):
+        tree["queues"] = {key.replace("_", "-"): value for key, value in queues.items()}
+    return tree
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -294,14 +307,12 @@ def load_settings(
     """
     env = os.environ if environ is None else environ
     path = find_config_file(config_file, env)
-    tree: dict[str, Any] = read_toml(path) if path else {}
-    if "queues" in tree and isinstance(tree["queues"], dict):
-        tree["queues"] = {k.replace("_", "-"): v for k, v in tree["queues"].items()}
+    tree = _normalize_queue_names(read_toml(path) if path else {})
     tree = _deep_merge(tree, environment_overrides(env))
     flag_tree: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         _set_path(flag_tree, tuple(dotted.split(".")), value)
-    tree = _deep_merge(tree, flag_tree)
+    tree = _deep_merge(tree, _normalize_queue_names(flag_tree))
     queues = tree.get("queues")
     if isinstance(queues, dict):
         unknown = sorted(set(queues) - set(QUEUE_NAMES))
@@ -310,10 +321,17 @@ def load_settings(
                 f"queues.{unknown[0]}: unknown queue; queues are {', '.join(QUEUE_NAMES)}"
             )
         defaults = QueuesSettings()
-        tree["queues"] = {
-            name: _deep_merge(defaults.get(name).model_dump(), queues.get(name, {}))
-            for name in QUEUE_NAMES
-        }
+        merged: dict[str, Any] = {}
+        for name in QUEUE_NAMES:
+            given = queues.get(name, {})
+            # A partial section keeps the queue's own defaults; a non-table is left for
+            # validation to reject with its key path.
+            merged[name] = (
+                _deep_merge(defaults.get(name).model_dump(), given)
+                if isinstance(given, Mapping)
+                else given
+            )
+        tree["queues"] = merged
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:

@@ -1,0 +1,421 @@
+"""The crmqueue command line: CLI -> Settings -> runtime, kept apart (the uvicorn shape)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from crmqueue import __version__
+from crmqueue.config import QUEUE_NAMES, Settings, load_settings
+from crmqueue.engine import health as health_mod
+from crmqueue.engine.queues import Broker, configure
+from crmqueue.errors import ConfigError, CrmQueueError
+from crmqueue.workers import BODY_MODULES
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(width=None if sys.stdout.isatty() else 160)
+QUEUE_CHOICE = click.Choice(QUEUE_NAMES)
+log = logging.getLogger("crmqueue")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.logging.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.logging.level)
+    logging.getLogger("huey").setLevel(logging.WARNING)
+
+
+def with_config(func: F) -> F:
+    """Every command takes --config FILE (else $CRMQUEUE_CONFIG, else ./crmqueue.toml)."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML config file (default: $CRMQUEUE_CONFIG, else ./crmqueue.toml if present).",
+    )(func)
+
+
+def load_bodies(settings: Settings) -> None:
+    # Like uvicorn's --app-dir: modules named in runner.imports resolve from the working dir.
+    if settings.runner.imports and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in (*BODY_MODULES, *settings.runner.imports):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"runner.imports: cannot import {module!r}: {exc}") from exc
+
+
+def open_broker(config_file: str | None, overrides: dict[str, Any] | None = None) -> Broker:
+    settings = load_settings(config_file, overrides)
+    load_bodies(settings)
+    return configure(settings)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class CrmQueueGroup(click.Group):
+    """Turns crmqueue's own errors into one clear line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CrmQueueError as exc:
+            click.echo(f"crmqueue: error: {exc}", err=True)
+            sys.exit(1)
+        except TimeoutError as exc:
+            click.echo(f"crmqueue: error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=CrmQueueGroup)
+@click.version_option(__version__, prog_name="crmqueue")
+def main() -> None:
+    """crmqueue: the background-job system of a CRM."""
+
+
+# ------------------------------------------------------------------ consumers
+
+
+def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
+    from crmqueue.engine.runner import Consumer
+
+    configure_logging(broker.settings)
+    consumer = Consumer(broker, queues, workers)
+    stop = threading.Event()
+    signals_seen = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            log.warning("second signal: exiting now; leases bring running jobs back")
+            os._exit(1)
+        log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    consumer.start()
+    click.echo(
+        f"crmqueue {__version__} consuming {', '.join(queues)} (consumer {consumer.id})", err=True
+    )
+    while not stop.wait(1.0):
+        pass
+    consumer.stop()
+
+
+@main.command()
+@with_config
+@click.option("--queues", default=",".join(QUEUE_NAMES), help="Comma-separated queues to consume.")
+def run(config_file: str | None, queues: str) -> None:
+    """Run the consumers of all (or the given) queues, with periodic health and retention."""
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUEUE_NAMES]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"unknown queue {unknown[0] if unknown else '(none)'}; queues are "
+            + ", ".join(QUEUE_NAMES),
+            param_hint="--queues",
+        )
+    broker = open_broker(config_file)
+    _serve(broker, names, {})
+
+
+@main.command()
+@with_config
+@click.argument("queue", type=QUEUE_CHOICE)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker threads.")
+def worker(config_file: str | None, queue: str, workers: int | None) -> None:
+    """Run one queue's consumer (run several, on several hosts, to scale out)."""
+    broker = open_broker(config_file)
+    _serve(broker, [queue], {queue: workers} if workers else {})
+
+
+# ------------------------------------------------------------------ producing
+
+
+def _read_payload(json_text: str | None, file: str | None) -> dict[str, Any]:
+    if (json_text is None) == (file is None):
+        raise click.UsageError("give exactly one of --json or --file")
+    source = "--json"
+    if file is not None:
+        source = file
+        try:
+            json_text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CrmQueueError(f"{file}: {exc.strerror}") from None
+    try:
+        payload = json.loads(json_text or "")
+    except json.JSONDecodeError as exc:
+        raise CrmQueueError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise CrmQueueError(f"{source}: the payload must be a JSON object")
+    return payload
+
+
+def _describe(info: Any) -> str:
+    line = f"job {info.id} {info.state} (attempts {info.attempts}/{info.max_attempts})"
+    if info.state == "dead" and info.errors:
+        last = info.errors[-1]
+        line += f": {last['type']}: {last['message']}"
+    return line
+
+
+@main.command()
+@with_config
+@click.argument("queue", type=QUEUE_CHOICE)
+@click.option("--json", "json_text", default=None, help="The payload as a JSON object.")
+@click.option("--file", type=click.Path(dir_okay=False), default=None, help="A JSON payload file.")
+@click.option("--kind", default=None, help="Job kind (e.g. import, export, publish).")
+@click.option("--priority", type=int, default=None, help="Higher runs first (-1000..1000).")
+@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Seconds to wait.")
+@click.option("--wait", is_flag=True, help="Wait until the job is completed or dead.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
+def enqueue(
+    config_file: str | None,
+    queue: str,
+    json_text: str | None,
+    file: str | None,
+    kind: str | None,
+    priority: int | None,
+    delay: float | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Validate a payload and enqueue it; prints the job id."""
+    from crmqueue import tasks
+
+    payload = _read_payload(json_text, file)
+    open_broker(config_file)
+    job = tasks.enqueue(queue, payload, kind=kind, priority=priority, delay=delay)
+    click.echo(job.id)
+    if wait:
+        info = job.wait(timeout)
+        click.echo(_describe(info), err=True)
+        if info.state != "completed":
+            sys.exit(1)
+
+
+# ------------------------------------------------------------------ observing
+
+
+_STATS_COLUMNS = {
+    "queue": "queue", "waiting": "wait", "active": "active", "delayed": "delay",
+    "scheduled": "sched", "completed": "done", "failed": "failed", "dead": "dead",
+    "workers": "workers", "throughput_per_min": "/min", "failure_rate": "fail%",
+    "healthy": "ok",
+}  # fmt: skip
+
+
+def _stats_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="crmqueue queues")
+    for key, header in _STATS_COLUMNS.items():
+        table.add_column(header, justify="left" if key == "queue" else "right", no_wrap=True)
+    for row in rows:
+        cells = [str(row[key]) for key in _STATS_COLUMNS]
+        cells[-2] = f"{row['failure_rate'] * 100:.1f}"
+        cells[-1] = "[green]yes[/]" if row["healthy"] else "[red]no[/]"
+        table.add_row(*cells)
+    return table
+
+
+@main.command()
+@with_config
+@click.argument("queue", type=QUEUE_CHOICE, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(config_file: str | None, queue: str | None, as_json: bool) -> None:
+    """Counts, throughput and failure rate per queue."""
+    broker = open_broker(config_file)
+    names = [queue] if queue else list(QUEUE_NAMES)
+    rows = [health_mod.stats(broker, name) for name in names]
+    if as_json:
+        emit_json(rows[0] if queue else rows)
+    else:
+        console.print(_stats_table(rows))
+
+
+@main.command()
+@with_config
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def health(config_file: str | None, as_json: bool) -> None:
+    """Exit 0 healthy, 1 degraded, 2 error (storage unreachable or a queue without consumer)."""
+    broker = open_broker(config_file)
+    report = health_mod.health(broker)
+    last = None
+    if report["status"] != "error" or report["queues"]:
+        last = health_mod.last_check(broker)
+    report["last_check"] = last["timestamp"] if last else None
+    if as_json:
+        emit_json(report)
+    else:
+        colour = {"healthy": "green", "degraded": "yellow", "error": "red"}[report["status"]]
+        console.print(f"status: [{colour}]{report['status']}[/]  at {report['timestamp']}")
+        if report.get("error"):
+            console.print(f"error: {report['error']}")
+        console.print(f"last periodic check: {report['last_check'] or 'never'}")
+        if report["queues"]:
+            console.print(_stats_table(report["queues"]))
+            for row in report["queues"]:
+                if row["consumers"] == 0:
+                    console.print(f"[red]queue {row['queue']}: no live consumer[/]")
+    sys.exit(health_mod.EXIT_CODES[report["status"]])
+
+
+@main.group()
+def jobs() -> None:
+    """Show, retry or remove one job."""
+
+
+def _job_command(name: str, help_text: str) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(
+            func
+        )
+        func = click.argument("job_id")(func)
+        func = with_config(func)
+        return jobs.command(name=name, help=help_text)(func)  # type: ignore[return-value]
+
+    return decorate
+
+
+def _print_job(info: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(info.to_dict())
+        return
+    table = Table(show_header=False, title=f"job {info.id}")
+    for key, value in info.to_dict().items():
+        if key == "errors":
+            value = "\n".join(f"{e['type']}: {e['message']}" for e in value) or "-"
+        elif isinstance(value, dict | list):
+            value = json.dumps(value)
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
+
+
+@_job_command("show", "Show a job's state, progress, attempts, errors and result.")
+def jobs_show(config_file: str | None, job_id: str, as_json: bool) -> None:
+    from crmqueue import jobs as jobs_api
+
+    open_broker(config_file)
+    _print_job(jobs_api.get(job_id), as_json)
+
+
+@_job_command("retry", "Put a dead job back to waiting with a fresh attempt budget.")
+def jobs_retry(config_file: str | None, job_id: str, as_json: bool) -> None:
+    from crmqueue import jobs as jobs_api
+
+    open_broker(config_file)
+    _print_job(jobs_api.retry(job_id), as_json)
+
+
+@_job_command("remove", "Delete a waiting, scheduled, delayed or dead job.")
+def jobs_remove(config_file: str | None, job_id: str, as_json: bool) -> None:
+    from crmqueue import jobs as jobs_api
+
+    open_broker(config_file)
+    _print_job(jobs_api.remove(job_id), as_json)
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter sets: list and replay."""
+
+
+@dlq.command("list")
+@with_config
+@click.argument("queue", type=QUEUE_CHOICE, required=False)
+@click.option("--limit", type=click.IntRange(min=1), default=100)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def dlq_list(config_file: str | None, queue: str | None, limit: int, as_json: bool) -> None:
+    """List dead jobs with their last error."""
+    from crmqueue import jobs as jobs_api
+
+    open_broker(config_file)
+    dead = [
+        info for name in ([queue] if queue else QUEUE_NAMES) for info in jobs_api.dead(name, limit)
+    ]
+    if as_json:
+        emit_json([info.to_dict() for info in dead])
+        return
+    table = Table(title="dead jobs")
+    for column in ("id", "queue", "tenant", "name", "attempts", "died", "last error"):
+        table.add_column(column)
+    for info in dead:
+        last = info.errors[-1] if info.errors else {"type": "-", "message": ""}
+        table.add_row(
+            info.id, info.queue, info.tenant, info.name.rsplit(".", 1)[-1],
+            f"{info.attempts}/{info.max_attempts}", info.finished_at or "-",
+            f"{last['type']}: {last['message']}"[:120],
+        )  # fmt: skip
+    console.print(table)
+
+
+@dlq.command("replay")
+@with_config
+@click.argument("job_id", required=False)
+@click.option("--all", "all_queue", type=QUEUE_CHOICE, default=None, help="Replay a whole queue.")
+def dlq_replay(config_file: str | None, job_id: str | None, all_queue: str | None) -> None:
+    """Put one dead job, or every dead job of a queue, back to waiting."""
+    from crmqueue import jobs as jobs_api
+
+    if (job_id is None) == (all_queue is None):
+        raise click.UsageError("give a JOB_ID or --all QUEUE")
+    open_broker(config_file)
+    ids = [jobs_api.retry(job_id).id] if job_id else jobs_api.replay_dead(all_queue or "")
+    for replayed in ids:
+        click.echo(replayed)
+    click.echo(f"replayed {len(ids)} job(s)", err=True)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show or check the effective configuration."""
+
+
+@config_group.command("show")
+@with_config
+def config_show(config_file: str | None) -> None:
+    """Print the effective configuration as JSON, secrets masked."""
+    emit_json(load_settings(config_file).public_dict())
+
+
+@config_group.command("check")
+@with_config
+def config_check(config_file: str | None) -> None:
+    """Validate the configuration; exit non-zero naming every bad key."""
+    settings = load_settings(config_file)
+    load_bodies(settings)
+    click.echo("configuration ok")
