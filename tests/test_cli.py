@@ -1,0 +1,286 @@
+"""The command line end to end, in subprocesses, in a fresh directory, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CRMQUEUE = str(Path(sys.executable).parent / "crmqueue")
+
+JOBS_MODULE = textwrap.dedent(
+    """
+    from crmqueue.engine import job, report_progress
+
+    @job("email")
+    def hello(payload):
+        report_progress(50)
+        return {"greeting": "hello " + payload["tenant_id"]}
+
+    @job("email")
+    def explode(payload):
+        raise RuntimeError("kaboom")
+
+    @job("webhook")
+    def slow(payload):
+        import time
+        time.sleep(payload.get("seconds", 5))
+    """
+)
+
+
+class Cli:
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CRMQUEUE, *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [CRMQUEUE, *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_healthy(self, deadline: float = 20) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self("health").returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError("crmqueue never became healthy:\n" + self("health").stdout)
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMQUEUE_", "REDIS_"))}
+    env.pop("EMAIL_PROVIDER", None)
+    return env
+
+
+def _make_cli(workdir: Path, storage_url: str) -> Cli:
+    (workdir / "cli_jobs.py").write_text(JOBS_MODULE)
+    (workdir / "crmqueue.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [storage]
+            url = "{storage_url}"
+            [runner]
+            imports = ["cli_jobs"]
+            heartbeat_seconds = 0.5
+            health_interval_seconds = 1
+            shutdown_grace_seconds = 1
+            [queues.email]
+            backoff_seconds = 0.05
+            backoff_max_seconds = 0.1
+            """
+        )
+    )
+    return Cli(workdir, _clean_env())
+
+
+@pytest.fixture
+def cli(tmp_path: Path, storage_url: str) -> Iterator[Cli]:
+    yield _make_cli(tmp_path, storage_url)
+
+
+@pytest.fixture
+def running(cli: Cli) -> Iterator[Cli]:
+    proc = cli.start("run")
+    try:
+        cli.wait_healthy()
+        yield cli
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def test_enqueue_wait_stats_health_jobs_and_dlq(running: Cli) -> None:
+    cli = running
+    done = cli("enqueue", "email", "--json", '{"tenant_id": "t1"}', "--kind", "cli_jobs.hello",
+               "--wait", "--timeout", "30")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert "completed" in done.stderr
+
+    shown = cli("jobs", "show", job_id, "--json")
+    info = json.loads(shown.stdout)
+    assert info["state"] == "completed"
+    assert info["progress"] == 100
+    assert info["result"] == {"greeting": "hello t1"}
+    assert info["tenant"] == "t1"
+
+    dead = cli("enqueue", "email", "--json", '{"tenant_id": "t1"}', "--kind", "cli_jobs.explode",
+               "--wait", "--timeout", "30")  # fmt: skip
+    assert dead.returncode == 1
+    dead_id = dead.stdout.strip()
+    assert "RuntimeError: kaboom" in dead.stderr
+
+    listed = json.loads(cli("dlq", "list", "email", "--json").stdout)
+    assert [job["id"] for job in listed] == [dead_id]
+    assert len(listed[0]["errors"]) == 5
+
+    stats = json.loads(cli("stats", "email", "--json").stdout)
+    assert {k: stats[k] for k in ("completed", "dead", "waiting", "active")} == {
+        "completed": 1, "dead": 1, "waiting": 0, "active": 0,
+    }  # fmt: skip
+    assert stats["failed"] == 5
+    assert stats["failure_rate"] == pytest.approx(5 / 6, abs=1e-3)
+    assert stats["healthy"] is False
+
+    health = cli("health", "--json")
+    assert health.returncode == 1, health.stdout
+    report = json.loads(health.stdout)
+    assert report["status"] == "degraded"
+    assert report["last_check"] is not None
+
+    removed = cli("jobs", "remove", dead_id, "--json")
+    assert json.loads(removed.stdout)["state"] == "removed"
+    gone = cli("jobs", "show", dead_id)
+    assert gone.returncode == 1
+    assert gone.stderr.strip() == f"crmqueue: error: job {dead_id} not found (never existed," \
+        " or removed by retention)"
+
+    # replay: the dead job comes back with a fresh budget (and dies again after 5 attempts)
+    again = cli("enqueue", "email", "--json", '{"tenant_id": "t2"}', "--kind", "cli_jobs.explode",
+                "--wait", "--timeout", "30")  # fmt: skip
+    again_id = again.stdout.strip()
+    replay = cli("dlq", "replay", "--all", "email")
+    assert replay.returncode == 0
+    assert replay.stdout.split() == [again_id]
+    deadline = time.monotonic() + 30
+    while json.loads(cli("jobs", "show", again_id, "--json").stdout)["attempts"] != 5 or \
+            json.loads(cli("jobs", "show", again_id, "--json").stdout)["state"] != "dead":
+        assert time.monotonic() < deadline, "replayed job never ran its fresh attempts"
+        time.sleep(0.1)
+    assert len(json.loads(cli("jobs", "show", again_id, "--json").stdout)["errors"]) == 10
+
+
+def test_health_exit_codes_without_consumer_and_unreachable_storage(cli: Cli, tmp_path: Path) -> None:
+    no_consumer = cli("health", "--json")
+    assert no_consumer.returncode == 2
+    assert json.loads(no_consumer.stdout)["status"] == "error"
+
+    unreachable = Cli(tmp_path, {**_clean_env(), "REDIS_URL": "redis://127.0.0.1:1/0",
+                                 "CRMQUEUE_STORAGE__CONNECT_TIMEOUT_SECONDS": "1"})  # fmt: skip
+    (tmp_path / "crmqueue.toml").unlink()
+    result = unreachable("health", "--json")
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert report["status"] == "error"
+    assert "127.0.0.1:1" in report["error"]
+
+
+def test_graceful_sigterm_hands_back_a_long_job(cli: Cli) -> None:
+    proc = cli.start("run", "--queues", "webhook")
+    try:
+        job_id = cli("enqueue", "webhook", "--json", '{"tenant_id": "t1", "seconds": 30}',
+                     "--kind", "cli_jobs.slow").stdout.strip()  # fmt: skip
+        deadline = time.monotonic() + 20
+        while json.loads(cli("jobs", "show", job_id, "--json").stdout)["state"] != "active":
+            assert time.monotonic() < deadline, "job never started"
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.monotonic() - started < 5  # grace is 1 s
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    info = json.loads(cli("jobs", "show", job_id, "--json").stdout)
+    assert info["state"] == "waiting"
+    assert info["attempts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "email", "--json", "{not json"], "--json: not valid JSON"),
+        (["enqueue", "email", "--json", "[1, 2]"], "--json: the payload must be a JSON object"),
+        (
+            ["enqueue", "email", "--json",
+             '{"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "colour": 1}'],
+            "colour: Extra inputs are not permitted",
+        ),
+        (
+            ["enqueue", "email", "--json",
+             '{"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "context": 5}'],
+            "context: Input should be a valid dictionary",
+        ),
+        (
+            ["enqueue", "email", "--json", '{"to": "a@example.com", "template": "welcome"}'],
+            "tenant_id: Field required",
+        ),
+        (
+            ["enqueue", "import-export", "--json",
+             '{"tenantId": "t1", "userId": "u1", "fileUrl": "x.csv", "fileType": "doc",'
+             ' "entityType": "contacts"}'],
+            "file_type: Input should be 'csv', 'xlsx' or 'json'",
+        ),
+        (["enqueue", "emial", "--json", "{}"], "'emial' is not one of"),
+        (["enqueue", "email", "--json", '{"tenant_id": "t1"}', "--kind", "nope"],
+         "kind: unknown for queue email: 'nope'"),
+    ],  # fmt: skip
+)
+def test_bad_input_is_one_clear_line_and_nothing_is_enqueued(
+    cli: Cli, args: list[str], message: str
+) -> None:
+    result = cli(*args)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    if "is not one of" not in message:
+        assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert sum(row["waiting"] + row["scheduled"] for row in stats) == 0
+
+
+def test_config_check_and_show(cli: Cli, tmp_path: Path) -> None:
+    assert cli("config", "check").returncode == 0
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[queues.email]\nworkers = 0\n[storage]\nurll = 'x'\n")
+    result = cli("config", "check", "--config", str(broken))
+    assert result.returncode == 1
+    assert "queues.email.workers: Input should be greater than 0" in result.stderr
+    assert "storage.urll: unknown key" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+    secret = Cli(tmp_path, {**cli.env, "REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0",
+                            "SENDGRID_API_KEY": "SG.very-secret"})  # fmt: skip
+    shown = secret("config", "show", "--config", str(tmp_path / "crmqueue.toml"))
+    assert shown.returncode == 0
+    assert "hunter2" not in shown.stdout and "very-secret" not in shown.stdout
+    data = json.loads(shown.stdout)
+    assert data["storage"]["url"] == "redis://:********@127.0.0.1:6379/0"
+    assert data["email"]["sendgrid"]["api_key"] == "**********"
+
+
+def test_version() -> None:
+    result = subprocess.run([CRMQUEUE, "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("crmqueue, version ")
