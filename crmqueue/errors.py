@@ -43,3 +43,8 @@ class RetryableError(CrmQueueError):
     def __init__(self, message: str, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class TimeLimitExceeded(CrmQueueError):
+    """Raised inside a job body that ran past its queue's timeout_seconds; it counts as a
+    failed attempt (retried or dead per the queue's policy)."""

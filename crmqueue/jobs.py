@@ -11,7 +11,7 @@ from typing import Any
 from crmqueue.engine import health as _health
 from crmqueue.engine.queues import get_broker
 from crmqueue.engine.storage import STATES
-from crmqueue.errors import CrmQueueError, JobNotFound
+from crmqueue.errors import CrmQueueError, InvalidJobState, JobNotFound
 
 FINAL_STATES = ("completed", "dead")
 
@@ -138,14 +138,24 @@ def remove(job_id: str) -> JobInfo:
 
 
 def replay_dead(queue: str) -> list[str]:
-    """Retry every dead job of a queue; returns their ids."""
+    """Retry every dead job of a queue once; returns their ids.
+
+    A replayed job that dies again while this runs stays dead (it is not replayed again),
+    and one retried or removed by someone else meanwhile is skipped.
+    """
     broker = get_broker()
     q = broker.queue(queue)
     replayed: list[str] = []
+    seen: set[str] = set()
     while True:
-        batch = q.store.list_jobs("dead", 500)
+        # Re-died jobs sort first (newest finish first): widen the window past them.
+        batch = [r for r in q.store.list_jobs("dead", len(seen) + 500) if r["id"] not in seen]
         if not batch:
             return replayed
         for record in batch:
-            q.store.retry_job(record["id"], q.spec.attempts)
+            seen.add(record["id"])
+            try:
+                q.store.retry_job(record["id"], q.spec.attempts)
+            except (InvalidJobState, JobNotFound):
+                continue
             replayed.append(record["id"])

@@ -161,8 +161,10 @@ def test_enqueue_wait_stats_health_jobs_and_dlq(running: Cli) -> None:
     assert json.loads(removed.stdout)["state"] == "removed"
     gone = cli("jobs", "show", dead_id)
     assert gone.returncode == 1
-    assert gone.stderr.strip() == f"crmqueue: error: job {dead_id} not found (never existed," \
+    assert (
+        gone.stderr.strip() == f"crmqueue: error: job {dead_id} not found (never existed,"
         " or removed by retention)"
+    )
 
     # replay: the dead job comes back with a fresh budget (and dies again after 5 attempts)
     again = cli("enqueue", "email", "--json", '{"tenant_id": "t2"}', "--kind", "cli_jobs.explode",
@@ -172,14 +174,18 @@ def test_enqueue_wait_stats_health_jobs_and_dlq(running: Cli) -> None:
     assert replay.returncode == 0
     assert replay.stdout.split() == [again_id]
     deadline = time.monotonic() + 30
-    while json.loads(cli("jobs", "show", again_id, "--json").stdout)["attempts"] != 5 or \
-            json.loads(cli("jobs", "show", again_id, "--json").stdout)["state"] != "dead":
+    while (
+        json.loads(cli("jobs", "show", again_id, "--json").stdout)["attempts"] != 5
+        or json.loads(cli("jobs", "show", again_id, "--json").stdout)["state"] != "dead"
+    ):
         assert time.monotonic() < deadline, "replayed job never ran its fresh attempts"
         time.sleep(0.1)
     assert len(json.loads(cli("jobs", "show", again_id, "--json").stdout)["errors"]) == 10
 
 
-def test_health_exit_codes_without_consumer_and_unreachable_storage(cli: Cli, tmp_path: Path) -> None:
+def test_health_exit_codes_without_consumer_and_unreachable_storage(
+    cli: Cli, tmp_path: Path
+) -> None:
     no_consumer = cli("health", "--json")
     assert no_consumer.returncode == 2
     assert json.loads(no_consumer.stdout)["status"] == "error"
@@ -222,13 +228,21 @@ def test_graceful_sigterm_hands_back_a_long_job(cli: Cli) -> None:
         (["enqueue", "email", "--json", "{not json"], "--json: not valid JSON"),
         (["enqueue", "email", "--json", "[1, 2]"], "--json: the payload must be a JSON object"),
         (
-            ["enqueue", "email", "--json",
-             '{"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "colour": 1}'],
+            [
+                "enqueue",
+                "email",
+                "--json",
+                '{"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "colour": 1}',
+            ],
             "colour: Extra inputs are not permitted",
         ),
         (
-            ["enqueue", "email", "--json",
-             '{"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "context": 5}'],
+            [
+                "enqueue",
+                "email",
+                "--json",
+                '{"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "context": 5}',
+            ],
             "context: Input should be a valid dictionary",
         ),
         (
@@ -236,15 +250,21 @@ def test_graceful_sigterm_hands_back_a_long_job(cli: Cli) -> None:
             "tenant_id: Field required",
         ),
         (
-            ["enqueue", "import-export", "--json",
-             '{"tenantId": "t1", "userId": "u1", "fileUrl": "x.csv", "fileType": "doc",'
-             ' "entityType": "contacts"}'],
+            [
+                "enqueue",
+                "import-export",
+                "--json",
+                '{"tenantId": "t1", "userId": "u1", "fileUrl": "x.csv", "fileType": "doc",'
+                ' "entityType": "contacts"}',
+            ],
             "file_type: Input should be 'csv', 'xlsx' or 'json'",
         ),
         (["enqueue", "emial", "--json", "{}"], "'emial' is not one of"),
-        (["enqueue", "email", "--json", '{"tenant_id": "t1"}', "--kind", "nope"],
-         "kind: unknown for queue email: 'nope'"),
-    ],  # fmt: skip
+        (
+            ["enqueue", "email", "--json", '{"tenant_id": "t1"}', "--kind", "nope"],
+            "kind: unknown for queue email: 'nope'",
+        ),
+    ],
 )
 def test_bad_input_is_one_clear_line_and_nothing_is_enqueued(
     cli: Cli, args: list[str], message: str

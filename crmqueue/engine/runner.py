@@ -91,6 +91,7 @@ class QueueRunner:
         self.workers = workers if queue.has_bodies else 0
         self.outage = outage
         self.stopping = threading.Event()
+        self._handoff = threading.Lock()
         self.inflight: dict[str, ActiveJob] = {}
         self._slots = threading.Semaphore(self.workers)
         self._inbox: stdqueue.SimpleQueue[Claim | None] = stdqueue.SimpleQueue()
@@ -131,9 +132,15 @@ class QueueRunner:
             backoff = 0.1
             self.outage.up()
             self._give_back(free - len(result.jobs))
-            for claim in result.jobs:
-                self.inflight[claim.id] = ActiveJob(claim, self.queue, self.consumer)
-                self._inbox.put(claim)
+            with self._handoff:
+                if self.stopping.is_set():
+                    # stop() began while we claimed: the workers may be gone already, so
+                    # hand these back now rather than leave them active until the reaper.
+                    self._hand_back(result.jobs)
+                    return
+                for claim in result.jobs:
+                    self.inflight[claim.id] = ActiveJob(claim, self.queue, self.consumer)
+                    self._inbox.put(claim)
             if not result.jobs:
                 timeout = 1.0
                 if result.next_due is not None:
@@ -144,6 +151,12 @@ class QueueRunner:
                     except StorageUnavailable as exc:
                         self.outage.down(exc)
                         self.stopping.wait(backoff)
+
+    def _hand_back(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            with contextlib.suppress(StorageUnavailable):
+                self.queue.store.release(claim, self.consumer)
+        self._give_back(len(claims))
 
     def _give_back(self, count: int) -> None:
         for _ in range(count):
@@ -208,7 +221,8 @@ class QueueRunner:
         log.error("job %s queue=%s outcome=dead poison message: %s", claim.id, self.queue.name, exc)
 
     def stop_fetching(self) -> None:
-        self.stopping.set()
+        with self._handoff:  # once this returns, nothing new enters inflight
+            self.stopping.set()
 
     def release_unfinished(self) -> int:
         released = 0

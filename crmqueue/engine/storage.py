@@ -403,6 +403,17 @@ class SqliteJobStore(JobStore):
 
     def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
         now = time.time()
+        # A read first: WAL readers never block, and idle queues woken by another queue's
+        # commit must not queue up for the write lock.
+        waiting, *due = self._read(
+            "select exists (select 1 from jobs where queue = ?1 and state = 'waiting'),"
+            " (select min(run_at) from jobs where queue = ?1 and state = 'scheduled'),"
+            " (select min(run_at) from jobs where queue = ?1 and state = 'delayed')",
+            (self.name,),
+        )[0]
+        next_due = min((t for t in due if t is not None), default=None)
+        if not waiting and (next_due is None or next_due > now):
+            return ClaimResult([], next_due)
         with self._tx() as conn:
             conn.execute(
                 "update jobs set state = 'waiting', order_key = cast(run_at * 1e9 as integer)"
@@ -767,9 +778,10 @@ for i = 0, n - 1 do
   else
     local seq = redis.call('INCR', queue_key('seq'))
     redis.call('ZADD', queue_key('waiting'), waiting_score(priority, seq), id)
-    woke = woke + 1
   end
+  woke = woke + 1
 end
+-- Scheduled jobs wake a consumer too: it learns the new due time instead of sleeping on.
 if woke > 0 then
   redis.call('LPUSH', queue_key('wake'), '1')
   redis.call('LTRIM', queue_key('wake'), 0, 63)
@@ -853,6 +865,9 @@ else
   local run_at = now + tonumber(ARGV[5])
   redis.call('HSET', jk, 'state', state, 'run_at', run_at, 'errors', errors)
   redis.call('ZADD', queue_key('delayed'), run_at, ARGV[1])
+  -- wake an idle consumer so that it waits for this due time, not its full poll timeout
+  redis.call('LPUSH', queue_key('wake'), '1')
+  redis.call('LTRIM', queue_key('wake'), 0, 63)
 end
 bump_stats('failed', now)
 return state
@@ -1264,7 +1279,9 @@ def redis_pool(url: str, connect_timeout: float) -> redis.ConnectionPool:
             _POOLS[key] = redis.ConnectionPool.from_url(
                 url,
                 socket_connect_timeout=connect_timeout,
-                socket_timeout=None,
+                # Bounded calls: a hung server raises instead of hanging a worker or a client.
+                # Blocking pops wait at most 1 s, well inside this.
+                socket_timeout=max(connect_timeout, 2.0),
                 health_check_interval=30,
             )
         return _POOLS[key]
