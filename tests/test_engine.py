@@ -10,6 +10,7 @@ condition polled with a deadline (``wait_until``), never a fixed sleep.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -181,7 +182,7 @@ def test_delayed_job_returns_to_waiting_when_due(broker: Broker) -> None:
     job = enqueue("noop")
     first = claim_one(store)
     before = time.time()
-    assert store.fail(first, "c1", error_record("RuntimeError", "x"), 0.3) == "delayed"
+    assert store.fail(first, error_record("RuntimeError", "x"), 0.3) == "delayed"
     record = store.get_job(job.id)
     assert record is not None
     assert record["state"] == "delayed"
@@ -471,9 +472,9 @@ def test_replay_dead_for_a_whole_queue(
 def test_remove_each_removable_state_and_refuse_active(broker: Broker) -> None:
     store = store_of(broker)
     delayed = enqueue("noop")
-    store.fail(claim_one(store), "c1", error_record("RuntimeError", "x"), 3600)
+    store.fail(claim_one(store), error_record("RuntimeError", "x"), 3600)
     dead = enqueue("noop")
-    store.fail(claim_one(store), "c1", error_record("RuntimeError", "x"), None)
+    store.fail(claim_one(store), error_record("RuntimeError", "x"), None)
     active = enqueue("noop")
     active_claim = claim_one(store)
     waiting = enqueue("noop", {"n": 1})
@@ -493,7 +494,7 @@ def test_remove_each_removable_state_and_refuse_active(broker: Broker) -> None:
     with pytest.raises(InvalidJobState):
         jobs.remove(active.id)
     assert jobs.get(active.id).state == "active"
-    assert store.complete(active_claim, "c1", None, 3600)
+    assert store.complete(active_claim, None, 3600)
     with pytest.raises(InvalidJobState):
         jobs.remove(active.id)  # completed is not removable either
     with pytest.raises(JobNotFound):
@@ -766,12 +767,12 @@ def test_touch_renews_lease_and_records_progress(broker: Broker) -> None:
     store = store_of(broker)
     job = enqueue("noop")
     claim = claim_one(store, "c1", lease=0.2)
-    assert store.touch(claim, "c1", 60, progress=40) is True
+    assert store.touch(claim, 60, progress=40) is True
     record = store.get_job(job.id)
     assert record is not None
     assert record["lease_until"] > time.time() + 59
     assert record["progress"] == 40
-    assert store.touch(claim, "someone-else", 60) is False
+    assert store.touch(dataclasses.replace(claim, token="forged"), 60) is False
 
 
 def test_stale_consumer_cannot_finish_a_reclaimed_job(broker: Broker) -> None:
@@ -779,17 +780,18 @@ def test_stale_consumer_cannot_finish_a_reclaimed_job(broker: Broker) -> None:
     job = enqueue("noop")
     stale = claim_one(store, "c1", lease=0.1)
     assert wait_until(lambda: store.reap(3)) == [job.id]
-    fresh = claim_one(store, "c2")
+    fresh = claim_one(store, "c1")  # the same consumer: only the claim token tells them apart
     assert (fresh.id, fresh.attempts) == (job.id, stale.attempts)
+    assert fresh.token != stale.token
 
-    assert store.complete(stale, "c1", "stale", 3600) is False
-    assert store.fail(stale, "c1", error_record("RuntimeError", "late"), None) is None
-    assert store.touch(stale, "c1", 60, progress=50) is False
-    assert store.release(stale, "c1") is False
+    assert store.complete(stale, "stale", 3600) is False
+    assert store.fail(stale, error_record("RuntimeError", "late"), None) is None
+    assert store.touch(stale, 60, progress=50) is False
+    assert store.release(stale) is False
     assert jobs.get(job.id).state == "active"
 
-    assert store.complete(fresh, "c2", "fresh", 3600) is True
-    assert store.complete(fresh, "c2", "again", 3600) is False  # no double completion
+    assert store.complete(fresh, "fresh", 3600) is True
+    assert store.complete(fresh, "again", 3600) is False  # no double completion
     done = jobs.get(job.id)
     assert (done.state, done.result, done.progress, done.errors) == ("completed", "fresh", 100, [])
     expect_counts(broker, completed=1)
@@ -801,11 +803,11 @@ def test_release_puts_job_back_at_the_front(broker: Broker) -> None:
     first, second, third = (enqueue("noop", {"n": n}) for n in range(3))
     claim = claim_one(store)
     assert (claim.id, claim.attempts) == (first.id, 1)
-    assert store.release(claim, "c1") is True
+    assert store.release(claim) is True
     record = store.get_job(first.id)
     assert record is not None
     assert (record["state"], record["attempts"]) == ("waiting", 0)
-    assert store.release(claim, "c1") is False  # not ours any more
+    assert store.release(claim) is False  # not ours any more
 
     urgent = enqueue("noop", priority=1000)  # a higher priority still goes first
     claims = store.claim("c1", 30, limit=10).jobs

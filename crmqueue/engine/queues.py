@@ -138,8 +138,7 @@ class Queue:
             raise PayloadError([("priority", "must be between -1000 and 1000")])
         run_at = None
         if item.eta is not None:
-            eta = item.eta if item.eta.tzinfo else item.eta.replace(tzinfo=dt.UTC)
-            run_at = eta.timestamp()
+            run_at = item.eta.timestamp()  # a naive eta is local time, as in Python
         elif item.delay:
             if item.delay < 0:
                 raise PayloadError([("delay", "must be >= 0")])

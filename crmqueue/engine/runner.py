@@ -15,16 +15,18 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from crmqueue.engine.limits import TimeLimiter
 from crmqueue.engine.queues import Broker, Queue
 from crmqueue.engine.retry import next_delay
 from crmqueue.engine.storage import Claim, error_record
 from crmqueue.errors import CrmQueueError, StorageUnavailable
 
 log = logging.getLogger("crmqueue.runner")
+T = TypeVar("T")
 
 LEADER_LOCK = "maintenance-leader"
 
@@ -52,7 +54,7 @@ def report_progress(percent: float) -> None:
     if value == active.progress:
         return
     active.progress = value
-    active.queue.store.touch(active.claim, active.consumer, active.queue.spec.lease_seconds, value)
+    active.queue.store.touch(active.claim, active.queue.spec.lease_seconds, value)
     active.touched = time.monotonic()
 
 
@@ -85,8 +87,11 @@ class OutageLog:
 class QueueRunner:
     """One queue's fetcher and worker threads inside a consumer."""
 
-    def __init__(self, queue: Queue, consumer: str, workers: int, outage: OutageLog) -> None:
+    def __init__(
+        self, queue: Queue, consumer: str, workers: int, outage: OutageLog, limiter: TimeLimiter
+    ) -> None:
         self.queue = queue
+        self.limiter = limiter
         self.consumer = consumer
         self.workers = workers if queue.has_bodies else 0
         self.outage = outage
@@ -155,7 +160,7 @@ class QueueRunner:
     def _hand_back(self, claims: list[Claim]) -> None:
         for claim in claims:
             with contextlib.suppress(StorageUnavailable):
-                self.queue.store.release(claim, self.consumer)
+                self.queue.store.release(claim)
         self._give_back(len(claims))
 
     def _give_back(self, count: int) -> None:
@@ -189,13 +194,13 @@ class QueueRunner:
             tenant = str(task.kwargs.get("tenant_id", "-"))
             log.debug("job %s %s active (attempt %d)", claim.id, claim.name, claim.attempts)
             try:
-                result = task.execute()
+                with self.limiter.limit(self.queue.spec.timeout_seconds):
+                    result = task.execute()
             except Exception as exc:
                 outcome = self._record_failure(claim, exc)
             else:
-                owned = self.queue.store.complete(
-                    claim, self.consumer, result, self.queue.spec.keep_completed_seconds
-                )
+                keep = self.queue.spec.keep_completed_seconds
+                owned = self._persist(lambda: self.queue.store.complete(claim, result, keep))
                 outcome = "completed" if owned else "lease-lost"
         finally:
             _current.reset(token)
@@ -209,7 +214,7 @@ class QueueRunner:
         delay = next_delay(exc, claim.attempts, claim.max_attempts, self.queue.spec)
         excerpt = "".join(traceback.format_exception(exc))[-2000:]
         error = error_record(type(exc).__name__, str(exc), excerpt)
-        state = self.queue.store.fail(claim, self.consumer, error, delay)
+        state = self._persist(lambda: self.queue.store.fail(claim, error, delay))
         if state == "delayed":
             return f"retry-in-{delay:.1f}s"
         return state or "lease-lost"
@@ -217,8 +222,26 @@ class QueueRunner:
     def _record_poison(self, claim: Claim, exc: Exception) -> None:
         raw = claim.message[:500].decode("utf-8", "backslashreplace")
         error = error_record("PoisonMessage", f"cannot run message: {exc}; raw: {raw}")
-        self.queue.store.fail(claim, self.consumer, error, None)
+        self.queue.store.fail(claim, error, None)
         log.error("job %s queue=%s outcome=dead poison message: %s", claim.id, self.queue.name, exc)
+
+    def _persist(self, record: Callable[[], T]) -> T:
+        """Record a finished job's outcome, waiting out a storage outage: the job ran, so
+        running it again after the outage (its lease expired) is the last resort."""
+        backoff = 0.1
+        deadline = time.monotonic() + max(self.queue.spec.lease_seconds, 30.0)
+        while True:
+            try:
+                outcome = record()
+            except StorageUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise
+                self.outage.down(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                self.outage.up()
+                return outcome
 
     def stop_fetching(self) -> None:
         with self._handoff:  # once this returns, nothing new enters inflight
@@ -228,15 +251,21 @@ class QueueRunner:
         released = 0
         for active in list(self.inflight.values()):
             try:
-                if self.queue.store.release(active.claim, self.consumer):
+                if self.queue.store.release(active.claim):
                     released += 1
             except StorageUnavailable:
                 pass  # the lease expires and the reaper returns the job
         return released
 
-    def join(self) -> None:
+    def join(self, timeout: float) -> None:
+        """Let idle workers exit and wait for the fetcher's last blocking wait to end.
+        Workers still inside an overrunning job are daemons: they die with the process."""
         for _ in range(self.workers):
             self._inbox.put(None)
+        if self._threads:
+            with contextlib.suppress(StorageUnavailable):
+                self.queue.store.wake()
+            self._threads[0].join(timeout)
 
 
 class Consumer:
@@ -252,6 +281,7 @@ class Consumer:
         self.settings = broker.settings
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.outage = OutageLog()
+        self.limiter = TimeLimiter()
         workers = workers or {}
         self.runners = [
             QueueRunner(
@@ -259,6 +289,7 @@ class Consumer:
                 self.id,
                 workers.get(name, broker.queue(name).spec.workers),
                 self.outage,
+                self.limiter,
             )
             for name in queue_names
         ]
@@ -293,7 +324,7 @@ class Consumer:
             log.warning("handed %d unfinished job(s) back to their queues", released)
         self._stop.set()
         for runner in self.runners:
-            runner.join()
+            runner.join(timeout=2.0)
             with contextlib.suppress(StorageUnavailable):
                 runner.queue.store.forget_consumer(self.id)
         log.info("consumer %s stopped", self.id)
@@ -340,7 +371,7 @@ class Consumer:
             for active in list(runner.inflight.values()):
                 if now - active.touched >= every:
                     active.touched = now
-                    runner.queue.store.touch(active.claim, self.id, runner.queue.spec.lease_seconds)
+                    runner.queue.store.touch(active.claim, runner.queue.spec.lease_seconds)
 
     def reap(self) -> None:
         for queue in self.broker.queues.values():

@@ -54,6 +54,7 @@ class Claim:
     message: bytes
     attempts: int
     max_attempts: int
+    token: str  # unique to this claim: a stale worker's late outcome is refused
 
 
 @dataclass(frozen=True)
@@ -124,25 +125,25 @@ class JobStore(BaseStorage):  # type: ignore[misc]
         """Block up to `timeout` seconds until a job may have arrived."""
         raise NotImplementedError
 
-    def complete(self, claim: Claim, consumer: str, result: Any, keep_seconds: int) -> bool:
+    def wake(self) -> None:
+        """End a wait_for_jobs early (a stopping consumer uses it on its own fetcher)."""
         raise NotImplementedError
 
-    def fail(
-        self, claim: Claim, consumer: str, error: dict[str, Any], retry_delay: float | None
-    ) -> str | None:
+    def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
+        raise NotImplementedError
+
+    def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
         """Record a failed attempt: to `delayed` after retry_delay, or to `dead` when None.
 
         Returns the new state, or None when the lease was no longer ours.
         """
         raise NotImplementedError
 
-    def release(self, claim: Claim, consumer: str) -> bool:
+    def release(self, claim: Claim) -> bool:
         """Hand an unfinished job back to the front of the queue (graceful shutdown)."""
         raise NotImplementedError
 
-    def touch(
-        self, claim: Claim, consumer: str, lease_seconds: float, progress: int | None = None
-    ) -> bool:
+    def touch(self, claim: Claim, lease_seconds: float, progress: int | None = None) -> bool:
         """Renew a lease, and record progress when given. False when the lease was lost."""
         raise NotImplementedError
 
@@ -218,6 +219,7 @@ create table if not exists jobs (
     started_at real,
     finished_at real,
     lease_until real,
+    lease_token text,
     consumer text
 );
 create index if not exists jobs_claim on jobs (queue, state, priority desc, order_key);
@@ -256,6 +258,8 @@ create table if not exists consumers (
 );
 """
 
+SQLITE_SCHEMA_VERSION = 1
+
 _JOB_COLUMNS = (
     "id, queue, name, tenant, state, priority, run_at, progress, attempts, max_attempts, "
     "stalls, errors, result, message, created_at, started_at, finished_at, lease_until, consumer"
@@ -265,23 +269,25 @@ _JOB_COLUMNS = (
 class _SqliteWatcher:
     """Wakes idle consumers when another connection commits (PRAGMA data_version).
 
-    One thread per database file and process; it makes pickup immediate instead of
-    the growing poll interval of Huey's SQLite consumer.
+    One thread per database file and process, running only while consumers wait; it
+    makes pickup immediate instead of the growing poll interval of Huey's SQLite consumer.
     """
 
     _instances: dict[str, _SqliteWatcher] = {}
-    _guard = threading.Lock()
+    _instances_guard = threading.Lock()
+    IDLE_EXIT_SECONDS = 5.0
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.changed = threading.Condition()
         self.version = 0
-        thread = threading.Thread(target=self._watch, name="crmqueue-sqlite-watch", daemon=True)
-        thread.start()
+        self._waiters = 0
+        self._last_wait = time.monotonic()
+        self._running = False
 
     @classmethod
     def for_file(cls, filename: str) -> _SqliteWatcher:
-        with cls._guard:
+        with cls._instances_guard:
             if filename not in cls._instances:
                 cls._instances[filename] = cls(filename)
             return cls._instances[filename]
@@ -289,15 +295,23 @@ class _SqliteWatcher:
     def _watch(self) -> None:
         conn = sqlite3.connect(self.filename, isolation_level=None, check_same_thread=False)
         last = None
-        while True:
-            try:
-                current = conn.execute("pragma data_version").fetchone()[0]
-            except sqlite3.Error:
-                current = last
-            if current != last:
-                last = current
-                self.bump()
-            time.sleep(0.005)
+        try:
+            while True:
+                try:
+                    current = conn.execute("pragma data_version").fetchone()[0]
+                except sqlite3.Error:
+                    current = last
+                if current != last:
+                    last = current
+                    self.bump()
+                with self.changed:
+                    idle = time.monotonic() - self._last_wait > self.IDLE_EXIT_SECONDS
+                    if self._waiters == 0 and idle:
+                        self._running = False
+                        return
+                time.sleep(0.005)
+        finally:
+            conn.close()
 
     def bump(self) -> None:
         with self.changed:
@@ -306,7 +320,17 @@ class _SqliteWatcher:
 
     def wait(self, seen: int, timeout: float) -> int:
         with self.changed:
-            self.changed.wait_for(lambda: self.version != seen, timeout)
+            if not self._running:
+                self._running = True
+                threading.Thread(
+                    target=self._watch, name="crmqueue-sqlite-watch", daemon=True
+                ).start()
+            self._waiters += 1
+            try:
+                self.changed.wait_for(lambda: self.version != seen, timeout)
+            finally:
+                self._waiters -= 1
+                self._last_wait = time.monotonic()
             return self.version
 
 
@@ -330,7 +354,15 @@ class SqliteJobStore(JobStore):
         parent = Path(filename).parent
         parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connection().executescript(_SQLITE_SCHEMA)
+        conn = self._connection()
+        version = conn.execute("pragma user_version").fetchone()[0]
+        if version == 0:
+            conn.executescript(f"{_SQLITE_SCHEMA}; pragma user_version = {SQLITE_SCHEMA_VERSION};")
+        elif version != SQLITE_SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"{filename}: queue schema version {version}; this crmqueue uses"
+                f" {SQLITE_SCHEMA_VERSION}"
+            )
         self._watcher = _SqliteWatcher.for_file(filename)
         self._seen = self._watcher.version
 
@@ -422,10 +454,11 @@ class SqliteJobStore(JobStore):
             )
             rows = conn.execute(
                 "update jobs set state = 'active', attempts = attempts + 1, started_at = ?,"
-                " lease_until = ?, consumer = ? where rowid in (select rowid from jobs"
+                " lease_until = ?, consumer = ?, lease_token = lower(hex(randomblob(8)))"
+                " where rowid in (select rowid from jobs"
                 " where queue = ? and state = 'waiting' order by priority desc, order_key"
                 " limit ?) returning id, name, message, attempts, max_attempts,"
-                " priority, order_key",
+                " priority, order_key, lease_token",
                 (now, now + lease_seconds, consumer, self.name, limit),
             ).fetchall()
             next_due = None
@@ -437,13 +470,23 @@ class SqliteJobStore(JobStore):
                 ).fetchone()[0]
         rows.sort(key=lambda r: (-r["priority"], r["order_key"]))
         claims = [
-            Claim(r["id"], r["name"], bytes(r["message"]), r["attempts"], r["max_attempts"])
+            Claim(
+                r["id"],
+                r["name"],
+                bytes(r["message"]),
+                r["attempts"],
+                r["max_attempts"],
+                r["lease_token"],
+            )
             for r in rows
         ]
         return ClaimResult(claims, next_due)
 
     def wait_for_jobs(self, timeout: float) -> None:
         self._seen = self._watcher.wait(self._seen, timeout)
+
+    def wake(self) -> None:
+        self._watcher.bump()
 
     def _bump_stats(self, conn: sqlite3.Connection, column: str, now: float) -> None:
         conn.execute(
@@ -452,36 +495,32 @@ class SqliteJobStore(JobStore):
             (self.name, int(now // 60)),
         )
 
-    def complete(self, claim: Claim, consumer: str, result: Any, keep_seconds: int) -> bool:
+    def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
         now = time.time()
         with self._tx() as conn:
             if keep_seconds > 0:
                 cursor = conn.execute(
                     "update jobs set state = 'completed', progress = 100, finished_at = ?,"
-                    " result = ?, lease_until = null where id = ? and state = 'active'"
-                    " and consumer = ? and attempts = ?",
-                    (now, json.dumps(result, default=str), claim.id, consumer, claim.attempts),
+                    " result = ?, lease_until = null, lease_token = null where id = ?"
+                    " and state = 'active' and lease_token = ?",
+                    (now, json.dumps(result, default=str), claim.id, claim.token),
                 )
             else:
                 cursor = conn.execute(
-                    "delete from jobs where id = ? and state = 'active' and consumer = ?"
-                    " and attempts = ?",
-                    (claim.id, consumer, claim.attempts),
+                    "delete from jobs where id = ? and state = 'active' and lease_token = ?",
+                    (claim.id, claim.token),
                 )
             owned = cursor.rowcount == 1
             if owned:
                 self._bump_stats(conn, "completed", now)
         return owned
 
-    def fail(
-        self, claim: Claim, consumer: str, error: dict[str, Any], retry_delay: float | None
-    ) -> str | None:
+    def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
         now = time.time()
         with self._tx() as conn:
             row = conn.execute(
-                "select errors from jobs where id = ? and state = 'active' and consumer = ?"
-                " and attempts = ?",
-                (claim.id, consumer, claim.attempts),
+                "select errors from jobs where id = ? and state = 'active' and lease_token = ?",
+                (claim.id, claim.token),
             ).fetchone()
             if row is None:
                 return None
@@ -492,31 +531,29 @@ class SqliteJobStore(JobStore):
                 state, run_at, finished = "delayed", now + retry_delay, None
             conn.execute(
                 "update jobs set state = ?, run_at = ?, finished_at = ?, errors = ?,"
-                " lease_until = null where id = ?",
+                " lease_until = null, lease_token = null where id = ?",
                 (state, run_at, finished, json.dumps(errors), claim.id),
             )
             self._bump_stats(conn, "failed", now)
         return state
 
-    def release(self, claim: Claim, consumer: str) -> bool:
+    def release(self, claim: Claim) -> bool:
         with self._tx() as conn:
             cursor = conn.execute(
                 "update jobs set state = 'waiting', attempts = attempts - 1, order_key = 0,"
-                " lease_until = null where id = ? and state = 'active' and consumer = ?"
-                " and attempts = ?",
-                (claim.id, consumer, claim.attempts),
+                " lease_until = null, lease_token = null where id = ? and state = 'active'"
+                " and lease_token = ?",
+                (claim.id, claim.token),
             )
         self._watcher.bump()
         return cursor.rowcount == 1
 
-    def touch(
-        self, claim: Claim, consumer: str, lease_seconds: float, progress: int | None = None
-    ) -> bool:
+    def touch(self, claim: Claim, lease_seconds: float, progress: int | None = None) -> bool:
         with self._tx() as conn:
             cursor = conn.execute(
                 "update jobs set lease_until = ?, progress = coalesce(?, progress)"
-                " where id = ? and state = 'active' and consumer = ? and attempts = ?",
-                (time.time() + lease_seconds, progress, claim.id, consumer, claim.attempts),
+                " where id = ? and state = 'active' and lease_token = ?",
+                (time.time() + lease_seconds, progress, claim.id, claim.token),
             )
         return cursor.rowcount == 1
 
@@ -535,14 +572,14 @@ class SqliteJobStore(JobStore):
                     errors = [*json.loads(row["errors"]), stalled]
                     conn.execute(
                         "update jobs set state = 'dead', stalls = ?, finished_at = ?,"
-                        " errors = ?, lease_until = null where id = ?",
+                        " errors = ?, lease_until = null, lease_token = null where id = ?",
                         (stalls, now, json.dumps(errors[-MAX_ERRORS_KEPT:]), row["id"]),
                     )
                     self._bump_stats(conn, "failed", now)
                 else:
                     conn.execute(
                         "update jobs set state = 'waiting', stalls = ?, attempts = attempts - 1,"
-                        " order_key = 0, lease_until = null where id = ?",
+                        " order_key = 0, lease_until = null, lease_token = null where id = ?",
                         (stalls, row["id"]),
                     )
         return [row["id"] for row in rows]
@@ -744,9 +781,9 @@ local function bump_stats(field, now)
   redis.call('HINCRBY', key, field, 1)
   redis.call('EXPIRE', key, 90000)
 end
-local function owned(jk, consumer, attempts)
-  local v = redis.call('HMGET', jk, 'state', 'consumer', 'attempts')
-  return v[1] == 'active' and v[2] == consumer and v[3] == attempts
+local function owned(jk, token)
+  local v = redis.call('HMGET', jk, 'state', 'lease_token')
+  return v[1] == 'active' and v[2] == token
 end
 local function append_error(jk, error_json)
   local errors = cjson.decode(redis.call('HGET', jk, 'errors') or '[]')
@@ -810,11 +847,12 @@ for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = job_key(id)
   local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+  local token = ARGV[1] .. '#' .. redis.call('INCR', queue_key('lease-seq'))
   redis.call('HSET', jk, 'state', 'active', 'started_at', now, 'lease_until', lease_until,
-    'consumer', ARGV[1])
+    'consumer', ARGV[1], 'lease_token', token)
   redis.call('ZADD', queue_key('active'), lease_until, id)
   local v = redis.call('HMGET', jk, 'name', 'message', 'max_attempts')
-  table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1')})
+  table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1'), token})
 end
 if #out == 0 then
   local next_due = nil
@@ -829,16 +867,16 @@ end
 return {out, false}
 """
 
-# ARGV: id, consumer, attempts, result_json, keep_seconds
+# ARGV: id, token, result_json, keep_seconds
 _LUA_COMPLETE = """
 local jk = job_key(ARGV[1])
-if not owned(jk, ARGV[2], ARGV[3]) then return 0 end
+if not owned(jk, ARGV[2]) then return 0 end
 local now = now_seconds()
 redis.call('ZREM', queue_key('active'), ARGV[1])
-if tonumber(ARGV[5]) > 0 then
+if tonumber(ARGV[4]) > 0 then
   redis.call('HSET', jk, 'state', 'completed', 'progress', 100, 'finished_at', now,
-    'result', ARGV[4])
-  redis.call('HDEL', jk, 'lease_until')
+    'result', ARGV[3])
+  redis.call('HDEL', jk, 'lease_until', 'lease_token')
   redis.call('ZADD', queue_key('completed'), now, ARGV[1])
 else
   redis.call('DEL', jk)
@@ -847,22 +885,22 @@ bump_stats('completed', now)
 return 1
 """
 
-# ARGV: id, consumer, attempts, error_json, retry_delay ('' = dead)
+# ARGV: id, token, error_json, retry_delay ('' = dead)
 _LUA_FAIL = """
 local jk = job_key(ARGV[1])
-if not owned(jk, ARGV[2], ARGV[3]) then return false end
+if not owned(jk, ARGV[2]) then return false end
 local now = now_seconds()
 redis.call('ZREM', queue_key('active'), ARGV[1])
-local errors = append_error(jk, ARGV[4])
-redis.call('HDEL', jk, 'lease_until')
+local errors = append_error(jk, ARGV[3])
+redis.call('HDEL', jk, 'lease_until', 'lease_token')
 local state
-if ARGV[5] == '' then
+if ARGV[4] == '' then
   state = 'dead'
   redis.call('HSET', jk, 'state', state, 'finished_at', now, 'errors', errors)
   redis.call('ZADD', queue_key('dead'), now, ARGV[1])
 else
   state = 'delayed'
-  local run_at = now + tonumber(ARGV[5])
+  local run_at = now + tonumber(ARGV[4])
   redis.call('HSET', jk, 'state', state, 'run_at', run_at, 'errors', errors)
   redis.call('ZADD', queue_key('delayed'), run_at, ARGV[1])
   -- wake an idle consumer so that it waits for this due time, not its full poll timeout
@@ -873,28 +911,28 @@ bump_stats('failed', now)
 return state
 """
 
-# ARGV: id, consumer, attempts
+# ARGV: id, token
 _LUA_RELEASE = """
 local jk = job_key(ARGV[1])
-if not owned(jk, ARGV[2], ARGV[3]) then return 0 end
+if not owned(jk, ARGV[2]) then return 0 end
 redis.call('ZREM', queue_key('active'), ARGV[1])
 local priority = tonumber(redis.call('HGET', jk, 'priority'))
 redis.call('HINCRBY', jk, 'attempts', -1)
 redis.call('HSET', jk, 'state', 'waiting')
-redis.call('HDEL', jk, 'lease_until')
+redis.call('HDEL', jk, 'lease_until', 'lease_token')
 redis.call('ZADD', queue_key('waiting'), waiting_score(priority, 0), ARGV[1])
 redis.call('LPUSH', queue_key('wake'), '1')
 redis.call('LTRIM', queue_key('wake'), 0, 63)
 return 1
 """
 
-# ARGV: id, consumer, attempts, lease_seconds, progress ('' = unchanged)
+# ARGV: id, token, lease_seconds, progress ('' = unchanged)
 _LUA_TOUCH = """
 local jk = job_key(ARGV[1])
-if not owned(jk, ARGV[2], ARGV[3]) then return 0 end
-local lease_until = now_seconds() + tonumber(ARGV[4])
+if not owned(jk, ARGV[2]) then return 0 end
+local lease_until = now_seconds() + tonumber(ARGV[3])
 redis.call('HSET', jk, 'lease_until', lease_until)
-if ARGV[5] ~= '' then redis.call('HSET', jk, 'progress', ARGV[5]) end
+if ARGV[4] ~= '' then redis.call('HSET', jk, 'progress', ARGV[4]) end
 redis.call('ZADD', queue_key('active'), lease_until, ARGV[1])
 return 1
 """
@@ -907,7 +945,7 @@ for _, id in ipairs(expired) do
   local jk = job_key(id)
   redis.call('ZREM', queue_key('active'), id)
   local stalls = redis.call('HINCRBY', jk, 'stalls', 1)
-  redis.call('HDEL', jk, 'lease_until')
+  redis.call('HDEL', jk, 'lease_until', 'lease_token')
   if stalls > tonumber(ARGV[1]) then
     redis.call('HSET', jk, 'state', 'dead', 'finished_at', now,
       'errors', append_error(jk, ARGV[2]))
@@ -1055,7 +1093,8 @@ class RedisJobStore(JobStore):
         with self._guard():
             rows, next_due = self._claim(keys=self._keys, args=[consumer, lease_seconds, limit])
         claims = [
-            Claim(r[0].decode(), r[1].decode(), bytes(r[2]), int(r[3]), int(r[4])) for r in rows
+            Claim(r[0].decode(), r[1].decode(), bytes(r[2]), int(r[3]), int(r[4]), r[5].decode())
+            for r in rows
         ]
         return ClaimResult(claims, float(next_due) if next_due else None)
 
@@ -1070,39 +1109,31 @@ class RedisJobStore(JobStore):
         with self._guard():
             self._blocking_conn().brpop([self._qkey("wake")], timeout=max(timeout, 0.01))
 
-    def complete(self, claim: Claim, consumer: str, result: Any, keep_seconds: int) -> bool:
+    def wake(self) -> None:
         with self._guard():
-            done = self._complete(
-                keys=self._keys,
-                args=[
-                    claim.id, consumer, claim.attempts, json.dumps(result, default=str),
-                    keep_seconds,
-                ],
-            )  # fmt: skip
-        return bool(done)
+            self.conn.lpush(self._qkey("wake"), "1")
 
-    def fail(
-        self, claim: Claim, consumer: str, error: dict[str, Any], retry_delay: float | None
-    ) -> str | None:
+    def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
+        args: list[Any] = [claim.id, claim.token, json.dumps(result, default=str), keep_seconds]
+        with self._guard():
+            return bool(self._complete(keys=self._keys, args=args))
+
+    def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
         delay = "" if retry_delay is None else repr(retry_delay)
         with self._guard():
             state = self._fail(
-                keys=self._keys,
-                args=[claim.id, consumer, claim.attempts, json.dumps(error), delay],
+                keys=self._keys, args=[claim.id, claim.token, json.dumps(error), delay]
             )
         return state.decode() if state else None
 
-    def release(self, claim: Claim, consumer: str) -> bool:
+    def release(self, claim: Claim) -> bool:
         with self._guard():
-            return bool(self._release(keys=self._keys, args=[claim.id, consumer, claim.attempts]))
+            return bool(self._release(keys=self._keys, args=[claim.id, claim.token]))
 
-    def touch(
-        self, claim: Claim, consumer: str, lease_seconds: float, progress: int | None = None
-    ) -> bool:
+    def touch(self, claim: Claim, lease_seconds: float, progress: int | None = None) -> bool:
         args: list[Any] = [
             claim.id,
-            consumer,
-            claim.attempts,
+            claim.token,
             lease_seconds,
             "" if progress is None else progress,
         ]
