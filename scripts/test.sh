@@ -8,7 +8,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 bash scripts/setup.sh dev
-.venv/bin/ruff check crmqueue tests
-.venv/bin/ruff format --check crmqueue tests
+.venv/bin/ruff check crmqueue tests bench
+.venv/bin/ruff format --check crmqueue tests bench
 .venv/bin/mypy crmqueue
 .venv/bin/pytest "$@"
