@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -84,8 +85,77 @@ class OutageLog:
                     log.warning("storage reachable again")
 
 
+class CompletionRecorder:
+    """Group commit: the completions of a queue's workers are written together, one
+    transaction (SQLite) or one script call (Redis) for all the jobs that finished while
+    the previous write was in flight. Each worker waits until its own job is recorded, so
+    a job is acknowledged before its worker takes the next one."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, runner: QueueRunner) -> None:
+        self.runner = runner
+        self._pending: stdqueue.SimpleQueue[_Completion | None] = stdqueue.SimpleQueue()
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def complete(self, claim: Claim, result: Any) -> bool:
+        item = _Completion(claim, result)
+        with self._lock:
+            queued = not self._stopped
+            if queued:
+                self._pending.put(item)
+        if not queued:
+            self._write([item])  # a job that outlived its consumer's stop records itself
+        item.recorded.wait()
+        return item.owned
+
+    def _write(self, batch: list[_Completion]) -> None:
+        store = self.runner.queue.store
+        keep = self.runner.queue.spec.keep_completed_seconds
+        done = [(item.claim, item.result) for item in batch]
+        try:
+            owned = self.runner._persist(functools.partial(store.complete_many, done, keep))
+        except Exception:
+            log.exception("could not record %d completed job(s)", len(batch))
+            owned = [False] * len(batch)
+        for item, flag in zip(batch, owned, strict=True):
+            item.owned = flag
+            item.recorded.set()
+
+    def run(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._pending.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if item is None:
+                    self._pending.put(None)
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._pending.put(None)
+
+
+@dataclass
+class _Completion:
+    claim: Claim
+    result: Any
+    owned: bool = False
+    recorded: threading.Event = field(default_factory=threading.Event)
+
+
 class QueueRunner:
-    """One queue's fetcher and worker threads inside a consumer."""
+    """One queue's fetcher, worker and completion-recorder threads inside a consumer."""
 
     def __init__(
         self, queue: Queue, consumer: str, workers: int, outage: OutageLog, limiter: TimeLimiter
@@ -101,6 +171,7 @@ class QueueRunner:
         self._slots = threading.Semaphore(self.workers)
         self._inbox: stdqueue.SimpleQueue[Claim | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self.recorder = CompletionRecorder(self)
 
     def start(self) -> None:
         if not self.workers:
@@ -109,6 +180,9 @@ class QueueRunner:
         name = self.queue.name
         self._threads.append(
             threading.Thread(target=self._fetch_loop, name=f"{name}-fetch", daemon=True)
+        )
+        self._threads.append(
+            threading.Thread(target=self.recorder.run, name=f"{name}-record", daemon=True)
         )
         for index in range(self.workers):
             self._threads.append(
@@ -199,9 +273,7 @@ class QueueRunner:
             except Exception as exc:
                 outcome = self._record_failure(claim, exc)
             else:
-                keep = self.queue.spec.keep_completed_seconds
-                owned = self._persist(lambda: self.queue.store.complete(claim, result, keep))
-                outcome = "completed" if owned else "lease-lost"
+                outcome = "completed" if self.recorder.complete(claim, result) else "lease-lost"
         finally:
             _current.reset(token)
         log.info(
@@ -262,6 +334,7 @@ class QueueRunner:
         Workers still inside an overrunning job are daemons: they die with the process."""
         for _ in range(self.workers):
             self._inbox.put(None)
+        self.recorder.stop()
         if self._threads:
             with contextlib.suppress(StorageUnavailable):
                 self.queue.store.wake()
@@ -348,6 +421,7 @@ class Consumer:
                     self.is_leader = lock_store.acquire_lock(
                         LEADER_LOCK, self.id, runner_settings.heartbeat_seconds * 3
                     )
+                    self.outage.up()  # only after a round trip that succeeded
                 if not self.is_leader:
                     continue
                 if now >= due["reap"]:
@@ -359,8 +433,10 @@ class Consumer:
                 if now >= due["health"]:
                     due["health"] = now + runner_settings.health_interval_seconds
                     self.check_health()
-                self.outage.up()
             except StorageUnavailable as exc:
+                # Unconfirmed leadership is no leadership: another consumer may take the
+                # lock once it expires, and periodic work needs the storage anyway.
+                self.is_leader = False
                 self.outage.down(exc)
             except Exception:
                 log.exception("maintenance step failed")

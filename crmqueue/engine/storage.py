@@ -130,6 +130,11 @@ class JobStore(BaseStorage):  # type: ignore[misc]
         raise NotImplementedError
 
     def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
+        """Record a finished job. False when the lease was no longer ours."""
+        return self.complete_many([(claim, result)], keep_seconds)[0]
+
+    def complete_many(self, done: Sequence[tuple[Claim, Any]], keep_seconds: int) -> list[bool]:
+        """Record many finished jobs in one step (group commit), each as complete() would."""
         raise NotImplementedError
 
     def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
@@ -495,24 +500,30 @@ class SqliteJobStore(JobStore):
             (self.name, int(now // 60)),
         )
 
-    def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
+    def complete_many(self, done: Sequence[tuple[Claim, Any]], keep_seconds: int) -> list[bool]:
         now = time.time()
+        owned = []
         with self._tx() as conn:
-            if keep_seconds > 0:
-                cursor = conn.execute(
-                    "update jobs set state = 'completed', progress = 100, finished_at = ?,"
-                    " result = ?, lease_until = null, lease_token = null where id = ?"
-                    " and state = 'active' and lease_token = ?",
-                    (now, json.dumps(result, default=str), claim.id, claim.token),
+            for claim, result in done:
+                if keep_seconds > 0:
+                    cursor = conn.execute(
+                        "update jobs set state = 'completed', progress = 100, finished_at = ?,"
+                        " result = ?, lease_until = null, lease_token = null where id = ?"
+                        " and state = 'active' and lease_token = ?",
+                        (now, json.dumps(result, default=str), claim.id, claim.token),
+                    )
+                else:
+                    cursor = conn.execute(
+                        "delete from jobs where id = ? and state = 'active' and lease_token = ?",
+                        (claim.id, claim.token),
+                    )
+                owned.append(cursor.rowcount == 1)
+            if any(owned):
+                conn.execute(
+                    "insert into job_stats (queue, minute, completed) values (?, ?, ?)"
+                    " on conflict (queue, minute) do update set completed = completed + ?",
+                    (self.name, int(now // 60), sum(owned), sum(owned)),
                 )
-            else:
-                cursor = conn.execute(
-                    "delete from jobs where id = ? and state = 'active' and lease_token = ?",
-                    (claim.id, claim.token),
-                )
-            owned = cursor.rowcount == 1
-            if owned:
-                self._bump_stats(conn, "completed", now)
         return owned
 
     def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
@@ -867,22 +878,31 @@ end
 return {out, false}
 """
 
-# ARGV: id, token, result_json, keep_seconds
+# ARGV: keep_seconds, then id, token, result_json for each job
 _LUA_COMPLETE = """
-local jk = job_key(ARGV[1])
-if not owned(jk, ARGV[2]) then return 0 end
 local now = now_seconds()
-redis.call('ZREM', queue_key('active'), ARGV[1])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('HSET', jk, 'state', 'completed', 'progress', 100, 'finished_at', now,
-    'result', ARGV[3])
-  redis.call('HDEL', jk, 'lease_until', 'lease_token')
-  redis.call('ZADD', queue_key('completed'), now, ARGV[1])
-else
-  redis.call('DEL', jk)
+local keep = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i]
+  local jk = job_key(id)
+  if owned(jk, ARGV[i + 1]) then
+    redis.call('ZREM', queue_key('active'), id)
+    if keep > 0 then
+      redis.call('HSET', jk, 'state', 'completed', 'progress', 100, 'finished_at', now,
+        'result', ARGV[i + 2])
+      redis.call('HDEL', jk, 'lease_until', 'lease_token')
+      redis.call('ZADD', queue_key('completed'), now, id)
+    else
+      redis.call('DEL', jk)
+    end
+    bump_stats('completed', now)
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
 end
-bump_stats('completed', now)
-return 1
+return out
 """
 
 # ARGV: id, token, error_json, retry_delay ('' = dead)
@@ -1113,10 +1133,12 @@ class RedisJobStore(JobStore):
         with self._guard():
             self.conn.lpush(self._qkey("wake"), "1")
 
-    def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
-        args: list[Any] = [claim.id, claim.token, json.dumps(result, default=str), keep_seconds]
+    def complete_many(self, done: Sequence[tuple[Claim, Any]], keep_seconds: int) -> list[bool]:
+        args: list[Any] = [keep_seconds]
+        for claim, result in done:
+            args += [claim.id, claim.token, json.dumps(result, default=str)]
         with self._guard():
-            return bool(self._complete(keys=self._keys, args=args))
+            return [bool(flag) for flag in self._complete(keys=self._keys, args=args)]
 
     def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
         delay = "" if retry_delay is None else repr(retry_delay)
