@@ -816,10 +816,10 @@ for i = 0, n - 1 do
   local jk = job_key(id)
   local state = 'waiting'
   if run_at ~= '' and tonumber(run_at) > now then state = 'scheduled' end
+  -- progress, attempts, stalls and errors start absent: readers take them as 0 and [].
   redis.call('HSET', jk, 'id', id, 'queue', KEYS[3], 'name', ARGV[b + 1],
-    'tenant', ARGV[b + 2], 'state', state, 'priority', priority, 'progress', 0, 'attempts', 0,
-    'max_attempts', ARGV[b + 4], 'stalls', 0, 'errors', '[]', 'message', ARGV[b + 5],
-    'created_at', now)
+    'tenant', ARGV[b + 2], 'state', state, 'priority', priority,
+    'max_attempts', ARGV[b + 4], 'message', ARGV[b + 5], 'created_at', now)
   if state == 'scheduled' then
     redis.call('HSET', jk, 'run_at', run_at)
     redis.call('ZADD', queue_key('scheduled'), tonumber(run_at), id)
