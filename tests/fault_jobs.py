@@ -58,17 +58,28 @@ def side_count(path: str, event: str = "run", distinct: bool = False) -> int:
         return int(conn.execute(f"select {what} from runs where event = ?", (event,)).fetchone()[0])
 
 
-def note(payload: dict[str, Any], event: str) -> None:
-    """Record one event of the running job in the payload's side database."""
+def _side(payload: dict[str, Any]) -> sqlite3.Connection:
     path = str(payload["side"])
     conns: dict[str, sqlite3.Connection] = getattr(_local, "conns", None) or {}
     _local.conns = conns
     if path not in conns:
         conns[path] = _connect(path)
-    conns[path].execute(
+    return conns[path]
+
+
+def note(payload: dict[str, Any], event: str) -> int:
+    """Record one event of the running job in the payload's side database; returns how
+    many times this job has recorded this event, this one included."""
+    conn = _side(payload)
+    job_id = current_job_id()
+    conn.execute(
         "insert into runs (job_id, pid, event, at) values (?, ?, ?, ?)",
-        (current_job_id(), os.getpid(), event, time.time()),
+        (job_id, os.getpid(), event, time.time()),
     )
+    row = conn.execute(
+        "select count(*) from runs where job_id = ? and event = ?", (job_id, event)
+    ).fetchone()
+    return int(row[0])
 
 
 @job("email")
@@ -83,9 +94,10 @@ def record(payload: dict[str, Any]) -> int:
 
 @job("email")
 def sleepy(payload: dict[str, Any]) -> str:
-    """Runs for payload["seconds"], recording its start and its end."""
-    note(payload, "start")
-    time.sleep(float(payload["seconds"]))
+    """Runs for payload["seconds"] (payload["again_seconds"], if given, when this job ran
+    before), recording its start and its end."""
+    first = note(payload, "start") == 1
+    time.sleep(float(payload["seconds"] if first else payload.get("again_seconds", 0)))
     note(payload, "end")
     return "slept"
 
@@ -120,11 +132,12 @@ def write_file(payload: dict[str, Any]) -> str:
 
 @job("email")
 def sqlite_transaction(payload: dict[str, Any]) -> str:
-    """Inserts rows into the side database inside one transaction for payload["seconds"];
-    `with conn` commits on success and rolls back on any exception."""
+    """Inserts rows into the database payload["db"] (made by init_side; not the side
+    database, which other bodies write meanwhile) inside one transaction for
+    payload["seconds"]; `with conn` commits on success and rolls back on any exception."""
     note(payload, "start")
     end = time.monotonic() + float(payload.get("seconds", 60))
-    conn = sqlite3.connect(str(payload["side"]), timeout=SIDE_BUSY_TIMEOUT_MS / 1000)
+    conn = sqlite3.connect(str(payload["db"]), timeout=SIDE_BUSY_TIMEOUT_MS / 1000)
     try:
         with conn:
             while time.monotonic() < end:

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from conftest import QUEUES, ROOT, RedisServer, engine_settings, wait_until
 
+import crmqueue.cli
 from crmqueue import jobs, tasks
 from crmqueue.engine import Broker, Consumer, configure
 from crmqueue.engine import queues as engine_queues
@@ -263,9 +264,10 @@ def test_sigkill_three_times_loses_no_job(
     runs = Counter(job_id for job_id, *_ in fj.side_rows(side, "run"))
     duplicates = {job_id: n - 1 for job_id, n in runs.items() if n > 1}
     records = {r["id"]: r for r in store.list_jobs("completed", 2 * KILL_JOBS)}
+    stalls = sum(r["stalls"] for r in records.values())
     print(
         f"\nkill test [{storage_url.split(':')[0]}] seed={seed}: killed at {kill_at} jobs run,"
-        f" active right after each kill {active_at_kill}; {sum(r['stalls'] for r in records.values())} stall(s);"
+        f" active right after each kill {active_at_kill}; {stalls} stall(s);"
         f" {sum(duplicates.values())} duplicate execution(s): {duplicates}"
     )
     assert set(runs) == ids  # every job ran; no stranger ran
@@ -300,8 +302,8 @@ def test_sigterm_finishes_short_jobs_and_hands_long_ones_back(
     wait_live(store, proc)
     short = tasks.enqueue("email", {"tenant_id": "t1", "side": side, "seconds": 0.3},
                           kind=kind("sleepy"))  # fmt: skip
-    long = tasks.enqueue("email", {"tenant_id": "t1", "side": side, "seconds": grace + 2.0},
-                         kind=kind("sleepy"))  # fmt: skip
+    long = tasks.enqueue("email", {"tenant_id": "t1", "side": side, "seconds": grace + 2.0,
+                                   "again_seconds": 0.1}, kind=kind("sleepy"))  # fmt: skip
 
     def events(job_id: str, event: str) -> int:
         return sum(1 for row in fj.side_rows(side, event) if row[0] == job_id)
@@ -332,6 +334,48 @@ def test_sigterm_finishes_short_jobs_and_hands_long_ones_back(
     assert (events(long.id, "start"), events(long.id, "end")) == (2, 1)
     assert store.counts() == {**ALL_ZERO, "completed": 2}
     assert again.terminate() == 0
+
+
+def test_second_signal_exits_at_once_and_the_lease_brings_the_job_back(
+    make_broker: Callable[..., Broker],
+    storage_url: str,
+    tmp_path: Path,
+    spawn: Callable[..., ConsumerProcess],
+) -> None:
+    lease, heartbeat = 1.0, 0.3
+    broker = make_broker({"queues.email.lease_seconds": lease})
+    store = broker.queue("email").store
+    side = new_side(tmp_path)
+    config = write_config(
+        tmp_path / "crmqueue.toml",
+        storage_url,
+        runner={"shutdown_grace_seconds": 30, "heartbeat_seconds": heartbeat},
+        queues={"email": {"lease_seconds": lease}},
+    )
+    # A repeat of the same signal within SIGNAL_ECHO_SECONDS counts as one (a terminal's
+    # Ctrl-C reaches the whole process group): the second signal comes later than that.
+    echo = float(getattr(crmqueue.cli, "SIGNAL_ECHO_SECONDS", 0.0))
+    proc = spawn(config, "worker", "email", "--workers", "1")
+    job = tasks.enqueue("email", {"tenant_id": "t1", "side": side, "seconds": echo + 2.0,
+                                  "again_seconds": 0.1}, kind=kind("sleepy"))  # fmt: skip
+    wait_until(lambda: fj.side_rows(side, "start"), 20, message=lambda: "the job" + proc.tail())
+    proc.popen.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping gracefully" in proc.log(), 10, message=proc.tail)
+    time.sleep(echo + 0.2)  # the operator's second, separate signal
+    assert proc.alive, "the first signal waits for the running job"
+    stopping = time.monotonic()
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(10) == 1
+    assert time.monotonic() - stopping < 1.0, "the second signal must exit at once"
+    assert "second signal: exiting now" in proc.log()
+    assert jobs.get(job.id).state == "active"  # not handed back: its lease brings it back
+
+    spawn(config, "worker", "email", "--workers", "1")
+    done = job.wait(30)
+    assert (done.state, done.attempts) == ("completed", 1)
+    record = store.get_job(job.id)
+    assert record is not None and record["stalls"] == 1
+    assert [len(fj.side_rows(side, e)) for e in ("start", "end")] == [2, 1]
 
 
 # --------------------------------------------------------------------------- 3. Redis outage
@@ -479,7 +523,9 @@ def test_time_limit_stops_overrunning_bodies_and_cleans_up(
     start_consumer(broker, workers={"email": 3})
     spin = tasks.enqueue("email", base, kind=kind("spin"))
     writer = tasks.enqueue("email", {**base, "path": str(final)}, kind=kind("write_file"))
-    transaction = tasks.enqueue("email", base, kind=kind("sqlite_transaction"))
+    db = str(tmp_path / "crm-like.db")
+    fj.init_side(db)
+    transaction = tasks.enqueue("email", {**base, "db": db}, kind=kind("sqlite_transaction"))
     quick = tasks.enqueue("email", {**base, "seconds": 0.01}, kind=kind("spin"))
 
     for job in (spin, writer, transaction):
@@ -494,7 +540,8 @@ def test_time_limit_stops_overrunning_bodies_and_cleans_up(
         record = broker.queue("email").store.get_job(job.id)
         assert record is not None
         assert record["finished_at"] - starts[-1][3] < limit + 2.0  # stopped, not run out
-    assert quick.wait(10).state == "completed"  # a body within its limit is untouched
+    quick_info = quick.wait(10)
+    assert (quick_info.state, quick_info.errors) == ("completed", [])  # within its limit
     assert broker.queue("email").store.window_counts(3600) == (1, 3 * attempts)
 
     # The file was being written to its temporary name: no final file, no handle left open.
@@ -504,12 +551,12 @@ def test_time_limit_stops_overrunning_bodies_and_cleans_up(
 
     # The transaction was rolled back and its connection closed: nothing of it committed,
     # and another connection writes at once (timeout 0: no waiting for a lock).
-    assert fj.side_rows(side, "tx-row") == []
-    with closing(sqlite3.connect(side, timeout=0, isolation_level=None)) as conn:
+    assert fj.side_rows(db, "tx-row") == []
+    with closing(sqlite3.connect(db, timeout=0, isolation_level=None)) as conn:
         conn.execute("begin immediate")
         conn.execute("insert into runs (job_id, pid, event, at) values ('x', 0, 'probe', 0)")
         conn.execute("commit")
-    assert len(fj.side_rows(side, "probe")) == 1
+    assert len(fj.side_rows(db, "probe")) == 1
 
 
 # --------------------------------------------------------------------------- 6. poison
@@ -560,7 +607,7 @@ def test_poison_messages_go_dead_in_a_worker_process_that_keeps_running(
 def test_periodic_work_runs_on_one_leader_at_a_time(
     make_broker: Callable[..., Broker], storage_url: str, tmp_path: Path
 ) -> None:
-    heartbeat = 0.3  # the leader lock lives 3 heartbeats
+    heartbeat = 0.5  # the leader lock lives 3 heartbeats, renewed every heartbeat
     overrides = {
         "runner.heartbeat_seconds": heartbeat,
         "runner.health_interval_seconds": 0.2,
