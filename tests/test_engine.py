@@ -830,7 +830,7 @@ def test_shutdown_hands_unfinished_jobs_back(
 
     start_consumer(broker, workers={"email": 1})
     done = wait_state(job.id, "completed")
-    assert done.attempts == 1 and fj.CALLS["s"] == 2
+    assert done.attempts == 1 and fj.CALLS["s"] == 2, (done, dict(fj.CALLS), fj.STARTED["s"])
     expect_counts(broker, completed=1)
 
 
