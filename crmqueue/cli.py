@@ -7,14 +7,17 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from crmqueue import __version__
@@ -101,8 +104,53 @@ class CrmQueueGroup(click.Group):
             sys.exit(1)
 
 
+def build_commit() -> str:
+    """The git commit crmqueue was built from: ``crmqueue/_build.py`` inside an executable
+    (scripts/build.sh writes it), else ``git rev-parse`` in a checkout, else "unknown"."""
+    try:
+        built = getattr(importlib.import_module("crmqueue._build"), "COMMIT", None)
+    except ImportError:
+        built = None
+    if built and getattr(sys, "frozen", False):
+        return str(built)
+    return _checkout_commit() or (str(built) if built else "unknown")
+
+
+def _checkout_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            [*git, "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=5
+        ).returncode
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty == 1 else "")
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"crmqueue, version {__version__} (commit {build_commit()})")
+    ctx.exit()
+
+
 @click.group(cls=CrmQueueGroup)
-@click.version_option(__version__, prog_name="crmqueue")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and the git commit of this build, then exit.",
+)
 def main() -> None:
     """crmqueue: the background-job system of a CRM."""
 
@@ -110,24 +158,36 @@ def main() -> None:
 # ------------------------------------------------------------------ consumers
 
 
+# A onefile executable runs as a launcher process and a Python process; the launcher
+# forwards every signal it gets, so a signal sent to the whole process group (Ctrl-C,
+# systemd's default KillMode) arrives twice within microseconds. The same signal again
+# within this window is that echo, not a second request.
+SIGNAL_ECHO_SECONDS = 0.5
+
+
 def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
     from crmqueue.engine.runner import Consumer
 
     configure_logging(broker.settings)
+    executable = _executable_identity()
     consumer = Consumer(broker, queues, workers)
     stop = threading.Event()
-    signals_seen = []
+    requests: list[tuple[int, float]] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
-        signals_seen.append(signum)
-        if len(signals_seen) > 1:
+        now = time.monotonic()
+        if requests and requests[-1][0] == signum and now - requests[-1][1] < SIGNAL_ECHO_SECONDS:
+            return
+        requests.append((signum, now))
+        if len(requests) > 1:
             log.warning("second signal: exiting now; leases bring running jobs back")
             os._exit(1)
-        log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+        action = "restarting" if signum == signal.SIGHUP else "stopping"
+        log.info("received %s: %s gracefully", signal.Signals(signum).name, action)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     consumer.start()
     click.echo(
         f"crmqueue {__version__} consuming {', '.join(queues)} (consumer {consumer.id})", err=True
@@ -135,6 +195,45 @@ def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
     while not stop.wait(1.0):
         pass
     consumer.stop()
+    if requests[0][0] == signal.SIGHUP:
+        _reexec(executable)
+
+
+def _executable_identity() -> tuple[int, int, int] | None:
+    """Which file the running executable is, to notice a replaced binary on SIGHUP."""
+    if not getattr(sys, "frozen", False):
+        return None
+    try:
+        info = os.stat(sys.executable)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns
+
+
+def _reexec(started_from: tuple[int, int, int] | None) -> None:
+    """Replace this process (same pid) with a fresh crmqueue with the same arguments: it
+    reads the configuration and imports the job modules again."""
+    env = None
+    if getattr(sys, "frozen", False):
+        argv = [sys.executable, *sys.argv[1:]]
+        if _executable_identity() != started_from:
+            # A new binary was installed over the running one: its own files must be
+            # unpacked, not the old executable's (which the launcher keeps until exit).
+            env = {**os.environ, "PYINSTALLER_RESET_ENVIRONMENT": "1"}
+    else:
+        argv = [sys.executable, "-m", "crmqueue", *sys.argv[1:]]
+    log.info("re-executing %s", " ".join(argv))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        if env is None:
+            os.execv(argv[0], argv)
+        else:
+            os.execve(argv[0], argv, env)
+    except OSError as exc:
+        raise CrmQueueError(f"cannot restart: {argv[0]}: {exc.strerror or exc}") from None
 
 
 @main.command()
@@ -402,7 +501,7 @@ def dlq_replay(config_file: str | None, job_id: str | None, all_queue: str | Non
 
 @main.group("config")
 def config_group() -> None:
-    """Show or check the effective configuration."""
+    """Show or check the effective configuration, or print the documented defaults."""
 
 
 @config_group.command("show")
@@ -419,3 +518,51 @@ def config_check(config_file: str | None) -> None:
     settings = load_settings(config_file)
     load_bodies(settings)
     click.echo("configuration ok")
+
+
+def default_config_file() -> Path | None:
+    """config/crmqueue.toml: bundled inside the executable, or in a source checkout."""
+    candidates = [Path(__file__).resolve().parent.parent / "config" / "crmqueue.toml"]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        candidates.insert(0, Path(bundle) / "config" / "crmqueue.toml")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+@config_group.command("default")
+def config_default() -> None:
+    """Print the documented default configuration: every key, its default and a comment."""
+    path = default_config_file()
+    if path is None:
+        raise CrmQueueError(
+            "this installation does not include config/crmqueue.toml (see the source tree)"
+        )
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
+# ------------------------------------------------------------------ deployment
+
+
+@main.command()
+@with_config
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(config_file: str | None, as_json: bool) -> None:
+    """Check a deployment: config, storage, clock, directories, email, database.
+
+    Exits 1 when a check FAILs. Secrets never print."""
+    from crmqueue.doctor import run_checks
+
+    checks = run_checks(config_file)
+    failed = any(check.status == "FAIL" for check in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": [check.to_dict() for check in checks]})
+    else:
+        table = Table(title="crmqueue doctor")
+        for column in ("check", "status", "detail"):
+            table.add_column(column, no_wrap=column != "detail")
+        colours = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
+        for check in checks:
+            status = f"[{colours[check.status]}]{check.status}[/]"
+            table.add_row(check.name, status, escape(check.detail))
+        console.print(table)
+    sys.exit(1 if failed else 0)

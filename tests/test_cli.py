@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -304,3 +305,91 @@ def test_config_check_and_show(cli: Cli, tmp_path: Path) -> None:
 def test_version() -> None:
     result = subprocess.run([CRMQUEUE, "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("crmqueue, version ")
+    # In a checkout the commit comes from git (an executable carries it in crmqueue/_build.py).
+    assert re.fullmatch(r"crmqueue, version \S+ \(commit [0-9a-f]{7,}(-dirty)?\)\n", result.stdout)
+
+
+def test_sighup_restarts_in_place_and_keeps_serving(cli: Cli) -> None:
+    proc = cli.start("run")
+    try:
+        cli.wait_healthy()
+        proc.send_signal(signal.SIGHUP)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 20
+        # The same process (pid) now runs `python -m crmqueue run`.
+        while b"\0-m\0crmqueue\0run" not in cmdline.read_bytes():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "crmqueue never re-executed itself"
+            time.sleep(0.05)
+        done = cli("enqueue", "email", "--json", '{"tenant_id": "t1"}', "--kind", "cli_jobs.hello",
+                   "--wait", "--timeout", "30")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        cli.wait_healthy()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stdout.read() if proc.stdout else ""
+    assert "received SIGHUP: restarting gracefully" in log
+    assert log.count("consuming email") == 2, log
+
+
+def test_doctor(cli: Cli, tmp_path: Path) -> None:
+    result = cli("doctor", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    rows = {row["check"]: row for row in report["checks"]}
+    assert list(rows) == [
+        "config", "job bodies", "queue storage", "clock", "files directory",
+        "email outbox directory", "email provider outbox", "CRM database",
+    ]  # fmt: skip
+    assert {row["status"] for row in rows.values()} == {"ok"}
+    assert "email 2" in rows["job bodies"]["detail"]
+    if "redis" in rows["config"]["detail"]:
+        assert "against Redis TIME" in rows["clock"]["detail"]
+    assert (tmp_path / "crmqueue-data" / "files").is_dir()
+    assert "crmqueue doctor" in cli("doctor").stdout
+
+    (tmp_path / "not-a-dir").write_text("")
+    broken = Cli(
+        tmp_path,
+        {
+            **cli.env,
+            "REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",
+            "CRMQUEUE_STORAGE__CONNECT_TIMEOUT_SECONDS": "1",
+            "CRMQUEUE_FILES__DIR": str(tmp_path / "not-a-dir" / "files"),
+            "EMAIL_PROVIDER": "sendgrid",
+            "CRMQUEUE_DATABASE__URL": "postgresql+psycopg://crm:pg-secret@db/crm",
+        },
+    )
+    failed = broken("doctor", "--json")
+    assert failed.returncode == 1
+    assert "hunter2" not in failed.stdout and "pg-secret" not in failed.stdout
+    rows = {row["check"]: row for row in json.loads(failed.stdout)["checks"]}
+    assert rows["queue storage"]["status"] == "FAIL"
+    assert "127.0.0.1:1" in rows["queue storage"]["detail"]
+    assert rows["files directory"]["status"] == "FAIL"
+    assert rows["email provider sendgrid"] == {
+        "check": "email provider sendgrid", "status": "FAIL",
+        "detail": "not set: email.sendgrid.api_key (SENDGRID_API_KEY)",
+    }  # fmt: skip
+    assert rows["CRM database"]["status"] == "warn"
+    assert "checked once the CRM store exists" in rows["CRM database"]["detail"]
+    table = broken("doctor")
+    assert table.returncode == 1 and "FAIL" in table.stdout and "hunter2" not in table.stdout
+
+    keyed = Cli(tmp_path, {**cli.env, "EMAIL_PROVIDER": "sendgrid",
+                           "SENDGRID_API_KEY": "SG.very-secret"})  # fmt: skip
+    row = next(
+        row
+        for row in json.loads(keyed("doctor", "--json").stdout)["checks"]
+        if row["check"] == "email provider sendgrid"
+    )
+    assert row["status"] == "ok" and "not verified online yet" in row["detail"]
+
+    (tmp_path / "bad.toml").write_text("[storage]\nurl = 'ftp://x'\n")
+    invalid = cli("doctor", "--config", str(tmp_path / "bad.toml"))
+    assert invalid.returncode == 1
+    assert "storage.url" in invalid.stdout
