@@ -540,6 +540,187 @@ def config_default() -> None:
     click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
+# ------------------------------------------------------------------ CRM data (issue 5)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The CRM database: create or upgrade its schema, seed demo data."""
+
+
+@db_group.command("init")
+@with_config
+def db_init(config_file: str | None) -> None:
+    """Create the CRM schema, or upgrade an existing database keeping its data."""
+    from crmqueue.config import mask_url
+    from crmqueue.crm.store import create_engine, init_db
+
+    settings = load_settings(config_file)
+    engine = create_engine(settings.database.url)
+    try:
+        before, after = init_db(engine)
+    finally:
+        engine.dispose()
+    where = mask_url(settings.database.url)
+    if before == after:
+        click.echo(f"CRM database {where}: schema version {after}, up to date")
+    else:
+        click.echo(f"CRM database {where}: schema version {before} -> {after}")
+
+
+@db_group.command("seed")
+@with_config
+@click.option("--tenant", required=True, help="Tenant id of the demo data.")
+@click.option("--contacts", type=click.IntRange(min=0), default=1000, show_default=True)
+def db_seed(config_file: str | None, tenant: str, contacts: int) -> None:
+    """Insert realistic demo data for one tenant (companies, contacts, leads, activities)."""
+    from crmqueue.crm.store import create_engine, init_db, seed
+
+    settings = load_settings(config_file)
+    engine = create_engine(settings.database.url)
+    try:
+        init_db(engine)
+        counts = seed(engine, tenant, contacts)
+    finally:
+        engine.dispose()
+    click.echo(", ".join(f"{count} {name}" for name, count in counts.items()))
+
+
+def _wait_with_progress(job: Any, timeout: float | None) -> Any:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from crmqueue.jobs import FINAL_STATES
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=console
+    ) as bar:
+        task = bar.add_task(f"job {job.id}", total=100)
+        pause = 0.05
+        while True:
+            info = job.info()
+            bar.update(task, completed=info.progress, description=f"job {job.id} {info.state}")
+            if info.state in FINAL_STATES:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job.id} still {info.state} after {timeout}s")
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+
+def _finish(info: Any) -> None:
+    click.echo(_describe(info), err=True)
+    if info.state != "completed":
+        sys.exit(1)
+    result = info.result or {}
+    if "counts" in result:
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in result["counts"].items())
+        click.echo(f"{result['rows']} rows: {counts}" + (" (dry run)" if result["dry_run"] else ""))
+        for error in result["errors"][:10]:
+            click.echo(f"  row {error['row']}, {error['column']}: {error['reason']}")
+        if result.get("error_file"):
+            click.echo(f"failed rows: {result['error_file']} (under the files directory)")
+        if result.get("unmapped_columns"):
+            click.echo(f"columns not imported: {', '.join(result['unmapped_columns'])}")
+        for note in result.get("notes", []):
+            click.echo(f"note: {note}")
+    elif "path" in result:
+        click.echo(f"{result['rows']} rows exported to {result['file']}")
+
+
+ENTITY_CHOICE = click.Choice(["contacts", "companies", "leads", "activities"])
+
+
+@main.command("import")
+@with_config
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--entity", type=ENTITY_CHOICE, required=True)
+@click.option("--tenant", default="default", show_default=True, help="Tenant id.")
+@click.option("--user", "user_id", default="cli", show_default=True, help="Importing user.")
+@click.option("--type", "file_type", type=click.Choice(["csv", "xlsx", "json"]), default=None)
+@click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN", help="Map a column.")
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+@click.option("--on-duplicate", type=click.Choice(["skip", "update", "create"]), default="skip")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--wait", is_flag=True, help="Show progress until done, then the summary.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
+def import_command(
+    config_file: str | None,
+    file: str,
+    entity: str,
+    tenant: str,
+    user_id: str,
+    file_type: str | None,
+    maps: tuple[str, ...],
+    dry_run: bool,
+    on_duplicate: str,
+    batch_size: int,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Copy FILE under the files directory and enqueue its import; prints the job id."""
+    import shutil
+    import uuid
+
+    from crmqueue import tasks
+
+    mapping = {}
+    for item in maps:
+        field, sep, column = item.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise click.BadParameter(f"{item!r} is not FIELD=COLUMN", param_hint="--map")
+        mapping[field.strip()] = column.strip()
+    source = Path(file)
+    kind = file_type or source.suffix.lower().lstrip(".").replace("jsonl", "json")
+    if kind not in ("csv", "xlsx", "json"):
+        raise click.BadParameter(f"cannot tell the type of {file}", param_hint="--type")
+    broker = open_broker(config_file)
+    relative = Path("imports") / uuid.uuid4().hex / source.name
+    target = broker.settings.files.dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    job = tasks.import_records(
+        tenant_id=tenant, user_id=user_id, file_url=relative.as_posix(), file_type=kind,
+        entity_type=entity, mapping_config=mapping, dry_run=dry_run,
+        on_duplicate=on_duplicate, batch_size=batch_size,
+    )  # fmt: skip
+    click.echo(job.id)
+    if wait:
+        _finish(_wait_with_progress(job, timeout))
+
+
+@main.command("export")
+@with_config
+@click.option("--entity", type=ENTITY_CHOICE, required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx", "pdf"]), required=True)
+@click.option("--tenant", default="default", show_default=True, help="Tenant id.")
+@click.option("--user", "user_id", default="cli", show_default=True, help="Exporting user.")
+@click.option("--fields", default="", help="Comma-separated fields (default: all).")
+@click.option("--wait", is_flag=True, help="Show progress until done, then the file path.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
+def export_command(
+    config_file: str | None,
+    entity: str,
+    fmt: str,
+    tenant: str,
+    user_id: str,
+    fields: str,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Enqueue an export of one entity; prints the job id."""
+    from crmqueue import tasks
+
+    open_broker(config_file)
+    chosen = [name.strip() for name in fields.split(",") if name.strip()]
+    job = tasks.export_records(
+        tenant_id=tenant, user_id=user_id, entity_type=entity, format=fmt, fields=chosen
+    )
+    click.echo(job.id)
+    if wait:
+        _finish(_wait_with_progress(job, timeout))
+
+
 # ------------------------------------------------------------------ deployment
 
 
@@ -566,3 +747,82 @@ def doctor(config_file: str | None, as_json: bool) -> None:
             table.add_row(check.name, status, escape(check.detail))
         console.print(table)
     sys.exit(1 if failed else 0)
+
+
+# ------------------------------------------------------------------ email (issue 6)
+
+
+@main.group("email")
+def email_group() -> None:
+    """Preview email templates; send a test message through the configured provider."""
+
+
+@email_group.command("preview")
+@with_config
+@click.argument("template")
+@click.option("--context", "context_json", default="{}", help="Template variables (JSON object).")
+@click.option("--subject", default=None, help="Subject (default: the template's own).")
+@click.option("--tenant", default=None, help="Use this tenant's template if it has one.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write <template>.html and <template>.txt into this directory instead of printing.",
+)
+def email_preview(
+    config_file: str | None,
+    template: str,
+    context_json: str,
+    subject: str | None,
+    tenant: str | None,
+    out: str | None,
+) -> None:
+    """Render TEMPLATE (HTML and text) with --context and print or save it."""
+    from crmqueue.providers.email.render import render, tenant_template_dir
+
+    settings = load_settings(config_file)
+    try:
+        context = json.loads(context_json)
+    except ValueError as exc:
+        raise CrmQueueError(f"--context is not valid JSON: {exc}") from exc
+    if not isinstance(context, dict):
+        raise CrmQueueError("--context must be a JSON object")
+    tenant_dir = tenant_template_dir(Path(settings.files.dir), tenant) if tenant else None
+    rendered = render(template, context, subject, tenant_dir=tenant_dir)
+    if out:
+        directory = Path(out)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{template}.html").write_text(rendered.html, encoding="utf-8")
+        (directory / f"{template}.txt").write_text(rendered.text, encoding="utf-8")
+        click.echo(f"Subject: {rendered.subject}")
+        click.echo(f"wrote {directory / f'{template}.html'} and {directory / f'{template}.txt'}")
+        return
+    click.echo(f"Subject: {rendered.subject}\n\n--- text ---\n{rendered.text}\n--- html ---")
+    click.echo(rendered.html)
+
+
+@email_group.command("test")
+@with_config
+@click.option("--to", "address", required=True, help="Recipient address.")
+def email_test(config_file: str | None, address: str) -> None:
+    """Send a test message through the configured provider; print the vendor's message id."""
+    import uuid
+
+    from crmqueue.payloads import EmailPayload, validate_payload
+    from crmqueue.providers.email import get_provider
+    from crmqueue.workers.email import build_email
+
+    settings = load_settings(config_file)
+    payload = validate_payload(
+        EmailPayload,
+        {
+            "tenant_id": "crmqueue-test",
+            "to": address,
+            "subject": "crmqueue test email",
+            "template": "welcome",
+            "context": {"first_name": "there"},
+        },
+    )
+    email = build_email(payload, settings, f"crmqueue-test-{uuid.uuid4().hex}")
+    result = get_provider(settings.email).send(email)
+    click.echo(f"sent through {result.provider}: message id {result.message_id}")

@@ -24,6 +24,7 @@ DEFAULT_CONFIG_FILE = "crmqueue.toml"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class Section(BaseModel):
@@ -91,6 +92,7 @@ class QueuesSettings(Section):
 class SendgridSettings(Section):
     api_key: SecretStr | None = None
     base_url: str = "https://api.sendgrid.com"
+    rate_per_second: NonNegativeFloat = 0.0
 
 
 class SesSettings(Section):
@@ -99,17 +101,20 @@ class SesSettings(Section):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     base_url: str | None = None
+    rate_per_second: NonNegativeFloat = 0.0
 
 
 class ResendSettings(Section):
     api_key: SecretStr | None = None
     base_url: str = "https://api.resend.com"
+    rate_per_second: NonNegativeFloat = 2.0
 
 
 class MailgunSettings(Section):
     domain: str | None = None
     api_key: SecretStr | None = None
     base_url: str = "https://api.mailgun.net"
+    rate_per_second: NonNegativeFloat = 0.0
 
 
 class SmtpSettings(Section):
@@ -119,6 +124,7 @@ class SmtpSettings(Section):
     password: SecretStr | None = None
     security: Literal["none", "starttls", "ssl"] = "none"
     timeout_seconds: PositiveFloat = 10.0
+    rate_per_second: NonNegativeFloat = 0.0
 
 
 class EmailSettings(Section):

@@ -346,7 +346,7 @@ def test_doctor(cli: Cli, tmp_path: Path) -> None:
         "email outbox directory", "email provider outbox", "CRM database",
     ]  # fmt: skip
     assert {row["status"] for row in rows.values()} == {"ok"}
-    assert "email 2" in rows["job bodies"]["detail"]
+    assert "email 3" in rows["job bodies"]["detail"]  # send_email + the two cli_jobs bodies
     if "redis" in rows["config"]["detail"]:
         assert "against Redis TIME" in rows["clock"]["detail"]
     assert (tmp_path / "crmqueue-data" / "files").is_dir()

@@ -2,4 +2,4 @@
 executable cannot discover modules at run time); a queue without a module has no
 bodies yet and its jobs wait."""
 
-BODY_MODULES: tuple[str, ...] = ()
+BODY_MODULES: tuple[str, ...] = ("crmqueue.workers.email", "crmqueue.workers.import_export")

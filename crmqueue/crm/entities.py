@@ -1,0 +1,125 @@
+"""What an import may write per entity: the row model that validates a source row (emails,
+dates, numbers, enums) and the duplicate key."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from crmqueue.formats.writers import FORMULA_PREFIXES
+from crmqueue.payloads import EmailAddress
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)]
+Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
+
+
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+def _unescape(value: Any) -> Any:
+    """Blank is None; a cell our exports escaped against formula injection ('=..., '+...)
+    reads back as the original text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value[:1] == "'" and value[1:2] in FORMULA_PREFIXES:
+        return value[1:]
+    return value
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_none(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: _unescape(v) for k, v in data.items()}
+        return data
+
+
+class ContactRow(Row):
+    email: EmailAddress
+    first_name: Short | None = None
+    last_name: Short | None = None
+    phone: Annotated[str, StringConstraints(max_length=50)] | None = None
+    title: Text | None = None
+    company: Text | None = None
+    city: Short | None = None
+    country: Short | None = None
+    source: Short | None = None
+    external_id: Short | None = None
+
+
+class CompanyRow(Row):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+    domain: Annotated[str, StringConstraints(to_lower=True, max_length=253)] | None = None
+    industry: Short | None = None
+    employees: Annotated[int, Field(ge=0)] | None = None
+    phone: Annotated[str, StringConstraints(max_length=50)] | None = None
+    city: Short | None = None
+    country: Short | None = None
+    external_id: Short | None = None
+
+
+class LeadRow(Row):
+    external_id: Short | None = None
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+    amount: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)] | None = None
+    currency: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$"), AfterValidator(_upper)] | None
+    ) = None
+    status: Literal["open", "won", "lost"] = "open"
+    stage: Short | None = None
+    owner: Annotated[str, StringConstraints(max_length=64)] | None = None
+    close_date: dt.date | None = None
+
+
+class ActivityRow(Row):
+    external_id: Short | None = None
+    type: Literal["call", "email", "meeting", "task", "note"]
+    subject: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+    notes: str | None = None
+    due_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    owner: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
+ROW_MODELS: dict[str, type[Row]] = {
+    "contacts": ContactRow,
+    "companies": CompanyRow,
+    "leads": LeadRow,
+    "activities": ActivityRow,
+}
+
+# The duplicate key per entity: the columns compared case-insensitively, first match wins
+# (companies: domain, else name).
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "contacts": ("email",),
+    "companies": ("domain", "name"),
+    "leads": ("external_id",),
+    "activities": ("external_id",),
+}
+
+
+def entity_fields(entity: str) -> list[str]:
+    return list(ROW_MODELS[entity].model_fields)
+
+
+def row_key(entity: str, values: dict[str, Any]) -> tuple[str, str] | None:
+    """(key field, normalised value) of a validated row, or None when it has no key."""
+    for name in KEY_FIELDS[entity]:
+        value = values.get(name)
+        if value:
+            return name, str(value).strip().lower()
+    return None

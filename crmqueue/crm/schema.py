@@ -1,0 +1,230 @@
+"""The CRM schema (SQLAlchemy Core): every table carries `tenant_id` and every index the
+jobs use starts with it. The schema is versioned: `schema_version` holds the applied
+version and `MIGRATIONS` upgrades an existing database step by step, keeping its data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+metadata = sa.MetaData()
+
+TENANT = 64
+
+
+def _tenant() -> sa.Column[str]:
+    return sa.Column("tenant_id", sa.String(TENANT), nullable=False)
+
+
+def _stamps() -> list[sa.Column[object]]:
+    return [
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    ]
+
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(254), nullable=False),
+    *_stamps(),
+    sa.UniqueConstraint("tenant_id", "user_id", name="uq_users_tenant_user"),
+)
+
+companies = sa.Table(
+    "companies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("name", sa.String(300), nullable=False),
+    sa.Column("domain", sa.String(253)),
+    sa.Column("industry", sa.String(100)),
+    sa.Column("employees", sa.Integer),
+    sa.Column("phone", sa.String(50)),
+    sa.Column("city", sa.String(100)),
+    sa.Column("country", sa.String(100)),
+    sa.Column("external_id", sa.String(100)),
+    *_stamps(),
+)
+sa.Index("ix_companies_tenant_domain", companies.c.tenant_id, sa.func.lower(companies.c.domain))
+sa.Index("ix_companies_tenant_name", companies.c.tenant_id, sa.func.lower(companies.c.name))
+
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("first_name", sa.String(100)),
+    sa.Column("last_name", sa.String(100)),
+    sa.Column("email", sa.String(254)),
+    sa.Column("phone", sa.String(50)),
+    sa.Column("title", sa.String(200)),
+    sa.Column("company", sa.String(300)),
+    sa.Column("company_id", sa.Integer, sa.ForeignKey("companies.id", ondelete="SET NULL")),
+    sa.Column("city", sa.String(100)),
+    sa.Column("country", sa.String(100)),
+    sa.Column("source", sa.String(100)),
+    sa.Column("external_id", sa.String(100)),
+    *_stamps(),
+)
+sa.Index("ix_contacts_tenant_email", contacts.c.tenant_id, sa.func.lower(contacts.c.email))
+sa.Index("ix_contacts_tenant_created", contacts.c.tenant_id, contacts.c.created_at)
+
+leads = sa.Table(
+    "leads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("external_id", sa.String(100)),
+    sa.Column("title", sa.String(300), nullable=False),
+    sa.Column("amount", sa.Numeric(14, 2)),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("stage", sa.String(50)),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("close_date", sa.Date),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="SET NULL")),
+    sa.Column("company_id", sa.Integer, sa.ForeignKey("companies.id", ondelete="SET NULL")),
+    *_stamps(),
+)
+sa.Index("ix_leads_tenant_external", leads.c.tenant_id, leads.c.external_id)
+sa.Index("ix_leads_tenant_stage", leads.c.tenant_id, leads.c.status, leads.c.stage)
+sa.Index("ix_leads_tenant_owner", leads.c.tenant_id, leads.c.owner)
+sa.Index("ix_leads_tenant_close", leads.c.tenant_id, leads.c.close_date)
+
+activities = sa.Table(
+    "activities",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("external_id", sa.String(100)),
+    sa.Column("type", sa.String(20), nullable=False),
+    sa.Column("subject", sa.String(300), nullable=False),
+    sa.Column("notes", sa.Text),
+    sa.Column("due_at", sa.DateTime(timezone=True)),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="SET NULL")),
+    sa.Column("lead_id", sa.Integer, sa.ForeignKey("leads.id", ondelete="SET NULL")),
+    *_stamps(),
+)
+sa.Index("ix_activities_tenant_external", activities.c.tenant_id, activities.c.external_id)
+sa.Index("ix_activities_tenant_due", activities.c.tenant_id, activities.c.due_at)
+sa.Index("ix_activities_tenant_contact", activities.c.tenant_id, activities.c.contact_id)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(20), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("action_url", sa.Text),
+    sa.Column("read_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index(
+    "ix_notifications_tenant_user",
+    notifications.c.tenant_id,
+    notifications.c.user_id,
+    notifications.c.read_at,
+)
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.String(200), nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    *_stamps(),
+    sa.UniqueConstraint("tenant_id", "webhook_id", name="uq_webhook_endpoints_tenant_id"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column(
+        "endpoint_id",
+        sa.Integer,
+        sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("event_type", sa.String(100), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("response_status", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+)
+sa.Index(
+    "ix_webhook_deliveries_tenant_endpoint",
+    webhook_deliveries.c.tenant_id,
+    webhook_deliveries.c.endpoint_id,
+    webhook_deliveries.c.created_at,
+)
+
+# Version 2: the import checkpoint, written in the same transaction as each batch.
+import_checkpoints = sa.Table(
+    "import_checkpoints",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    _tenant(),
+    sa.Column("last_batch", sa.Integer, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+V1_TABLES = [
+    users,
+    companies,
+    contacts,
+    leads,
+    activities,
+    notifications,
+    webhook_endpoints,
+    webhook_deliveries,
+]
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=V1_TABLES)
+
+
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[import_checkpoints])
+
+
+# MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+ENTITY_TABLES: dict[str, sa.Table] = {
+    "contacts": contacts,
+    "companies": companies,
+    "leads": leads,
+    "activities": activities,
+}

@@ -1,0 +1,283 @@
+"""Connecting to the CRM database (SQLite by default, PostgreSQL by URL), creating or
+upgrading its schema, and seeding demo data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import unicodedata
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from crmqueue.crm import schema
+from crmqueue.errors import ConfigError, CrmQueueError
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`database.url` as SQLAlchemy understands it: PostgreSQL through psycopg 3."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///"):
+        return url
+    raise ConfigError(
+        f"database.url: unsupported scheme in {url.split('://', 1)[0]!r}"
+        " (use sqlite:///path or postgresql://user@host/db)"
+    )
+
+
+def create_engine(url: str) -> Engine:
+    """A new engine for `url` (no schema work)."""
+    target = sqlalchemy_url(url)
+    if target.startswith("sqlite"):
+        path = target[len("sqlite:///") :]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(target, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(target, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for `url`, its schema created or upgraded on first use."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_engine(url)
+            init_db(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def current_version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    value = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar()
+    return int(value or 0)
+
+
+def init_db(engine: Engine, target: int = schema.SCHEMA_VERSION) -> tuple[int, int]:
+    """Create or upgrade the schema to `target`; returns (version before, version after).
+    Each step runs in its own transaction with its version row."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # One initialiser at a time: concurrent workers all call this on first use.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(742319)"))
+        schema.metadata.create_all(conn, tables=[schema.schema_version])
+        before = current_version(conn)
+        if before > schema.SCHEMA_VERSION:
+            raise CrmQueueError(
+                f"the CRM database is at schema version {before}, newer than this crmqueue"
+                f" ({schema.SCHEMA_VERSION}): upgrade crmqueue"
+            )
+        for version in range(before + 1, target + 1):
+            schema.MIGRATIONS[version - 1](conn)
+            conn.execute(schema.schema_version.insert().values(version=version, applied_at=now()))
+    return before, max(before, target)
+
+
+# --------------------------------------------------------------------------- seeding
+
+FIRST = [
+    "James",
+    "Mary",
+    "John",
+    "Patricia",
+    "Robert",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "William",
+    "Elizabeth",
+    "David",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Amélie",
+    "Jürgen",
+    "Søren",
+    "Zoë",
+    "Chloé",
+]
+LAST = [
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Müller",
+    "O'Brien",
+]
+WORDS = [
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Stark",
+    "Wayne",
+    "Hooli",
+    "Vandelay",
+    "Soylent",
+    "Tyrell",
+    "Cyberdyne",
+]
+SUFFIX = ("Inc", "LLC", "GmbH", "Ltd", "Group", "Labs")
+INDUSTRIES = ("Software", "Retail", "Finance", "Healthcare", "Manufacturing", "Education")
+CITIES = (("Berlin", "DE"), ("Paris", "FR"), ("New York", "US"), ("London", "GB"), ("Lyon", "FR"))
+TITLES = ("CEO", "CTO", "Sales Manager", "Engineer", "Buyer", "Head of Marketing")
+SOURCES = ("web", "referral", "event", "import", "cold-call")
+STAGES = ("prospecting", "qualification", "proposal", "negotiation", "closed")
+ACTIVITY_TYPES = ("call", "email", "meeting", "task", "note")
+
+
+def _ascii(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return folded.lower().replace("'", "")
+
+
+def seed(
+    engine: Engine, tenant_id: str, contacts: int, rng_seed: int = 1, chunk: int = 5000
+) -> dict[str, int]:
+    """Realistic demo data for one tenant: users, companies (1 per 20 contacts), contacts,
+    leads (1 per 5 contacts) and activities (1 per 5 contacts), bulk-inserted."""
+    rng = random.Random(rng_seed)
+    stamp = now()
+    counts = {"users": 5, "companies": max(1, contacts // 20), "contacts": contacts}
+    counts["leads"] = contacts // 5
+    counts["activities"] = contacts // 5
+    with engine.begin() as conn:
+        start = conn.execute(
+            sa.select(sa.func.count()).where(schema.contacts.c.tenant_id == tenant_id)
+        ).scalar_one()
+        has_users = conn.execute(
+            sa.select(sa.func.count()).where(schema.users.c.tenant_id == tenant_id)
+        ).scalar_one()
+        if not has_users:
+            conn.execute(
+                schema.users.insert(),
+                [
+                    {
+                        "tenant_id": tenant_id, "user_id": f"u{n}",
+                        "name": f"{FIRST[n]} {LAST[n]}", "email": f"user{n}@example.com",
+                        "created_at": stamp, "updated_at": stamp,
+                    }
+                    for n in range(1, 6)
+                ],
+            )  # fmt: skip
+        company_rows = []
+        for n in range(counts["companies"]):
+            name = f"{rng.choice(WORDS)} {rng.choice(SUFFIX)} {start + n}"
+            city, country = rng.choice(CITIES)
+            company_rows.append(
+                {
+                    "tenant_id": tenant_id, "name": name,
+                    "domain": f"{name.split()[0].lower()}{start + n}.example.com",
+                    "industry": rng.choice(INDUSTRIES), "employees": rng.randint(1, 5000),
+                    "city": city, "country": country, "created_at": stamp, "updated_at": stamp,
+                }
+            )  # fmt: skip
+        for offset in range(0, len(company_rows), chunk):
+            conn.execute(schema.companies.insert(), company_rows[offset : offset + chunk])
+        company_ids = list(
+            conn.execute(
+                sa.select(schema.companies.c.id, schema.companies.c.name)
+                .where(schema.companies.c.tenant_id == tenant_id)
+                .order_by(schema.companies.c.id.desc())
+                .limit(counts["companies"])
+            )
+        )
+        for offset in range(0, contacts, chunk):
+            rows = []
+            for n in range(offset, min(contacts, offset + chunk)):
+                first, last = rng.choice(FIRST), rng.choice(LAST)
+                company_id, company_name = rng.choice(company_ids)
+                city, country = rng.choice(CITIES)
+                created = stamp - dt.timedelta(days=rng.randint(0, 730), minutes=n % 1440)
+                rows.append(
+                    {
+                        "tenant_id": tenant_id, "first_name": first, "last_name": last,
+                        "email": _ascii(f"{first}.{last}.{start + n}@example.com"),
+                        "phone": f"+1-555-{rng.randint(0, 9999):04d}", "title": rng.choice(TITLES),
+                        "company": company_name, "company_id": company_id, "city": city,
+                        "country": country, "source": rng.choice(SOURCES),
+                        "created_at": created, "updated_at": created,
+                    }
+                )  # fmt: skip
+            conn.execute(schema.contacts.insert(), rows)
+        lead_rows = []
+        for n in range(counts["leads"]):
+            stage = rng.choice(STAGES)
+            status = rng.choice(("won", "lost")) if stage == "closed" else "open"
+            lead_rows.append(
+                {
+                    "tenant_id": tenant_id, "external_id": f"L-{start + n}",
+                    "title": f"{rng.choice(WORDS)} deal {start + n}",
+                    "amount": Decimal(rng.randint(500, 250_000)), "currency": "EUR",
+                    "status": status, "stage": stage, "owner": f"u{rng.randint(1, 5)}",
+                    "close_date": (stamp + dt.timedelta(days=rng.randint(-180, 180))).date(),
+                    "created_at": stamp, "updated_at": stamp,
+                }
+            )  # fmt: skip
+        for offset in range(0, len(lead_rows), chunk):
+            conn.execute(schema.leads.insert(), lead_rows[offset : offset + chunk])
+        activity_rows = [
+            {
+                "tenant_id": tenant_id, "type": rng.choice(ACTIVITY_TYPES),
+                "subject": f"Follow-up {start + n}", "owner": f"u{rng.randint(1, 5)}",
+                "due_at": stamp + dt.timedelta(days=rng.randint(-30, 30)),
+                "created_at": stamp, "updated_at": stamp,
+            }
+            for n in range(counts["activities"])
+        ]  # fmt: skip
+        for offset in range(0, len(activity_rows), chunk):
+            conn.execute(schema.activities.insert(), activity_rows[offset : offset + chunk])
+    return counts

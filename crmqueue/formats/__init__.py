@@ -1,0 +1,1 @@
+"""File formats for imports and exports: streaming readers and writers."""

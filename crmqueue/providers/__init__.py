@@ -1,0 +1,1 @@
+"""The outside world: email vendors and outbound HTTP."""

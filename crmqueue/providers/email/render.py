@@ -1,0 +1,123 @@
+"""Email templates: the built-ins under crmqueue/templates/email and tenant templates.
+
+Each template is a pair, ``<name>.html.j2`` (autoescaped) and ``<name>.txt.j2``, both
+extending the shared layout. The subject comes from the payload, else from the text
+template's ``{% block subject %}``. Undefined variables are errors (StrictUndefined), so
+a missing context value fails the job permanently with the variable's name instead of
+sending a blank.
+
+Tenant templates live under ``<files.dir>/templates/<tenant>/`` for now (until the CRM
+store has a table for them) and render in Jinja2's sandbox; they may extend the built-in
+layout. A tenant template with a built-in's name replaces it for that tenant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from crmqueue.errors import PermanentError
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "email"
+BUILTIN_TEMPLATES = (
+    "welcome",
+    "password-reset",
+    "contact-created",
+    "activity-reminder",
+    "lead-assigned",
+    "export-ready",
+    "import-completed",
+    "report-ready",
+)
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# Layout variables every template may use; the job's context overrides them.
+DEFAULTS: dict[str, Any] = {"product_name": "CRM"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    html: str
+    text: str
+
+
+def _environment(cls: type[jinja2.Environment], loader: jinja2.BaseLoader) -> jinja2.Environment:
+    return cls(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html.j2",), default_for_string=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+@lru_cache(maxsize=1)
+def builtin_environment() -> jinja2.Environment:
+    return _environment(jinja2.Environment, jinja2.FileSystemLoader(BUILTIN_DIR))
+
+
+@lru_cache(maxsize=64)
+def tenant_environment(tenant_dir: Path) -> jinja2.Environment:
+    loader = jinja2.ChoiceLoader(
+        [jinja2.FileSystemLoader(tenant_dir), jinja2.FileSystemLoader(BUILTIN_DIR)]
+    )
+    return _environment(SandboxedEnvironment, loader)
+
+
+def tenant_template_dir(files_dir: Path, tenant_id: str) -> Path:
+    if not _TENANT_RE.fullmatch(tenant_id) or tenant_id in (".", ".."):
+        raise PermanentError(f"invalid tenant id {tenant_id!r}")
+    return files_dir / "templates" / tenant_id
+
+
+def render(
+    template: str,
+    context: Mapping[str, Any],
+    subject: str | None = None,
+    *,
+    tenant_dir: Path | None = None,
+) -> Rendered:
+    """Render `template` (HTML and text) with `context`; raises PermanentError naming a
+    missing variable, an unknown template or a sandbox violation."""
+    if not _NAME_RE.fullmatch(template):
+        raise PermanentError(f"invalid template name {template!r}")
+    env = builtin_environment()
+    if tenant_dir is not None and (tenant_dir / f"{template}.html.j2").is_file():
+        env = tenant_environment(tenant_dir.resolve())
+    values = {**DEFAULTS, "now": dt.datetime.now(dt.UTC), **context}
+    try:
+        html_t = env.get_template(f"{template}.html.j2")
+        text_t = env.get_template(f"{template}.txt.j2")
+        if subject is None:
+            block = text_t.blocks.get("subject")
+            if block is None:
+                raise PermanentError(f"template {template!r} has no subject; give one")
+            subject = "".join(block(text_t.new_context(values))).strip()
+        values["subject"] = subject
+        html = html_t.render(values)
+        text = text_t.render(values)
+    except jinja2.TemplateNotFound as exc:
+        raise PermanentError(f"unknown email template {template!r} ({exc.name})") from exc
+    except jinja2.UndefinedError as exc:
+        raise PermanentError(f"template {template!r}: {exc.message}") from exc
+    except jinja2.exceptions.SecurityError as exc:
+        raise PermanentError(f"template {template!r} is not allowed: {exc}") from exc
+    except jinja2.TemplateError as exc:
+        raise PermanentError(f"template {template!r} failed: {exc}") from exc
+    subject = " ".join(subject.split())
+    if not subject:
+        raise PermanentError(f"template {template!r} rendered an empty subject")
+    return Rendered(subject=subject, html=html, text=text.strip() + "\n")

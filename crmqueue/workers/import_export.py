@@ -1,0 +1,481 @@
+"""The import-export queue: import records from CSV/XLSX/JSON into the CRM store, export
+them to CSV/XLSX.
+
+Imports run in batches of `batch_size` rows, each in one transaction that also records the
+batch in `import_checkpoints` under the job id; a retried job skips the batches already
+committed, so a crash never duplicates rows. A dry run validates and counts only.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.engine import Connection, Engine
+
+from crmqueue.config import Settings
+from crmqueue.crm import schema
+from crmqueue.crm.entities import KEY_FIELDS, ROW_MODELS, entity_fields, row_key
+from crmqueue.crm.store import get_engine, now
+from crmqueue.engine.queues import get_broker, job
+from crmqueue.engine.runner import current_job_id, report_progress
+from crmqueue.errors import PermanentError
+from crmqueue.formats.readers import Row, Table, open_table
+from crmqueue.formats.writers import write_csv, write_xlsx
+from crmqueue.payloads import ExportPayload, ImportPayload
+
+MAX_IMPORT_BYTES = 1024 * 1024 * 1024  # 1 GiB
+MAX_REPORTED_ERRORS = 1000
+OUTCOMES = ("new", "updated", "skipped", "invalid")
+
+Progress = Callable[[float], None]
+Key = tuple[str, str]
+
+
+def _job_progress(percent: float) -> None:
+    if current_job_id() is not None:
+        report_progress(percent)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def resolve_source(file_url: str, files_dir: Path) -> tuple[Path, str | None]:
+    """The local file a payload's `file_url` names, confined to the files directory, and
+    the sheet named by a `#sheet=Name` fragment."""
+    url, _, fragment = file_url.partition("#")
+    sheet = None
+    if fragment.startswith("sheet="):
+        sheet = unquote(fragment[len("sheet=") :]) or None
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        raise PermanentError(
+            "http(s) import sources are not supported yet (they need the SSRF-guarded HTTP"
+            " client); put the file under the files directory and pass its path"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise PermanentError(f"file:// URL with a remote host {parts.netloc!r}")
+        raw = unquote(parts.path)
+    elif scheme == "":
+        raw = url
+    else:
+        raise PermanentError(f"unsupported file_url scheme {scheme!r} (use a path or file://)")
+    base = files_dir.resolve()
+    candidate = Path(raw)
+    resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if not resolved.is_relative_to(base):
+        raise PermanentError(f"file_url {file_url!r} is outside the files directory")
+    if not resolved.is_file():
+        raise PermanentError(f"file_url {file_url!r}: no such file under the files directory")
+    size = resolved.stat().st_size
+    if size > MAX_IMPORT_BYTES:
+        raise PermanentError(
+            f"{resolved.name}: {size} bytes is over the import limit of {MAX_IMPORT_BYTES} bytes"
+        )
+    return resolved, sheet
+
+
+def build_mapping(
+    entity: str, columns: list[str], mapping_config: dict[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """(CRM field -> source column, source columns not used)."""
+    fields = entity_fields(entity)
+    if mapping_config:
+        unknown = [name for name in mapping_config if name not in fields]
+        if unknown:
+            raise PermanentError(
+                f"mapping_config: unknown field(s) {', '.join(map(repr, unknown))} for"
+                f" {entity} (fields: {', '.join(fields)})"
+            )
+        missing = [col for col in mapping_config.values() if col not in columns]
+        if missing:
+            raise PermanentError(
+                f"mapping_config: column(s) {', '.join(map(repr, missing))} not in the file"
+                f" (columns: {', '.join(columns)})"
+            )
+        mapping = dict(mapping_config)
+    else:
+
+        def norm(name: str) -> str:
+            return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+        by_name = {norm(col): col for col in reversed(columns)}
+        mapping = {field: by_name[field] for field in fields if field in by_name}
+    if not mapping:
+        raise PermanentError(
+            f"no column maps to a {entity} field (columns: {', '.join(columns)};"
+            f" fields: {', '.join(fields)}); pass mapping_config"
+        )
+    model = ROW_MODELS[entity]
+    required = [n for n, f in model.model_fields.items() if f.is_required() and n not in mapping]
+    if required:
+        raise PermanentError(
+            f"no column maps to the required {entity} field(s) {', '.join(required)}"
+        )
+    used = set(mapping.values())
+    return mapping, [col for col in columns if col not in used]
+
+
+# --------------------------------------------------------------------------- import
+
+
+class Importer:
+    """One import run: see the module docstring."""
+
+    def __init__(
+        self,
+        payload: ImportPayload,
+        engine: Engine,
+        files_dir: Path,
+        job_id: str | None,
+        progress: Progress = _job_progress,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.p = payload
+        self.engine = engine
+        self.files_dir = files_dir
+        self.job_id = job_id
+        self.progress = progress
+        self.on_batch = on_batch  # called after each committed batch (its 0-based index)
+        self.table_def = schema.ENTITY_TABLES[payload.entity_type]
+        self.model = ROW_MODELS[payload.entity_type]
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.errors: list[dict[str, Any]] = []
+        self.error_rows = 0
+        self.seen: dict[Key, int] = {}  # key -> row number of its first occurrence
+        self._error_file: Any = None
+        self._error_writer: Any = None
+        self.error_path: Path | None = None
+
+    # -- reading
+
+    def run(self) -> dict[str, Any]:
+        path, sheet = resolve_source(self.p.file_url, self.files_dir)
+        table = open_table(path, self.p.file_type, sheet)
+        self.columns = table.columns
+        self.mapping, unmapped = build_mapping(
+            self.p.entity_type, table.columns, self.p.mapping_config
+        )
+        self.source_for = {field: col for field, col in self.mapping.items()}
+        done_batch = self._checkpoint()
+        total = 0
+        try:
+            for index, batch in enumerate(self._batches(table)):
+                total += len(batch)
+                if index <= done_batch:
+                    self._replay(batch)
+                else:
+                    self._run_batch(index, batch)
+                    if self.on_batch is not None:
+                        self.on_batch(index)
+                fraction = table.progress()
+                if fraction is not None:
+                    self.progress(min(99.0, fraction * 100))
+        finally:
+            if self._error_file is not None:
+                self._error_file.close()
+        if total == 0:
+            raise PermanentError(f"{path.name}: a header row but no data rows")
+        self.progress(100)
+        return {
+            "entity_type": self.p.entity_type,
+            "dry_run": self.p.dry_run,
+            "on_duplicate": self.p.on_duplicate,
+            "rows": total,
+            "counts": self.counts,
+            "errors": self.errors,
+            "errors_truncated": self.error_rows > 0 and len(self.errors) >= MAX_REPORTED_ERRORS,
+            "error_file": self.error_path.relative_to(self.files_dir.resolve()).as_posix()
+            if self.error_path
+            else None,
+            "mapping": self.mapping,
+            "unmapped_columns": unmapped,
+            "encoding": table.encoding,
+            "notes": table.notes,
+            "resumed_after_batch": done_batch if done_batch >= 0 else None,
+        }
+
+    def _batches(self, table: Table) -> Iterator[list[tuple[int, Row]]]:
+        batch: list[tuple[int, Row]] = []
+        for item in table.rows:
+            batch.append(item)
+            if len(batch) >= self.p.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    # -- checkpoints
+
+    def _checkpoint(self) -> int:
+        """The last batch committed by an earlier attempt of this job (-1: none); restores
+        its counts."""
+        if self.p.dry_run or not self.job_id:
+            return -1
+        cp = schema.import_checkpoints
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(cp.c.last_batch, cp.c.counts).where(
+                    cp.c.job_id == self.job_id, cp.c.tenant_id == self.p.tenant_id
+                )
+            ).first()
+        if found is None:
+            return -1
+        self.counts = dict(found.counts)
+        return int(found.last_batch)
+
+    def _save_checkpoint(self, conn: Connection, index: int) -> None:
+        if not self.job_id:
+            return
+        cp = schema.import_checkpoints
+        values = {"last_batch": index, "counts": dict(self.counts), "updated_at": now()}
+        updated = conn.execute(
+            cp.update()
+            .where(cp.c.job_id == self.job_id, cp.c.tenant_id == self.p.tenant_id)
+            .values(**values)
+        )
+        if updated.rowcount == 0:
+            conn.execute(
+                cp.insert().values(job_id=self.job_id, tenant_id=self.p.tenant_id, **values)
+            )
+
+    # -- validation
+
+    def _validate(self, number: int, row: Row) -> dict[str, Any] | None:
+        data = {field: row.get(col) for field, col in self.mapping.items()}
+        try:
+            return self.model.model_validate(data).model_dump()
+        except ValidationError as exc:
+            reasons = []
+            for err in exc.errors():
+                field = str(err["loc"][0]) if err["loc"] else ""
+                column = self.source_for.get(field, field)
+                reasons.append(f"{column}: {err['msg']}")
+                if len(self.errors) < MAX_REPORTED_ERRORS:
+                    self.errors.append({"row": number, "column": column, "reason": err["msg"]})
+            self.error_rows += 1
+            self._write_error(number, row, "; ".join(reasons))
+            return None
+
+    def _write_error(self, number: int, row: Row, reason: str) -> None:
+        if self._error_writer is None:
+            directory = self.files_dir.resolve() / "imports" / "errors"
+            directory.mkdir(parents=True, exist_ok=True)
+            self.error_path = directory / f"{self.job_id or uuid.uuid4().hex}.csv"
+            self._error_file = self.error_path.open("w", encoding="utf-8-sig", newline="")
+            self._error_writer = csv.writer(self._error_file)
+            self._error_writer.writerow(["row", *self.columns, "error"])
+        self._error_writer.writerow([number, *(row.get(col) or "" for col in self.columns), reason])
+
+    def _replay(self, batch: list[tuple[int, Row]]) -> None:
+        """A batch committed before a crash: rebuild its errors and keys, write nothing."""
+        for number, row in batch:
+            values = self._validate(number, row)
+            if values is not None:
+                key = row_key(self.p.entity_type, values)
+                if key is not None:
+                    self.seen.setdefault(key, number)
+
+    # -- writing
+
+    def _existing(self, conn: Connection, keys: set[Key]) -> dict[Key, int]:
+        table = self.table_def
+        found: dict[Key, int] = {}
+        for field in KEY_FIELDS[self.p.entity_type]:
+            wanted = sorted(value for name, value in keys if name == field)
+            if not wanted:
+                continue
+            column = sa.func.lower(table.c[field])
+            query = (
+                sa.select(table.c.id, column.label("k"))
+                .where(table.c.tenant_id == self.p.tenant_id, column.in_(wanted))
+                .order_by(table.c.id)
+            )
+            for record in conn.execute(query):
+                found.setdefault((field, record.k), record.id)
+        return found
+
+    def _run_batch(self, index: int, batch: list[tuple[int, Row]]) -> None:
+        valid: list[tuple[int, dict[str, Any], Key | None]] = []
+        for number, row in batch:
+            values = self._validate(number, row)
+            if values is None:
+                self.counts["invalid"] += 1
+            else:
+                valid.append((number, values, row_key(self.p.entity_type, values)))
+        with self.engine.begin() as conn:
+            existing = self._existing(conn, {key for _, _, key in valid if key is not None})
+            inserts: list[dict[str, Any]] = []
+            pending: dict[Key, int] = {}  # key -> index in inserts
+            stamp = now()
+            for number, values, key in valid:
+                outcome = self._decide(key, number, existing, pending)
+                if outcome == "skip":
+                    self.counts["skipped"] += 1
+                elif outcome == "pending" and key is not None:
+                    inserts[pending[key]].update({k: v for k, v in values.items() if v is not None})
+                    self.counts["updated"] += 1
+                elif outcome == "update" and key is not None:
+                    self.counts["updated"] += 1
+                    if not self.p.dry_run:
+                        changes = {k: v for k, v in values.items() if v is not None}
+                        conn.execute(
+                            self.table_def.update()
+                            .where(
+                                self.table_def.c.id == existing[key],
+                                self.table_def.c.tenant_id == self.p.tenant_id,
+                            )
+                            .values(**changes, updated_at=stamp)
+                        )
+                else:
+                    self.counts["new"] += 1
+                    if key is not None and key not in pending:
+                        pending[key] = len(inserts)
+                    inserts.append(
+                        {**values, "tenant_id": self.p.tenant_id, "created_at": stamp,
+                         "updated_at": stamp}
+                    )  # fmt: skip
+            if self.p.dry_run:
+                return
+            if inserts:
+                conn.execute(self.table_def.insert(), inserts)
+            self._save_checkpoint(conn, index)
+
+    def _decide(
+        self, key: Key | None, number: int, existing: dict[Key, int], pending: dict[Key, int]
+    ) -> str:
+        mode = self.p.on_duplicate
+        if key is None or mode == "create":
+            if key is not None:
+                self.seen.setdefault(key, number)
+            return "new"
+        if key in pending:
+            return "skip" if mode == "skip" else "pending"
+        if key in existing:
+            self.seen.setdefault(key, number)
+            return "skip" if mode == "skip" else "update"
+        if key in self.seen:  # an earlier batch of this file (only a dry run gets here)
+            return "skip" if mode == "skip" else "dry-update"
+        self.seen[key] = number
+        return "new"
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _coerce(column: sa.Column[Any], value: Any) -> Any:
+    try:
+        kind = column.type.python_type
+    except NotImplementedError:
+        return value
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind is dt.date:
+            return dt.date.fromisoformat(value)
+        if kind is dt.datetime:
+            return dt.datetime.fromisoformat(value)
+        if kind is Decimal:
+            return Decimal(value)
+        if kind is int:
+            return int(value)
+    except (ValueError, InvalidOperation) as exc:
+        raise PermanentError(f"filters: {column.name}: {exc}") from None
+    return value
+
+
+def run_export(
+    payload: ExportPayload,
+    engine: Engine,
+    files_dir: Path,
+    job_id: str | None,
+    progress: Progress = _job_progress,
+) -> dict[str, Any]:
+    if payload.format == "pdf":
+        raise PermanentError("pdf export not available yet (csv and xlsx are)")
+    table = schema.ENTITY_TABLES[payload.entity_type]
+    available = [c.name for c in table.columns if c.name != "tenant_id"]
+    fields = payload.fields or available
+    unknown = [f for f in [*fields, *payload.filters] if f not in available]
+    if unknown:
+        raise PermanentError(
+            f"unknown {payload.entity_type} field(s) {', '.join(map(repr, unknown))}"
+            f" (fields: {', '.join(available)})"
+        )
+    conditions = [table.c.tenant_id == payload.tenant_id]
+    for name, value in payload.filters.items():
+        column = table.c[name]
+        if isinstance(value, list):
+            conditions.append(column.in_([_coerce(column, v) for v in value]))
+        elif value is None:
+            conditions.append(column.is_(None))
+        else:
+            conditions.append(column == _coerce(column, value))
+    directory = files_dir.resolve() / "exports" / payload.tenant_id
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{payload.entity_type}-{stamp}-{(job_id or uuid.uuid4().hex)[:12]}.{payload.format}"
+    final = directory / name
+    partial = directory / f".{name}.partial"
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).where(*conditions)).scalar_one()
+        query = sa.select(*(table.c[f] for f in fields)).where(*conditions).order_by(table.c.id)
+        result = conn.execution_options(yield_per=2000).execute(query)
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for n, record in enumerate(result, start=1):
+                if n % 5000 == 0:
+                    progress(min(99.0, 100 * n / max(1, total)))
+                yield tuple(record)
+
+        try:
+            if payload.format == "csv":
+                count = write_csv(partial, fields, rows())
+            else:
+                count = write_xlsx(partial, fields, rows(), title=payload.entity_type)
+            os.replace(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
+    progress(100)
+    return {
+        "entity_type": payload.entity_type,
+        "format": payload.format,
+        "rows": count,
+        "fields": fields,
+        "path": final.relative_to(files_dir.resolve()).as_posix(),
+        "file": str(final),
+    }
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def _settings() -> Settings:
+    return get_broker().settings
+
+
+@job("import-export", payload=ImportPayload)
+def import_records(payload: ImportPayload) -> dict[str, Any]:
+    """Import records into the CRM store (see the module docstring)."""
+    settings = _settings()
+    engine = get_engine(settings.database.url)
+    return Importer(payload, engine, settings.files.dir, current_job_id()).run()
+
+
+@job("import-export", payload=ExportPayload)
+def export_records(payload: ExportPayload) -> dict[str, Any]:
+    """Export records of one entity to a file under the files directory."""
+    settings = _settings()
+    engine = get_engine(settings.database.url)
+    return run_export(payload, engine, settings.files.dir, current_job_id())
