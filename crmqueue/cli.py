@@ -757,6 +757,30 @@ def email_group() -> None:
     """Preview email templates; send a test message through the configured provider."""
 
 
+@email_group.command("template-add")
+@with_config
+@click.argument("name")
+@click.option("--tenant", required=True, help="The tenant the template belongs to.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, exists=True), required=True)
+@click.option("--text", "text_file", type=click.Path(dir_okay=False, exists=True), required=True)
+def email_template_add(
+    config_file: str | None, name: str, tenant: str, html_file: str, text_file: str
+) -> None:
+    """Register a tenant's own template NAME (HTML and text; rendered in Jinja2's sandbox).
+    A tenant template with a built-in's name replaces the built-in for that tenant."""
+    from crmqueue.providers.email.render import register_tenant_template
+
+    settings = load_settings(config_file)
+    directory = register_tenant_template(
+        Path(settings.files.dir),
+        tenant,
+        name,
+        Path(html_file).read_text(encoding="utf-8"),
+        Path(text_file).read_text(encoding="utf-8"),
+    )
+    click.echo(f"template {name!r} registered for tenant {tenant!r} in {directory}")
+
+
 @email_group.command("preview")
 @with_config
 @click.argument("template")

@@ -350,3 +350,25 @@ def test_send_rate_is_shared_through_the_storage(tmp_path: Path) -> None:
     with pytest.raises(RetryableError, match="rate limit") as caught:
         acquire_send_slot(two, "slow", rate=0.01, max_wait=0.05)
     assert caught.value.delay is not None and caught.value.delay >= 1.0
+
+
+def test_registered_tenant_template_renders_in_the_sandbox(tmp_path: Path) -> None:
+    from crmqueue.errors import CrmQueueError
+    from crmqueue.providers.email.render import register_tenant_template, render
+
+    directory = register_tenant_template(
+        tmp_path, "t1", "promo", "<p>Hi {{ name }}</p>",
+        "{% block subject %}Offer for {{ name }}{% endblock %}Hi {{ name }}",
+    )  # fmt: skip
+    rendered = render("promo", {"name": "<Ann>"}, tenant_dir=directory)
+    assert rendered.subject == "Offer for <Ann>"
+    assert rendered.html == "<p>Hi &lt;Ann&gt;</p>"
+    with pytest.raises(CrmQueueError, match=r"html template 'promo', line 1"):
+        register_tenant_template(tmp_path, "t1", "promo", "{% if %}", "x")
+    with pytest.raises(CrmQueueError, match="template name"):
+        register_tenant_template(tmp_path, "t1", "../evil", "x", "x")
+    register_tenant_template(tmp_path, "t1", "sneaky", "{{ ''.__class__.__mro__ }}", "x")
+    with pytest.raises(PermanentError, match=r"not allowed|unsafe"):
+        render("sneaky", {}, subject="s", tenant_dir=directory)
+    with pytest.raises(PermanentError, match="unknown email template 'promo'"):
+        render("promo", {"name": "x"}, tenant_dir=tmp_path / "templates" / "t2")

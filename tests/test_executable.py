@@ -304,10 +304,27 @@ def test_smoke_run_enqueue_restart_and_stop(
                     '{"tenant_id": "t1", "n": 7}', "--wait", "--timeout", "30")  # fmt: skip
     assert echoed.returncode == 0, echoed.stderr + server.log
 
+    # The real bodies inside the executable: a welcome email through the outbox provider
+    # (the templates are bundled) and a small CSV import into the CRM database.
+    mailed = frozen("enqueue", "email", "--json",
+                    '{"tenant_id": "t1", "to": "ann@example.com", "template": "welcome",'
+                    ' "context": {"first_name": "Ann"}}', "--wait", "--timeout", "30")  # fmt: skip
+    assert mailed.returncode == 0, mailed.stderr + server.log
+    (eml,) = (frozen.workdir / "crmqueue-data" / "outbox").glob("*.eml")
+    message = eml.read_text()
+    assert "To: ann@example.com" in message and "Subject: Welcome" in message, message
+    (frozen.workdir / "people.csv").write_text("email,first_name\nbob@example.com,Bob\n")
+    assert frozen("db", "init").returncode == 0
+    imported = frozen("import", "people.csv", "--entity", "contacts", "--tenant", "t1",
+                      "--wait", "--timeout", "60")  # fmt: skip
+    assert imported.returncode == 0, imported.stdout + imported.stderr + server.log
+    assert "1 new" in imported.stdout + imported.stderr, imported.stdout + imported.stderr
+
     stats = frozen.json("stats")
     assert isinstance(stats, list)
     by_queue = {row["queue"]: row for row in stats}
-    assert by_queue["email"]["completed"] == 1 and by_queue["webhook"]["completed"] == 1
+    assert by_queue["email"]["completed"] == 2 and by_queue["webhook"]["completed"] == 1
+    assert by_queue["import-export"]["completed"] == 1
     assert all(row["waiting"] == 0 and row["dead"] == 0 for row in stats), stats
     health = frozen("health")
     assert health.returncode == 0, health.stdout + server.log

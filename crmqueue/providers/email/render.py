@@ -14,7 +14,9 @@ layout. A tenant template with a built-in's name replaces it for that tenant.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +26,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from crmqueue.errors import PermanentError
+from crmqueue.errors import CrmQueueError, PermanentError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "email"
 BUILTIN_TEMPLATES = (
@@ -81,6 +83,31 @@ def tenant_template_dir(files_dir: Path, tenant_id: str) -> Path:
     if not _TENANT_RE.fullmatch(tenant_id) or tenant_id in (".", ".."):
         raise PermanentError(f"invalid tenant id {tenant_id!r}")
     return files_dir / "templates" / tenant_id
+
+
+def register_tenant_template(
+    files_dir: Path, tenant_id: str, name: str, html_source: str, text_source: str
+) -> Path:
+    """Store a tenant's template pair after checking that both parse in the sandbox;
+    returns the tenant's template directory. Replaces an earlier pair of that name."""
+    if not _NAME_RE.fullmatch(name):
+        raise CrmQueueError(f"template name {name!r}: use lowercase letters, digits, - and _")
+    directory = tenant_template_dir(files_dir, tenant_id)
+    env = tenant_environment(directory.resolve())
+    for kind, source in (("html", html_source), ("text", text_source)):
+        try:
+            env.parse(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise CrmQueueError(
+                f"{kind} template {name!r}, line {exc.lineno}: {exc.message}"
+            ) from None
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix, source in ((".html.j2", html_source), (".txt.j2", text_source)):
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}", suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(source)
+        os.replace(temporary, directory / f"{name}{suffix}")
+    return directory
 
 
 def render(
