@@ -997,3 +997,25 @@ def test_typed_task_enqueues_validated_payload(broker: Broker) -> None:
     assert jobs.get(webhook.id).queue == "webhook"
     expect_counts(broker, waiting=1)
     expect_counts(broker, "webhook", waiting=1)
+
+
+def test_sqlite_schema_upgrade_from_version_1_keeps_counts_exact(tmp_path: Path) -> None:
+    from crmqueue.engine.storage import SQLITE_SCHEMA_VERSION, SqliteJobStore
+
+    path = str(tmp_path / "queues.db")
+    SqliteJobStore("email", filename=path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # make it look like version 1
+        conn.executescript(
+            "create trigger jobs_count_insert after insert on jobs begin"
+            " insert into job_counts (queue, state, n) values (new.queue, new.state, 1)"
+            " on conflict (queue, state) do update set n = n + 1; end;"
+            "create index jobs_lease on jobs (queue, state, lease_until);"
+            "pragma user_version = 1;"
+        )
+    store = SqliteJobStore("email", filename=path)
+    store.enqueue_jobs([NewJob("j1", "email", "a.b", "t1", 0, 1, b"{}")])
+    assert store.counts()["waiting"] == 1
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("pragma user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION
+        names = {row[0] for row in conn.execute("select name from sqlite_master")}
+    assert "jobs_count_insert" not in names and "jobs_lease" not in names

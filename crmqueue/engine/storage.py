@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -230,15 +231,11 @@ create table if not exists jobs (
 create index if not exists jobs_claim on jobs (queue, state, priority desc, order_key);
 create index if not exists jobs_due on jobs (queue, state, run_at);
 create index if not exists jobs_finished on jobs (queue, state, finished_at);
-create index if not exists jobs_lease on jobs (queue, state, lease_until);
 create table if not exists job_counts (
     queue text not null, state text not null, n integer not null default 0,
     primary key (queue, state)
 );
-create trigger if not exists jobs_count_insert after insert on jobs begin
-    insert into job_counts (queue, state, n) values (new.queue, new.state, 1)
-        on conflict (queue, state) do update set n = n + 1;
-end;
+-- Inserts are counted per batch by enqueue_jobs; every later change by these triggers.
 create trigger if not exists jobs_count_delete after delete on jobs begin
     update job_counts set n = n - 1 where queue = old.queue and state = old.state;
 end;
@@ -263,7 +260,10 @@ create table if not exists consumers (
 );
 """
 
-SQLITE_SCHEMA_VERSION = 1
+SQLITE_SCHEMA_VERSION = 2
+_SQLITE_UPGRADES = {
+    1: "drop trigger if exists jobs_count_insert; drop index if exists jobs_lease;",
+}
 
 _JOB_COLUMNS = (
     "id, queue, name, tenant, state, priority, run_at, progress, attempts, max_attempts, "
@@ -363,6 +363,11 @@ class SqliteJobStore(JobStore):
         version = conn.execute("pragma user_version").fetchone()[0]
         if version == 0:
             conn.executescript(f"{_SQLITE_SCHEMA}; pragma user_version = {SQLITE_SCHEMA_VERSION};")
+        elif version in _SQLITE_UPGRADES:
+            steps = "".join(_SQLITE_UPGRADES[v] for v in range(version, SQLITE_SCHEMA_VERSION))
+            conn.executescript(
+                f"begin; {steps} pragma user_version = {SQLITE_SCHEMA_VERSION}; commit;"
+            )
         elif version != SQLITE_SCHEMA_VERSION:
             raise StorageUnavailable(
                 f"{filename}: queue schema version {version}; this crmqueue uses"
@@ -430,11 +435,17 @@ class SqliteJobStore(JobStore):
                     job.max_attempts, job.message, now,
                 )
             )  # fmt: skip
+        added = Counter((row[1], row[4]) for row in rows)
         with self._tx() as conn:
             conn.executemany(
                 "insert into jobs (id, queue, name, tenant, state, priority, order_key, run_at,"
                 " max_attempts, message, created_at) values (?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
+            )
+            conn.executemany(
+                "insert into job_counts (queue, state, n) values (?, ?, ?)"
+                " on conflict (queue, state) do update set n = n + excluded.n",
+                [(queue, state, n) for (queue, state), n in added.items()],
             )
         self._watcher.bump()
 
