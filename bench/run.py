@@ -165,7 +165,8 @@ def memory_section(r: dict[str, float], jobs: int) -> list[str]:
         "",
         "Peak RSS (VmHWM) of `crmqueue run` with all five queues, the scheduler and the"
         f" maintenance thread: idle for 5 s, then after draining {jobs:,} no-op jobs on the"
-        " email queue (the email body itself arrives with its issue; this load is the engine's).",
+        " email queue (the engine's own load; memory under the email load joins with the"
+        " email benchmark).",
         "",
         "| state | peak RSS |",
         "|---|---:|",
