@@ -589,23 +589,16 @@ def db_seed(config_file: str | None, tenant: str, contacts: int) -> None:
 def _wait_with_progress(job: Any, timeout: float | None) -> Any:
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-    from crmqueue.jobs import FINAL_STATES
-
-    deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=console
     ) as bar:
         task = bar.add_task(f"job {job.id}", total=100)
-        pause = 0.05
-        while True:
-            info = job.info()
-            bar.update(task, completed=info.progress, description=f"job {job.id} {info.state}")
-            if info.state in FINAL_STATES:
-                return info
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job.id} still {info.state} after {timeout}s")
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+        return job.wait(
+            timeout,
+            on_poll=lambda info: bar.update(
+                task, completed=info.progress, description=f"job {job.id} {info.state}"
+            ),
+        )
 
 
 def _finish(info: Any) -> None:

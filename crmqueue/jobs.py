@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,12 +77,17 @@ class Job:
     def info(self) -> JobInfo:
         return get(self.id)
 
-    def wait(self, timeout: float | None = None) -> JobInfo:
-        """Block until the job is completed or dead; TimeoutError after `timeout` seconds."""
+    def wait(
+        self, timeout: float | None = None, on_poll: Callable[[JobInfo], None] | None = None
+    ) -> JobInfo:
+        """Block until the job is completed or dead; TimeoutError after `timeout` seconds.
+        `on_poll` sees every reading (a progress bar uses it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.01
         while True:
             info = get(self.id)
+            if on_poll is not None:
+                on_poll(info)
             if info.state in FINAL_STATES:
                 return info
             if deadline is not None and time.monotonic() >= deadline:
