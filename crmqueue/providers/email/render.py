@@ -53,9 +53,12 @@ class Rendered:
     text: str
 
 
-def _environment(cls: type[jinja2.Environment], loader: jinja2.BaseLoader) -> jinja2.Environment:
+def _environment(
+    cls: type[jinja2.Environment], loader: jinja2.BaseLoader, *, auto_reload: bool = True
+) -> jinja2.Environment:
     return cls(
         loader=loader,
+        auto_reload=auto_reload,
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html.j2",), default_for_string=False
         ),
@@ -68,7 +71,10 @@ def _environment(cls: type[jinja2.Environment], loader: jinja2.BaseLoader) -> ji
 
 @lru_cache(maxsize=1)
 def builtin_environment() -> jinja2.Environment:
-    return _environment(jinja2.Environment, jinja2.FileSystemLoader(BUILTIN_DIR))
+    # The built-ins ship with the code and change only with a deploy (which restarts the
+    # workers): no up-to-date check, which would stat every template, layout and macro
+    # file of every email. Tenant templates change at run time and keep the check.
+    return _environment(jinja2.Environment, jinja2.FileSystemLoader(BUILTIN_DIR), auto_reload=False)
 
 
 @lru_cache(maxsize=64)
@@ -79,6 +85,7 @@ def tenant_environment(tenant_dir: Path) -> jinja2.Environment:
     return _environment(SandboxedEnvironment, loader)
 
 
+@lru_cache(maxsize=1024)
 def tenant_template_dir(files_dir: Path, tenant_id: str) -> Path:
     if not _TENANT_RE.fullmatch(tenant_id) or tenant_id in (".", ".."):
         raise PermanentError(f"invalid tenant id {tenant_id!r}")
@@ -122,7 +129,8 @@ def render(
     if not _NAME_RE.fullmatch(template):
         raise PermanentError(f"invalid template name {template!r}")
     env = builtin_environment()
-    if tenant_dir is not None and (tenant_dir / f"{template}.html.j2").is_file():
+    # os.path on purpose: this runs for every email, and pathlib costs several times more.
+    if tenant_dir is not None and os.path.isfile(os.path.join(tenant_dir, f"{template}.html.j2")):
         env = tenant_environment(tenant_dir.resolve())
     values = {**DEFAULTS, "now": dt.datetime.now(dt.UTC), **context}
     try:
