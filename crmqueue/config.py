@@ -6,6 +6,7 @@ Every section rejects unknown keys, and every error names its key path
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -49,6 +50,12 @@ class DatabaseSettings(Section):
 
 class FilesSettings(Section):
     dir: Path = Path("crmqueue-data/files")
+    # Where the CRM serves the files directory; an export-ready email links to
+    # download_base_url + the file's path. Empty: the email gives the path on disk.
+    download_base_url: str = ""
+    # Largest PDF export: xhtml2pdf renders 3-5 ms a row here, so 20,000 rows stay well
+    # inside the import-export job timeout (crmqueue.formats.pdf has the figures).
+    max_pdf_rows: PositiveInt = 20_000
 
 
 class QueueSettings(Section):
@@ -168,6 +175,32 @@ class LoggingSettings(Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class OutboundSettings(Section):
+    allowed_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        normalized = []
+        for text in value:
+            try:
+                normalized.append(str(ipaddress.ip_network(text, strict=True)))
+            except ValueError as exc:
+                # strict: "10.1.2.3/8" is more likely a typo than a wish to allow 10/8.
+                raise ValueError(f"{text!r} is not a network in CIDR notation ({exc})") from None
+        return normalized
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(text) for text in self.allowed_networks)
+
+
 class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -176,6 +209,7 @@ class Settings(Section):
     email: EmailSettings = Field(default_factory=EmailSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def public_dict(self) -> dict[str, Any]:

@@ -143,6 +143,28 @@ class ImportPayload(Payload):
     on_duplicate: Literal["skip", "update", "create"] = "skip"
     batch_size: int = Field(default=100, ge=1, le=10_000)
 
+    @field_validator("mapping_config")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        entity = info.data.get("entity_type")
+        if entity is None:  # entity_type itself failed; that error is reported
+            return value
+        from crmqueue.crm.entities import entity_fields
+
+        fields = entity_fields(entity)
+        unknown = [name for name in value if name not in fields]
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_field",
+                "unknown field(s) {unknown} for {entity} (fields: {fields})",
+                {
+                    "unknown": ", ".join(map(repr, unknown)),
+                    "entity": entity,
+                    "fields": ", ".join(fields),
+                },
+            )
+        return value
+
 
 class ExportPayload(Payload):
     user_id: NonEmptyStr

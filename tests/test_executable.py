@@ -319,12 +319,21 @@ def test_smoke_run_enqueue_restart_and_stop(
                       "--wait", "--timeout", "60")  # fmt: skip
     assert imported.returncode == 0, imported.stdout + imported.stderr + server.log
     assert "1 new" in imported.stdout + imported.stderr, imported.stdout + imported.stderr
+    # A PDF export: xhtml2pdf, ReportLab and pypdf work inside the executable.
+    exported = frozen("export", "--entity", "contacts", "--format", "pdf", "--tenant", "t1",
+                      "--wait", "--timeout", "60")  # fmt: skip
+    assert exported.returncode == 0, exported.stdout + exported.stderr + server.log
+    (pdf,) = (frozen.workdir / "crmqueue-data" / "files" / "exports" / "t1").glob("*.pdf")
+    from pypdf import PdfReader
+
+    (page,) = PdfReader(pdf).pages
+    assert "bob@example.com" in page.extract_text() and "Page 1 of 1" in page.extract_text()
 
     stats = frozen.json("stats")
     assert isinstance(stats, list)
     by_queue = {row["queue"]: row for row in stats}
     assert by_queue["email"]["completed"] == 2 and by_queue["webhook"]["completed"] == 1
-    assert by_queue["import-export"]["completed"] == 1
+    assert by_queue["import-export"]["completed"] == 2
     assert all(row["waiting"] == 0 and row["dead"] == 0 for row in stats), stats
     health = frozen("health")
     assert health.returncode == 0, health.stdout + server.log

@@ -13,6 +13,8 @@ import crm_db
 import openpyxl
 import pytest
 import sqlalchemy as sa
+from openpyxl.utils.escape import unescape
+from pydantic import ValidationError
 
 from crmqueue.crm import schema
 from crmqueue.crm.store import now, seed
@@ -122,13 +124,13 @@ def test_sources_are_confined_and_mapping_checked(crm_engine: Any, files: Path,
     for url, message in [
         ("../secret.csv", "outside the files directory"),
         (f"file://{tmp_path}/secret.csv", "outside the files directory"),
-        ("https://example.com/x.csv", "not supported yet"),
+        ("https://127.0.0.1/x.csv", "not allowed"),  # the SSRF guard: see test_outbound
         ("ftp://example.com/x.csv", "unsupported"),
         ("missing.csv", "no such file"),
     ]:
         with pytest.raises(PermanentError, match=message):
             do_import(crm_engine, files, url)
-    with pytest.raises(PermanentError, match=r"unknown field.*'shoe_size'"):
+    with pytest.raises(ValidationError, match=r"mapping_config\n.*unknown field.*'shoe_size'"):
         do_import(crm_engine, files, name, mapping_config={"shoe_size": "email"})
     with pytest.raises(PermanentError, match="'mail' not in the file"):
         do_import(crm_engine, files, name, mapping_config={"email": "mail"})
@@ -180,6 +182,20 @@ def test_xlsx_named_sheet_and_json_forms(crm_engine: Any, files: Path) -> None:
     assert len(emails(crm_engine)) == 6
 
 
+def test_json_array_is_streamed_past_the_peeked_records(crm_engine: Any, files: Path) -> None:
+    items = [{"email": f"s{n}@x.com", "city": "Oslo", "phone": n} for n in range(2500)]
+    text = "\ufeff" + json.dumps(items)
+    result = do_import(crm_engine, files, write(files, "big.json", text), batch_size=500)
+    assert result["counts"]["new"] == 2500 and result["rows"] == 2500
+    with crm_engine.connect() as conn:
+        phone = conn.execute(sa.select(schema.contacts.c.phone).where(
+            schema.contacts.c.email == "s2499@x.com")).scalar_one()  # fmt: skip
+    assert phone == "2499"
+    broken = json.dumps(items[:1500])[:-1] + ', {"email": "late@x.com",]'
+    with pytest.raises(PermanentError, match="not valid JSON at item 1501"):
+        do_import(crm_engine, files, write(files, "broken.json", broken), dry_run=True)
+
+
 # --------------------------------------------------------------------------- duplicates
 
 
@@ -210,6 +226,12 @@ def test_dry_run_writes_nothing(crm_engine: Any, files: Path) -> None:
     assert emails(crm_engine) == []
     with crm_engine.connect() as conn:
         assert conn.execute(sa.select(schema.import_checkpoints.c.job_id)).first() is None
+    # a dry run counts what the real run would do, duplicates across batches included
+    dry = do_import(crm_engine, files, "d.csv", dry_run=True, batch_size=2,
+                    on_duplicate="update")  # fmt: skip
+    assert emails(crm_engine) == []
+    real = do_import(crm_engine, files, "d.csv", batch_size=2, on_duplicate="update")
+    assert dry["counts"] == real["counts"] == {"new": 2, "updated": 1, "skipped": 0, "invalid": 1}
 
 
 def test_round_trip_export_then_dry_run_import_finds_all_duplicates(
@@ -262,15 +284,15 @@ def test_export_escapes_formula_injection(crm_engine: Any, files: Path) -> None:
     out = run_export(ExportPayload(format="xlsx", **payload), crm_engine, files, "k", noop)
     sheet = openpyxl.load_workbook(files / out["path"]).active
     cells = [row[1] for row in sheet.iter_rows(min_row=2, values_only=True)]
-    assert cells == [v.replace("\r", "\n") for v in expected]  # XML stores CR as LF
+    assert [unescape(cell) for cell in cells] == expected  # CR is stored as _x000D_
     assert all(cell.data_type == "s" for cell in sheet["B"][1:])
     filtered = run_export(
         ExportPayload(format="csv", filters={"first_name": ["plain", "t2"]}, **payload),
         crm_engine, files, "f", noop,
     )  # fmt: skip
     assert filtered["rows"] == 1
-    with pytest.raises(PermanentError, match="pdf export not available yet"):
-        run_export(ExportPayload(format="pdf", **payload), crm_engine, files, "p", noop)
+    out = run_export(ExportPayload(format="pdf", **payload), crm_engine, files, "p", noop)
+    assert out["rows"] == len(nasty) and (files / out["path"]).read_bytes()[:5] == b"%PDF-"
     with pytest.raises(PermanentError, match="unknown contacts field"):
         bad = {**payload, "fields": ["email", "password"]}
         run_export(ExportPayload(format="csv", **bad), crm_engine, files, "p", noop)
@@ -310,28 +332,61 @@ def test_import_resumes_after_a_crash_without_duplicates(crm_engine: Any, files:
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_consumer_runs_an_enqueued_import_and_export(make_broker: Any, start_consumer: Any,
                                                      tmp_path: Path) -> None:  # fmt: skip
-    from crmqueue import tasks
-    from crmqueue.crm.store import get_engine
+    from email import message_from_bytes, policy
 
-    broker = make_broker()
+    import crmqueue.workers.email  # noqa: F401  (registers the bodies before the broker)
+    from crmqueue import tasks
+    from crmqueue.crm import schema
+    from crmqueue.crm.store import get_engine, now
+
+    broker = make_broker({"files.download_base_url": "https://crm.example.com/files/"})
     files_dir = broker.settings.files.dir
     files_dir.mkdir(parents=True, exist_ok=True)
     lines = "".join(f"e{n}@x.com,E{n},L\n" for n in range(300))
-    (files_dir / "in.csv").write_text(HEADER + lines)
-    import crmqueue.workers.import_export  # noqa: F401  (registers the bodies)
+    (files_dir / "in.csv").write_text(HEADER + "bad-email,X,Y\n" + lines)
+    engine = get_engine(broker.settings.database.url)
+    with engine.begin() as conn:
+        conn.execute(schema.users.insert().values(
+            tenant_id="t1", user_id="u1", name="Ann Lee", email="ann@example.com",
+            created_at=now(), updated_at=now()))  # fmt: skip
 
-    start_consumer(broker, ["import-export"])
+    start_consumer(broker, ["import-export", "email"])
     job = tasks.import_records(tenant_id="t1", user_id="u1", file_url="in.csv",
                                file_type="csv", entity_type="contacts", batch_size=50)  # fmt: skip
     info = job.wait(30)
     assert info.state == "completed", info.errors
     assert info.progress == 100
-    assert info.result["counts"] == {"new": 300, "updated": 0, "skipped": 0, "invalid": 0}
-    assert len(emails(get_engine(broker.settings.database.url))) == 300
+    assert info.result["counts"] == {"new": 300, "updated": 0, "skipped": 0, "invalid": 1}
+    assert len(emails(engine)) == 300
+
+    mail = tasks.Job(info.result["notified"]["email"]["job_id"], "email").wait(30)
+    assert mail.state == "completed", mail.errors
+    outbox = broker.settings.email.outbox_dir
+    (sent,) = list(outbox.glob("*.eml"))
+    message = message_from_bytes(sent.read_bytes(), policy=policy.default)
+    assert message["To"] == "ann@example.com"
+    assert message["Subject"] == "Your contacts import has finished"
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    assert "Hi Ann," in text and "Created: 300" in text and "Failed:  1" in text
+
     export = tasks.export_records(tenant_id="t1", user_id="u1", entity_type="contacts",
                                   format="xlsx", fields=["email"]).wait(30)  # fmt: skip
     assert export.state == "completed", export.errors
     assert (files_dir / export.result["path"]).is_file()
+    url = export.result["download_url"]
+    assert url == "https://crm.example.com/files/" + export.result["path"]
+    ready = tasks.Job(export.result["notified"]["email"]["job_id"], "email").wait(30)
+    assert ready.state == "completed", ready.errors
+    (sent,) = [p for p in outbox.glob("*.eml") if "export is ready" in p.read_text()]
+    text = message_from_bytes(sent.read_bytes(), policy=policy.default).get_body(
+        preferencelist=("plain",)).get_content()  # fmt: skip
+    assert url in text and "300 rows, XLSX" in text
+
+    nobody = tasks.export_records(tenant_id="t1", user_id="u9", entity_type="contacts",
+                                  format="csv", fields=["email"]).wait(30)  # fmt: skip
+    assert nobody.state == "completed", nobody.errors
+    assert nobody.result["notified"] == {"email": None, "reason": "no user 'u9' in tenant 't1'"}
+
     bad = tasks.import_records(tenant_id="t1", user_id="u1", file_url="../x.csv",
                                file_type="csv", entity_type="contacts").wait(30)  # fmt: skip
     assert bad.state == "dead" and bad.attempts == 1

@@ -16,35 +16,36 @@ from pydantic import (
     model_validator,
 )
 
-from crmqueue.formats.writers import FORMULA_PREFIXES
+from crmqueue.formats.writers import unescape_cell
 from crmqueue.payloads import EmailAddress
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)]
-Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
+Text = Annotated[str, StringConstraints(max_length=300)]
+Short = Annotated[str, StringConstraints(max_length=100)]
 
 
 def _upper(value: str) -> str:
     return value.upper()
 
 
-def _unescape(value: Any) -> Any:
-    """Blank is None; a cell our exports escaped against formula injection ('=..., '+...)
-    reads back as the original text."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and value[:1] == "'" and value[1:2] in FORMULA_PREFIXES:
-        return value[1:]
-    return value
+def _clean(value: Any) -> Any:
+    """Blank is None and surrounding whitespace goes, except in a cell our exports escaped
+    against formula injection ('=..., '\t...): that reads back exactly as it was stored."""
+    if not isinstance(value, str):
+        return value
+    text, escaped = unescape_cell(value)
+    if not escaped:
+        text = text.strip()
+    return text if text != "" else None
 
 
 class Row(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
-    def _blank_is_none(cls, data: Any) -> Any:
+    def _cleaned(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            return {k: _unescape(v) for k, v in data.items()}
+            return {k: _clean(v) for k, v in data.items()}
         return data
 
 
@@ -62,7 +63,7 @@ class ContactRow(Row):
 
 
 class CompanyRow(Row):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     domain: Annotated[str, StringConstraints(to_lower=True, max_length=253)] | None = None
     industry: Short | None = None
     employees: Annotated[int, Field(ge=0)] | None = None
@@ -74,7 +75,7 @@ class CompanyRow(Row):
 
 class LeadRow(Row):
     external_id: Short | None = None
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     amount: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)] | None = None
     currency: (
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$"), AfterValidator(_upper)] | None
@@ -88,7 +89,7 @@ class LeadRow(Row):
 class ActivityRow(Row):
     external_id: Short | None = None
     type: Literal["call", "email", "meeting", "task", "note"]
-    subject: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     notes: str | None = None
     due_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None

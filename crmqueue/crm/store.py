@@ -52,7 +52,13 @@ def create_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(target, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    # No server-side prepared statements: psycopg prepares a query after five runs, and
+    # PostgreSQL may then keep a generic plan made when an import's table was still small.
+    return sa.create_engine(
+        target,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10, "prepare_threshold": None},
+    )
 
 
 def get_engine(url: str) -> Engine:

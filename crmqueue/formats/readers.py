@@ -20,7 +20,7 @@ from crmqueue.errors import PermanentError
 SNIFF_BYTES = 64 * 1024
 XLSX_MAX_UNCOMPRESSED = 1024 * 1024 * 1024  # 1 GiB of XML inside the zip
 XLSX_MAX_RATIO = 200  # uncompressed / compressed: beyond this it is a zip bomb
-JSON_ARRAY_MAX_BYTES = 256 * 1024 * 1024  # an array is parsed whole; JSON Lines stream
+PEEK_RECORDS = 1000  # JSON records read ahead to learn the columns
 
 Row = dict[str, str | None]
 
@@ -176,6 +176,16 @@ def _check_zip(path: Path) -> None:
         )
 
 
+def _xml_unescape(value: Any) -> Any:
+    """OOXML writes characters XML cannot hold (CR, control characters) as _xHHHH_;
+    openpyxl's read-only reader leaves them so."""
+    if isinstance(value, str) and "_x" in value:
+        from openpyxl.utils.escape import unescape  # type: ignore[import-untyped]
+
+        return unescape(value)
+    return value
+
+
 def read_xlsx(path: Path, sheet: str | None = None) -> Table:
     import openpyxl  # type: ignore[import-untyped]
     from openpyxl.utils.exceptions import InvalidFileException  # type: ignore[import-untyped]
@@ -204,7 +214,7 @@ def read_xlsx(path: Path, sheet: str | None = None) -> Table:
         try:
             for number, record in enumerate(values, start=2):
                 state["row"] = number
-                cells = [_text(cell) for cell in record]
+                cells = [_text(_xml_unescape(cell)) for cell in record]
                 if not any(cells):
                     continue
                 yield number, dict(zip(columns, cells, strict=False))
@@ -240,26 +250,50 @@ def _as_row(item: Any, where: str) -> Row:
 
 
 def _json_array(path: Path) -> Table:
-    if path.stat().st_size > JSON_ARRAY_MAX_BYTES:
-        raise PermanentError(
-            f"{path.name}: a JSON array over {JSON_ARRAY_MAX_BYTES} bytes; use JSON Lines"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PermanentError(f"{path.name}: not valid JSON: {exc}") from None
-    records = [_as_row(item, f"{path.name}: item {n}") for n, item in enumerate(data, 1)]
-    columns = _header(list(dict.fromkeys(key for record in records for key in record)))
-    if not columns and records:
+    """Stream the array's items with ijson (its C parser), so a file of any size is read
+    in constant memory; the columns are the keys of the first PEEK_RECORDS items, as for
+    JSON Lines."""
+    import ijson  # type: ignore[import-untyped]
+
+    raw = path.open("rb")
+    if raw.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        raw.seek(0)
+    size = max(1, path.stat().st_size)
+    items = iter(ijson.items(raw, "item", use_float=True))
+    state = {"n": 0}
+
+    def take() -> Row | None:
+        number = state["n"] + 1
+        try:
+            item = next(items)
+        except StopIteration:
+            return None
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            raw.close()
+            raise PermanentError(f"{path.name}: not valid JSON at item {number}: {exc}") from None
+        state["n"] = number
+        return _as_row(item, f"{path.name}: item {number}")
+
+    peeked: list[tuple[int, Row]] = []
+    while len(peeked) < PEEK_RECORDS and (record := take()) is not None:
+        peeked.append((state["n"], record))
+    columns = _header(list(dict.fromkeys(key for _, row in peeked for key in row)))
+    if not columns and peeked:
+        raw.close()
         raise PermanentError(f"{path.name}: the records have no fields")
-    index = {"n": 0}
 
     def rows() -> Iterator[tuple[int, Row]]:
-        for number, record in enumerate(records, start=1):
-            index["n"] = number
-            yield number, record
+        try:
+            yield from peeked
+            while (record := take()) is not None:
+                yield state["n"], record
+        finally:
+            raw.close()
 
-    return Table(columns, rows(), [], "utf-8", lambda: index["n"] / max(1, len(records)))
+    def progress() -> float:
+        return 0.0 if raw.closed else min(1.0, raw.tell() / size)
+
+    return Table(columns, rows(), [], "utf-8", progress)
 
 
 def _json_lines(path: Path) -> Table:
@@ -280,7 +314,7 @@ def _json_lines(path: Path) -> Table:
             number += 1
             if line.strip():
                 peeked.append((number, parse(line, number)))
-                if len(peeked) >= 1000:
+                if len(peeked) >= PEEK_RECORDS:
                     break
     except UnicodeDecodeError as exc:
         raw.close()

@@ -1,20 +1,36 @@
-"""Outbound HTTP: one shared urllib3 pool with connect/read timeouts, and the
-classification of answers and transport failures into retryable and permanent errors.
+"""Outbound HTTP: shared urllib3 pools with connect/read timeouts, and the classification
+of answers and transport failures into retryable and permanent errors.
 
-Vendor base URLs are fixed by configuration, so no SSRF guard applies here; only the
-http and https schemes are allowed.
+Two paths:
+
+* `request`: vendor base URLs fixed by configuration (email providers), so no SSRF guard
+  applies; only the http and https schemes are allowed.
+* `guarded_request` and `download`: URLs a tenant supplies (webhooks, web push endpoints,
+  import sources). `check_url` resolves the host once and refuses it unless every address
+  is public (or inside an allowed network); the connection then goes to a checked address
+  while the Host header, TLS server name and certificate check keep the URL's host name,
+  so a second DNS answer can never redirect it (no rebinding window). Redirects are never
+  followed: a 3xx is the answer.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email.utils
+import ipaddress
+import os
+import re
+import socket
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import urllib3
+from urllib3.util import parse_url
 
 from crmqueue.errors import PermanentError, RetryableError
 
@@ -76,14 +92,18 @@ def request(
             redirect=False,
             preload_content=True,
         )
-    except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
-        raise RetryableError(f"{what}: connection to {parts.hostname} failed") from exc
-    except urllib3.exceptions.TimeoutError as exc:
-        raise RetryableError(f"{what}: timed out talking to {parts.hostname}") from exc
     except urllib3.exceptions.HTTPError as exc:
-        reason = type(getattr(exc, "reason", None) or exc).__name__
-        raise RetryableError(f"{what}: connection to {parts.hostname} failed ({reason})") from exc
+        raise _transport_error(exc, what, parts.hostname) from exc
     return Response(status=answer.status, headers=dict(answer.headers), data=answer.data)
+
+
+def _transport_error(exc: urllib3.exceptions.HTTPError, what: str, host: str) -> RetryableError:
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+        return RetryableError(f"{what}: connection to {host} failed")
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return RetryableError(f"{what}: timed out talking to {host}")
+    reason = type(getattr(exc, "reason", None) or exc).__name__
+    return RetryableError(f"{what}: connection to {host} failed ({reason})")
 
 
 def retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
@@ -128,3 +148,363 @@ def raise_for_status(
             text, delay=delay if delay is not None else retry_after(response.headers)
         )
     raise PermanentError(text)
+
+
+# --------------------------------------------------------------------------- guarded path
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# REFERENCE "Outbound URLs". `is_global` already refuses most of these, but what it covers
+# has changed between Python versions (3.11 still calls multicast global), so the list is
+# spelled out as well.
+DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/3",  # multicast and everything above it
+        "::/128",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+MAX_RESPONSE_BYTES = 1024 * 1024
+_CHUNK = 64 * 1024
+_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+_guarded: urllib3.PoolManager | None = None
+
+
+def _guarded_pool() -> urllib3.PoolManager:
+    """Separate from the vendor pool so that many tenant hosts cannot evict the vendors'
+    kept-alive connections. Pools are keyed by address and TLS name, so reuse is safe."""
+    global _guarded
+    with _pool_guard:
+        if _guarded is None:
+            _guarded = urllib3.PoolManager(
+                num_pools=32,
+                maxsize=4,
+                retries=False,
+                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            )
+        return _guarded
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one delivers to: IPv4-mapped, NAT64 or 6to4."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def is_denied(address: IPAddress) -> bool:
+    """True for an address a tenant-supplied URL must not reach (before the allow-list)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None and is_denied(inner):
+            return True
+        if address.ipv4_mapped is not None or address in _NAT64:
+            # These prefixes are never "global" or are "reserved" themselves: the IPv4
+            # address they carry decides.
+            return False
+    if any(address in network for network in DENIED_NETWORKS):
+        return True
+    # is_reserved catches the deprecated IPv4-compatible ::a.b.c.d, which 3.11 calls global.
+    return not address.is_global or address.is_reserved
+
+
+def _is_allowed(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> bool:
+    candidates: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            candidates.append(inner)
+    return any(a in network for a in candidates for network in allowed)
+
+
+def parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:
+    """The address inet_aton(3), and so getaddrinfo, reads in `host`: besides dotted quads,
+    hex, octal, integer and short forms such as 0x7f000001, 017700000001, 2130706433 or
+    127.1. `ipaddress` rejects all of these, and the C library would not. One trailing dot
+    is allowed, as browsers allow it."""
+    parts = host.removesuffix(".").split(".")
+    if not 1 <= len(parts) <= 4 or not all(_INET_ATON_PART.fullmatch(p) for p in parts):
+        return None
+    values = [
+        int(p[2:], 16) if p[:2].lower() == "0x" else int(p, 8) if p[0] == "0" else int(p)
+        for p in parts
+    ]
+    *leading, last = values
+    if any(v > 255 for v in leading) or last >= 256 ** (4 - len(leading)):
+        return None
+    number = last
+    for index, value in enumerate(leading):
+        number |= value << (8 * (3 - index))
+    return ipaddress.IPv4Address(number)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: where to connect (`addresses`) and what to say (`host_header`,
+    `server_name`, `request_uri`)."""
+
+    scheme: str
+    host: str  # the URL's host: a lower-case ASCII (IDNA) name or an address literal
+    port: int
+    addresses: tuple[IPAddress, ...]
+    request_uri: str
+    auth: str | None = None  # "user:password" from the URL, sent as basic auth
+
+    @property
+    def is_literal(self) -> bool:
+        return not self.host or self.host[0] == "[" or parse_ipv4_loose(self.host) is not None
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+    @property
+    def server_name(self) -> str | None:
+        """The TLS server name and certificate name: None for an address literal (SNI
+        carries names only; the certificate is matched against the address)."""
+        return None if self.is_literal else self.host
+
+
+def _resolve(host: str, port: int, what: str) -> list[IPAddress]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            raise PermanentError(f"{what}: host {host} does not resolve") from None
+        raise RetryableError(f"{what}: cannot resolve host {host} ({exc.strerror})") from None
+    except (UnicodeError, OSError) as exc:
+        raise PermanentError(f"{what}: cannot resolve host {host} ({exc})") from None
+    addresses: list[IPAddress] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        address = ipaddress.ip_address(str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise PermanentError(f"{what}: host {host} has no IPv4 or IPv6 address")
+    return addresses
+
+
+def check_url(
+    url: str, *, allowed_networks: Iterable[IPNetwork] = (), what: str = "request"
+) -> Target:
+    """Validate a tenant-supplied URL and resolve its host once; raise PermanentError
+    (naming the host, never the URL, which may hold credentials) unless it is http(s) and
+    every address is public or inside `allowed_networks`."""
+    try:
+        parts = parse_url(url.strip())
+    except urllib3.exceptions.LocationParseError:
+        raise PermanentError(f"{what}: not a valid URL") from None
+    scheme = (parts.scheme or "").lower()
+    if scheme not in ("http", "https"):
+        raise PermanentError(f"{what}: only http and https URLs are allowed, not {scheme!r}")
+    host = parts.host or ""
+    if not host:
+        raise PermanentError(f"{what}: the URL has no host")
+    port = parts.port or (443 if scheme == "https" else 80)
+    bare = host[1:-1] if host.startswith("[") else host
+    if "%" in bare:
+        # A zone index only makes sense for link-local addresses, which are refused anyway.
+        raise PermanentError(f"{what}: host {host}: IPv6 zone indexes are not allowed")
+    literal: IPAddress | None
+    exact = True
+    try:
+        literal = ipaddress.ip_address(bare)
+    except ValueError:
+        literal = None if host.startswith("[") else parse_ipv4_loose(host)
+        exact = False
+    if host.startswith("[") and literal is None:
+        raise PermanentError(f"{what}: host {host} is not an IPv6 address")
+    addresses = [literal] if literal is not None else _resolve(host, port, what)
+    allowed = tuple(allowed_networks)
+    for address in addresses:
+        if is_denied(address) and not _is_allowed(address, allowed):
+            named = host if literal is not None and exact else f"{host} ({address})"
+            raise PermanentError(
+                f"{what}: host {named} is a private, loopback, link-local or reserved address,"
+                " which is not allowed (outbound.allowed_networks can allow a network)"
+            )
+    return Target(
+        scheme=scheme,
+        host=host,
+        port=port,
+        addresses=tuple(addresses),
+        request_uri=parts.request_uri,
+        auth=unquote(parts.auth) if parts.auth else None,
+    )
+
+
+def _open(
+    target: Target,
+    method: str,
+    *,
+    headers: Mapping[str, str] | None,
+    body: bytes | None,
+    timeout: urllib3.Timeout | float | None,
+    what: str,
+    ca_certs: str | None,
+) -> urllib3.BaseHTTPResponse:
+    """Send the request to the first checked address that accepts a connection; the
+    response is not read (preload_content=False)."""
+    sent = {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
+    sent["Host"] = target.host_header
+    if target.auth is not None and not any(k.lower() == "authorization" for k in sent):
+        sent["Authorization"] = "Basic " + base64.b64encode(target.auth.encode()).decode()
+    pool_kwargs: dict[str, object] = {}
+    if target.scheme == "https":
+        pool_kwargs = {"server_hostname": target.server_name, "assert_hostname": target.server_name}
+        if ca_certs is not None:
+            pool_kwargs["ca_certs"] = ca_certs
+    error: urllib3.exceptions.HTTPError | None = None
+    for address in target.addresses:
+        connections = _guarded_pool().connection_from_host(
+            str(address), target.port, target.scheme, pool_kwargs=pool_kwargs
+        )
+        try:
+            return connections.urlopen(
+                method,
+                target.request_uri,
+                headers=sent,
+                body=body,
+                timeout=timeout if timeout is not None else urllib3.util.Timeout.DEFAULT_TIMEOUT,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:
+            error = exc  # refused or unreachable: the next address may answer
+        except urllib3.exceptions.HTTPError as exc:
+            raise _transport_error(exc, what, target.host) from exc
+    assert error is not None
+    raise _transport_error(error, what, target.host) from error
+
+
+def _finish(response: urllib3.BaseHTTPResponse, complete: bool) -> None:
+    # An unread remainder would poison a kept-alive connection: close it instead.
+    if not complete:
+        response.close()
+    response.release_conn()
+
+
+def guarded_request(
+    method: str,
+    url: str,
+    *,
+    allowed_networks: Iterable[IPNetwork] = (),
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: urllib3.Timeout | float | None = None,
+    what: str = "request",
+    max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ca_certs: str | None = None,
+) -> Response:
+    """`request` for a tenant-supplied URL (see `check_url`). Only the first
+    `max_response_bytes` of the answer are read: a receiver cannot make the worker hold
+    an unbounded body."""
+    target = check_url(url, allowed_networks=allowed_networks, what=what)
+    response = _open(
+        target, method, headers=headers, body=body, timeout=timeout, what=what, ca_certs=ca_certs
+    )
+    complete = False
+    try:
+        data = response.read(max_response_bytes + 1)
+        complete = len(data) <= max_response_bytes
+        return Response(
+            status=response.status, headers=dict(response.headers), data=data[:max_response_bytes]
+        )
+    except urllib3.exceptions.HTTPError as exc:
+        raise _transport_error(exc, what, target.host) from exc
+    finally:
+        _finish(response, complete)
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    allowed_networks: Iterable[IPNetwork] = (),
+    headers: Mapping[str, str] | None = None,
+    timeout: urllib3.Timeout | float | None = None,
+    what: str = "download",
+    ca_certs: str | None = None,
+) -> int:
+    """GET a tenant-supplied URL (see `check_url`) into `dest`, returning its size.
+
+    The body streams into a temporary file beside `dest`, renamed into place only when
+    complete, so `dest` never holds a partial download. Over `max_bytes` (by
+    Content-Length, or counted while streaming) or any 3xx/4xx: PermanentError; 408, 429
+    and 5xx: RetryableError. A failed download leaves no file behind.
+    """
+    target = check_url(url, allowed_networks=allowed_networks, what=what)
+    response = _open(
+        target, "GET", headers=headers, body=None, timeout=timeout, what=what, ca_certs=ca_certs
+    )
+    complete = False
+    try:
+        _check_download_answer(response, target, what, max_bytes)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        part = Path(name)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in response.stream(_CHUNK, decode_content=True):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PermanentError(
+                            f"{what}: {target.host} sent more than the limit of {max_bytes} bytes"
+                        )
+                    handle.write(chunk)
+            complete = True
+            os.replace(part, dest)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return size
+    except urllib3.exceptions.HTTPError as exc:
+        raise _transport_error(exc, what, target.host) from exc
+    finally:
+        _finish(response, complete)
+
+
+def _check_download_answer(
+    response: urllib3.BaseHTTPResponse, target: Target, what: str, max_bytes: int
+) -> None:
+    status = response.status
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "")
+        to = urlsplit(location).hostname if "//" in location else None
+        raise PermanentError(
+            f"{what}: {target.host} answered HTTP {status} (a redirect"
+            f"{f' to {to}' if to else ''}); redirects are not followed"
+        )
+    if not 200 <= status < 300:
+        text = response.read(500).decode("utf-8", "replace")
+        answer = Response(status=status, headers=dict(response.headers), data=b"")
+        raise_for_status(answer, f"{what} from {target.host}", " ".join(text.split()))
+    length = response.headers.get("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+        raise PermanentError(
+            f"{what}: {target.host} announced {int(length)} bytes, over the limit of"
+            f" {max_bytes} bytes"
+        )

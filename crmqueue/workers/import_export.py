@@ -1,5 +1,5 @@
 """The import-export queue: import records from CSV/XLSX/JSON into the CRM store, export
-them to CSV/XLSX.
+them to CSV/XLSX/PDF.
 
 Imports run in batches of `batch_size` rows, each in one transaction that also records the
 batch in `import_checkpoints` under the job id; a retried job skips the batches already
@@ -10,28 +10,34 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
-from crmqueue.config import Settings
+from crmqueue.config import OutboundSettings, Settings
 from crmqueue.crm import schema
 from crmqueue.crm.entities import KEY_FIELDS, ROW_MODELS, entity_fields, row_key
 from crmqueue.crm.store import get_engine, now
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
-from crmqueue.errors import PermanentError
+from crmqueue.errors import CrmQueueError, PermanentError
+from crmqueue.formats.pdf import DEFAULT_MAX_PDF_ROWS, write_pdf
 from crmqueue.formats.readers import Row, Table, open_table
 from crmqueue.formats.writers import write_csv, write_xlsx
 from crmqueue.payloads import ExportPayload, ImportPayload
+from crmqueue.providers import http
+
+log = logging.getLogger(__name__)
 
 MAX_IMPORT_BYTES = 1024 * 1024 * 1024  # 1 GiB
 MAX_REPORTED_ERRORS = 1000
@@ -49,9 +55,35 @@ def _job_progress(percent: float) -> None:
 # --------------------------------------------------------------------------- sources
 
 
-def resolve_source(file_url: str, files_dir: Path) -> tuple[Path, str | None]:
-    """The local file a payload's `file_url` names, confined to the files directory, and
-    the sheet named by a `#sheet=Name` fragment."""
+def is_remote_source(file_url: str) -> bool:
+    return urlsplit(file_url).scheme.lower() in ("http", "https")
+
+
+def download_source(url: str, files_dir: Path, extension: str, outbound: OutboundSettings) -> Path:
+    """Fetch an http(s) source through the SSRF-guarded client into a file of this run's
+    own (a fresh name, so a stalled earlier attempt still writing cannot collide); the
+    caller deletes it."""
+    dest = files_dir.resolve() / "imports" / "downloads" / f"{uuid.uuid4().hex}.{extension}"
+    http.download(
+        url,
+        dest,
+        max_bytes=MAX_IMPORT_BYTES,
+        allowed_networks=outbound.networks(),
+        what="import source",
+    )
+    return dest
+
+
+def resolve_source(
+    file_url: str,
+    files_dir: Path,
+    *,
+    file_type: str | None = None,
+    outbound: OutboundSettings | None = None,
+) -> tuple[Path, str | None]:
+    """The local file a payload's `file_url` names, confined to the files directory (or,
+    for an http(s) URL, downloaded there: see `download_source`), and the sheet named by a
+    `#sheet=Name` fragment."""
     url, _, fragment = file_url.partition("#")
     sheet = None
     if fragment.startswith("sheet="):
@@ -59,10 +91,10 @@ def resolve_source(file_url: str, files_dir: Path) -> tuple[Path, str | None]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        raise PermanentError(
-            "http(s) import sources are not supported yet (they need the SSRF-guarded HTTP"
-            " client); put the file under the files directory and pass its path"
+        path = download_source(
+            url, files_dir, file_type or "download", outbound or OutboundSettings()
         )
+        return path, sheet
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise PermanentError(f"file:// URL with a remote host {parts.netloc!r}")
@@ -91,13 +123,7 @@ def build_mapping(
 ) -> tuple[dict[str, str], list[str]]:
     """(CRM field -> source column, source columns not used)."""
     fields = entity_fields(entity)
-    if mapping_config:
-        unknown = [name for name in mapping_config if name not in fields]
-        if unknown:
-            raise PermanentError(
-                f"mapping_config: unknown field(s) {', '.join(map(repr, unknown))} for"
-                f" {entity} (fields: {', '.join(fields)})"
-            )
+    if mapping_config:  # its fields were checked by ImportPayload
         missing = [col for col in mapping_config.values() if col not in columns]
         if missing:
             raise PermanentError(
@@ -130,6 +156,11 @@ def build_mapping(
 # --------------------------------------------------------------------------- import
 
 
+def hash_key(key: Key) -> int:
+    digest = hashlib.blake2b(f"{key[0]}\0{key[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 class Importer:
     """One import run: see the module docstring."""
 
@@ -141,6 +172,7 @@ class Importer:
         job_id: str | None,
         progress: Progress = _job_progress,
         on_batch: Callable[[int], None] | None = None,
+        outbound: OutboundSettings | None = None,
     ) -> None:
         self.p = payload
         self.engine = engine
@@ -148,20 +180,35 @@ class Importer:
         self.job_id = job_id
         self.progress = progress
         self.on_batch = on_batch  # called after each committed batch (its 0-based index)
+        self.outbound = outbound or OutboundSettings()
         self.table_def = schema.ENTITY_TABLES[payload.entity_type]
         self.model = ROW_MODELS[payload.entity_type]
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.errors: list[dict[str, Any]] = []
         self.error_rows = 0
-        self.seen: dict[Key, int] = {}  # key -> row number of its first occurrence
+        # Keys of earlier batches, kept only on a dry run (a real run finds them in the
+        # database); 64-bit hashes, so a million keys stay within a few tens of megabytes.
+        self.seen: set[int] = set()
         self._error_file: Any = None
         self._error_writer: Any = None
         self.error_path: Path | None = None
+        self.inserted = 0
+        self.analyze_at = 1000  # rows inserted before the next ANALYZE
 
     # -- reading
 
     def run(self) -> dict[str, Any]:
-        path, sheet = resolve_source(self.p.file_url, self.files_dir)
+        path, sheet = resolve_source(
+            self.p.file_url, self.files_dir, file_type=self.p.file_type, outbound=self.outbound
+        )
+        try:
+            return self._import(path, sheet)
+        finally:
+            if is_remote_source(self.p.file_url):
+                # This run's own copy: a retry downloads the URL again.
+                path.unlink(missing_ok=True)
+
+    def _import(self, path: Path, sheet: str | None) -> dict[str, Any]:
         table = open_table(path, self.p.file_type, sheet)
         self.columns = table.columns
         self.mapping, unmapped = build_mapping(
@@ -279,13 +326,10 @@ class Importer:
         self._error_writer.writerow([number, *(row.get(col) or "" for col in self.columns), reason])
 
     def _replay(self, batch: list[tuple[int, Row]]) -> None:
-        """A batch committed before a crash: rebuild its errors and keys, write nothing."""
+        """A batch committed before a crash: rebuild its errors, write nothing (its keys are
+        in the database now)."""
         for number, row in batch:
-            values = self._validate(number, row)
-            if values is not None:
-                key = row_key(self.p.entity_type, values)
-                if key is not None:
-                    self.seen.setdefault(key, number)
+            self._validate(number, row)
 
     # -- writing
 
@@ -297,12 +341,12 @@ class Importer:
             if not wanted:
                 continue
             column = sa.func.lower(table.c[field])
-            query = (
-                sa.select(table.c.id, column.label("k"))
-                .where(table.c.tenant_id == self.p.tenant_id, column.in_(wanted))
-                .order_by(table.c.id)
+            # Sorted here, not by ORDER BY id: that tempts PostgreSQL into walking the
+            # primary key past every row instead of probing the key index.
+            query = sa.select(table.c.id, column.label("k")).where(
+                table.c.tenant_id == self.p.tenant_id, column.in_(wanted)
             )
-            for record in conn.execute(query):
+            for record in sorted(conn.execute(query), key=lambda r: r.id):
                 found.setdefault((field, record.k), record.id)
         return found
 
@@ -319,10 +363,12 @@ class Importer:
             inserts: list[dict[str, Any]] = []
             pending: dict[Key, int] = {}  # key -> index in inserts
             stamp = now()
-            for number, values, key in valid:
-                outcome = self._decide(key, number, existing, pending)
+            for _number, values, key in valid:
+                outcome = self._decide(key, existing, pending)
                 if outcome == "skip":
                     self.counts["skipped"] += 1
+                elif outcome == "update-earlier":
+                    self.counts["updated"] += 1
                 elif outcome == "pending" and key is not None:
                     inserts[pending[key]].update({k: v for k, v in values.items() if v is not None})
                     self.counts["updated"] += 1
@@ -348,26 +394,56 @@ class Importer:
                     )  # fmt: skip
             if self.p.dry_run:
                 return
-            if inserts:
-                conn.execute(self.table_def.insert(), inserts)
+            self._insert(conn, inserts)
             self._save_checkpoint(conn, index)
+        self.inserted += len(inserts)
+        self._refresh_statistics()
 
-    def _decide(
-        self, key: Key | None, number: int, existing: dict[Key, int], pending: dict[Key, int]
-    ) -> str:
+    def _insert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """SQLite: executemany. PostgreSQL: COPY, in the batch's transaction (psycopg's
+        executemany sends a statement per row, and a multi-row INSERT costs more to
+        build in SQLAlchemy than to run)."""
+        if not rows:
+            return
+        if self.engine.dialect.name != "postgresql":
+            conn.execute(self.table_def.insert(), rows)
+            return
+        columns = list(dict.fromkeys(name for row in rows for name in row))
+        names = ", ".join(f'"{name}"' for name in columns)
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f'COPY "{self.table_def.name}" ({names}) FROM STDIN') as copy,
+        ):
+            for row in rows:
+                copy.write_row([row.get(name) for name in columns])
+
+    def _refresh_statistics(self) -> None:
+        """ANALYZE the table each time the import has inserted 4x as many rows as at the
+        last one (PostgreSQL only). Autovacuum notices a fast-growing table a minute late;
+        on stale statistics the planner answers the duplicate lookup by scanning the
+        tenant's rows, and each batch gets slower than the one before."""
+        if self.inserted < self.analyze_at or self.engine.dialect.name != "postgresql":
+            return
+        with self.engine.connect() as conn:
+            conn.execute(sa.text(f"ANALYZE {self.table_def.name}"))
+            conn.commit()
+        self.analyze_at = self.inserted * 4
+
+    def _decide(self, key: Key | None, existing: dict[Key, int], pending: dict[Key, int]) -> str:
         mode = self.p.on_duplicate
         if key is None or mode == "create":
-            if key is not None:
-                self.seen.setdefault(key, number)
             return "new"
         if key in pending:
             return "skip" if mode == "skip" else "pending"
         if key in existing:
-            self.seen.setdefault(key, number)
             return "skip" if mode == "skip" else "update"
-        if key in self.seen:  # an earlier batch of this file (only a dry run gets here)
-            return "skip" if mode == "skip" else "dry-update"
-        self.seen[key] = number
+        if self.p.dry_run:
+            digest = hash_key(key)
+            if digest in self.seen:  # an earlier batch of this file, not written
+                return "skip" if mode == "skip" else "update-earlier"
+            self.seen.add(digest)
         return "new"
 
 
@@ -401,9 +477,8 @@ def run_export(
     files_dir: Path,
     job_id: str | None,
     progress: Progress = _job_progress,
+    max_pdf_rows: int = DEFAULT_MAX_PDF_ROWS,
 ) -> dict[str, Any]:
-    if payload.format == "pdf":
-        raise PermanentError("pdf export not available yet (csv and xlsx are)")
     table = schema.ENTITY_TABLES[payload.entity_type]
     available = [c.name for c in table.columns if c.name != "tenant_id"]
     fields = payload.fields or available
@@ -442,6 +517,10 @@ def run_export(
         try:
             if payload.format == "csv":
                 count = write_csv(partial, fields, rows())
+            elif payload.format == "pdf":
+                # refused before rendering when `total` is over the limit
+                count = write_pdf(partial, fields, rows(), title=payload.entity_type,
+                                  max_rows=max_pdf_rows, expected_rows=total)  # fmt: skip
             else:
                 count = write_xlsx(partial, fields, rows(), title=payload.entity_type)
             os.replace(partial, final)
@@ -458,6 +537,65 @@ def run_export(
     }
 
 
+# --------------------------------------------------------------------------- telling the user
+
+
+def _user(engine: Engine, tenant_id: str, user_id: str) -> tuple[str, str] | None:
+    """(first name, email) of a CRM user, or None when the tenant has no such user."""
+    users = schema.users
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(users.c.name, users.c.email).where(
+                users.c.tenant_id == tenant_id, users.c.user_id == user_id
+            )
+        ).first()
+    if found is None:
+        return None
+    return (found.name.split() or [found.email])[0], found.email
+
+
+def notify_user(
+    engine: Engine,
+    tenant_id: str,
+    user_id: str,
+    template: str,
+    context: dict[str, Any],
+    job_id: str | None,
+) -> dict[str, Any]:
+    """Queue the `template` email to the user who started the job; what happened goes
+    into the job's result. The import or export itself has succeeded by now, so a
+    failure here is reported, not raised: retrying would redo the whole job.
+
+    A retried job (crashed after queueing) would queue a second email; the idempotency
+    key derived from the job id lets vendors that deduplicate (Resend) drop it."""
+    from crmqueue.tasks import send_email
+
+    user = _user(engine, tenant_id, user_id)
+    if user is None:
+        log.warning("%s email not sent: tenant %s has no user %s", template, tenant_id, user_id)
+        return {"email": None, "reason": f"no user {user_id!r} in tenant {tenant_id!r}"}
+    first_name, address = user
+    try:
+        queued = send_email(
+            tenant_id=tenant_id,
+            to=address,
+            template=template,
+            context={"first_name": first_name, **context},
+            idempotency_key=f"{template}-{job_id}" if job_id else None,
+        )
+    except CrmQueueError as exc:
+        log.warning("%s email to user %s not queued: %s", template, user_id, exc)
+        return {"email": None, "reason": str(exc)}
+    return {"email": {"job_id": queued.id, "to": address, "template": template}}
+
+
+def download_url(settings: Settings, path: str) -> str:
+    base = settings.files.download_base_url.rstrip("/")
+    if base:
+        return f"{base}/{quote(path)}"
+    return str(Path(settings.files.dir).resolve() / path)
+
+
 # --------------------------------------------------------------------------- bodies
 
 
@@ -467,15 +605,39 @@ def _settings() -> Settings:
 
 @job("import-export", payload=ImportPayload)
 def import_records(payload: ImportPayload) -> dict[str, Any]:
-    """Import records into the CRM store (see the module docstring)."""
+    """Import records into the CRM store (see the module docstring), then email the user
+    who started it."""
     settings = _settings()
     engine = get_engine(settings.database.url)
-    return Importer(payload, engine, settings.files.dir, current_job_id()).run()
+    job_id = current_job_id()
+    result = Importer(payload, engine, settings.files.dir, job_id, outbound=settings.outbound).run()
+    counts = result["counts"]
+    context = {
+        "entity_type": payload.entity_type, "dry_run": payload.dry_run,
+        "created": counts["new"], "updated": counts["updated"],
+        "skipped": counts["skipped"], "failed": counts["invalid"],
+    }  # fmt: skip
+    result["notified"] = notify_user(
+        engine, payload.tenant_id, payload.user_id, "import-completed", context, job_id
+    )
+    return result
 
 
 @job("import-export", payload=ExportPayload)
 def export_records(payload: ExportPayload) -> dict[str, Any]:
-    """Export records of one entity to a file under the files directory."""
+    """Export records of one entity to a file under the files directory, then email the
+    user who asked for it a link."""
     settings = _settings()
     engine = get_engine(settings.database.url)
-    return run_export(payload, engine, settings.files.dir, current_job_id())
+    job_id = current_job_id()
+    result = run_export(payload, engine, settings.files.dir, job_id,
+                        max_pdf_rows=settings.files.max_pdf_rows)  # fmt: skip
+    result["download_url"] = download_url(settings, result["path"])
+    context = {
+        "entity_type": payload.entity_type, "download_url": result["download_url"],
+        "rows": result["rows"], "format": payload.format,
+    }  # fmt: skip
+    result["notified"] = notify_user(
+        engine, payload.tenant_id, payload.user_id, "export-ready", context, job_id
+    )
+    return result

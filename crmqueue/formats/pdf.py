@@ -1,0 +1,294 @@
+"""PDF through xhtml2pdf: `html_to_pdf` for any HTML we render (exports now, reports with
+`<canvas type="graph">` charts later), and `write_pdf`, the table of an export.
+
+Every render runs under `no_fetch_policy()`: the HTML carries tenant data, and xhtml2pdf
+fetches whatever an `<img>`, `<link>`, `@import`, `@font-face` or `background-image`
+names (before 0.2.19 any local path and any URL, internal ones included). Nothing our
+documents need lives outside them: styles are inline, images are `data:` URIs, charts are
+drawn from the `<canvas>` JSON, fonts are ReportLab's built-in ones. Those fonts draw
+Western European (cp1252) text only; other scripts come out as boxes.
+
+Exports are rendered in chunks, because xhtml2pdf holds the whole document in memory.
+Measured with bench/pdf_export.py on the 2-core reference machine, 6 columns:
+
+    rows     one xhtml2pdf call       chunks of 1,000 rows
+    1,000      3.2 s   107 MB           3.4 s   108 MB
+    5,000     20 s     292 MB
+    10,000    54 s     524 MB          31 s     113 MB
+    50,000   (not run: ~2.5 GB)       155 s     134 MB    (1,050 pages, 3.7 MB)
+
+One call grows by about 45 MB per 1,000 rows, and its time grows faster than the rows
+(ReportLab splits the rest of a long table at every page break). Chunks keep the peak flat
+and the time linear, 3 ms a row here and up to 5-6 ms while other work shares the
+machine. Time is then the limit: `DEFAULT_MAX_PDF_ROWS` (config `files.max_pdf_rows`) keeps
+a PDF export well inside the import-export queue's 300 s job timeout, and a larger export
+is refused up front, pointing to CSV or XLSX.
+
+Page numbers: each chunk is its own document, so its `<pdf:pagecount>` would count only
+its own pages. The chunks are rendered without a footer, concatenated with pypdf, and the
+footer ("title · generated at" and "Page N of M") is rendered once more by xhtml2pdf as a
+document of M empty pages with the same `@page` layout, then laid over the content pages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import html
+import io
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from crmqueue.errors import PermanentError
+
+# Rows per xhtml2pdf call: about 110-135 MB peak whatever the row count. Larger chunks
+# cost memory and get slower per row (see the module docstring); smaller ones leave more
+# half-empty pages where one chunk ends and the next begins on a new page.
+CHUNK_ROWS = 1000
+# The default of `files.max_pdf_rows`: 1-2 minutes of rendering here, a third to a half
+# of the import-export job timeout.
+DEFAULT_MAX_PDF_ROWS = 20_000
+# More columns than this: landscape A4.
+PORTRAIT_MAX_COLUMNS = 6
+# A PDF is for reading; a cell longer than this is cut (with "…") so that one long note
+# cannot fill pages. The CSV and XLSX exports carry full values.
+MAX_CELL_CHARS = 300
+
+# The content frame leaves the bottom 1.5 cm to the footer frame. Both are declared:
+# with a static frame only, xhtml2pdf guesses the content frame and warns on every render.
+_CONTENT_FRAME = "top: 1.4cm; right: 1cm; bottom: 1.5cm; left: 1cm;"
+_FOOTER_FRAME = "-pdf-frame-content: footer; bottom: 0.5cm; left: 1cm; right: 1cm; height: 0.6cm;"
+
+
+@functools.cache
+def no_fetch_policy() -> Any:
+    """The xhtml2pdf ResourceAccessPolicy of every render: no remote fetches at all (not
+    only the internal-address block of xhtml2pdf's default), and no directory to read
+    from (base_dir=None with no extra roots denies every local read). The other limits
+    are xhtml2pdf's "server" ones: document size and nesting, image pixels, 60 s a
+    render (a chunk of an export takes a few seconds)."""
+    from xhtml2pdf.config.resources import (  # type: ignore[import-untyped]
+        ResourceAccessPolicy,
+    )
+
+    return ResourceAccessPolicy.server(base_dir=None, allow_remote=False, allowed_hosts=frozenset())
+
+
+def html_to_pdf(source: str, dest: IO[bytes]) -> None:
+    """Render an HTML document into `dest`, fetching nothing (see `no_fetch_policy`).
+
+    A document xhtml2pdf reports errors for, or one over a render limit, raises
+    PermanentError: the same HTML fails the same way on a retry."""
+    # Imported here: xhtml2pdf and ReportLab take a third of a second to import, which
+    # every CLI command and worker would pay otherwise.
+    from xhtml2pdf import pisa  # type: ignore[import-untyped]
+    from xhtml2pdf.config.resources import RenderLimitError
+
+    try:
+        status = pisa.CreatePDF(
+            source, dest=dest, encoding="utf-8", resource_policy=no_fetch_policy()
+        )
+    except RenderLimitError as exc:
+        raise PermanentError(f"PDF rendering stopped: {exc}") from None
+    if status.err:
+        raise PermanentError(f"PDF rendering failed ({status.err} error(s) from xhtml2pdf)")
+
+
+# --------------------------------------------------------------------------- exports
+
+# Width of the content frame: A4 less 1 cm each side.
+_FRAME_WIDTH_PT = {False: 595.3 - 56.7, True: 841.9 - 56.7}
+_CELL_PADDING_PT = 6.0
+_FONT_PT = (5.5, 8.0)  # smallest and largest body font
+_MAX_COLUMN_EM = 20.0  # a column wider than this (about 36 characters) wraps its text
+_SLACK_EM = 0.6  # about one character: a later chunk's ids and emails may be a digit longer
+
+
+def _text(value: Any) -> str:
+    """A cell's text: None empty, dates and datetimes ISO 8601 (to the second: a PDF is
+    read by people), long values cut."""
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime | dt.time):
+        text = value.isoformat(timespec="seconds")
+    elif isinstance(value, dt.date):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    if len(text) > MAX_CELL_CHARS:
+        text = text[: MAX_CELL_CHARS - 1] + "…"
+    return text
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Page orientation, body font size and column widths (percent) of one export: from
+    the header and the first chunk, then kept for every chunk."""
+
+    landscape: bool
+    font_pt: float
+    widths: list[float]
+
+    @classmethod
+    def fit(cls, columns: Sequence[str], sample: Sequence[Sequence[str]]) -> _Layout:
+        from reportlab.pdfbase.pdfmetrics import stringWidth  # type: ignore[import-untyped]
+
+        landscape = len(columns) > PORTRAIT_MAX_COLUMNS
+        ems = []  # each column's widest text, in ems of Helvetica (bold for the header)
+        for index, name in enumerate(columns):
+            widest = max(
+                (stringWidth(row[index], "Helvetica", 1) for row in sample if index < len(row)),
+                default=0.0,
+            )
+            header = stringWidth(name, "Helvetica-Bold", 1)
+            ems.append(min(_MAX_COLUMN_EM, max(2.0, header, widest + _SLACK_EM)))
+        # The largest font at which the columns fit side by side without wrapping.
+        room = _FRAME_WIDTH_PT[landscape] - _CELL_PADDING_PT * len(columns)
+        font = math.floor(2 * room / sum(ems)) / 2
+        font = min(_FONT_PT[1], max(_FONT_PT[0], font))
+        # Each column gets its text width plus its padding, as a share of the frame.
+        points = [em * font + _CELL_PADDING_PT for em in ems]
+        total = sum(points)
+        return cls(landscape, font, [round(100 * p / total, 2) for p in points])
+
+
+def _page_css(landscape: bool) -> str:
+    size = "a4 landscape" if landscape else "a4"
+    return f"""
+@page {{ size: {size};
+  @frame content {{ {_CONTENT_FRAME} }}
+  @frame footer {{ {_FOOTER_FRAME} }} }}
+body {{ font-family: Helvetica; font-size: 7pt; color: #222222; }}
+"""
+
+
+_TABLE_CSS = """
+h1 { font-size: 13pt; margin: 0 0 2pt 0; }
+p.meta { color: #666666; margin: 0 0 6pt 0; }
+table { width: 100%; }
+th { background-color: #d9e1ec; text-align: left; font-weight: bold; overflow-wrap: break-word;
+     padding: 2pt 3pt 1pt 3pt; border-bottom: 0.5pt solid #7a8799; }
+td { padding: 2pt 3pt 1pt 3pt; vertical-align: top; overflow-wrap: break-word; }
+tr.z td { background-color: #f1f4f8; }
+"""
+
+
+def _chunk_html(
+    columns: Sequence[str],
+    layout: _Layout,
+    rows: Sequence[Sequence[str]],
+    first_index: int,
+    heading: str | None,
+) -> str:
+    """One chunk of the export: a table whose header row repeats on every page; the
+    first chunk also carries the heading (title and generated-at line)."""
+    out = [
+        '<html><head><meta charset="utf-8"><style>',
+        _page_css(layout.landscape),
+        _TABLE_CSS,
+        f"table {{ font-size: {layout.font_pt}pt; }}",
+        '</style></head><body><div id="footer"></div>',
+    ]
+    if heading is not None:
+        out.append(heading)
+    out.append('<table repeat="1"><tr>')
+    out.extend(
+        f'<th width="{w}%">{html.escape(name)}</th>'
+        for name, w in zip(columns, layout.widths, strict=True)
+    )
+    out.append("</tr>")
+    for number, row in enumerate(rows, start=first_index):
+        out.append('<tr class="z">' if number % 2 else "<tr>")
+        out.extend(f"<td>{html.escape(cell)}</td>" for cell in row)
+        out.append("</tr>")
+    if not rows:
+        out.append(f'<tr><td colspan="{len(columns)}">No records.</td></tr>')
+    out.append("</table></body></html>")
+    return "".join(out)
+
+
+def _footer_html(pages: int, left: str, landscape: bool) -> str:
+    """`pages` empty pages whose footer frame holds `left` and "Page N of M"."""
+    footer = (
+        '<div id="footer"><table><tr>'
+        f"<td>{html.escape(left)}</td>"
+        '<td style="text-align: right">Page <pdf:pagenumber> of <pdf:pagecount></td>'
+        "</tr></table></div>"
+    )
+    # An explicit end tag: in HTML mode `<pdf:nextpage />` is an open element, and
+    # thousands of them would nest past the policy's depth limit.
+    pages_html = "<p>&#160;</p><pdf:nextpage></pdf:nextpage>" * (pages - 1) + "<p>&#160;</p>"
+    css = _page_css(landscape) + "#footer { color: #666666; } #footer td { padding: 0; }"
+    return (
+        f'<html><head><meta charset="utf-8"><style>{css}</style></head>'
+        f"<body>{footer}{pages_html}</body></html>"
+    )
+
+
+def _chunks(rows: Iterable[Sequence[Any]], size: int) -> Iterator[list[list[str]]]:
+    iterator = iter(rows)
+    while chunk := [[_text(v) for v in row] for row in itertools.islice(iterator, size)]:
+        yield chunk
+
+
+def too_many_rows(rows: int, limit: int) -> PermanentError:
+    return PermanentError(
+        f"{rows} rows is over the PDF export limit of {limit} rows (files.max_pdf_rows);"
+        " export as csv or xlsx, or narrow the export with filters"
+    )
+
+
+def write_pdf(
+    path: Path,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str = "Export",
+    *,
+    generated_at: dt.datetime | None = None,
+    max_rows: int = DEFAULT_MAX_PDF_ROWS,
+    expected_rows: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> int:
+    """Write the rows as a PDF table (see the module docstring); returns the number of
+    data rows. Raises PermanentError when there are more than `max_rows` rows: up front
+    when `expected_rows` says so, else on the first row past the limit."""
+    from pypdf import PdfReader, PdfWriter
+
+    if expected_rows is not None and expected_rows > max_rows:
+        raise too_many_rows(expected_rows, max_rows)
+    stamp = (generated_at or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat()
+    heading = f'<h1>{html.escape(title)}</h1><p class="meta">Generated at {html.escape(stamp)}</p>'
+    writer = PdfWriter()
+    count = 0
+    layout: _Layout | None = None
+    chunks = _chunks(rows, chunk_rows)
+    # The first chunk even when empty: an export with no rows still gets its page.
+    for chunk in itertools.chain([next(chunks, [])], chunks):
+        if count + len(chunk) > max_rows:
+            raise too_many_rows(count + len(chunk), max_rows)
+        if layout is None:
+            layout = _Layout.fit(columns, chunk)
+        source = _chunk_html(columns, layout, chunk, count, None if count else heading)
+        buffer = io.BytesIO()
+        html_to_pdf(source, buffer)
+        writer.append(PdfReader(buffer))
+        count += len(chunk)
+    pages = len(writer.pages)
+    footer = io.BytesIO()
+    landscape = len(columns) > PORTRAIT_MAX_COLUMNS
+    html_to_pdf(_footer_html(pages, f"{title} · generated at {stamp}", landscape), footer)
+    overlay = PdfReader(footer)
+    if len(overlay.pages) != pages:
+        raise RuntimeError(f"footer has {len(overlay.pages)} pages for {pages} of content")
+    for page, numbers in zip(writer.pages, overlay.pages, strict=True):
+        page.merge_page(numbers)
+        # merge_page leaves the content decoded: compressed again, a page stays ~4 KB
+        page.compress_content_streams()
+    writer.add_metadata({"/Title": title})
+    with path.open("wb") as handle:
+        writer.write(handle)
+    return count

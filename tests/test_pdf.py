@@ -1,0 +1,310 @@
+"""PDF output (crmqueue.formats.pdf), read back with pypdf: the export table across pages
+and chunks (repeated header, "Page N of M", every row once), escaping of hostile values,
+no resource fetches (a loopback HTTP server and an audit hook watch), a chart, the row
+limit, and an export job run through run_export on a SQLite CRM store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import io
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pypdf import PdfReader
+
+from crmqueue.config import Settings
+from crmqueue.crm.store import create_engine, init_db, seed
+from crmqueue.errors import PermanentError
+from crmqueue.formats import pdf
+from crmqueue.formats.pdf import html_to_pdf, write_pdf
+from crmqueue.payloads import ExportPayload
+from crmqueue.workers.import_export import run_export
+
+COLUMNS = ["id", "email", "first_name", "company", "created_at", "amount"]
+GENERATED = dt.datetime(2024, 5, 1, 9, 30, tzinfo=dt.UTC)
+# A 1x1 PNG: what the loopback server hands out, so that a fetch would have succeeded.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+
+def pages_text(path: Path | io.BytesIO) -> list[str]:
+    return [page.extract_text() for page in PdfReader(path).pages]
+
+
+def squash(text: str) -> str:
+    """Text without whitespace: a long cell wraps over lines in the extracted text."""
+    return re.sub(r"\s+", "", text)
+
+
+def people(count: int) -> Iterator[tuple[Any, ...]]:
+    for n in range(count):
+        amount = Decimal("12.50") if n % 3 else None
+        yield (n, f"person{n}@example.com", "Ann", "Smith & Co",
+               GENERATED + dt.timedelta(minutes=n), amount)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@pytest.mark.parametrize("chunk_rows", [1000, 70], ids=["one-chunk", "five-chunks"])
+def test_table_spans_pages_with_header_page_numbers_and_every_row(
+    tmp_path: Path, chunk_rows: int
+) -> None:
+    path = tmp_path / "out.pdf"
+    count = write_pdf(path, COLUMNS, people(300), title="contacts", generated_at=GENERATED,
+                      chunk_rows=chunk_rows)  # fmt: skip
+    assert count == 300
+    texts = pages_text(path)
+    total = len(texts)
+    assert total >= 5
+    assert "contacts" in texts[0] and "Generated at 2024-05-01T09:30:00+00:00" in texts[0]
+    for number, text in enumerate(texts, start=1):
+        # the header row on every page, not only the first
+        assert all(column in text for column in COLUMNS), (number, text[:200])
+        assert f"Page {number} of {total}" in text
+        assert "contacts · generated at 2024-05-01T09:30:00+00:00" in text
+    assert "Page 1 of" in texts[0] and f"Page {total} of {total}" in texts[-1]
+    found = [int(n) for text in texts for n in re.findall(r"person(\d+)@example\.com", text)]
+    assert found == list(range(300)), "every row exactly once, in order"
+    assert "2024-05-01T09:31:00+00:00" in texts[0]  # datetimes ISO 8601
+    page = PdfReader(path).pages[0]
+    assert page.mediabox.width < page.mediabox.height, "six columns fit on portrait A4"
+
+
+def test_many_columns_are_landscape_and_an_empty_export_has_one_page(tmp_path: Path) -> None:
+    wide = [f"column_{n}" for n in range(12)]
+    path = tmp_path / "wide.pdf"
+    assert write_pdf(path, wide, [tuple(range(12))] * 3, generated_at=GENERATED) == 3
+    page = PdfReader(path).pages[0]
+    assert page.mediabox.width > page.mediabox.height
+
+    empty = tmp_path / "empty.pdf"
+    assert write_pdf(empty, COLUMNS, [], title="leads", generated_at=GENERATED) == 0
+    (text,) = pages_text(empty)
+    assert "No records." in text and "Page 1 of 1" in text and "first_name" in text
+
+
+def test_cell_values_are_escaped_and_formatted(tmp_path: Path) -> None:
+    hostile = [
+        "<b>x</b>",
+        '<img src="file:///etc/passwd">',
+        "</td></tr></table><h1>injected</h1>",
+        "&amp; &lt;",
+        "<pdf:pagecount>",
+        "\"quotes\" and 'apostrophes'",
+    ]
+    rows = [(value, None, dt.date(2024, 2, 29), Decimal("1.10"), True) for value in hostile]
+    rows.append(("x" * 1000, "nul\x00 and vt\x0b", None, None, None))
+    path = tmp_path / "hostile.pdf"
+    write_pdf(path, ["value", "none", "date", "decimal", "flag"], rows, title="<i>t</i>")
+    text = squash("".join(pages_text(path)))
+    for value in hostile:
+        assert squash(value) in text, value
+    assert "<i>t</i>" in text  # the title too
+    assert "2024-02-29" in text and "1.10" in text and "True" in text
+    assert "None" not in text
+    # a long value is cut for the page (the CSV and XLSX exports carry it whole)
+    assert "x" * (pdf.MAX_CELL_CHARS - 1) + "…" in text and "x" * pdf.MAX_CELL_CHARS not in text
+
+
+# --------------------------------------------------------------------------- no fetches
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        body = PNG if self.path.endswith(".png") else b"body { color: red; }"
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png" if body is PNG else "text/css")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 that records every request it gets."""
+    requests: list[str] = []
+    handler = type("Handler", (Recorder,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class Opens:
+    """Paths opened and addresses connected to while `active` (an audit hook cannot be
+    removed, so it stays installed and idle after its test)."""
+
+    active = False
+    paths: list[str] = []
+    connects: list[str] = []
+
+    @classmethod
+    def hook(cls, event: str, args: tuple[Any, ...]) -> None:
+        if not cls.active:
+            return
+        if event == "open" and isinstance(args[0], str | bytes | Path):
+            cls.paths.append(str(args[0]))
+        elif event == "socket.connect":
+            cls.connects.append(str(args[1]))
+
+
+sys.addaudithook(Opens.hook)
+
+
+def hostile_document(base: str, secret: Path, font: bool = True) -> str:
+    """Every way a document asks xhtml2pdf for a resource, at the server and the file."""
+    font_face = f"@font-face {{ font-family: Evil; src: url({base}/font.ttf); }}" if font else ""
+    return f"""<html><head>
+<link rel="stylesheet" href="{base}/link.css">
+<link rel="stylesheet" href="file://{secret.with_suffix(".css")}">
+<style>
+@import url({base}/import.css);
+@import url("{secret.with_suffix(".css")}");
+{font_face}
+body {{ background-image: url({base}/background.png); }}
+</style></head><body>
+<p>Before</p>
+<img src="{base}/x.png">
+<img src="file://{secret}">
+<img src="{secret}">
+<img src="file:///etc/passwd">
+<p style="background-image: url({base}/inline.png)">After</p>
+</body></html>"""
+
+
+def test_nothing_is_fetched_from_the_network_or_the_disk(
+    loopback: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    base, requests = loopback
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(PNG)
+    secret.with_suffix(".css").write_text("body { color: red; }")
+    document = hostile_document(base, secret)
+
+    out = io.BytesIO()
+    Opens.paths, Opens.connects, Opens.active = [], [], True
+    try:
+        html_to_pdf(document, out)
+    finally:
+        Opens.active = False
+    assert requests == []
+    assert Opens.connects == []
+    assert not [p for p in Opens.paths if "secret" in p or p == "/etc/passwd"], Opens.paths
+    text = pages_text(out)[0]
+    assert "Before" in text and "After" in text, "the document itself still renders"
+
+    # The same document under xhtml2pdf's permissive policy does fetch: the watch above
+    # would have seen it. (Without the font: the server's answer is no TrueType file.)
+    from xhtml2pdf import pisa  # type: ignore[import-untyped]
+    from xhtml2pdf.config.resources import PERMISSIVE_POLICY  # type: ignore[import-untyped]
+
+    Opens.paths, Opens.active = [], True
+    try:
+        pisa.CreatePDF(hostile_document(base, secret, font=False), dest=io.BytesIO(),
+                       resource_policy=PERMISSIVE_POLICY)  # fmt: skip
+    finally:
+        Opens.active = False
+    assert "/x.png" in requests and "/link.css" in requests, requests
+    assert any("secret" in p for p in Opens.paths), Opens.paths
+
+
+def test_export_values_cannot_fetch_either(loopback: tuple[str, list[str]], tmp_path: Path) -> None:
+    base, requests = loopback
+    values = [f'<img src="{base}/cell.png">', '<img src="file:///etc/passwd">',
+              f'<link rel="stylesheet" href="{base}/cell.css">']  # fmt: skip
+    write_pdf(tmp_path / "x.pdf", ["value"], [(v,) for v in values], title=values[0])
+    assert requests == []
+    assert all(squash(v) in squash(pages_text(tmp_path / "x.pdf")[0]) for v in values)
+
+
+def test_a_report_with_a_chart_and_page_numbers_renders() -> None:
+    """What the report queue will hand html_to_pdf: a footer frame and a native chart."""
+    chart = '{"type": "verticalbar", "data": [[5, 9, 3]]}'
+    document = f"""<html><head><style>
+@page {{ size: a4; margin: 2cm;
+  @frame footer {{ -pdf-frame-content: footer; bottom: 1cm; margin-left: 2cm;
+                   margin-right: 2cm; height: 1cm; }} }}
+</style></head><body>
+<div id="footer">Page <pdf:pagenumber> of <pdf:pagecount></div>
+<h1>Sales</h1><canvas type="graph" width="300" height="150">{chart}</canvas>
+<pdf:nextpage></pdf:nextpage><p>Second page</p></body></html>"""
+    out = io.BytesIO()
+    html_to_pdf(document, out)
+    first, second = pages_text(out)
+    assert "Sales" in first and "Page 1 of 2" in first
+    assert "9" in first, "the chart's value axis is drawn as text"
+    assert "Second page" in second and "Page 2 of 2" in second
+
+
+# --------------------------------------------------------------------------- the limit
+
+
+def test_row_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.pdf"
+    with pytest.raises(PermanentError, match=r"101 rows is over the PDF export limit of 100"):
+        write_pdf(path, COLUMNS, people(10**6), max_rows=100, expected_rows=101)
+    with pytest.raises(PermanentError, match=r"csv or xlsx"):
+        write_pdf(path, COLUMNS, people(120), max_rows=100, chunk_rows=50)
+    assert not path.exists()
+    assert write_pdf(path, COLUMNS, people(100), max_rows=100, chunk_rows=50) == 100
+    assert Settings().files.max_pdf_rows == pdf.DEFAULT_MAX_PDF_ROWS
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@pytest.fixture
+def sqlite_crm(tmp_path: Path) -> Iterator[Any]:
+    engine = create_engine(f"sqlite:///{tmp_path}/crm.db")
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_run_export_to_pdf(sqlite_crm: Any, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    seed(sqlite_crm, "t1", 120)
+    seed(sqlite_crm, "t2", 20)
+    seen: list[float] = []
+    payload = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="pdf")
+    out = run_export(payload, sqlite_crm, files, "job-pdf", seen.append)
+    assert out["rows"] == 120 and out["format"] == "pdf" and out["path"].endswith(".pdf")
+    assert seen[-1] == 100
+    path = files / out["path"]
+    texts = pages_text(path)
+    assert f"Page {len(texts)} of {len(texts)}" in texts[-1]
+    assert "contacts" in texts[0] and "first_name" in texts[0] and "first_name" in texts[-1]
+    assert PdfReader(path).pages[0].mediabox.width > 800, "14 columns: landscape"
+    assert not list(path.parent.glob(".*partial")), "no partial file left behind"
+
+    narrow = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="pdf",
+                           fields=["email", "city"])  # fmt: skip
+    out = run_export(narrow, sqlite_crm, files, "job-narrow", seen.append)
+    text = "".join(pages_text(files / out["path"]))
+    assert len(re.findall(r"@", text)) == 120, "tenant t1's 120 emails, none of t2's"
+
+    with pytest.raises(PermanentError, match=r"limit of 100 rows.*csv or xlsx"):
+        run_export(payload, sqlite_crm, files, "job-big", seen.append, max_pdf_rows=100)
+    assert not list((files / "exports" / "t1").glob("*job-big*"))
