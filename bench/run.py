@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from bench.common import machine, median, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks.md"
-PARTS = ("engine", "latency", "scaleout", "memory")
+PARTS = ("engine", "latency", "email", "scaleout", "memory", "import-export")
 
 
 def measure(module: str, args: list[str]) -> dict[str, Any]:
@@ -165,8 +166,8 @@ def memory_section(r: dict[str, float], jobs: int) -> list[str]:
         "",
         "Peak RSS (VmHWM) of `crmqueue run` with all five queues, the scheduler and the"
         f" maintenance thread: idle for 5 s, then after draining {jobs:,} no-op jobs on the"
-        " email queue (the engine's own load; memory under the email load joins with the"
-        " email benchmark).",
+        " email queue (the engine's own load; memory under the email load is in the Email"
+        " section).",
         "",
         "| state | peak RSS |",
         "|---|---:|",
@@ -184,6 +185,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--idle", type=float, default=40.0)
+    parser.add_argument("--ie-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--ie-runs", type=int, default=1, help="runs of the million-row part (~3 min each)"
+    )
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     sections: list[str] = []
@@ -196,20 +201,37 @@ def main() -> None:
             idle_args = ["--jobs", "20", "--idle", str(args.idle), "--idle-jobs", "2"]
             idle = collect("bench.latency", 1, url, idle_args, storages=("sqlite",))
             sections += latency_section(steady, idle, args.idle)
+        if "email" in parts:
+            from bench.email import email_section, medians
+
+            samples = []
+            for run in range(args.runs):
+                figures = measure("bench.email", ["round", "--url", url, "--emails", "5000"])
+                print(f"run {run + 1}/{args.runs} email: {figures}", flush=True)
+                samples.append(figures)
+            sections += email_section(medians(samples), 5000)
         if "scaleout" in parts:
             sections += scaleout_section(
                 collect_consumers("scaleout", args.runs, url, 10_000), 10_000
             )
         if "memory" in parts:
             sections += memory_section(collect_consumers("memory", args.runs, url, 20_000), 20_000)
+    if "import-export" in parts:
+        from bench import import_export
+
+        with tempfile.TemporaryDirectory(prefix="crmqueue-bench-") as workdir:
+            results = import_export.collect(args.ie_runs, args.ie_rows, Path(workdir))
+        sections += import_export.section(results, args.ie_runs)
     header = [
         "# Benchmarks",
         "",
-        f"Command: `.venv/bin/python -m bench.run --parts {','.join(parts)} --runs {args.runs}`"
+        f"Command: `.venv/bin/python -m bench.run --parts {','.join(parts)} --runs {args.runs}"
+        f" --ie-runs {args.ie_runs}`"
         f" (from the repository root, after `bash scripts/setup.sh dev`).",
         f"Machine: {machine()}; Redis {redis_version()} on loopback, started by the benchmark.",
         f"Measured: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Figures are medians of"
-        f" {args.runs} runs; crmqueue and its baseline alternate within each run.",
+        f" {args.runs} runs (the million-row import-export part: {args.ie_runs}); crmqueue and"
+        " its baseline alternate within each run.",
         "",
     ]
     RESULTS.parent.mkdir(exist_ok=True)

@@ -43,18 +43,22 @@ _pool: urllib3.PoolManager | None = None
 _pool_guard = threading.Lock()
 
 
+def _new_pool(num_pools: int, maxsize: int) -> urllib3.PoolManager:
+    """urllib3 never retries on its own: retrying is the queue's job."""
+    return urllib3.PoolManager(
+        num_pools=num_pools,
+        maxsize=maxsize,
+        retries=False,
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+    )
+
+
 def pool() -> urllib3.PoolManager:
-    """The process-wide pool (created on first use). urllib3 never retries on its own:
-    retrying is the queue's job."""
+    """The process-wide pool for vendors' fixed base URLs (created on first use)."""
     global _pool
     with _pool_guard:
         if _pool is None:
-            _pool = urllib3.PoolManager(
-                num_pools=16,
-                maxsize=10,
-                retries=False,
-                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
-            )
+            _pool = _new_pool(num_pools=16, maxsize=10)
         return _pool
 
 
@@ -190,12 +194,7 @@ def _guarded_pool() -> urllib3.PoolManager:
     global _guarded
     with _pool_guard:
         if _guarded is None:
-            _guarded = urllib3.PoolManager(
-                num_pools=32,
-                maxsize=4,
-                retries=False,
-                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
-            )
+            _guarded = _new_pool(num_pools=32, maxsize=4)
         return _guarded
 
 
