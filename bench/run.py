@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=20_000)
-    parser.add_argument("--idle", type=float, default=40.0)
+    parser.add_argument("--idle", type=float, default=25.0)
     parser.add_argument("--ie-rows", type=int, default=1_000_000)
     parser.add_argument(
         "--ie-runs", type=int, default=1, help="runs of the million-row part (~3 min each)"

@@ -634,6 +634,13 @@ ENTITY_CHOICE = click.Choice(["contacts", "companies", "leads", "activities"])
 @click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN", help="Map a column.")
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @click.option("--on-duplicate", type=click.Choice(["skip", "update", "create"]), default="skip")
+@click.option(
+    "--key",
+    "duplicate_key",
+    multiple=True,
+    metavar="FIELD",
+    help="Field that identifies a duplicate (repeat for fallbacks; default: the entity's).",
+)
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--wait", is_flag=True, help="Show progress until done, then the summary.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
@@ -647,6 +654,7 @@ def import_command(
     maps: tuple[str, ...],
     dry_run: bool,
     on_duplicate: str,
+    duplicate_key: tuple[str, ...],
     batch_size: int,
     wait: bool,
     timeout: float | None,
@@ -675,7 +683,7 @@ def import_command(
     job = tasks.import_records(
         tenant_id=tenant, user_id=user_id, file_url=relative.as_posix(), file_type=kind,
         entity_type=entity, mapping_config=mapping, dry_run=dry_run,
-        on_duplicate=on_duplicate, batch_size=batch_size,
+        on_duplicate=on_duplicate, duplicate_key=list(duplicate_key), batch_size=batch_size,
     )  # fmt: skip
     click.echo(job.id)
     if wait:

@@ -142,16 +142,20 @@ class ImportPayload(Payload):
     dry_run: bool = False
     on_duplicate: Literal["skip", "update", "create"] = "skip"
     batch_size: int = Field(default=100, ge=1, le=10_000)
+    # Fields that identify a duplicate, first match wins; empty: the entity's default key.
+    duplicate_key: list[str] = Field(default_factory=list)
 
-    @field_validator("mapping_config")
+    @field_validator("mapping_config", "duplicate_key")
     @classmethod
-    def _known_fields(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    def _known_fields(cls, value: Any, info: ValidationInfo) -> Any:
         entity = info.data.get("entity_type")
         if entity is None:  # entity_type itself failed; that error is reported
             return value
-        from crmqueue.crm.entities import entity_fields
+        from crmqueue.crm.entities import entity_fields, key_fields
 
-        fields = entity_fields(entity)
+        fields = (
+            entity_fields(entity) if info.field_name == "mapping_config" else key_fields(entity)
+        )
         unknown = [name for name in value if name not in fields]
         if unknown:
             raise PydanticCustomError(

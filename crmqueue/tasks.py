@@ -196,6 +196,7 @@ def import_records(
     mapping_config: Mapping[str, str] | None = None,
     dry_run: bool = False,
     on_duplicate: str = "skip",
+    duplicate_key: list[str] | None = None,
     batch_size: int = 100,
     priority: int | None = None,
     delay: float | None = None,
@@ -204,7 +205,8 @@ def import_records(
     fields = {
         "tenant_id": tenant_id, "user_id": user_id, "file_url": file_url,
         "file_type": file_type, "entity_type": entity_type, "mapping_config": mapping_config,
-        "dry_run": dry_run, "on_duplicate": on_duplicate, "batch_size": batch_size,
+        "dry_run": dry_run, "on_duplicate": on_duplicate, "duplicate_key": duplicate_key,
+        "batch_size": batch_size,
     }  # fmt: skip
     return _submit(KINDS["import-export"]["import"], fields, priority, delay, eta)
 

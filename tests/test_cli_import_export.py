@@ -356,6 +356,18 @@ def test_on_duplicate_skip_then_update(cli: Cli) -> None:
     assert ann["updated_at"] != base[0]["updated_at"]
 
 
+def test_key_option_picks_the_duplicate_key(cli: Cli) -> None:
+    cli.insert([{"email": "ann@x.com", "first_name": "Ann"}])
+    source = write_csv(cli.workdir / "k.csv", "email,first_name\nANN@x.com,Annie\n")
+    by_phone = summary(cli.ok(cli.import_(source, "--key", "phone", "--dry-run")))
+    assert (by_phone["new"], by_phone["skipped"]) == (1, 0)  # no phone: nothing matches
+    by_email = summary(cli.ok(cli.import_(source, "--key", "email", "--on-duplicate", "update")))
+    assert (by_email["new"], by_email["updated"]) == (0, 1)
+    assert [r["first_name"] for r in cli.rows()] == ["Annie"]
+    bad = cli.import_(source, "--key", "employees")
+    assert bad.returncode != 0 and "duplicate_key" in bad.stderr, bad.stderr
+
+
 def test_unknown_field_in_mapping_is_refused_before_anything_is_enqueued(cli: Cli) -> None:
     source = write_csv(cli.workdir / "p.csv", "email,first_name\na@x.com,A\n")
     result = cli.import_(source, "--map", "email=email", "--map", "shoe_size=first_name")

@@ -218,6 +218,25 @@ def test_duplicates_in_file_and_database_by_mode(crm_engine: Any, files: Path) -
     assert other["counts"] == {"new": 2, "updated": 0, "skipped": 1, "invalid": 0}
 
 
+def test_duplicate_key_is_configurable(crm_engine: Any, files: Path) -> None:
+    header = "email,first_name,external_id\n"
+    do_import(crm_engine, files, write(files, "a.csv", header + "a@x.com,A,CRM-1\n"))
+    # same person under a new address: the external id finds it, the email would not
+    moved = write(files, "b.csv", header + "a.new@x.com,A2,crm-1\nb@x.com,B,\n")
+    result = do_import(crm_engine, files, moved, on_duplicate="update",
+                       duplicate_key=["external_id", "email"])  # fmt: skip
+    assert result["duplicate_key"] == ["external_id", "email"]
+    assert result["counts"] == {"new": 1, "updated": 1, "skipped": 0, "invalid": 0}
+    assert sorted(emails(crm_engine)) == ["a.new@x.com", "b@x.com"]
+    by_email = do_import(crm_engine, files, moved)  # the default key: email
+    assert by_email["counts"] == {"new": 0, "updated": 0, "skipped": 2, "invalid": 0}
+    for key, message in [(["shoe_size"], "'shoe_size'"), (["employees"], "'employees'")]:
+        with pytest.raises(ValidationError, match=rf"duplicate_key\n.*unknown field.*{message}"):
+            ImportPayload.model_validate({
+                "tenant_id": "t1", "user_id": "u1", "file_url": "x.csv", "file_type": "csv",
+                "entity_type": "companies", "duplicate_key": key})  # fmt: skip
+
+
 def test_dry_run_writes_nothing(crm_engine: Any, files: Path) -> None:
     text = HEADER + "a@x.com,A,B\nbad,C,D\na@x.com,E,F\nb@x.com,G,H\n"
     result = do_import(crm_engine, files, write(files, "d.csv", text), dry_run=True,

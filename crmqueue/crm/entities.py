@@ -4,6 +4,7 @@ dates, numbers, enums) and the duplicate key."""
 from __future__ import annotations
 
 import datetime as dt
+import typing
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -103,8 +104,8 @@ ROW_MODELS: dict[str, type[Row]] = {
     "activities": ActivityRow,
 }
 
-# The duplicate key per entity: the columns compared case-insensitively, first match wins
-# (companies: domain, else name).
+# The default duplicate key per entity: the columns compared case-insensitively, first
+# match wins (companies: domain, else name). An import may name its own (`duplicate_key`).
 KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "contacts": ("email",),
     "companies": ("domain", "name"),
@@ -117,9 +118,25 @@ def entity_fields(entity: str) -> list[str]:
     return list(ROW_MODELS[entity].model_fields)
 
 
-def row_key(entity: str, values: dict[str, Any]) -> tuple[str, str] | None:
+def _is_text(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    return any(_is_text(arg) for arg in typing.get_args(annotation))
+
+
+def key_fields(entity: str) -> list[str]:
+    """The fields that can serve as a duplicate key: the text fields (compared as
+    lower-cased text, as they are stored)."""
+    return [
+        name
+        for name, field in ROW_MODELS[entity].model_fields.items()
+        if _is_text(field.annotation)
+    ]
+
+
+def row_key(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[str, str] | None:
     """(key field, normalised value) of a validated row, or None when it has no key."""
-    for name in KEY_FIELDS[entity]:
+    for name in fields:
         value = values.get(name)
         if value:
             return name, str(value).strip().lower()

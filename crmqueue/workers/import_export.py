@@ -183,6 +183,7 @@ class Importer:
         self.outbound = outbound or OutboundSettings()
         self.table_def = schema.ENTITY_TABLES[payload.entity_type]
         self.model = ROW_MODELS[payload.entity_type]
+        self.key_fields = tuple(payload.duplicate_key) or KEY_FIELDS[payload.entity_type]
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.errors: list[dict[str, Any]] = []
         self.error_rows = 0
@@ -239,6 +240,7 @@ class Importer:
             "entity_type": self.p.entity_type,
             "dry_run": self.p.dry_run,
             "on_duplicate": self.p.on_duplicate,
+            "duplicate_key": list(self.key_fields),
             "rows": total,
             "counts": self.counts,
             "errors": self.errors,
@@ -336,7 +338,7 @@ class Importer:
     def _existing(self, conn: Connection, keys: set[Key]) -> dict[Key, int]:
         table = self.table_def
         found: dict[Key, int] = {}
-        for field in KEY_FIELDS[self.p.entity_type]:
+        for field in self.key_fields:
             wanted = sorted(value for name, value in keys if name == field)
             if not wanted:
                 continue
@@ -357,7 +359,7 @@ class Importer:
             if values is None:
                 self.counts["invalid"] += 1
             else:
-                valid.append((number, values, row_key(self.p.entity_type, values)))
+                valid.append((number, values, row_key(self.key_fields, values)))
         with self.engine.begin() as conn:
             existing = self._existing(conn, {key for _, _, key in valid if key is not None})
             inserts: list[dict[str, Any]] = []
