@@ -266,12 +266,19 @@ def test_consumer_sends_a_welcome_email_through_the_outbox(
 def test_a_job_that_already_sent_does_not_send_again(
     broker: Any, start_consumer: Any, tmp_path: Path
 ) -> None:
+    from conftest import wait_until
+
     queue = broker.queue("email")
-    before = {"provider": "resend", "message_id": "already-sent"}
-    queue.store.put_data("email-sent:job-sent-before", json.dumps(before).encode())
     payload = {"tenant_id": "t1", "to": ["ann@example.com"], "template": "welcome",
                "context": {"first_name": "Ann"}}  # fmt: skip
     job_id = queue.enqueue("crmqueue.workers.email.send_email", payload, job_id="job-sent-before")
+    # A consumer claimed it, the vendor accepted, the "sent" record was written, and the
+    # consumer died before the job was recorded complete: the reaper puts it back.
+    (crashed,) = queue.store.claim("crashed-consumer", 0.1, 1).jobs
+    assert crashed.id == job_id and crashed.first_run
+    before = {"provider": "resend", "message_id": "already-sent"}
+    queue.store.put_data("email-sent:job-sent-before", json.dumps(before).encode())
+    assert wait_until(lambda: queue.store.reap(3)) == [job_id]
     start_consumer(broker, ["email"])
     done = Job(job_id, "email").wait(timeout=20)
     assert done.state == "completed"

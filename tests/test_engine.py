@@ -32,7 +32,14 @@ from crmqueue import jobs, tasks
 from crmqueue.config import QueueSettings
 from crmqueue.engine import Broker, retry
 from crmqueue.engine.queues import encode_message
-from crmqueue.engine.storage import Claim, JobStore, NewJob, error_record, sqlite_path
+from crmqueue.engine.storage import (
+    Claim,
+    JobStore,
+    KeptRecord,
+    NewJob,
+    error_record,
+    sqlite_path,
+)
 from crmqueue.errors import (
     InvalidJobState,
     JobNotFound,
@@ -796,6 +803,46 @@ def test_stale_consumer_cannot_finish_a_reclaimed_job(broker: Broker) -> None:
     assert (done.state, done.result, done.progress, done.errors) == ("completed", "fresh", 100, [])
     expect_counts(broker, completed=1)
     assert store.window_counts(300) == (1, 0)
+
+
+def test_a_claim_tells_whether_the_body_may_have_run_before(broker: Broker) -> None:
+    store = store_of(broker)
+    job = enqueue("noop")
+    first = claim_one(store, "c1", lease=0.1)
+    assert first.first_run
+    assert wait_until(lambda: store.reap(5)) == [job.id]  # reaped
+    after_reap = claim_one(store, "c1")
+    assert not after_reap.first_run
+    assert store.release(after_reap)  # handed back
+    assert not claim_one(store, "c1").first_run
+    other = enqueue("noop")
+    claim = claim_one(store, "c1")
+    assert claim.id == other.id and claim.first_run
+    assert store.fail(claim, error_record("RuntimeError", "boom"), 0.0) == "delayed"
+    assert not wait_until(lambda: store.claim("c1", 60, 1).jobs)[0].first_run  # a retry
+
+
+def test_records_kept_with_completions_are_stored_even_for_a_lost_lease(
+    broker: Broker,
+) -> None:
+    from huey.constants import EmptyData
+
+    store = store_of(broker)
+    job = enqueue("noop")
+    stale = claim_one(store, "c1", lease=0.1)
+    assert wait_until(lambda: store.reap(3)) == [job.id]
+    fresh = claim_one(store, "c2")
+    store.put_data("taken", b"first")
+    kept = [KeptRecord("sent:a", b"A", ttl=0.3), KeptRecord("sent:b", b"B"),
+            KeptRecord("taken", b"second")]  # fmt: skip
+    assert store.complete_many([(stale, "late")], 3600, kept) == [False]
+    assert store.peek_data("sent:a") == b"A" and store.peek_data("sent:b") == b"B"
+    assert store.peek_data("taken") == b"first"  # kept only where the key was empty
+    assert jobs.get(job.id).state == "active"  # the stale run did not complete the job
+    assert store.complete_many([(fresh, "done")], 3600, [KeptRecord("sent:c", b"C")]) == [True]
+    assert store.peek_data("sent:c") == b"C" and jobs.get(job.id).result == "done"
+    assert wait_until(lambda: store.peek_data("sent:a") is EmptyData, timeout=5)  # ttl
+    assert store.peek_data("sent:b") == b"B"
 
 
 def test_release_puts_job_back_at_the_front(broker: Broker) -> None:

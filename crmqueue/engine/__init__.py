@@ -1,7 +1,13 @@
 """Generic job machinery on top of Huey; it knows nothing about CRMs."""
 
 from crmqueue.engine.queues import Broker, Queue, configure, get_broker, job
-from crmqueue.engine.runner import Consumer, current_job_id, report_progress
+from crmqueue.engine.runner import (
+    Consumer,
+    current_job_id,
+    job_ran_before,
+    record_with_completion,
+    report_progress,
+)
 
 __all__ = [
     "Broker",
@@ -11,5 +17,7 @@ __all__ = [
     "current_job_id",
     "get_broker",
     "job",
+    "job_ran_before",
+    "record_with_completion",
     "report_progress",
 ]

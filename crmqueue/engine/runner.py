@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from crmqueue.engine.limits import TimeLimiter
 from crmqueue.engine.queues import Broker, Queue
 from crmqueue.engine.retry import next_delay
-from crmqueue.engine.storage import Claim, error_record
+from crmqueue.engine.storage import Claim, KeptRecord, error_record
 from crmqueue.errors import CrmQueueError, StorageUnavailable
 
 log = logging.getLogger("crmqueue.runner")
@@ -39,6 +39,7 @@ class ActiveJob:
     consumer: str
     touched: float = field(default_factory=time.monotonic)
     progress: int = 0
+    records: list[KeptRecord] = field(default_factory=list)
 
 
 _current: contextvars.ContextVar[ActiveJob | None] = contextvars.ContextVar(
@@ -62,6 +63,26 @@ def report_progress(percent: float) -> None:
 def current_job_id() -> str | None:
     active = _current.get()
     return active.claim.id if active else None
+
+
+def job_ran_before() -> bool:
+    """Whether an earlier claim of the running job may have run its body (it failed, was
+    reaped or handed back): only then need a body with side effects look for traces of
+    that run. True outside a running job, where nothing is known."""
+    active = _current.get()
+    return active is None or not active.claim.first_run
+
+
+def record_with_completion(key: str, value: bytes, ttl: float | None = None) -> None:
+    """Store `key` (if empty, as put_if_empty) in the same write that records the running
+    job's completion: no extra round trip, and, like the completion, it waits out a
+    storage outage. It is stored even if the job's lease was lost meanwhile, because what
+    it records (an email the vendor accepted, say) did happen. If the job fails instead,
+    nothing is stored."""
+    active = _current.get()
+    if active is None:
+        raise CrmQueueError("record_with_completion() called outside a running job")
+    active.records.append(KeptRecord(key, value, ttl))
 
 
 class OutageLog:
@@ -99,8 +120,8 @@ class CompletionRecorder:
         self._stopped = False
         self._lock = threading.Lock()
 
-    def complete(self, claim: Claim, result: Any) -> bool:
-        item = _Completion(claim, result)
+    def complete(self, claim: Claim, result: Any, records: list[KeptRecord]) -> bool:
+        item = _Completion(claim, result, records)
         with self._lock:
             queued = not self._stopped
             if queued:
@@ -114,8 +135,11 @@ class CompletionRecorder:
         store = self.runner.queue.store
         keep = self.runner.queue.spec.keep_completed_seconds
         done = [(item.claim, item.result) for item in batch]
+        records = [record for item in batch for record in item.records]
         try:
-            owned = self.runner._persist(functools.partial(store.complete_many, done, keep))
+            owned = self.runner._persist(
+                functools.partial(store.complete_many, done, keep, records)
+            )
         except Exception:
             log.exception("could not record %d completed job(s)", len(batch))
             owned = [False] * len(batch)
@@ -150,6 +174,7 @@ class CompletionRecorder:
 class _Completion:
     claim: Claim
     result: Any
+    records: list[KeptRecord]
     owned: bool = False
     recorded: threading.Event = field(default_factory=threading.Event)
 
@@ -273,7 +298,8 @@ class QueueRunner:
             except Exception as exc:
                 outcome = self._record_failure(claim, exc)
             else:
-                outcome = "completed" if self.recorder.complete(claim, result) else "lease-lost"
+                recorded = self.recorder.complete(claim, result, active.records)
+                outcome = "completed" if recorded else "lease-lost"
         finally:
             _current.reset(token)
         log.info(

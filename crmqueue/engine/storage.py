@@ -56,6 +56,18 @@ class Claim:
     attempts: int
     max_attempts: int
     token: str  # unique to this claim: a stale worker's late outcome is refused
+    # False when an earlier claim may have run the body (whatever happened to it since:
+    # failed, reaped, handed back); bodies with side effects check for them only then.
+    first_run: bool = False
+
+
+@dataclass(frozen=True)
+class KeptRecord:
+    """A key-value record written with a job's completion (see complete_many)."""
+
+    key: str
+    value: bytes
+    ttl: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,8 +146,15 @@ class JobStore(BaseStorage):  # type: ignore[misc]
         """Record a finished job. False when the lease was no longer ours."""
         return self.complete_many([(claim, result)], keep_seconds)[0]
 
-    def complete_many(self, done: Sequence[tuple[Claim, Any]], keep_seconds: int) -> list[bool]:
-        """Record many finished jobs in one step (group commit), each as complete() would."""
+    def complete_many(
+        self,
+        done: Sequence[tuple[Claim, Any]],
+        keep_seconds: int,
+        records: Sequence[KeptRecord] = (),
+    ) -> list[bool]:
+        """Record many finished jobs in one step (group commit), each as complete() would,
+        and in the same step store `records` as put_if_empty would: those are stored even
+        for a job whose lease was lost, since what they record did happen."""
         raise NotImplementedError
 
     def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
@@ -468,15 +487,24 @@ class SqliteJobStore(JobStore):
                 " where queue = ? and state in ('scheduled', 'delayed') and run_at <= ?",
                 (self.name, now),
             )
-            rows = conn.execute(
-                "update jobs set state = 'active', attempts = attempts + 1, started_at = ?,"
-                " lease_until = ?, consumer = ?, lease_token = lower(hex(randomblob(8)))"
-                " where rowid in (select rowid from jobs"
-                " where queue = ? and state = 'waiting' order by priority desc, order_key"
-                " limit ?) returning id, name, message, attempts, max_attempts,"
-                " priority, order_key, lease_token",
-                (now, now + lease_seconds, consumer, self.name, limit),
+            # Picked first, since RETURNING sees started_at only as this claim sets it.
+            picked = conn.execute(
+                "select rowid, started_at is null from jobs where queue = ?"
+                " and state = 'waiting' order by priority desc, order_key limit ?",
+                (self.name, limit),
             ).fetchall()
+            first_runs = {rowid for rowid, never_started in picked if never_started}
+            rows = (
+                []
+                if not picked
+                else conn.execute(
+                    "update jobs set state = 'active', attempts = attempts + 1, started_at = ?,"
+                    " lease_until = ?, consumer = ?, lease_token = lower(hex(randomblob(8)))"
+                    f" where rowid in ({','.join('?' * len(picked))}) returning rowid, id, name,"
+                    " message, attempts, max_attempts, priority, order_key, lease_token",
+                    (now, now + lease_seconds, consumer, *(rowid for rowid, _ in picked)),
+                ).fetchall()
+            )
             next_due = None
             if not rows:
                 next_due = conn.execute(
@@ -493,6 +521,7 @@ class SqliteJobStore(JobStore):
                 r["attempts"],
                 r["max_attempts"],
                 r["lease_token"],
+                r["rowid"] in first_runs,
             )
             for r in rows
         ]
@@ -511,10 +540,17 @@ class SqliteJobStore(JobStore):
             (self.name, int(now // 60)),
         )
 
-    def complete_many(self, done: Sequence[tuple[Claim, Any]], keep_seconds: int) -> list[bool]:
+    def complete_many(
+        self,
+        done: Sequence[tuple[Claim, Any]],
+        keep_seconds: int,
+        records: Sequence[KeptRecord] = (),
+    ) -> list[bool]:
         now = time.time()
         owned = []
         with self._tx() as conn:
+            for record in records:
+                self._put_if_empty(conn, record.key, record.value, record.ttl, now)
             for claim, result in done:
                 if keep_seconds > 0:
                     cursor = conn.execute(
@@ -768,17 +804,26 @@ class SqliteJobStore(JobStore):
         return self.peek_data(key) is not EmptyData
 
     def put_if_empty(self, key: str | bytes, value: bytes, ttl: float | None = None) -> bool:
-        now = time.time()
         with self._tx() as conn:
-            conn.execute(
-                "delete from kv where queue = ? and key = ? and expires_at < ?",
-                (self.name, _text(key), now),
-            )
-            cursor = conn.execute(
-                "insert or ignore into kv (queue, key, value, expires_at) values (?,?,?,?)",
-                (self.name, _text(key), value, now + ttl if ttl else None),
-            )
-        return cursor.rowcount == 1
+            return self._put_if_empty(conn, key, value, ttl, time.time())
+
+    def _put_if_empty(
+        self,
+        conn: sqlite3.Connection,
+        key: str | bytes,
+        value: bytes,
+        ttl: float | None,
+        now: float,
+    ) -> bool:
+        conn.execute(
+            "delete from kv where queue = ? and key = ? and expires_at < ?",
+            (self.name, _text(key), now),
+        )
+        cursor = conn.execute(
+            "insert or ignore into kv (queue, key, value, expires_at) values (?,?,?,?)",
+            (self.name, _text(key), value, now + ttl if ttl else None),
+        )
+        return bool(cursor.rowcount == 1)
 
     def delete_data(self, key: str | bytes) -> bool:
         return self.pop_data(key) is not EmptyData
@@ -869,12 +914,14 @@ for i = 1, #popped, 2 do
   local id = popped[i]
   local jk = job_key(id)
   local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+  local first_run = 1 - redis.call('HEXISTS', jk, 'started_at')
   local token = ARGV[1] .. '#' .. redis.call('INCR', queue_key('lease-seq'))
   redis.call('HSET', jk, 'state', 'active', 'started_at', now, 'lease_until', lease_until,
     'consumer', ARGV[1], 'lease_token', token)
   redis.call('ZADD', queue_key('active'), lease_until, id)
   local v = redis.call('HMGET', jk, 'name', 'message', 'max_attempts')
-  table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1'), token})
+  table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1'), token,
+    first_run})
 end
 if #out == 0 then
   local next_due = nil
@@ -889,12 +936,21 @@ end
 return {out, false}
 """
 
-# ARGV: keep_seconds, then id, token, result_json for each job
+# ARGV: keep_seconds, job count, then id, token, result_json for each job, then key,
+# value, ttl_ms ('0' = none) for each record kept with the completions
 _LUA_COMPLETE = """
 local now = now_seconds()
 local keep = tonumber(ARGV[1])
+local jobs_end = 2 + tonumber(ARGV[2]) * 3
 local out = {}
-for i = 2, #ARGV, 3 do
+for i = jobs_end + 1, #ARGV, 3 do
+  if ARGV[i + 2] == '0' then
+    redis.call('SET', ARGV[i], ARGV[i + 1], 'NX')
+  else
+    redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ARGV[i + 2], 'NX')
+  end
+end
+for i = 3, jobs_end, 3 do
   local id = ARGV[i]
   local jk = job_key(id)
   if owned(jk, ARGV[i + 1]) then
@@ -1124,9 +1180,12 @@ class RedisJobStore(JobStore):
         with self._guard():
             rows, next_due = self._claim(keys=self._keys, args=[consumer, lease_seconds, limit])
         claims = [
-            Claim(r[0].decode(), r[1].decode(), bytes(r[2]), int(r[3]), int(r[4]), r[5].decode())
+            Claim(
+                r[0].decode(), r[1].decode(), bytes(r[2]), int(r[3]), int(r[4]), r[5].decode(),
+                r[6] == 1,
+            )
             for r in rows
-        ]
+        ]  # fmt: skip
         return ClaimResult(claims, float(next_due) if next_due else None)
 
     def _blocking_conn(self) -> Any:
@@ -1144,10 +1203,18 @@ class RedisJobStore(JobStore):
         with self._guard():
             self.conn.lpush(self._qkey("wake"), "1")
 
-    def complete_many(self, done: Sequence[tuple[Claim, Any]], keep_seconds: int) -> list[bool]:
-        args: list[Any] = [keep_seconds]
+    def complete_many(
+        self,
+        done: Sequence[tuple[Claim, Any]],
+        keep_seconds: int,
+        records: Sequence[KeptRecord] = (),
+    ) -> list[bool]:
+        args: list[Any] = [keep_seconds, len(done)]
         for claim, result in done:
             args += [claim.id, claim.token, json.dumps(result, default=str)]
+        for record in records:
+            ttl_ms = max(1, int(record.ttl * 1000)) if record.ttl else 0
+            args += [self._kv(record.key), record.value, ttl_ms]
         with self._guard():
             return [bool(flag) for flag in self._complete(keys=self._keys, args=args)]
 

@@ -3,8 +3,11 @@ configured provider.
 
 No double sends: the idempotency key is the payload's, else derived from the job id; it
 fixes the Message-ID and is sent to vendors that deduplicate (Resend's Idempotency-Key).
-Once the vendor returns a message id it is stored under ``email-sent:<job id>``, so a job
-re-run after a crash that already sent returns the stored result instead of sending again.
+Once the vendor returns a message id it is stored under ``email-sent:<job id>`` in the same
+write that records the job's completion (no extra round trip; it waits out a storage
+outage like the completion, and is kept even if the lease was lost), so a job re-run after
+a lost lease or a crash after that write returns the stored result instead of sending
+again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from typing import Any
 from huey.constants import EmptyData
 
 from crmqueue.config import Settings
-from crmqueue.engine import current_job_id, get_broker, job
+from crmqueue.engine import (
+    current_job_id,
+    get_broker,
+    job,
+    job_ran_before,
+    record_with_completion,
+)
 from crmqueue.engine.storage import JobStore
 from crmqueue.errors import RetryableError
 from crmqueue.payloads import EmailPayload
@@ -104,7 +113,7 @@ def send_email(payload: EmailPayload) -> dict[str, Any]:
     store: JobStore = broker.queue("email").store
     job_id = current_job_id() or uuid.uuid4().hex
     key = sent_key(job_id)
-    previous = store.peek_data(key)
+    previous = store.peek_data(key) if job_ran_before() else EmptyData
     if previous is not EmptyData:
         result: dict[str, Any] = json.loads(previous)
         log.info("email job %s was already sent (%s); not sending again", job_id, result)
@@ -115,5 +124,9 @@ def send_email(payload: EmailPayload) -> dict[str, Any]:
     acquire_send_slot(store, provider.name, rate_per_second(settings))
     sent = provider.send(email)
     result = {"provider": sent.provider, "message_id": sent.message_id}
-    store.put_if_empty(key, json.dumps(result).encode(), ttl=SENT_KEEP_SECONDS)
+    record = json.dumps(result).encode()
+    if current_job_id() is None:  # called directly, not by a consumer
+        store.put_if_empty(key, record, ttl=SENT_KEEP_SECONDS)
+    else:
+        record_with_completion(key, record, ttl=SENT_KEEP_SECONDS)
     return result
