@@ -73,9 +73,7 @@ class JsonMessages(Serializer):  # type: ignore[misc]
     """Messages as JSON (id, name, payload): no pickle on shared storage."""
 
     def serialize(self, data: Message) -> bytes:
-        return json.dumps(
-            {"id": data.id, "name": data.name, "payload": data.kwargs}, separators=(",", ":")
-        ).encode()
+        return encode_message(data.id, data.name, data.kwargs)
 
     def deserialize(self, data: bytes) -> Message:
         message = json.loads(data)
@@ -84,8 +82,12 @@ class JsonMessages(Serializer):  # type: ignore[misc]
         return Message(id=message["id"], name=message["name"], args=(), kwargs=message["payload"])
 
 
+# One encoder for every message: json.dumps with any option builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_message(job_id: str, name: str, payload: Mapping[str, Any]) -> bytes:
-    return JsonMessages().serialize(Message(id=job_id, name=name, kwargs=dict(payload)))
+    return _ENCODER.encode({"id": job_id, "name": name, "payload": dict(payload)}).encode()
 
 
 class QueueHuey(huey.Huey):  # type: ignore[misc]

@@ -12,6 +12,7 @@ returns jobs whose lease expired (their consumer died) to the queue.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -866,6 +867,9 @@ _LUA_ENQUEUE = """
 local now = now_seconds()
 local n = tonumber(ARGV[1])
 local woke = 0
+-- One sequence step and one ZADD for the whole batch (in order), not one per job.
+local seq = redis.call('INCRBY', queue_key('seq'), n) - n
+local waiting = {}
 for i = 0, n - 1 do
   local b = 2 + i * 7
   local id, priority, run_at = ARGV[b], tonumber(ARGV[b + 3]), ARGV[b + 6]
@@ -880,11 +884,12 @@ for i = 0, n - 1 do
     redis.call('HSET', jk, 'run_at', run_at)
     redis.call('ZADD', queue_key('scheduled'), tonumber(run_at), id)
   else
-    local seq = redis.call('INCR', queue_key('seq'))
-    redis.call('ZADD', queue_key('waiting'), waiting_score(priority, seq), id)
+    waiting[#waiting + 1] = waiting_score(priority, seq + i + 1)
+    waiting[#waiting + 1] = id
   end
   woke = woke + 1
 end
+if #waiting > 0 then redis.call('ZADD', queue_key('waiting'), unpack(waiting)) end
 -- Scheduled jobs wake a consumer too: it learns the new due time instead of sleeping on.
 if woke > 0 then
   redis.call('LPUSH', queue_key('wake'), '1')
@@ -1136,7 +1141,9 @@ class RedisJobStore(JobStore):
         self.conn: Any = redis.Redis(connection_pool=self.pool)
         self._keys = [f"{prefix}:q:{name}:", f"{prefix}:job:", name]
         self._local = threading.local()
-        script = self.conn.register_script
+        def script(source: str) -> _Script:
+            return _Script(self.conn, source)
+
         helpers = _LUA_HELPERS % {"max_errors": MAX_ERRORS_KEPT}
         self._enqueue = script(helpers + _LUA_ENQUEUE)
         self._claim = script(helpers + _LUA_CLAIM)
@@ -1385,6 +1392,24 @@ class RedisJobStore(JobStore):
     def delete_data(self, key: str | bytes) -> bool:
         with self._guard():
             return bool(self.conn.delete(self._kv(key)))
+
+
+class _Script:
+    """A Lua script called by its SHA1, loaded again if the server lost it (a restart).
+    redis-py's Script does the same, with a per-call import and pipeline check that cost
+    about 5 µs of each single enqueue."""
+
+    def __init__(self, conn: redis.Redis, source: str) -> None:
+        self.conn = conn
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.conn.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.sha = self.conn.script_load(self.source)
+            return self.conn.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
