@@ -1141,6 +1141,7 @@ class RedisJobStore(JobStore):
         self.conn: Any = redis.Redis(connection_pool=self.pool)
         self._keys = [f"{prefix}:q:{name}:", f"{prefix}:job:", name]
         self._local = threading.local()
+
         def script(source: str) -> _Script:
             return _Script(self.conn, source)
 
