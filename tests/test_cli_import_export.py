@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,12 @@ import openpyxl
 import pytest
 import sqlalchemy as sa
 from openpyxl.utils.escape import unescape
+from test_cli import CRMQUEUE
+from test_cli import Cli as BaseCli
 
 from crmqueue.crm import schema
 from crmqueue.crm.store import create_engine, now
 
-CRMQUEUE = str(Path(sys.executable).parent / "crmqueue")
 TENANT = "t1"
 WAIT = ("--wait", "--timeout", "60")
 SUMMARY = re.compile(
@@ -49,14 +49,13 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-class Cli:
+class Cli(BaseCli):
     """``crmqueue`` in `workdir` (whose crmqueue.toml it reads), one consumer of the
     import-export queue running, and the CRM database open for checks."""
 
     def __init__(self, workdir: Path, crm_url: str) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, _clean_env())
         self.files = workdir / "files"
-        self.env = _clean_env()
         (workdir / "crmqueue.toml").write_text(
             "\n".join(
                 [
@@ -81,16 +80,6 @@ class Cli:
         )
         self.engine = create_engine(crm_url)
         self.consumer: subprocess.Popen[bytes] | None = None
-
-    def __call__(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CRMQUEUE, *args],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
 
     def start_consumer(self) -> None:
         with (self.workdir / "consumer.log").open("ab") as log:
