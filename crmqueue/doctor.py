@@ -22,6 +22,7 @@ from pydantic import BaseModel, SecretStr
 
 from crmqueue.config import QUEUE_NAMES, Settings, find_config_file, load_settings, mask_url
 from crmqueue.errors import CrmQueueError
+from crmqueue.workers.loading import load_bodies
 
 Status = Literal["ok", "warn", "FAIL"]
 
@@ -70,7 +71,6 @@ def _config(settings: Settings, config_file: str | None) -> Check:
 
 
 def _bodies(settings: Settings) -> Check:
-    from crmqueue.cli import load_bodies
     from crmqueue.engine.queues import bodies_for
 
     try:
