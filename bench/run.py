@@ -2,10 +2,13 @@
 
     .venv/bin/python -m bench.run                    # every part, 3 runs each
     .venv/bin/python -m bench.run --parts latency    # one part
+    .venv/bin/python -m bench.run --parts tasks      # the producers' enqueue, about a minute
 
-Each figure is the median of --runs runs; crmqueue and its baseline (plain Huey with the
-same storage and worker threads) alternate within one run of this script, so the ratio is
-the figure to read: absolute numbers on a shared 2-core machine are noisy.
+A run of some parts rewrites only their sections of docs/benchmarks.md (each section says
+when and how it was measured); the others are kept. Each figure is the median of --runs
+runs; crmqueue and its baseline (plain Huey with the same storage and worker threads)
+alternate within one run of this script, so the ratio is the figure to read: absolute
+numbers on a shared 2-core machine are noisy.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from bench.common import machine, median, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks.md"
-PARTS = ("engine", "latency", "email", "scaleout", "memory", "import-export")
+PARTS = ("engine", "tasks", "latency", "email", "scaleout", "memory", "import-export")
 
 
 def measure(module: str, args: list[str]) -> dict[str, Any]:
@@ -89,6 +92,64 @@ def engine_section(results: dict[tuple[str, str], dict[str, float]], jobs: int) 
             f"| {storage} | bulk enqueue/s | {ours['bulk_enqueue_per_s']:,.0f} | – |"
             f" {bulk:.1f}× single | ≥ 5× single {'met' if bulk >= 5 else '**missed**'} |"
         )
+    return [*lines, ""]
+
+
+def collect_tasks(runs: int, url: str, jobs: int) -> dict[str, dict[str, float]]:
+    """Per storage, the median over runs of each bench.tasks figure (both systems in one
+    process, alternating rounds)."""
+    samples: dict[str, list[dict[str, Any]]] = {"redis": [], "sqlite": []}
+    for run in range(runs):
+        for storage in samples:
+            figures = measure(
+                "bench.tasks", ["--storage", storage, "--url", url, "--jobs", str(jobs)]
+            )
+            samples[storage].append(figures)
+            print(f"run {run + 1}/{runs} bench.tasks {storage}: {figures}", flush=True)
+    return {
+        storage: {
+            name: median([s[name] for s in runs_of])
+            for name in runs_of[0]
+            if isinstance(runs_of[0][name], int | float)
+        }
+        for storage, runs_of in samples.items()
+    }
+
+
+def tasks_section(results: dict[str, dict[str, float]], jobs: int, runs: int) -> list[str]:
+    from bench.tasks import CASES
+
+    calls = {
+        "send_email": "`tasks.send_email(...)`",
+        "import_records": "`tasks.import_records(...)`",
+        "enqueue": '`tasks.enqueue("email", {...})`',
+    }
+    lines = [
+        "## Producers: the typed task functions",
+        "",
+        f"{jobs:,} enqueues per case and system, one call per job, nothing consuming:"
+        " crmqueue's public functions with everything they check at enqueue (payload"
+        " validation, field and template checks, the message's text) against plain Huey"
+        " (`PriorityRedisHuey` / `SqliteHuey`, pickle) calling a task with the same payload"
+        " dict. `send_email`: the `welcome` template with a context, a subject and a tag;"
+        " `import_records`: a contacts CSV with a three-field mapping; `enqueue`: the"
+        " original system's camelCase welcome email as JSON. Both systems run in one process"
+        " in ten alternating rounds, so load from elsewhere hits both alike; the ratio is the"
+        f" median of the rounds' ratios (then of {runs} runs), the rates the median round's."
+        " See `bench/tasks.py`.",
+        "",
+        "| storage | call | crmqueue/s | plain Huey/s | ratio | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for storage in ("redis", "sqlite"):
+        r = results[storage]
+        for case in CASES:
+            ratio = r[f"{case}_ratio"]
+            lines.append(
+                f"| {storage} | {calls[case]} | {r[f'{case}_crmqueue_per_s']:,.0f} |"
+                f" {r[f'{case}_huey_per_s']:,.0f} | {ratio:.2f}× |"
+                f" ≥ 0.8× {'met' if ratio >= 0.8 else '**missed**'} |"
+            )
     return [*lines, ""]
 
 
@@ -184,6 +245,7 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--task-jobs", type=int, default=5_000, help="enqueues per tasks case")
     parser.add_argument("--idle", type=float, default=25.0)
     parser.add_argument("--ie-rows", type=int, default=1_000_000)
     parser.add_argument(
@@ -196,6 +258,9 @@ def main() -> None:
         if "engine" in parts:
             results = collect("bench.engine", args.runs, url, ["--jobs", str(args.jobs)])
             sections += engine_section(results, args.jobs)
+        if "tasks" in parts:
+            results_tasks = collect_tasks(args.runs, url, args.task_jobs)
+            sections += tasks_section(results_tasks, args.task_jobs, args.runs)
         if "latency" in parts:
             steady = collect("bench.latency", args.runs, url, ["--jobs", "200"])
             idle_args = ["--jobs", "20", "--idle", str(args.idle), "--idle-jobs", "2"]
@@ -222,21 +287,62 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="crmqueue-bench-") as workdir:
             results = import_export.collect(args.ie_runs, args.ie_rows, Path(workdir))
         sections += import_export.section(results, args.ie_runs)
+    ie = "import-export" in parts
+    command = f".venv/bin/python -m bench.run --parts {','.join(parts)} --runs {args.runs}"
+    if ie:
+        command += f" --ie-runs {args.ie_runs}"
+    stamp = (
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `{command}`: medians of"
+        f" {args.runs} runs"
+        + (f" (the million-row import-export part: {args.ie_runs})." if ie else ".")
+    )
     header = [
         "# Benchmarks",
         "",
-        f"Command: `.venv/bin/python -m bench.run --parts {','.join(parts)} --runs {args.runs}"
-        f" --ie-runs {args.ie_runs}`"
-        f" (from the repository root, after `bash scripts/setup.sh dev`).",
+        "From the repository root, after `bash scripts/setup.sh dev`:"
+        " `.venv/bin/python -m bench.run` runs every part; `--parts a,b` runs some and"
+        " rewrites only their sections. crmqueue and its baseline alternate within each run:"
+        " read the ratios, absolute figures on a shared machine are noisy.",
         f"Machine: {machine()}; Redis {redis_version()} on loopback, started by the benchmark.",
-        f"Measured: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Figures are medians of"
-        f" {args.runs} runs (the million-row import-export part: {args.ie_runs}); crmqueue and"
-        " its baseline alternate within each run.",
         "",
     ]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(header + sections + notes()))
+    write_results(header, stamped(sections, stamp))
     print(f"wrote {RESULTS}")
+
+
+def stamped(lines: list[str], stamp: str) -> list[str]:
+    """The sections with `stamp` under each heading: sections of one file may come from
+    different runs."""
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        if line.startswith("## "):
+            out += ["", stamp]
+    return out
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(heading, text) of each `## ` section of a results file, in order; the part before
+    the first heading is left out."""
+    found = []
+    for chunk in ("\n" + text).split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0]
+        found.append((title, "## " + chunk.rstrip("\n") + "\n"))
+    return found
+
+
+def write_results(header: list[str], sections: list[str]) -> None:
+    """Replace the measured sections in docs/benchmarks.md, keep the others in place,
+    append new ones, and end with bench/NOTES.md as it is now."""
+    new = dict(blocks("\n".join(sections)))
+    kept = blocks(RESULTS.read_text()) if RESULTS.exists() else []
+    note_titles = {title for title, _ in blocks("\n".join(notes()))}
+    order = [title for title, _ in kept if title not in note_titles]
+    order += [title for title in new if title not in order]
+    previous = dict(kept)
+    body = [new.get(title) or previous[title] for title in order]
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text("\n".join(header) + "\n" + "\n".join(body + notes()))
 
 
 def redis_version() -> str:
