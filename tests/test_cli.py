@@ -393,3 +393,134 @@ def test_doctor(cli: Cli, tmp_path: Path) -> None:
     invalid = cli("doctor", "--config", str(tmp_path / "bad.toml"))
     assert invalid.returncode == 1
     assert "storage.url" in invalid.stdout
+
+
+# --------------------------------------------------------------------------- --config
+
+
+@pytest.fixture
+def alt(tmp_path: Path) -> tuple[Cli, str]:
+    """A working directory without crmqueue.toml, and a config file elsewhere (its own
+    SQLite storage, `queues.email.workers = 7`) that only --config or $CRMQUEUE_CONFIG
+    name. Without either, the built-in defaults apply (workers 4, storage under ./)."""
+    workdir, confdir = tmp_path / "work", tmp_path / "conf"
+    workdir.mkdir()
+    confdir.mkdir()
+    (workdir / "cli_jobs.py").write_text(JOBS_MODULE)
+    config = confdir / "alt.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [storage]
+            url = "sqlite:///{confdir}/queues.db"
+            [files]
+            dir = "{confdir}/files"
+            [runner]
+            imports = ["cli_jobs"]
+            heartbeat_seconds = 0.5
+            shutdown_grace_seconds = 1
+            [queues.email]
+            workers = 7
+            """
+        )
+    )
+    return Cli(workdir, _clean_env()), str(config)
+
+
+def _email_workers(result: subprocess.CompletedProcess[str]) -> int:
+    assert result.returncode == 0, result.stderr
+    return int(json.loads(result.stdout)["queues"]["email"]["workers"])
+
+
+def test_config_before_or_after_the_command(alt: tuple[Cli, str]) -> None:
+    cli, config = alt
+    assert _email_workers(cli("config", "show")) != 7  # the defaults
+    # Every level of a nested command: crmqueue, the group, the command.
+    for args in (
+        ["--config", config, "config", "show"],
+        ["config", "--config", config, "show"],
+        ["config", "show", "--config", config],
+    ):
+        assert _email_workers(cli(*args)) == 7, args
+
+    enqueued = cli("--config", config, "enqueue", "email", "--json", '{"tenant_id": "t1"}',
+                   "--kind", "cli_jobs.hello")  # fmt: skip
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip()
+    # The job is in alt.toml's storage, whichever position names it, and not in the default.
+    for args in (
+        ["--config", config, "jobs", "show", job_id, "--json"],
+        ["jobs", "--config", config, "show", job_id, "--json"],
+        ["jobs", "show", job_id, "--json", "--config", config],
+    ):
+        shown = cli(*args)
+        assert shown.returncode == 0, (args, shown.stderr)
+        assert json.loads(shown.stdout)["state"] == "waiting"
+    assert cli("jobs", "show", job_id).returncode == 1
+    for args in (["--config", config, "stats", "email", "--json"],
+                 ["stats", "email", "--json", "--config", config]):  # fmt: skip
+        assert json.loads(cli(*args).stdout)["waiting"] == 1, args
+    assert json.loads(cli("--config", config, "dlq", "list", "--json").stdout) == []
+    doctor = cli("--config", config, "doctor", "--json")
+    rows = {row["check"]: row for row in json.loads(doctor.stdout)["checks"]}
+    assert f"from {config}" in rows["config"]["detail"]
+    assert "email 3" in rows["job bodies"]["detail"]  # cli_jobs, named only in alt.toml
+    assert cli("--config", config, "config", "check").stdout == "configuration ok\n"
+    assert cli("--config", config, "config", "default").stdout.startswith("#")
+
+    # A serving command with --config before it consumes alt.toml's queue.
+    worker = cli.start("--config", config, "worker", "email")
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            json.loads(cli("jobs", "show", job_id, "--json", "--config", config).stdout)["state"]
+            != "completed"
+        ):
+            assert worker.poll() is None, worker.stdout.read() if worker.stdout else ""
+            assert time.monotonic() < deadline, "the worker never ran the job"
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+
+    # python -m crmqueue takes it before the command too.
+    module = subprocess.run(
+        [sys.executable, "-m", "crmqueue", "--config", config, "config", "show"],
+        cwd=cli.workdir, env=cli.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert _email_workers(module) == 7
+
+
+def test_config_given_twice_and_its_precedence(alt: tuple[Cli, str], tmp_path: Path) -> None:
+    cli, config = alt
+    other = tmp_path / "other.toml"
+    other.write_text("[queues.email]\nworkers = 9\n")
+    # The same file twice (spelled differently) is fine.
+    relative = os.path.relpath(config, cli.workdir)
+    assert _email_workers(cli("--config", config, "config", "show", "--config", relative)) == 7
+    for args in (
+        ["--config", config, "config", "show", "--config", str(other)],
+        ["config", "--config", config, "show", "--config", str(other)],
+        ["--config", config, "jobs", "--config", str(other), "show", "x"],
+        ["--config", config, "stats", "--config", str(other)],
+    ):
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr == (
+            f"crmqueue: error: --config given twice with different files ({config} and"
+            f" {other}); give it once, before or after the command\n"
+        ), args
+
+    # --config (either position) > $CRMQUEUE_CONFIG > ./crmqueue.toml > the defaults.
+    env_cli = Cli(cli.workdir, {**cli.env, "CRMQUEUE_CONFIG": str(other)})
+    assert _email_workers(env_cli("config", "show")) == 9
+    assert _email_workers(env_cli("--config", config, "config", "show")) == 7
+    assert _email_workers(env_cli("config", "show", "--config", config)) == 7
+    (cli.workdir / "crmqueue.toml").write_text("[queues.email]\nworkers = 5\n")
+    assert _email_workers(cli("config", "show")) == 5
+    assert _email_workers(env_cli("config", "show")) == 9
+
+    missing = cli("--config", str(tmp_path / "nope.toml"), "stats")
+    assert missing.returncode == 1
+    assert missing.stderr == f"crmqueue: error: {tmp_path / 'nope.toml'}: config file not found\n"
