@@ -12,7 +12,6 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -23,7 +22,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from crmqueue import email_rules
 from crmqueue.errors import PayloadError
+from crmqueue.fields import Mailbox, MailboxList, SingleLine, check_single_line
 
 __all__ = [
     "DateRange",
@@ -47,42 +48,57 @@ _CONFIG = ConfigDict(
     extra="forbid",
 )
 
-_EMAIL_RE = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-)
-
-_HEADER_NAME_RE = re.compile(r"[!-9;-~]+")
-
-
-def _email(value: str) -> str:
-    value = value.strip()
-    if len(value) > 254 or not _EMAIL_RE.fullmatch(value):
-        raise PydanticCustomError("email", "value is not a valid email address")
-    return value
-
-
-def _one_or_many(value: object) -> object:
-    return [_email(value)] if isinstance(value, str) else value
-
-
-def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise PydanticCustomError("header_injection", "must not contain CR or LF")
-    return value
+# A header name: printable ASCII without ':' (RFC 5322 ftext), short enough that
+# "Name: " leaves room on a 78-character line for the folded value.
+_HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,70}")
+MAX_HEADER_VALUE = 2000
 
 
 def _headers(value: dict[str, str]) -> dict[str, str]:
-    bad = [
-        name
-        for name, text in value.items()
-        if not _HEADER_NAME_RE.fullmatch(name) or "\r" in text or "\n" in text
-    ]
+    bad = [name for name in value if not _HEADER_NAME_RE.fullmatch(name)]
     if bad:
         raise PydanticCustomError(
-            "header_injection",
-            "header name must be printable ASCII without ':' and value without CR/LF: {names}",
+            "header_name",
+            "header name must be 1-70 printable ASCII characters without ':': {names}",
             {"names": ", ".join(map(repr, bad))},
+        )
+    reserved = [name for name in value if name.lower() in email_rules.RESERVED_HEADERS]
+    if reserved:
+        raise PydanticCustomError(
+            "header_reserved",
+            "headers may not set {names}: the message builds them itself",
+            {"names": ", ".join(map(repr, reserved))},
+        )
+    for name, text in value.items():
+        if len(text) > MAX_HEADER_VALUE:
+            raise PydanticCustomError(
+                "header_value",
+                "header {name}: longer than {limit} characters",
+                {"name": repr(name), "limit": MAX_HEADER_VALUE},
+            )
+        try:
+            check_single_line(text)
+        except PydanticCustomError as exc:
+            raise PydanticCustomError(
+                "header_injection",
+                "header {name}: {reason}",
+                {"name": repr(name), "reason": exc.message()},
+            ) from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "must not be blank (leave it out for the template's)")
+    return value
+
+
+def _tag(value: str) -> str:
+    if not email_rules.TAG_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "tag",
+            "a tag is 1-128 of A-Z a-z 0-9 _ - (what every email vendor accepts): {value}",
+            {"value": repr(value)},
         )
     return value
 
@@ -104,9 +120,9 @@ TenantId = Annotated[
     ),
 ]
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-EmailAddress = Annotated[str, AfterValidator(_email)]
-EmailList = Annotated[list[EmailAddress], BeforeValidator(_one_or_many)]
-SingleLine = Annotated[str, AfterValidator(_single_line)]
+Tag = Annotated[str, AfterValidator(_tag)]
+# Resend's Idempotency-Key takes at most 256 characters.
+IdempotencyKey = Annotated[SingleLine, StringConstraints(min_length=1, max_length=256)]
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")]
 EntityType = Literal["contacts", "companies", "leads", "activities"]
 
@@ -120,17 +136,90 @@ class Payload(BaseModel):
 
 
 class EmailPayload(Payload):
-    to: Annotated[EmailList, Field(min_length=1)]
-    subject: SingleLine | None = None
+    """An email job. Every address field takes ``local@domain`` or ``Name <local@domain>``
+    with an internationalised domain (sent as IDNA A-labels) but an ASCII local part;
+    every text that becomes a header is one line. `context` must hold the template's
+    required variables (either spelling: ``first_name`` or ``firstName``); tags and
+    headers follow what every vendor accepts (crmqueue.email_rules). An idempotency key
+    that a vendor could not carry as a header is sent hashed."""
+
+    to: Annotated[MailboxList, Field(min_length=1)]
+    subject: Annotated[SingleLine, AfterValidator(_not_blank)] | None = None
     template: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-    context: dict[str, Any] = Field(default_factory=dict)
-    cc: EmailList = Field(default_factory=list)
-    bcc: EmailList = Field(default_factory=list)
-    reply_to: EmailAddress | None = None
-    from_: SingleLine | None = Field(default=None, validation_alias=AliasChoices("from", "from_"))
+    context: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    cc: MailboxList = Field(default_factory=list)
+    bcc: MailboxList = Field(default_factory=list)
+    reply_to: Mailbox | None = None
+    from_: Mailbox | None = Field(default=None, validation_alias=AliasChoices("from", "from_"))
     headers: Annotated[dict[str, str], AfterValidator(_headers)] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    idempotency_key: Annotated[str, StringConstraints(max_length=256)] | None = None
+    tags: list[Tag] = Field(default_factory=list)
+    idempotency_key: IdempotencyKey | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _template_variables(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The template's required variables are there (its declaration: the built-ins'
+        manifest, or the one recorded when the tenant registered it). The files directory
+        comes from the validation context's `files_dir`, else the configured one."""
+        template, tenant = info.data.get("template"), info.data.get("tenant_id")
+        if template is None or tenant is None:  # that error is reported already
+            return value
+        files_dir = (info.context or {}).get("files_dir") or _email_settings()[0]
+        try:
+            declaration = email_rules.declaration_for(str(files_dir), tenant, template)
+        except email_rules.UnknownTemplate:
+            raise PydanticCustomError(
+                "unknown_template",
+                "template {template} is neither built in nor registered for tenant {tenant}",
+                {"template": repr(template), "tenant": repr(tenant)},
+            ) from None
+        missing = email_rules.missing_variables(declaration, value) if declaration else []
+        if missing:
+            raise PydanticCustomError(
+                "missing_variable",
+                "template {template} needs {names}",
+                {
+                    "template": repr(template),
+                    "names": ", ".join(
+                        "{!r} (or {!r})".format(*email_rules.spellings(name)) for name in missing
+                    ),
+                },
+            )
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_count(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """At most 10 tags, and no more than the configured provider takes (the context's
+        `email_provider`, else the configured one)."""
+        if not value:
+            return value
+        provider = (info.context or {}).get("email_provider") or _email_settings()[1]
+        limit = email_rules.tag_limit(provider)
+        if len(value) > limit:
+            raise PydanticCustomError(
+                "too_many_tags",
+                "at most {limit} tags (email provider {provider})",
+                {"limit": limit, "provider": provider},
+            )
+        return value
+
+
+_settings_seen: list[Any] = [None, ("", "")]
+
+
+def _email_settings() -> tuple[str, str]:
+    """(files.dir, email.provider) of this process's settings: its broker's, configured
+    on first use like an enqueue. Kept while the broker's settings stay the same object:
+    this runs for every email enqueued."""
+    from crmqueue.engine.queues import get_broker
+
+    settings = get_broker().settings
+    seen = _settings_seen
+    if seen[0] is not settings:
+        seen[:] = [settings, (str(settings.files.dir), settings.email.provider)]
+    result: tuple[str, str] = seen[1]
+    return result
 
 
 class ImportPayload(Payload):

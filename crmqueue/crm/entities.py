@@ -17,8 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from crmqueue.fields import EmailAddress
 from crmqueue.formats.writers import unescape_cell
-from crmqueue.payloads import EmailAddress
 
 Text = Annotated[str, StringConstraints(max_length=300)]
 Short = Annotated[str, StringConstraints(max_length=100)]

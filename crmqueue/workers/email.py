@@ -31,7 +31,7 @@ from crmqueue.engine import (
     record_with_completion,
 )
 from crmqueue.engine.storage import JobStore
-from crmqueue.errors import RetryableError
+from crmqueue.errors import PermanentError, RetryableError
 from crmqueue.payloads import EmailPayload
 from crmqueue.providers.email import OutgoingEmail, get_provider
 from crmqueue.providers.email.render import Rendered, render, tenant_template_dir
@@ -119,10 +119,16 @@ def send_email(payload: EmailPayload) -> dict[str, Any]:
         log.info("email job %s was already sent (%s); not sending again", job_id, result)
         return result
     idempotency_key = payload.idempotency_key or f"crmqueue-email-{job_id}"
-    email = build_email(payload, settings, idempotency_key, job_id)
+    try:
+        email = build_email(payload, settings, idempotency_key, job_id)
+    except (ValueError, TypeError) as exc:  # building is deterministic: a retry fails alike
+        raise PermanentError(f"email cannot be built: {type(exc).__name__}: {exc}") from exc
     provider = get_provider(settings.email)
     acquire_send_slot(store, provider.name, rate_per_second(settings))
-    sent = provider.send(email)
+    try:
+        sent = provider.send(email)
+    except UnicodeError as exc:  # a value the vendor's encoding cannot carry: the same next time
+        raise PermanentError(f"{provider.name}: {type(exc).__name__}: {exc}") from exc
     result = {"provider": sent.provider, "message_id": sent.message_id}
     record = json.dumps(result).encode()
     if current_job_id() is None:  # called directly, not by a consumer

@@ -7,10 +7,11 @@ from __future__ import annotations
 import base64
 from urllib.parse import quote, urlencode
 
+from crmqueue.email_rules import tag_limit
 from crmqueue.errors import PermanentError
 from crmqueue.providers import http
 from crmqueue.providers.email.base import HttpProvider, HttpRequest, UnsupportedFeature, json_body
-from crmqueue.providers.email.message import OutgoingEmail
+from crmqueue.providers.email.message import OutgoingEmail, encode_text, wire_mailbox_text
 
 
 class MailgunProvider(HttpProvider):
@@ -25,25 +26,25 @@ class MailgunProvider(HttpProvider):
         return (secret, base64.b64encode(f"api:{secret}".encode()).decode())
 
     def check(self, email: OutgoingEmail) -> None:
-        if len(email.tags) > 3:
-            raise UnsupportedFeature("mailgun: at most 3 tags per message")
+        if len(email.tags) > tag_limit(self.name):
+            raise UnsupportedFeature(f"mailgun: at most {tag_limit(self.name)} tags per message")
 
     def build_request(self, email: OutgoingEmail) -> HttpRequest:
         cfg = self.settings.mailgun
         self.require(cfg.domain, "domain")
         self.require(cfg.api_key, "api_key")
         assert cfg.api_key is not None and cfg.domain is not None
-        fields: list[tuple[str, str]] = [("from", email.from_)]
-        fields += [("to", a) for a in email.to]
-        fields += [("cc", a) for a in email.cc]
-        fields += [("bcc", a) for a in email.bcc]
+        fields: list[tuple[str, str]] = [("from", wire_mailbox_text(email.from_))]
+        fields += [("to", wire_mailbox_text(a)) for a in email.to]
+        fields += [("cc", wire_mailbox_text(a)) for a in email.cc]
+        fields += [("bcc", wire_mailbox_text(a)) for a in email.bcc]
         fields += [("subject", email.subject), ("text", email.text)]
         if email.html is not None:
             fields.append(("html", email.html))
         if email.reply_to:
-            fields.append(("h:Reply-To", email.reply_to))
+            fields.append(("h:Reply-To", wire_mailbox_text(email.reply_to)))
         fields.append(("h:Message-Id", email.message_id))
-        fields += [(f"h:{name}", value) for name, value in email.headers.items()]
+        fields += [(f"h:{name}", encode_text(value)) for name, value in email.headers.items()]
         fields += [("o:tag", tag) for tag in email.tags]
         fields += [(f"v:{name}", value) for name, value in email.metadata.items()]
         token = base64.b64encode(f"api:{cfg.api_key.get_secret_value()}".encode()).decode()

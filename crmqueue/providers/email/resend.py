@@ -15,7 +15,12 @@ from crmqueue.providers.email.base import (
     UnsupportedFeature,
     json_body,
 )
-from crmqueue.providers.email.message import OutgoingEmail
+from crmqueue.providers.email.message import (
+    OutgoingEmail,
+    encode_text,
+    wire_idempotency_key,
+    wire_mailbox_text,
+)
 
 _TAG_RE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -37,20 +42,23 @@ class ResendProvider(HttpProvider):
         self.require(cfg.api_key, "api_key")
         assert cfg.api_key is not None
         body: dict[str, object] = {
-            "from": email.from_,
-            "to": email.to,
+            "from": wire_mailbox_text(email.from_),
+            "to": [wire_mailbox_text(a) for a in email.to],
             "subject": email.subject,
             "text": email.text,
         }
         if email.html is not None:
             body["html"] = email.html
         if email.cc:
-            body["cc"] = email.cc
+            body["cc"] = [wire_mailbox_text(a) for a in email.cc]
         if email.bcc:
-            body["bcc"] = email.bcc
+            body["bcc"] = [wire_mailbox_text(a) for a in email.bcc]
         if email.reply_to:
-            body["reply_to"] = email.reply_to
-        body["headers"] = {**email.headers, "Message-ID": email.message_id}
+            body["reply_to"] = wire_mailbox_text(email.reply_to)
+        body["headers"] = {
+            **{name: encode_text(value) for name, value in email.headers.items()},
+            "Message-ID": email.message_id,
+        }
         tags = [{"name": _TAG_RE.sub("_", tag)[:256], "value": "true"} for tag in email.tags]
         tags += [
             {"name": _TAG_RE.sub("_", k), "value": _TAG_RE.sub("_", v)[:256]}
@@ -64,7 +72,7 @@ class ResendProvider(HttpProvider):
             "Accept": "application/json",
         }
         if email.idempotency_key:
-            headers["Idempotency-Key"] = email.idempotency_key[:256]
+            headers["Idempotency-Key"] = wire_idempotency_key(email.idempotency_key)
         return HttpRequest(
             "POST", cfg.base_url.rstrip("/") + "/emails", headers, json.dumps(body).encode()
         )

@@ -4,16 +4,18 @@ in X-Message-Id. Plain-text content goes first, as SendGrid requires."""
 from __future__ import annotations
 
 import json
-from email.utils import parseaddr
 from typing import Any
 
+from crmqueue.email_rules import tag_limit
 from crmqueue.providers import http
 from crmqueue.providers.email.base import HttpProvider, HttpRequest, UnsupportedFeature
-from crmqueue.providers.email.message import OutgoingEmail
+from crmqueue.providers.email.message import OutgoingEmail, encode_text, wire_mailbox
 
 
 def _address(value: str) -> dict[str, str]:
-    name, addr = parseaddr(value)
+    """SendGrid's {email, name}: the address in ASCII (IDN as A-labels); SendGrid encodes
+    the name itself."""
+    name, addr = wire_mailbox(value)
     return {"email": addr, "name": name} if name else {"email": addr}
 
 
@@ -26,8 +28,10 @@ class SendgridProvider(HttpProvider):
         return (key.get_secret_value(),) if key else ()
 
     def check(self, email: OutgoingEmail) -> None:
-        if len(email.tags) > 10:
-            raise UnsupportedFeature("sendgrid: at most 10 categories (tags) per message")
+        if len(email.tags) > tag_limit(self.name):
+            raise UnsupportedFeature(
+                f"sendgrid: at most {tag_limit(self.name)} categories (tags) per message"
+            )
 
     def build_request(self, email: OutgoingEmail) -> HttpRequest:
         cfg = self.settings.sendgrid
@@ -46,7 +50,11 @@ class SendgridProvider(HttpProvider):
             "from": _address(email.from_),
             "subject": email.subject,
             "content": content,
-            "headers": {**email.headers, "Message-ID": email.message_id},
+            # SendGrid passes header values through: non-ASCII ones go RFC 2047-encoded.
+            "headers": {
+                **{name: encode_text(value) for name, value in email.headers.items()},
+                "Message-ID": email.message_id,
+            },
         }
         if email.reply_to:
             body["reply_to_list"] = [_address(email.reply_to)]

@@ -13,7 +13,7 @@ from typing import Any
 from crmqueue.providers import http
 from crmqueue.providers.email import sigv4
 from crmqueue.providers.email.base import HttpProvider, HttpRequest, json_body
-from crmqueue.providers.email.message import OutgoingEmail
+from crmqueue.providers.email.message import OutgoingEmail, wire_mailbox
 
 _TAG_RE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -35,18 +35,19 @@ class SesProvider(HttpProvider):
         self.require(cfg.access_key_id, "access_key_id")
         self.require(cfg.secret_access_key, "secret_access_key")
         assert cfg.access_key_id is not None and cfg.secret_access_key is not None
-        destination: dict[str, list[str]] = {"ToAddresses": email.to}
+        # SES wants ASCII addresses (IDN domains as A-labels); the names are in our MIME.
+        destination: dict[str, list[str]] = {"ToAddresses": [wire_mailbox(a)[1] for a in email.to]}
         if email.cc:
-            destination["CcAddresses"] = email.cc
+            destination["CcAddresses"] = [wire_mailbox(a)[1] for a in email.cc]
         if email.bcc:
-            destination["BccAddresses"] = email.bcc
+            destination["BccAddresses"] = [wire_mailbox(a)[1] for a in email.bcc]
         body: dict[str, Any] = {
-            "FromEmailAddress": email.from_,
+            "FromEmailAddress": email.from_address,
             "Destination": destination,
             "Content": {"Raw": {"Data": base64.b64encode(email.as_bytes()).decode()}},
         }
         if email.reply_to:
-            body["ReplyToAddresses"] = [email.reply_to]
+            body["ReplyToAddresses"] = [wire_mailbox(email.reply_to)[1]]
         tags = [{"Name": _TAG_RE.sub("_", t), "Value": "true"} for t in email.tags]
         tags += [
             {"Name": _TAG_RE.sub("_", k), "Value": _TAG_RE.sub("_", v)}

@@ -48,9 +48,9 @@ class SmtpProvider(EmailProvider):
         where = f"smtp {cfg.host}:{cfg.port}"
         try:
             with self._connect() as conn:
-                refused = conn.send_message(
-                    email.mime(), from_addr=email.from_address, to_addrs=email.recipients
-                )
+                # Our own bytes (headers folded by message.py), not send_message's
+                # re-serialisation; every address is ASCII (IDN domains as A-labels).
+                refused = conn.sendmail(email.from_address, email.recipients, email.as_bytes())
         except smtplib.SMTPAuthenticationError as exc:
             raise PermanentError(f"{where}: authentication failed ({exc.smtp_code})") from exc
         except smtplib.SMTPRecipientsRefused as exc:

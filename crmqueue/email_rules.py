@@ -1,0 +1,192 @@
+"""What an email job must meet to be sendable, checked when it is enqueued without the
+worker's code (no jinja2, no provider modules): the variables a template declares, the
+headers a caller may not set, the tag rules every vendor accepts.
+
+Template declarations: the built-ins' are in ``templates/email/variables.json``; a tenant
+template's are recorded next to it (``<name>.vars.json``) when it is registered
+(providers.email.render.register_tenant_template). Both are cached: the built-ins once,
+a tenant's declaration until its file changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DECLARATION_SUFFIX",
+    "RESERVED_HEADERS",
+    "TAG_LIMITS",
+    "Declaration",
+    "builtin_declarations",
+    "declaration_for",
+    "forget_tenant_templates",
+    "missing_variables",
+    "spellings",
+    "tag_limit",
+]
+
+MANIFEST = Path(__file__).resolve().parent / "templates" / "email" / "variables.json"
+DECLARATION_SUFFIX = ".vars.json"
+
+# Headers a caller may not set through `headers`: the message builds them itself.
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
+)
+
+# Tags per message each vendor takes: Mailgun `o:tag` at most 3, SendGrid `categories` at
+# most 10 (their API references); the others have no lower limit than our own.
+TAG_LIMITS: dict[str, int] = {"mailgun": 3, "sendgrid": 10}
+MAX_TAGS = 10
+
+
+def tag_limit(provider: str) -> int:
+    """How many tags a message may carry with `provider`."""
+    return min(MAX_TAGS, TAG_LIMITS.get(provider, MAX_TAGS))
+
+
+# One tag is 1-128 of A-Z a-z 0-9 _ -: the character set of SES and Resend tags, and
+# Mailgun's 128-character limit, so a tag goes to every vendor unchanged.
+TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """A template's variables (snake_case names): `required` must be in the context,
+    `optional` have a fallback."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Declaration:
+        return cls(tuple(data.get("required", ())), tuple(data.get("optional", ())))
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"required": list(self.required), "optional": list(self.optional)}
+
+
+@lru_cache(maxsize=1)
+def builtin_declarations() -> dict[str, Declaration]:
+    """Template name -> Declaration of every built-in template."""
+    data = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    return {
+        name: Declaration.from_json(entry)
+        for name, entry in data.items()
+        if not name.startswith("_")
+    }
+
+
+_tenant_cache: dict[str, tuple[int, Declaration | None]] = {}
+_tenant_guard = threading.Lock()
+
+
+def _tenant_declaration(directory: str, template: str) -> Declaration | None:
+    path = os.path.join(directory, template + DECLARATION_SUFFIX)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    cached = _tenant_cache.get(path)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    try:
+        declaration: Declaration | None = Declaration.from_json(
+            json.loads(Path(path).read_text(encoding="utf-8"))
+        )
+    except (OSError, ValueError, AttributeError):
+        declaration = None  # unreadable: the worker's render is the check
+    with _tenant_guard:
+        if len(_tenant_cache) > 4096:
+            _tenant_cache.clear()
+        _tenant_cache[path] = (mtime, declaration)
+    return declaration
+
+
+class UnknownTemplate(LookupError):
+    """Neither a built-in nor a template the tenant registered."""
+
+
+# Whether a tenant has its own template of a name, remembered for a second: an enqueue
+# pays no stat for it, and a template registered by another process counts at most a
+# second later (this process's registrations count at once: forget_tenant_templates).
+_TENANT_SEEN_SECONDS = 1.0
+_tenant_files: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+
+
+def _tenant_directory(files_dir: str, tenant_id: str, template: str) -> str | None:
+    """The tenant's template directory if it holds `template`, else None."""
+    key = (files_dir, tenant_id, template)
+    now = time.monotonic()
+    seen = _tenant_files.get(key)
+    if seen is not None and now - seen[0] < _TENANT_SEEN_SECONDS:
+        return seen[1]
+    # os.path on purpose: pathlib costs several times more.
+    directory: str | None = os.path.join(files_dir, "templates", tenant_id)
+    if not os.path.isfile(os.path.join(directory, template + ".html.j2")):  # type: ignore[arg-type]
+        directory = None
+    if len(_tenant_files) > 4096:
+        _tenant_files.clear()
+    _tenant_files[key] = (now, directory)
+    return directory
+
+
+def forget_tenant_templates() -> None:
+    """Drop what is remembered about tenant templates (after a registration)."""
+    _tenant_files.clear()
+    _tenant_cache.clear()
+
+
+def declaration_for(files_dir: str | None, tenant_id: str, template: str) -> Declaration | None:
+    """The declaration that applies to `template` for `tenant_id`: the tenant's own
+    template if it has one under `files_dir` (None when it was registered without one),
+    else the built-in's. Raises UnknownTemplate."""
+    if files_dir is not None:
+        directory = _tenant_directory(files_dir, tenant_id, template)
+        if directory is not None:
+            return _tenant_declaration(directory, template)
+    declaration = builtin_declarations().get(template)
+    if declaration is None:
+        raise UnknownTemplate(template)
+    return declaration
+
+
+@lru_cache(maxsize=4096)
+def spellings(name: str) -> tuple[str, str]:
+    """(snake_case, camelCase) of a variable name: ``first_name`` and ``firstName`` are
+    one variable (the original system's client code wrote camelCase)."""
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z])(?=[a-z])", r"_\1\2", name).lower()
+    head, *rest = snake.split("_")
+    camel = head + "".join(part[:1].upper() + part[1:] for part in rest)
+    return snake, camel
+
+
+def missing_variables(declaration: Declaration, context: Mapping[str, Any]) -> list[str]:
+    """The required variables absent from `context` under both spellings (a None value
+    counts as absent)."""
+    missing = []
+    for name in declaration.required:
+        snake, camel = spellings(name)
+        if context.get(snake) is None and context.get(camel) is None:
+            missing.append(name)
+    return missing
