@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import QUEUES, RedisServer, engine_settings, free_port, wait_until
+from conftest import QUEUES, ROOT, RedisServer, engine_settings, free_port, wait_until
 
 from crmqueue import jobs, tasks
 from crmqueue.config import QueueSettings
@@ -1068,3 +1068,58 @@ def test_sqlite_schema_upgrade_from_version_1_keeps_counts_exact(tmp_path: Path)
         assert conn.execute("pragma user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION
         names = {row[0] for row in conn.execute("select name from sqlite_master")}
     assert "jobs_count_insert" not in names and "jobs_lease" not in names
+
+
+# --------------------------------------------------------------------------- storage package
+
+
+def test_error_history_keeps_the_newest_entries(broker: Broker) -> None:
+    """Both stores keep the last MAX_ERRORS_KEPT errors (on Redis the constant reaches the
+    Lua scripts from Python)."""
+    from crmqueue.engine.storage import MAX_ERRORS_KEPT
+
+    store = store_of(broker)
+    attempts = MAX_ERRORS_KEPT + 5
+    store.enqueue_jobs([NewJob("hist", "email", kind("noop"), "t1", 0, attempts, b"{}")])
+    for n in range(1, attempts + 1):
+        claim = claim_one(store)
+        last = n == attempts
+        state = store.fail(claim, error_record("E", f"attempt {n}"), None if last else 0.0)
+        assert state == ("dead" if last else "delayed")
+    record = store.get_job("hist")
+    assert record is not None
+    assert [e["message"] for e in record["errors"]] == [
+        f"attempt {n}" for n in range(attempts - MAX_ERRORS_KEPT + 1, attempts + 1)
+    ]
+
+
+def test_redis_scripts_are_package_files_loaded_once(redis_url: str) -> None:
+    """The Lua scripts are files under crmqueue/engine/storage/lua, each one used, each one
+    shipped as package data, read once a process, and loaded again by a store whose server
+    lost them (SCRIPT FLUSH, as after a restart)."""
+    import tomllib
+
+    from crmqueue.engine.storage import RedisJobStore
+    from crmqueue.engine.storage import redis as redis_store
+
+    lua_dir = ROOT / "crmqueue" / "engine" / "storage" / "lua"
+    files = {path.stem for path in lua_dir.glob("*.lua")}
+    assert files == {*redis_store.LUA_SCRIPTS, "helpers"}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = pyproject["tool"]["setuptools"]["package-data"]["crmqueue"]
+    package = ROOT / "crmqueue"
+    for path in lua_dir.glob("*.lua"):
+        assert any(path.relative_to(package).match(g) for g in globs), path
+
+    assert redis_store._lua_scripts() is redis_store._lua_scripts()  # read once
+    store = RedisJobStore(f"scripts-{uuid.uuid4().hex[:6]}", url=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.script_flush()
+        store.enqueue_jobs([NewJob("s1", store.name, kind("noop"), "t1", 0, 1, b"{}")])
+        claim = claim_one(store)
+        assert store.complete(claim, "ok", 60) is True
+        assert store.counts()["completed"] == 1
+    finally:
+        store.flush_all()
+        client.close()

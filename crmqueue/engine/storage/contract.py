@@ -1,0 +1,210 @@
+"""The storage contract: what a leased job store does, and the records it passes.
+
+A backend implements JobStore's crmqueue interface (enqueue_jobs, claim, complete_many,
+fail, release, touch, reap, ...) and Huey's key-value methods, which serve locks and
+kept records. Every operation that moves a job changes its record, its queue index and
+the counts in one atomic step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from huey.storage import BaseStorage
+
+STATES = ("waiting", "scheduled", "active", "delayed", "completed", "dead")
+REMOVABLE = ("waiting", "scheduled", "delayed", "dead")
+MAX_ERRORS_KEPT = 25
+PRIORITY_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    queue: str
+    name: str
+    tenant: str
+    priority: int
+    max_attempts: int
+    message: bytes
+    run_at: float | None = None  # epoch seconds; None runs now
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    name: str
+    message: bytes
+    attempts: int
+    max_attempts: int
+    token: str  # unique to this claim: a stale worker's late outcome is refused
+    # False when an earlier claim may have run the body (whatever happened to it since:
+    # failed, reaped, handed back); bodies with side effects check for them only then.
+    first_run: bool = False
+
+
+@dataclass(frozen=True)
+class KeptRecord:
+    """A key-value record written with a job's completion (see complete_many)."""
+
+    key: str
+    value: bytes
+    ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    jobs: list[Claim]
+    next_due: float | None  # epoch seconds of the earliest scheduled or delayed job
+
+
+class JobStore(BaseStorage):  # type: ignore[misc]
+    """One queue's leased storage. Huey's key-value methods serve locks and records."""
+
+    blocking = True
+    priority = True
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name)
+
+    # Huey's plain queue interface deletes on dequeue; crmqueue always goes through
+    # enqueue_jobs/claim so that nothing is lost, so these entry points are closed.
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        raise NotImplementedError("use JobStore.enqueue_jobs")
+
+    def dequeue(self) -> bytes | None:
+        raise NotImplementedError("use JobStore.claim")
+
+    def add_to_schedule(self, data: bytes, ts: Any) -> None:
+        raise NotImplementedError("use JobStore.enqueue_jobs with run_at")
+
+    def read_schedule(self, ts: Any) -> list[bytes]:
+        return []  # due jobs are promoted inside claim()
+
+    def queue_size(self) -> int:
+        return self.counts()["waiting"]
+
+    def schedule_size(self) -> int:
+        counts = self.counts()
+        return counts["scheduled"] + counts["delayed"]
+
+    def enqueued_items(self, limit: int | None = None) -> list[bytes]:
+        return [job["message"] for job in self.list_jobs("waiting", limit or 1000)]
+
+    def scheduled_items(self, limit: int | None = None) -> list[bytes]:
+        return [job["message"] for job in self.list_jobs("scheduled", limit or 1000)]
+
+    def result_store_size(self) -> int:
+        return self.counts()["completed"]
+
+    def result_items(self) -> dict[str, Any]:
+        return {}
+
+    def flush_queue(self) -> None:
+        self.flush_all()
+
+    def flush_schedule(self) -> None:
+        self.flush_all()
+
+    def flush_results(self) -> None:
+        self.flush_all()
+
+    # The crmqueue interface, implemented by each backend.
+    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+        raise NotImplementedError
+
+    def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
+        raise NotImplementedError
+
+    def wait_for_jobs(self, timeout: float) -> None:
+        """Block up to `timeout` seconds until a job may have arrived."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """End a wait_for_jobs early (a stopping consumer uses it on its own fetcher)."""
+        raise NotImplementedError
+
+    def complete(self, claim: Claim, result: Any, keep_seconds: int) -> bool:
+        """Record a finished job. False when the lease was no longer ours."""
+        return self.complete_many([(claim, result)], keep_seconds)[0]
+
+    def complete_many(
+        self,
+        done: Sequence[tuple[Claim, Any]],
+        keep_seconds: int,
+        records: Sequence[KeptRecord] = (),
+    ) -> list[bool]:
+        """Record many finished jobs in one step (group commit), each as complete() would,
+        and in the same step store `records` as put_if_empty would: those are stored even
+        for a job whose lease was lost, since what they record did happen."""
+        raise NotImplementedError
+
+    def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
+        """Record a failed attempt: to `delayed` after retry_delay, or to `dead` when None.
+
+        Returns the new state, or None when the lease was no longer ours.
+        """
+        raise NotImplementedError
+
+    def release(self, claim: Claim) -> bool:
+        """Hand an unfinished job back to the front of the queue (graceful shutdown)."""
+        raise NotImplementedError
+
+    def touch(self, claim: Claim, lease_seconds: float, progress: int | None = None) -> bool:
+        """Renew a lease, and record progress when given. False when the lease was lost."""
+        raise NotImplementedError
+
+    def reap(self, max_stalls: int) -> list[str]:
+        """Return jobs whose lease expired to the queue; dead after max_stalls stalls."""
+        raise NotImplementedError
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def list_jobs(self, state: str, limit: int = 100) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def window_counts(self, seconds: int) -> tuple[int, int]:
+        """(completed, failed attempts) over the last `seconds`."""
+        raise NotImplementedError
+
+    def retry_job(self, job_id: str, max_attempts: int) -> None:
+        raise NotImplementedError
+
+    def remove_job(self, job_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def sweep(self, keep_completed: int, keep_failed: int) -> int:
+        raise NotImplementedError
+
+    def heartbeat(self, consumer: str, workers: int, ttl: float) -> None:
+        raise NotImplementedError
+
+    def live_consumers(self) -> dict[str, int]:
+        """Live consumer ids mapped to their worker counts."""
+        raise NotImplementedError
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or extend a lock that always expires after `ttl` unless renewed."""
+        raise NotImplementedError
+
+    def flush_all(self) -> None:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        raise NotImplementedError
+
+
+def error_record(exc_type: str, message: str, traceback_excerpt: str = "") -> dict[str, Any]:
+    return {"type": exc_type, "message": message, "traceback": traceback_excerpt, "at": time.time()}
+
+
+def key_text(key: str | bytes) -> str:
+    """A key-value key as text (Huey passes str or bytes)."""
+    return key.decode() if isinstance(key, bytes) else key

@@ -1,0 +1,646 @@
+"""The SQLite store: all queues in one database file (WAL), one transaction a step."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from huey.constants import EmptyData
+
+from crmqueue.engine.storage.contract import (
+    MAX_ERRORS_KEPT,
+    REMOVABLE,
+    STATES,
+    Claim,
+    ClaimResult,
+    JobStore,
+    KeptRecord,
+    NewJob,
+    error_record,
+    key_text,
+)
+from crmqueue.errors import InvalidJobState, JobNotFound, StorageUnavailable
+
+_SQLITE_SCHEMA = """
+create table if not exists jobs (
+    rowid integer primary key,
+    id text not null unique,
+    queue text not null,
+    name text not null,
+    tenant text not null,
+    state text not null,
+    priority integer not null,
+    order_key integer not null,
+    run_at real,
+    progress integer not null default 0,
+    attempts integer not null default 0,
+    max_attempts integer not null,
+    stalls integer not null default 0,
+    errors text not null default '[]',
+    result text,
+    message blob not null,
+    created_at real not null,
+    started_at real,
+    finished_at real,
+    lease_until real,
+    lease_token text,
+    consumer text
+);
+create index if not exists jobs_claim on jobs (queue, state, priority desc, order_key);
+create index if not exists jobs_due on jobs (queue, state, run_at);
+create index if not exists jobs_finished on jobs (queue, state, finished_at);
+create table if not exists job_counts (
+    queue text not null, state text not null, n integer not null default 0,
+    primary key (queue, state)
+);
+-- Inserts are counted per batch by enqueue_jobs; every later change by these triggers.
+create trigger if not exists jobs_count_delete after delete on jobs begin
+    update job_counts set n = n - 1 where queue = old.queue and state = old.state;
+end;
+create trigger if not exists jobs_count_update after update of state on jobs
+when old.state != new.state begin
+    update job_counts set n = n - 1 where queue = old.queue and state = old.state;
+    insert into job_counts (queue, state, n) values (new.queue, new.state, 1)
+        on conflict (queue, state) do update set n = n + 1;
+end;
+create table if not exists job_stats (
+    queue text not null, minute integer not null,
+    completed integer not null default 0, failed integer not null default 0,
+    primary key (queue, minute)
+);
+create table if not exists kv (
+    queue text not null, key text not null, value blob not null, expires_at real,
+    primary key (queue, key)
+);
+create table if not exists consumers (
+    queue text not null, consumer text not null, workers integer not null,
+    expires_at real not null, primary key (queue, consumer)
+);
+"""
+
+SQLITE_SCHEMA_VERSION = 2
+_SQLITE_UPGRADES = {
+    1: "drop trigger if exists jobs_count_insert; drop index if exists jobs_lease;",
+}
+
+_JOB_COLUMNS = (
+    "id, queue, name, tenant, state, priority, run_at, progress, attempts, max_attempts, "
+    "stalls, errors, result, message, created_at, started_at, finished_at, lease_until, consumer"
+)
+
+
+class _SqliteWatcher:
+    """Wakes idle consumers when another connection commits (PRAGMA data_version).
+
+    One thread per database file and process, running only while consumers wait; it
+    makes pickup immediate instead of the growing poll interval of Huey's SQLite consumer.
+    """
+
+    _instances: dict[str, _SqliteWatcher] = {}
+    _instances_guard = threading.Lock()
+    IDLE_EXIT_SECONDS = 5.0
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.changed = threading.Condition()
+        self.version = 0
+        self._waiters = 0
+        self._last_wait = time.monotonic()
+        self._running = False
+
+    @classmethod
+    def for_file(cls, filename: str) -> _SqliteWatcher:
+        with cls._instances_guard:
+            if filename not in cls._instances:
+                cls._instances[filename] = cls(filename)
+            return cls._instances[filename]
+
+    def _watch(self) -> None:
+        conn = sqlite3.connect(self.filename, isolation_level=None, check_same_thread=False)
+        last = None
+        try:
+            while True:
+                try:
+                    current = conn.execute("pragma data_version").fetchone()[0]
+                except sqlite3.Error:
+                    current = last
+                if current != last:
+                    last = current
+                    self.bump()
+                with self.changed:
+                    idle = time.monotonic() - self._last_wait > self.IDLE_EXIT_SECONDS
+                    if self._waiters == 0 and idle:
+                        self._running = False
+                        return
+                time.sleep(0.005)
+        finally:
+            conn.close()
+
+    def bump(self) -> None:
+        with self.changed:
+            self.version += 1
+            self.changed.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        with self.changed:
+            if not self._running:
+                self._running = True
+                threading.Thread(
+                    target=self._watch, name="crmqueue-sqlite-watch", daemon=True
+                ).start()
+            self._waiters += 1
+            try:
+                self.changed.wait_for(lambda: self.version != seen, timeout)
+            finally:
+                self._waiters -= 1
+                self._last_wait = time.monotonic()
+            return self.version
+
+
+def _decode_row(row: sqlite3.Row) -> dict[str, Any]:
+    job = dict(row)
+    job["errors"] = json.loads(job["errors"])
+    job["result"] = json.loads(job["result"]) if job["result"] is not None else None
+    job["message"] = bytes(job["message"])
+    return job
+
+
+class SqliteJobStore(JobStore):
+    """All queues share one database file; each row carries its queue name."""
+
+    blocking = True
+
+    def __init__(self, name: str, filename: str = "crmqueue-data/queues.db", timeout: float = 5.0):
+        super().__init__(name)
+        self.filename = filename
+        self.timeout = timeout
+        parent = Path(filename).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        conn = self._connection()
+        version = conn.execute("pragma user_version").fetchone()[0]
+        if version == 0:
+            conn.executescript(f"{_SQLITE_SCHEMA}; pragma user_version = {SQLITE_SCHEMA_VERSION};")
+        elif version in _SQLITE_UPGRADES:
+            steps = "".join(_SQLITE_UPGRADES[v] for v in range(version, SQLITE_SCHEMA_VERSION))
+            conn.executescript(
+                f"begin; {steps} pragma user_version = {SQLITE_SCHEMA_VERSION}; commit;"
+            )
+        elif version != SQLITE_SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"{filename}: queue schema version {version}; this crmqueue uses"
+                f" {SQLITE_SCHEMA_VERSION}"
+            )
+        self._watcher = _SqliteWatcher.for_file(filename)
+        self._seen = self._watcher.version
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(
+                self.filename, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    conn.execute("pragma journal_mode=wal")
+                    break
+                except sqlite3.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            conn.execute("pragma synchronous=normal")
+            conn.execute(f"pragma busy_timeout={int(self.timeout * 1000)}")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        try:
+            conn.execute("begin immediate")
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"SQLite storage {self.filename}: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("rollback")
+            raise
+        else:
+            conn.execute("commit")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"SQLite storage {self.filename}: {exc}") from exc
+
+    def ping(self) -> None:
+        self._read("select 1")
+
+    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+        now = time.time()
+        rows = []
+        for job in jobs:
+            future = job.run_at is not None and job.run_at > now
+            rows.append(
+                (
+                    job.id, job.queue, job.name, job.tenant,
+                    "scheduled" if future else "waiting",
+                    job.priority, time.time_ns(), job.run_at if future else None,
+                    job.max_attempts, job.message, now,
+                )
+            )  # fmt: skip
+        added = Counter((row[1], row[4]) for row in rows)
+        with self._tx() as conn:
+            conn.executemany(
+                "insert into jobs (id, queue, name, tenant, state, priority, order_key, run_at,"
+                " max_attempts, message, created_at) values (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            conn.executemany(
+                "insert into job_counts (queue, state, n) values (?, ?, ?)"
+                " on conflict (queue, state) do update set n = n + excluded.n",
+                [(queue, state, n) for (queue, state), n in added.items()],
+            )
+        self._watcher.bump()
+
+    def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
+        now = time.time()
+        # A read first: WAL readers never block, and idle queues woken by another queue's
+        # commit must not queue up for the write lock.
+        waiting, *due = self._read(
+            "select exists (select 1 from jobs where queue = ?1 and state = 'waiting'),"
+            " (select min(run_at) from jobs where queue = ?1 and state = 'scheduled'),"
+            " (select min(run_at) from jobs where queue = ?1 and state = 'delayed')",
+            (self.name,),
+        )[0]
+        next_due = min((t for t in due if t is not None), default=None)
+        if not waiting and (next_due is None or next_due > now):
+            return ClaimResult([], next_due)
+        with self._tx() as conn:
+            conn.execute(
+                "update jobs set state = 'waiting', order_key = cast(run_at * 1e9 as integer)"
+                " where queue = ? and state in ('scheduled', 'delayed') and run_at <= ?",
+                (self.name, now),
+            )
+            # Picked first, since RETURNING sees started_at only as this claim sets it.
+            picked = conn.execute(
+                "select rowid, started_at is null from jobs where queue = ?"
+                " and state = 'waiting' order by priority desc, order_key limit ?",
+                (self.name, limit),
+            ).fetchall()
+            first_runs = {rowid for rowid, never_started in picked if never_started}
+            rows = (
+                []
+                if not picked
+                else conn.execute(
+                    "update jobs set state = 'active', attempts = attempts + 1, started_at = ?,"
+                    " lease_until = ?, consumer = ?, lease_token = lower(hex(randomblob(8)))"
+                    f" where rowid in ({','.join('?' * len(picked))}) returning rowid, id, name,"
+                    " message, attempts, max_attempts, priority, order_key, lease_token",
+                    (now, now + lease_seconds, consumer, *(rowid for rowid, _ in picked)),
+                ).fetchall()
+            )
+            next_due = None
+            if not rows:
+                next_due = conn.execute(
+                    "select min(run_at) from jobs where queue = ?"
+                    " and state in ('scheduled', 'delayed')",
+                    (self.name,),
+                ).fetchone()[0]
+        rows.sort(key=lambda r: (-r["priority"], r["order_key"]))
+        claims = [
+            Claim(
+                r["id"],
+                r["name"],
+                bytes(r["message"]),
+                r["attempts"],
+                r["max_attempts"],
+                r["lease_token"],
+                r["rowid"] in first_runs,
+            )
+            for r in rows
+        ]
+        return ClaimResult(claims, next_due)
+
+    def wait_for_jobs(self, timeout: float) -> None:
+        self._seen = self._watcher.wait(self._seen, timeout)
+
+    def wake(self) -> None:
+        self._watcher.bump()
+
+    def _bump_stats(self, conn: sqlite3.Connection, column: str, now: float) -> None:
+        conn.execute(
+            f"insert into job_stats (queue, minute, {column}) values (?, ?, 1)"
+            f" on conflict (queue, minute) do update set {column} = {column} + 1",
+            (self.name, int(now // 60)),
+        )
+
+    def complete_many(
+        self,
+        done: Sequence[tuple[Claim, Any]],
+        keep_seconds: int,
+        records: Sequence[KeptRecord] = (),
+    ) -> list[bool]:
+        now = time.time()
+        owned = []
+        with self._tx() as conn:
+            for record in records:
+                self._put_if_empty(conn, record.key, record.value, record.ttl, now)
+            for claim, result in done:
+                if keep_seconds > 0:
+                    cursor = conn.execute(
+                        "update jobs set state = 'completed', progress = 100, finished_at = ?,"
+                        " result = ?, lease_until = null, lease_token = null where id = ?"
+                        " and state = 'active' and lease_token = ?",
+                        (now, json.dumps(result, default=str), claim.id, claim.token),
+                    )
+                else:
+                    cursor = conn.execute(
+                        "delete from jobs where id = ? and state = 'active' and lease_token = ?",
+                        (claim.id, claim.token),
+                    )
+                owned.append(cursor.rowcount == 1)
+            if any(owned):
+                conn.execute(
+                    "insert into job_stats (queue, minute, completed) values (?, ?, ?)"
+                    " on conflict (queue, minute) do update set completed = completed + ?",
+                    (self.name, int(now // 60), sum(owned), sum(owned)),
+                )
+        return owned
+
+    def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "select errors from jobs where id = ? and state = 'active' and lease_token = ?",
+                (claim.id, claim.token),
+            ).fetchone()
+            if row is None:
+                return None
+            errors = [*json.loads(row["errors"]), error][-MAX_ERRORS_KEPT:]
+            if retry_delay is None:
+                state, run_at, finished = "dead", None, now
+            else:
+                state, run_at, finished = "delayed", now + retry_delay, None
+            conn.execute(
+                "update jobs set state = ?, run_at = ?, finished_at = ?, errors = ?,"
+                " lease_until = null, lease_token = null where id = ?",
+                (state, run_at, finished, json.dumps(errors), claim.id),
+            )
+            self._bump_stats(conn, "failed", now)
+        return state
+
+    def release(self, claim: Claim) -> bool:
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "update jobs set state = 'waiting', attempts = attempts - 1, order_key = 0,"
+                " lease_until = null, lease_token = null where id = ? and state = 'active'"
+                " and lease_token = ?",
+                (claim.id, claim.token),
+            )
+        self._watcher.bump()
+        return cursor.rowcount == 1
+
+    def touch(self, claim: Claim, lease_seconds: float, progress: int | None = None) -> bool:
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "update jobs set lease_until = ?, progress = coalesce(?, progress)"
+                " where id = ? and state = 'active' and lease_token = ?",
+                (time.time() + lease_seconds, progress, claim.id, claim.token),
+            )
+        return cursor.rowcount == 1
+
+    def reap(self, max_stalls: int) -> list[str]:
+        now = time.time()
+        with self._tx() as conn:
+            rows = conn.execute(
+                "select id, stalls, errors from jobs where queue = ? and state = 'active'"
+                " and lease_until < ? limit 500",
+                (self.name, now),
+            ).fetchall()
+            for row in rows:
+                stalls = row["stalls"] + 1
+                if stalls > max_stalls:
+                    stalled = error_record("Stalled", f"lease expired {stalls} times")
+                    errors = [*json.loads(row["errors"]), stalled]
+                    conn.execute(
+                        "update jobs set state = 'dead', stalls = ?, finished_at = ?,"
+                        " errors = ?, lease_until = null, lease_token = null where id = ?",
+                        (stalls, now, json.dumps(errors[-MAX_ERRORS_KEPT:]), row["id"]),
+                    )
+                    self._bump_stats(conn, "failed", now)
+                else:
+                    conn.execute(
+                        "update jobs set state = 'waiting', stalls = ?, attempts = attempts - 1,"
+                        " order_key = 0, lease_until = null, lease_token = null where id = ?",
+                        (stalls, row["id"]),
+                    )
+        return [row["id"] for row in rows]
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._read(f"select {_JOB_COLUMNS} from jobs where id = ?", (job_id,))
+        return _decode_row(rows[0]) if rows else None
+
+    def list_jobs(self, state: str, limit: int = 100) -> list[dict[str, Any]]:
+        order = {
+            "waiting": "priority desc, order_key",
+            "scheduled": "run_at",
+            "delayed": "run_at",
+            "active": "started_at",
+        }.get(state, "finished_at desc")
+        rows = self._read(
+            f"select {_JOB_COLUMNS} from jobs where queue = ? and state = ?"
+            f" order by {order} limit ?",
+            (self.name, state, limit),
+        )
+        return [_decode_row(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._read("select state, n from job_counts where queue = ?", (self.name,)):
+            counts[row["state"]] = row["n"]
+        return counts
+
+    def window_counts(self, seconds: int) -> tuple[int, int]:
+        since = int((time.time() - seconds) // 60)
+        row = self._read(
+            "select coalesce(sum(completed), 0), coalesce(sum(failed), 0) from job_stats"
+            " where queue = ? and minute > ?",
+            (self.name, since),
+        )[0]
+        return int(row[0]), int(row[1])
+
+    def _job_state(self, conn: sqlite3.Connection, job_id: str) -> str:
+        row = conn.execute(
+            "select state from jobs where id = ? and queue = ?", (job_id, self.name)
+        ).fetchone()
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found in queue {self.name}")
+        return str(row["state"])
+
+    def retry_job(self, job_id: str, max_attempts: int) -> None:
+        with self._tx() as conn:
+            state = self._job_state(conn, job_id)
+            if state != "dead":
+                raise InvalidJobState(f"job {job_id} is {state}; only dead jobs can be retried")
+            conn.execute(
+                "update jobs set state = 'waiting', attempts = 0, stalls = 0, max_attempts = ?,"
+                " order_key = ?, finished_at = null, progress = 0 where id = ?",
+                (max_attempts, time.time_ns(), job_id),
+            )
+        self._watcher.bump()
+
+    def remove_job(self, job_id: str) -> dict[str, Any]:
+        with self._tx() as conn:
+            state = self._job_state(conn, job_id)
+            if state not in REMOVABLE:
+                raise InvalidJobState(
+                    f"job {job_id} is {state}; only waiting, scheduled, delayed or dead jobs"
+                    " can be removed"
+                )
+            row = conn.execute(
+                f"delete from jobs where id = ? returning {_JOB_COLUMNS}", (job_id,)
+            ).fetchone()
+        return _decode_row(row)
+
+    def sweep(self, keep_completed: int, keep_failed: int) -> int:
+        now = time.time()
+        removed = 0
+        for state, keep in (("completed", keep_completed), ("dead", keep_failed)):
+            while True:
+                with self._tx() as conn:
+                    cursor = conn.execute(
+                        "delete from jobs where rowid in (select rowid from jobs where queue = ?"
+                        " and state = ? and finished_at < ? limit 2000)",
+                        (self.name, state, now - keep),
+                    )
+                removed += cursor.rowcount
+                if cursor.rowcount < 2000:
+                    break
+        with self._tx() as conn:
+            conn.execute(
+                "delete from job_stats where queue = ? and minute < ?",
+                (self.name, int(now // 60) - 24 * 60),
+            )
+            conn.execute("delete from kv where expires_at is not null and expires_at < ?", (now,))
+            conn.execute("delete from consumers where expires_at < ?", (now - 3600,))
+        return removed
+
+    def heartbeat(self, consumer: str, workers: int, ttl: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "insert into consumers (queue, consumer, workers, expires_at) values (?,?,?,?)"
+                " on conflict (queue, consumer) do update set workers = excluded.workers,"
+                " expires_at = excluded.expires_at",
+                (self.name, consumer, workers, time.time() + ttl),
+            )
+
+    def forget_consumer(self, consumer: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "delete from consumers where queue = ? and consumer = ?", (self.name, consumer)
+            )
+
+    def live_consumers(self) -> dict[str, int]:
+        rows = self._read(
+            "select consumer, workers from consumers where queue = ? and expires_at > ?",
+            (self.name, time.time()),
+        )
+        return {row["consumer"]: row["workers"] for row in rows}
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "select value, expires_at from kv where queue = ? and key = ?", (self.name, name)
+            ).fetchone()
+            if (
+                row is not None
+                and row["expires_at"] > now
+                and bytes(row["value"]) != owner.encode()
+            ):
+                return False
+            conn.execute(
+                "insert or replace into kv (queue, key, value, expires_at) values (?,?,?,?)",
+                (self.name, name, owner.encode(), now + ttl),
+            )
+        return True
+
+    def flush_all(self) -> None:
+        with self._tx() as conn:
+            for table in ("jobs", "job_stats", "kv", "consumers"):
+                conn.execute(f"delete from {table} where queue = ?", (self.name,))
+
+    # Huey's key-value interface (locks, health records).
+    def put_data(self, key: str | bytes, value: bytes, is_result: bool = False) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "insert or replace into kv (queue, key, value, expires_at) values (?,?,?,null)",
+                (self.name, key_text(key), value),
+            )
+
+    def peek_data(self, key: str | bytes) -> Any:
+        rows = self._read(
+            "select value from kv where queue = ? and key = ?"
+            " and (expires_at is null or expires_at > ?)",
+            (self.name, key_text(key), time.time()),
+        )
+        return bytes(rows[0]["value"]) if rows else EmptyData
+
+    def pop_data(self, key: str | bytes) -> Any:
+        with self._tx() as conn:
+            row = conn.execute(
+                "delete from kv where queue = ? and key = ? returning value",
+                (self.name, key_text(key)),
+            ).fetchone()
+        return bytes(row["value"]) if row else EmptyData
+
+    def has_data_for_key(self, key: str | bytes) -> bool:
+        return self.peek_data(key) is not EmptyData
+
+    def put_if_empty(self, key: str | bytes, value: bytes, ttl: float | None = None) -> bool:
+        with self._tx() as conn:
+            return self._put_if_empty(conn, key, value, ttl, time.time())
+
+    def _put_if_empty(
+        self,
+        conn: sqlite3.Connection,
+        key: str | bytes,
+        value: bytes,
+        ttl: float | None,
+        now: float,
+    ) -> bool:
+        conn.execute(
+            "delete from kv where queue = ? and key = ? and expires_at < ?",
+            (self.name, key_text(key), now),
+        )
+        cursor = conn.execute(
+            "insert or ignore into kv (queue, key, value, expires_at) values (?,?,?,?)",
+            (self.name, key_text(key), value, now + ttl if ttl else None),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def delete_data(self, key: str | bytes) -> bool:
+        return self.pop_data(key) is not EmptyData
+
+
+def sqlite_path(url: str) -> str:
+    """sqlite:///relative/path.db or sqlite:////absolute/path.db to a file name."""
+    path = url[len("sqlite://") :]
+    if path.startswith("/"):
+        path = path[1:]
+    if not path:
+        raise ValueError(f"{url}: no database file named")
+    return path
