@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 from crmqueue import email_rules
 from crmqueue.errors import PayloadError
 from crmqueue.fields import Mailbox, MailboxList, SingleLine, check_single_line
+from crmqueue.json_text import text_problems
 
 __all__ = [
     "DateRange",
@@ -130,6 +131,9 @@ P = TypeVar("P", bound=BaseModel)
 
 
 class Payload(BaseModel):
+    """Every job payload: a tenant, and (checked by validate_payload and again when the
+    job is stored) only text and values every store and vendor can take."""
+
     model_config = _CONFIG
 
     tenant_id: TenantId
@@ -311,9 +315,19 @@ class NotificationPayload(Payload):
 
 
 def validate_payload(model: type[P], data: Mapping[str, Any]) -> P:
+    """`data` as a `model`. Raises PayloadError listing every bad field: the model's errors
+    and any text no attempt could use (crmqueue.json_text: a lone surrogate or NUL in any
+    string or key, named by its path as given). The text is checked on the input because
+    validation turns a lone surrogate in a dict key into U+FFFD without a word."""
+    text = text_problems(data)
     try:
-        return model.model_validate(data)
+        valid = model.model_validate(data)
     except ValidationError as exc:
-        raise PayloadError(
-            [(".".join(str(part) for part in err["loc"]), err["msg"]) for err in exc.errors()]
-        ) from exc
+        errors = [(".".join(str(part) for part in err["loc"]), err) for err in exc.errors()]
+        if text:  # the model's complaints about the same text: told once, above
+            told = {path for path, _ in text}
+            errors = [e for e in errors if e[0] not in told and e[1]["type"] != "string_unicode"]
+        raise PayloadError(text + [(path, err["msg"]) for path, err in errors]) from exc
+    if text:
+        raise PayloadError(text)
+    return valid

@@ -8,12 +8,14 @@ Bodies live in ``crmqueue.workers``; this module never imports them.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from crmqueue import json_text
 from crmqueue.engine.queues import BODIES, Enqueue, get_broker
 from crmqueue.errors import PayloadError
 from crmqueue.jobs import Job
@@ -78,8 +80,19 @@ KINDS: dict[str, dict[str, Kind]] = {
 }
 
 
+# A body's Huey task name: its module and function, dotted Python identifiers.
+_TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+# Built-in task name -> its kind, for callers that name a built-in body by task name.
+_BY_TASK_NAME = {kind.name: kind for kinds in KINDS.values() for kind in kinds.values()}
+
+
 def _resolve(queue: str, kind: str | None) -> tuple[str, type[BaseModel] | None]:
-    """A built-in kind of the queue, or the Huey name of a registered custom body."""
+    """(Huey task name, payload model or None) for a queue's built-in kind, a built-in
+    body's task name, a custom body registered in this process, or any other task name
+    (``module.function``): a body this producer never imported, like Celery's
+    ``send_task``. A job enqueued by name gets the checks every job gets (tenant_id, text,
+    JSON) here; its body's payload model validates it in the worker (a payload that fails
+    there is dead at once), and a worker without that body marks it dead naming it."""
     kinds = KINDS.get(queue)
     if kinds is None:
         get_broker().queue(queue)  # raises the unknown-queue error
@@ -89,11 +102,36 @@ def _resolve(queue: str, kind: str | None) -> tuple[str, type[BaseModel] | None]
         return first.name, first.payload
     if kind in kinds:
         return kinds[kind].name, kinds[kind].payload
+    known = _BY_TASK_NAME.get(kind)
     body = BODIES.get(kind)
-    if body is not None and body.queue == queue:
+    home = known.queue if known else body.queue if body else queue
+    if home != queue:
+        raise PayloadError([("kind", f"{kind!r} runs on queue {home!r}, not {queue!r}")])
+    if known is not None:
+        return known.name, known.payload
+    if body is not None:
         return body.name, body.payload
+    if _TASK_NAME.fullmatch(kind):
+        return kind, None
     choices = ", ".join(kinds)
-    raise PayloadError([("kind", f"unknown for queue {queue}: {kind!r} (built-in: {choices})")])
+    raise PayloadError(
+        [
+            (
+                "kind",
+                f"unknown for queue {queue}: {kind!r} (built-in: {choices}; or a job body's"
+                " task name, module.function)",
+            )
+        ]
+    )
+
+
+def _data(model: type[BaseModel] | None, payload: Mapping[str, Any]) -> dict[str, Any]:
+    if model is not None:
+        data: dict[str, Any] = validate_payload(model, payload).model_dump(mode="json")
+        return data
+    if not isinstance(payload, Mapping):
+        raise PayloadError([("payload", "must be a JSON object (a mapping of field names)")])
+    return dict(payload)
 
 
 def enqueue(
@@ -106,15 +144,13 @@ def enqueue(
     eta: dt.datetime | None = None,
 ) -> Job:
     """Validate and enqueue one job from a plain mapping (JSON from the command line or
-    the original system). `kind` picks one of the queue's built-in kinds or a registered
-    custom body by its task name."""
+    the original system). `kind` picks one of the queue's built-in kinds, or names a job
+    body by its task name (``module.function``) whether or not this process imported it.
+
+    Raises PayloadError naming every bad field (see crmqueue.engine.queues.encode_message
+    for what every payload's text must meet) and ConfigError for an unknown queue."""
     name, model = _resolve(queue, kind)
-    if model is not None:
-        data = validate_payload(model, payload).model_dump(mode="json")
-    else:
-        data = dict(payload)
-        if not isinstance(data.get("tenant_id"), str) or not data["tenant_id"]:
-            raise PayloadError([("tenant_id", "field required")])
+    data = _data(model, payload)
     job_id = get_broker().queue(queue).enqueue(name, data, priority=priority, delay=delay, eta=eta)
     return Job(job_id, queue)
 
@@ -123,23 +159,23 @@ def enqueue_many(
     queue: str, payloads: Sequence[Mapping[str, Any]], *, kind: str | None = None
 ) -> list[Job]:
     """Validate every payload first, then enqueue them all in one round trip per batch.
-    One bad payload rejects the whole call (its index is in the field path)."""
+    Any bad payload rejects the whole call: PayloadError lists every bad field of every
+    payload, each path starting with the payload's index."""
     name, model = _resolve(queue, kind)
     items, errors = [], []
     for index, payload in enumerate(payloads):
         try:
-            data = (
-                validate_payload(model, payload).model_dump(mode="json")
-                if model is not None
-                else dict(payload)
-            )
+            data = _data(model, payload)
         except PayloadError as exc:
             errors += [(f"{index}.{field}", reason) for field, reason in exc.errors]
             continue
-        items.append(Enqueue(name, data))
+        items.append((index, Enqueue(name, data)))
     if errors:
-        raise PayloadError(errors)
-    ids = get_broker().queue(queue).enqueue_many(items)
+        # The engine's text checks would run only once these are fixed: run them now.
+        for index, item in items:
+            errors += [(f"{index}.{f}", reason) for f, reason in json_text.problems(item.payload)]
+        raise PayloadError(sorted(errors, key=lambda error: int(error[0].split(".", 1)[0])))
+    ids = get_broker().queue(queue).enqueue_many([item for _, item in items])
     return [Job(job_id, queue) for job_id in ids]
 
 

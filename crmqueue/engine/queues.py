@@ -22,6 +22,7 @@ from huey.registry import Message
 from huey.serializer import Serializer
 from pydantic import BaseModel
 
+from crmqueue import json_text
 from crmqueue.config import QUEUE_NAMES, QueueSettings, Settings, load_settings
 from crmqueue.engine.storage import JobStore, NewJob, open_store
 from crmqueue.errors import ConfigError, PayloadError, PermanentError
@@ -69,6 +70,11 @@ def _runner(body: Body) -> Callable[..., Any]:
     return run
 
 
+class UnknownTask(PermanentError):
+    """A message names a job body this worker does not have: dead at once (it would fail
+    the same way on every attempt), with the name in its error."""
+
+
 class JsonMessages(Serializer):  # type: ignore[misc]
     """Messages as JSON (id, name, payload): no pickle on shared storage."""
 
@@ -82,12 +88,11 @@ class JsonMessages(Serializer):  # type: ignore[misc]
         return Message(id=message["id"], name=message["name"], args=(), kwargs=message["payload"])
 
 
-# One encoder for every message: json.dumps with any option builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
 def encode_message(job_id: str, name: str, payload: Mapping[str, Any]) -> bytes:
-    return _ENCODER.encode({"id": job_id, "name": name, "payload": dict(payload)}).encode()
+    """The stored message: compact JSON of id, name and payload. Raises PayloadError
+    naming each field whose text or value no attempt could use (see
+    crmqueue.json_text.encode)."""
+    return json_text.encode({"id": job_id, "name": name, "payload": dict(payload)}, "payload")
 
 
 class QueueHuey(huey.Huey):  # type: ignore[misc]
@@ -102,6 +107,18 @@ class QueueHuey(huey.Huey):  # type: ignore[misc]
 
     def enqueue(self, task: Any) -> None:
         raise NotImplementedError("enqueue through crmqueue.tasks or Queue.enqueue")
+
+    def deserialize_task(self, data: bytes) -> Any:
+        """The task of a stored message; UnknownTask when this process has no body of
+        that name on this queue (a producer may enqueue any name without importing it)."""
+        message = self.serializer.deserialize(data)
+        if message.name not in self._registry._registry:
+            raise UnknownTask(
+                f"no job body named {message.name!r} on queue {self.name!r} in this worker:"
+                " add its module to [runner] imports (or fix the name the producer used),"
+                " then replay the job (crmqueue dlq replay)"
+            )
+        return self._registry.create_task(message)
 
 
 @dataclass(frozen=True)
@@ -173,8 +190,17 @@ class Queue:
         return new.id
 
     def enqueue_many(self, items: Sequence[Enqueue]) -> list[str]:
-        """Store many jobs in one round trip per batch; returns their ids in order."""
-        jobs = [self._new_job(item) for item in items]
+        """Store many jobs in one round trip per batch; returns their ids in order. Nothing
+        is stored if any item is refused (PayloadError: each field path starts with the
+        item's index)."""
+        jobs, errors = [], []
+        for index, item in enumerate(items):
+            try:
+                jobs.append(self._new_job(item))
+            except PayloadError as exc:
+                errors += [(f"{index}.{field}", reason) for field, reason in exc.errors]
+        if errors:
+            raise PayloadError(errors)
         self.store.enqueue_jobs(jobs)
         return [j.id for j in jobs]
 
