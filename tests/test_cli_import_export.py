@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +400,44 @@ def test_unknown_entity_is_a_clear_error_and_nothing_is_enqueued(cli: Cli) -> No
     assert stats["waiting"] + stats["scheduled"] + stats["completed"] + stats["dead"] == 0
 
 
+def test_decimal_comma_option(cli: Cli) -> None:
+    def leads(*args: str, name: str, text: str) -> subprocess.CompletedProcess[str]:
+        source = write_csv(cli.workdir / name, text)
+        return cli("import", str(source), "--entity", "leads", "--tenant", TENANT, *args, *WAIT)
+
+    def amounts() -> dict[str, Any]:
+        c = schema.leads.c
+        with cli.engine.connect() as conn:
+            return {title: amount for title, amount in conn.execute(sa.select(c.title, c.amount))}
+
+    semicolon = "title;amount\n{0} A;1250,50\n{0} B;1.250,75\n"
+    # Neither option: detected (a semicolon file whose amounts only read with a comma).
+    detected = cli.ok(leads(name="s1.csv", text=semicolon.format("detected")))
+    assert summary(detected)["new"] == 2, detected.stdout
+    assert "note: numbers read with a decimal comma" in detected.stdout
+    refused = cli.ok(leads("--no-decimal-comma", name="s2.csv", text=semicolon.format("no")))
+    assert summary(refused)["invalid"] == 2, refused.stdout
+    assert "row 2, amount:" in refused.stdout
+    given = cli.ok(leads("--decimal-comma", name="s3.csv", text=semicolon.format("yes")))
+    assert summary(given)["new"] == 2, given.stdout
+
+    comma = 'title,amount\n{0} A,"1250,50"\n'
+    # A comma file is not detected; --decimal-comma reads it.
+    plain = cli.ok(leads(name="c1.csv", text=comma.format("comma-default")))
+    assert summary(plain)["invalid"] == 1, plain.stdout
+    forced = cli.ok(leads("--decimal-comma", name="c2.csv", text=comma.format("comma-yes")))
+    assert summary(forced)["new"] == 1, forced.stdout
+
+    assert amounts() == {
+        "detected A": Decimal("1250.50"), "detected B": Decimal("1250.75"),
+        "yes A": Decimal("1250.50"), "yes B": Decimal("1250.75"),
+        "comma-yes A": Decimal("1250.50"),
+    }  # fmt: skip
+    both = leads("--decimal-comma", "--no-decimal-comma", name="s4.csv", text=semicolon)
+    assert both.returncode == 0  # the last one given wins, as click flags do
+    assert summary(both)["invalid"] == 2, both.stdout
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -441,6 +480,57 @@ def test_export_csv_and_xlsx_with_fields_and_formula_injection(cli: Cli) -> None
     bad = cli.export("csv", "--fields", "email,password")
     assert bad.returncode == 1
     assert "PermanentError: unknown contacts field(s) 'password'" in bad.stderr
+
+
+def test_export_filter_exports_only_the_matching_rows(cli: Cli) -> None:
+    def stats() -> dict[str, Any]:
+        queues = json.loads(cli("stats", "--json").stdout)
+        return next(q for q in queues if q["queue"] == "import-export")
+
+    # A bad --filter is a usage error naming the option; nothing is enqueued.
+    for item in ("city", "=Berlin", " =Berlin"):
+        bad = cli.export("csv", "--filter", item)
+        assert bad.returncode == 2, (item, bad.stderr)
+        assert "--filter" in bad.stderr and f"{item!r} is not FIELD=VALUE" in bad.stderr
+    mixed = cli.export("csv", "--filter", "city=Berlin", "--filter", "city=")
+    assert mixed.returncode == 2 and "--filter" in mixed.stderr, mixed.stderr
+    unknown = cli.export("csv", "--filter", "shoe_size=42")
+    assert unknown.returncode == 1, unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    assert "filters" in unknown.stderr and "shoe_size" in unknown.stderr, unknown.stderr
+    assert stats()["waiting"] + stats()["completed"] + stats()["dead"] == 0
+
+    cli.insert([
+        {"email": "b1@x.com", "first_name": "Bea", "city": "Berlin"},
+        {"email": "p1@x.com", "first_name": "Pia", "city": "Paris"},
+        {"email": "b2@x.com", "first_name": "Ben", "city": "Berlin", "phone": "+49 30 1"},
+        {"email": "n1@x.com", "first_name": "Noa", "city": None},
+    ])  # fmt: skip
+    cli.insert([{"email": "b9@x.com", "first_name": "Other", "city": "Berlin"}], tenant="t2")
+    ids = {row["email"]: row["id"] for row in cli.rows()}
+
+    def emails(fmt: str, *filters: str) -> list[str]:
+        args = [arg for item in filters for arg in ("--filter", item)]
+        result = cli.ok(cli.export(fmt, "--fields", "email,city", *args))
+        count, path = exported(cli, result)
+        cells = read_xlsx(path)[1][1:] if fmt == "xlsx" else read_csv(path)[1:]
+        assert count == len(cells), result.stdout
+        return [row[0] for row in cells]
+
+    assert emails("csv", "city=Berlin") == ["b1@x.com", "b2@x.com"]
+    assert emails("xlsx", "city=Berlin") == ["b1@x.com", "b2@x.com"]
+    assert emails("csv", "city=Berlin", "city=Paris") == ["b1@x.com", "p1@x.com", "b2@x.com"]
+    assert emails("csv", "city=Berlin", "email=b2@x.com") == ["b2@x.com"]  # all filters
+    assert emails("csv", " city = Paris ") == ["p1@x.com"]
+    assert emails("csv", "city=") == ["n1@x.com"]  # empty
+    assert emails("csv", "phone=", "city=Berlin") == ["b1@x.com"]
+    assert emails("csv", f"id={ids['p1@x.com']}") == ["p1@x.com"]  # read as the field's type
+    assert emails("csv", "city=Nowhere") == []
+    assert emails("csv", "city=berlin") == []  # equal, as stored
+    pdf = cli.ok(cli.export("pdf", "--filter", "city=Paris"))
+    assert exported(cli, pdf)[0] == 1
+    bad_id = cli.export("csv", "--filter", "id=seven")
+    assert bad_id.returncode == 1 and "filters" in bad_id.stderr, bad_id.stderr
 
 
 # --------------------------------------------------------------------------- round trip

@@ -4,13 +4,51 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from crmqueue.cli.common import command, console, describe_job, open_broker
+from crmqueue.payloads import ImportPayload
 
 ENTITY_CHOICE = click.Choice(["contacts", "companies", "leads", "activities"])
+# The file types an import payload takes; a file's suffix names its type (.jsonl: json).
+FILE_TYPES: tuple[str, ...] = get_args(ImportPayload.model_fields["file_type"].annotation)
+SUFFIX_TYPES = {"jsonl": "json", "ndjson": "json"}
+
+
+def _pairs(items: tuple[str, ...], option: str, form: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` items as (name, value), both trimmed; raises click.BadParameter naming
+    the option for an item without ``=`` or without a name (and, for --map, a value)."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or (option == "--map" and not value.strip()):
+            raise click.BadParameter(f"{item!r} is not {form}", param_hint=option)
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _filters(items: tuple[str, ...]) -> dict[str, Any]:
+    """--filter FIELD=VALUE items as an export payload's ``filters``: one value for a field
+    given once, a list (any of them) for a field given several times, None (empty) for
+    ``FIELD=``. The values stay strings: the payload reads them as the field's type."""
+    filters: dict[str, Any] = {}
+    for name, value in _pairs(items, "--filter", "FIELD=VALUE"):
+        typed = value or None
+        if name not in filters:
+            filters[name] = typed
+        elif isinstance(filters[name], list):
+            filters[name].append(typed)
+        else:
+            filters[name] = [filters[name], typed]
+    for name, value in filters.items():
+        if isinstance(value, list) and None in value:
+            raise click.BadParameter(
+                f"{name}: an empty value (FIELD=) cannot be one of several values",
+                param_hint="--filter",
+            )
+    return filters
 
 
 def _wait_with_progress(job: Any, timeout: float | None) -> Any:
@@ -53,7 +91,9 @@ def _finish(info: Any) -> None:
 @click.option("--entity", type=ENTITY_CHOICE, required=True)
 @click.option("--tenant", default="default", show_default=True, help="Tenant id.")
 @click.option("--user", "user_id", default="cli", show_default=True, help="Importing user.")
-@click.option("--type", "file_type", type=click.Choice(["csv", "xlsx", "json"]), default=None)
+@click.option(
+    "--type", "file_type", type=click.Choice(FILE_TYPES), default=None, help="Default: by suffix."
+)
 @click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN", help="Map a column.")
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @click.option("--on-duplicate", type=click.Choice(["skip", "update", "create"]), default="skip")
@@ -65,6 +105,11 @@ def _finish(info: Any) -> None:
     help="Field that identifies a duplicate (repeat for fallbacks; default: the entity's).",
 )
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--decimal-comma/--no-decimal-comma",
+    default=None,
+    help="Numbers are written 1.250,50 (or are not); default: detected for semicolon files.",
+)
 @click.option("--wait", is_flag=True, help="Show progress until done, then the summary.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
 def import_command(
@@ -78,6 +123,7 @@ def import_command(
     on_duplicate: str,
     duplicate_key: tuple[str, ...],
     batch_size: int,
+    decimal_comma: bool | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
@@ -87,26 +133,28 @@ def import_command(
 
     from crmqueue import tasks
 
-    mapping = {}
-    for item in maps:
-        field, sep, column = item.partition("=")
-        if not sep or not field.strip() or not column.strip():
-            raise click.BadParameter(f"{item!r} is not FIELD=COLUMN", param_hint="--map")
-        mapping[field.strip()] = column.strip()
+    mapping = dict(_pairs(maps, "--map", "FIELD=COLUMN"))
     source = Path(file)
-    kind = file_type or source.suffix.lower().lstrip(".").replace("jsonl", "json")
-    if kind not in ("csv", "xlsx", "json"):
-        raise click.BadParameter(f"cannot tell the type of {file}", param_hint="--type")
+    suffix = source.suffix.lower().lstrip(".")
+    kind = file_type or SUFFIX_TYPES.get(suffix, suffix)
+    if kind not in FILE_TYPES:
+        raise click.BadParameter(
+            f"cannot tell the type of {file} (types: {', '.join(FILE_TYPES)})", param_hint="--type"
+        )
     broker = open_broker()
     relative = Path("imports") / uuid.uuid4().hex / source.name
     target = broker.settings.files.dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    job = tasks.import_records(
-        tenant_id=tenant, user_id=user_id, file_url=relative.as_posix(), file_type=kind,
-        entity_type=entity, mapping_config=mapping, dry_run=dry_run,
-        on_duplicate=on_duplicate, duplicate_key=list(duplicate_key), batch_size=batch_size,
-    )  # fmt: skip
+    payload = {
+        "tenant_id": tenant, "user_id": user_id, "file_url": relative.as_posix(),
+        "file_type": kind, "entity_type": entity, "mapping_config": mapping,
+        "dry_run": dry_run, "on_duplicate": on_duplicate,
+        "duplicate_key": list(duplicate_key), "batch_size": batch_size,
+    }  # fmt: skip
+    if decimal_comma is not None:  # absent: the worker detects it
+        payload["decimal_comma"] = decimal_comma
+    job = tasks.enqueue("import-export", payload, kind="import")
     click.echo(job.id)
     if wait:
         _finish(_wait_with_progress(job, timeout))
@@ -118,6 +166,14 @@ def import_command(
 @click.option("--tenant", default="default", show_default=True, help="Tenant id.")
 @click.option("--user", "user_id", default="cli", show_default=True, help="Exporting user.")
 @click.option("--fields", default="", help="Comma-separated fields (default: all).")
+@click.option(
+    "--filter",
+    "filter_items",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Export only records whose FIELD equals VALUE (repeat a field: any of the values;"
+    " FIELD= : empty). Repeatable.",
+)
 @click.option("--wait", is_flag=True, help="Show progress until done, then the file path.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
 def export_command(
@@ -126,17 +182,21 @@ def export_command(
     tenant: str,
     user_id: str,
     fields: str,
+    filter_items: tuple[str, ...],
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Enqueue an export of one entity; prints the job id."""
+    """Enqueue an export of one entity (all its records, or those matching every --filter);
+    prints the job id."""
     from crmqueue import tasks
 
+    filters = _filters(filter_items)
     open_broker()
     chosen = [name.strip() for name in fields.split(",") if name.strip()]
     job = tasks.export_records(
-        tenant_id=tenant, user_id=user_id, entity_type=entity, format=fmt, fields=chosen
-    )
+        tenant_id=tenant, user_id=user_id, entity_type=entity, format=fmt, fields=chosen,
+        filters=filters,
+    )  # fmt: skip
     click.echo(job.id)
     if wait:
         _finish(_wait_with_progress(job, timeout))
