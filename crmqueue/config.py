@@ -58,6 +58,42 @@ class FilesSettings(Section):
     max_pdf_rows: PositiveInt = 20_000
 
 
+# The original system's contact lifecycle; `crm.contact_statuses` replaces it.
+DEFAULT_CONTACT_STATUSES = ("lead", "prospect", "customer", "churned")
+# The width of contacts.status in the CRM schema.
+MAX_STATUS_CHARS = 20
+
+
+class CrmSettings(Section):
+    # A contact's lifecycle states. Input matches case-insensitively and is stored in the
+    # spelling given here, so renaming a status here does not rename stored contacts.
+    contact_statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTACT_STATUSES))
+
+    @field_validator("contact_statuses", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("contact_statuses")
+    @classmethod
+    def _valid_statuses(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one status")
+        seen: set[str] = set()
+        for status in value:
+            if status != status.strip() or not status or len(status) > MAX_STATUS_CHARS:
+                raise ValueError(
+                    f"{status!r}: a status is 1-{MAX_STATUS_CHARS} characters"
+                    " without surrounding spaces"
+                )
+            if status.casefold() in seen:
+                raise ValueError(f"{status!r} is listed twice (statuses ignore case)")
+            seen.add(status.casefold())
+        return value
+
+
 class QueueSettings(Section):
     workers: PositiveInt
     attempts: PositiveInt
@@ -205,6 +241,7 @@ class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
+    crm: CrmSettings = Field(default_factory=CrmSettings)
     queues: QueuesSettings = Field(default_factory=QueuesSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)

@@ -268,7 +268,30 @@ class ExportPayload(Payload):
     entity_type: EntityType
     format: Literal["csv", "xlsx", "pdf"]
     fields: list[str] = Field(default_factory=list)
+    # field -> value (equal), [values] (any of them) or null (empty); values are checked
+    # against the field's type and stored as JSON (a status in its configured spelling).
     filters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("fields", "filters")
+    @classmethod
+    def _known_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        """The same check as the worker's (crmqueue.crm.entities), without the database.
+        Contact statuses come from the validation context, else the configured ones."""
+        entity = info.data.get("entity_type")
+        if entity is None:  # entity_type itself failed; that error is reported
+            return value
+        from pydantic_core import to_jsonable_python
+
+        from crmqueue.crm import entities
+
+        try:
+            if info.field_name == "fields":
+                entities.check_export_fields(entity, value)
+                return value
+            statuses = (info.context or {}).get("contact_statuses")
+            return to_jsonable_python(entities.check_export_filters(entity, value, statuses))
+        except entities.ExportCheckError as exc:
+            raise PydanticCustomError("export_field", "{reason}", {"reason": str(exc)}) from None
 
 
 class DateRange(BaseModel):

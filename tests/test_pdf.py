@@ -295,8 +295,10 @@ def test_run_export_to_pdf(sqlite_crm: Any, tmp_path: Path) -> None:
     path = files / out["path"]
     texts = pages_text(path)
     assert f"Page {len(texts)} of {len(texts)}" in texts[-1]
-    assert "contacts" in texts[0] and "first_name" in texts[0] and "first_name" in texts[-1]
-    assert PdfReader(path).pages[0].mediabox.width > 800, "14 columns: landscape"
+    # 16 narrow columns: a header may wrap inside its cell
+    assert "contacts" in texts[0]
+    assert "first_name" in squash(texts[0]) and "first_name" in squash(texts[-1])
+    assert PdfReader(path).pages[0].mediabox.width > 800, "16 columns: landscape"
     assert not list(path.parent.glob(".*partial")), "no partial file left behind"
 
     narrow = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="pdf",

@@ -1,10 +1,13 @@
-"""What an import may write per entity: the row model that validates a source row (emails,
-dates, numbers, enums) and the duplicate key."""
+"""What an import may write and an export may read per entity: the row model that validates
+a source row (emails, dates, numbers, enums), the duplicate key, the exportable fields and
+the check of an export's fields and filters (run at enqueue and again in the worker)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import typing
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -14,8 +17,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from crmqueue.fields import EmailAddress
 from crmqueue.formats.writers import unescape_cell
@@ -50,16 +57,94 @@ class Row(BaseModel):
         return data
 
 
+# --------------------------------------------------------------------------- contacts
+
+NAME_CHARS = 200  # contacts.name; first_name and last_name hold 100 each
+
+
+def contact_statuses() -> tuple[str, ...]:
+    """This process's `crm.contact_statuses` (its broker's settings, configured on first
+    use like every enqueue does)."""
+    from crmqueue.engine.queues import get_broker
+
+    return tuple(get_broker().settings.crm.contact_statuses)
+
+
+@functools.cache
+def _status_lookup(statuses: tuple[str, ...]) -> dict[str, str]:
+    return {status.casefold(): status for status in statuses}
+
+
+def canonical_status(value: str, statuses: Sequence[str]) -> str | None:
+    """`value` in the configured spelling (matched case-insensitively), or None when it is
+    not a configured status."""
+    return _status_lookup(tuple(statuses)).get(value.strip().casefold())
+
+
+def _contact_status(value: str, info: ValidationInfo) -> str:
+    """A status from the validation context's `contact_statuses`, else the configured ones."""
+    statuses = (info.context or {}).get("contact_statuses") or contact_statuses()
+    canonical = canonical_status(value, statuses)
+    if canonical is None:
+        raise PydanticCustomError(
+            "contact_status",
+            "{value} is not a contact status (statuses: {statuses}; crm.contact_statuses)",
+            {"value": repr(value), "statuses": ", ".join(statuses)},
+        )
+    return canonical
+
+
+ContactStatus = Annotated[str, AfterValidator(_contact_status)]
+
+
+def split_name(name: str) -> tuple[str | None, str | None]:
+    """(first name, last name) of a full name: its first word, and the rest ("Ludwig van
+    Beethoven" -> "Ludwig", "van Beethoven"; one word is a first name only). Neither, when
+    a part is longer than its column."""
+    words = name.split()
+    if not words:
+        return None, None
+    first, last = words[0], " ".join(words[1:]) or None
+    if len(first) > 100 or (last is not None and len(last) > 100):
+        return None, None
+    return first, last
+
+
+def join_names(first: str | None, last: str | None) -> str | None:
+    """The full name of first and last name ("Jane", "Roe" -> "Jane Roe")."""
+    full = " ".join(part.strip() for part in (first, last) if part and part.strip())
+    return full[:NAME_CHARS] or None
+
+
+def complete_names(record: dict[str, Any], given: Collection[str] | None = None) -> dict[str, Any]:
+    """Keep a contact's `name` and first/last names in step, in place: when a write gives
+    `name` but neither first nor last name, they are derived from it (`split_name`); when
+    it gives first and/or last name but no `name`, `name` is (`join_names`). What a write
+    gives wins; `given` is the fields it gives (default: those of `record` not None).
+    Returns `record`."""
+    if given is None:
+        given = [key for key, value in record.items() if value is not None]
+    has_name = "name" in given and record.get("name") is not None
+    has_parts = any(key in given for key in ("first_name", "last_name"))
+    if has_name and not has_parts:
+        record["first_name"], record["last_name"] = split_name(record["name"])
+    elif has_parts and not has_name:
+        record["name"] = join_names(record.get("first_name"), record.get("last_name"))
+    return record
+
+
 class ContactRow(Row):
-    email: EmailAddress
+    name: Annotated[str, StringConstraints(max_length=NAME_CHARS)] | None = None
     first_name: Short | None = None
     last_name: Short | None = None
+    email: EmailAddress
     phone: Annotated[str, StringConstraints(max_length=50)] | None = None
     title: Text | None = None
     company: Text | None = None
     city: Short | None = None
     country: Short | None = None
     source: Short | None = None
+    status: ContactStatus | None = None
     external_id: Short | None = None
 
 
@@ -141,3 +226,99 @@ def row_key(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[str, str] 
         if value:
             return name, str(value).strip().lower()
     return None
+
+
+# --------------------------------------------------------------------------- exports
+
+# What an export reads besides the importable fields: the record's id, its links to other
+# records and its time stamps. With ROW_MODELS, the CRM schema's columns (a test checks
+# that the two agree).
+_STAMPS: dict[str, Any] = {"created_at": dt.datetime, "updated_at": dt.datetime}
+SYSTEM_FIELDS: dict[str, dict[str, Any]] = {
+    "contacts": {"id": int, "company_id": int, **_STAMPS},
+    "companies": {"id": int, **_STAMPS},
+    "leads": {"id": int, "contact_id": int, "company_id": int, **_STAMPS},
+    "activities": {"id": int, "contact_id": int, "lead_id": int, **_STAMPS},
+}
+
+
+@functools.cache
+def export_fields(entity: str) -> tuple[str, ...]:
+    """Every field an export of `entity` may name, in the order of an export that names
+    none: the id, the importable fields, then links and time stamps."""
+    system = SYSTEM_FIELDS[entity]
+    return ("id", *ROW_MODELS[entity].model_fields, *(f for f in system if f != "id"))
+
+
+@functools.cache
+def _filter_adapter(entity: str, field: str) -> TypeAdapter[Any]:
+    """The validator of one filter value: the field's type and constraints as an import
+    checks them (a status from the list, a date, an email address, ...)."""
+    info = ROW_MODELS[entity].model_fields.get(field)
+    if info is None:
+        return TypeAdapter(SYSTEM_FIELDS[entity][field])
+    annotation: Any = (
+        Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    )
+    return TypeAdapter(annotation)
+
+
+class ExportCheckError(ValueError):
+    """An export names a field the entity lacks, or a filter value its field cannot hold."""
+
+
+def _unknown(entity: str, names: Sequence[str]) -> ExportCheckError:
+    return ExportCheckError(
+        f"unknown {entity} field(s) {', '.join(map(repr, names))}"
+        f" (fields: {', '.join(export_fields(entity))})"
+    )
+
+
+def check_export_fields(entity: str, fields: Sequence[str]) -> list[str]:
+    """The fields of an export (all of `export_fields` when none are named); raises
+    ExportCheckError for an unknown or repeated field."""
+    available = export_fields(entity)
+    unknown = [name for name in fields if name not in available]
+    if unknown:
+        raise _unknown(entity, unknown)
+    repeated = sorted({name for name in fields if fields.count(name) > 1})
+    if repeated:
+        raise ExportCheckError(f"field(s) {', '.join(map(repr, repeated))} listed twice")
+    return list(fields) or list(available)
+
+
+def check_export_filters(
+    entity: str,
+    filters: Mapping[str, Any],
+    contact_statuses: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Each filter's value(s) as its field holds them (str -> date, int, Decimal; a status in
+    its configured spelling). A filter is `field: value` (equal), `field: [values]` (any
+    of them) or `field: null` (empty). Raises ExportCheckError naming the field."""
+    available = export_fields(entity)
+    unknown = [name for name in filters if name not in available]
+    if unknown:
+        raise _unknown(entity, unknown)
+    context = {"contact_statuses": contact_statuses} if contact_statuses else None
+    checked: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in filters.items():
+        adapter = _filter_adapter(entity, name)
+        values = value if isinstance(value, list) else [value]
+        if value is None:
+            checked[name] = None
+            continue
+        typed = []
+        for index, item in enumerate(values):
+            where = f"{name}[{index}]" if isinstance(value, list) else name
+            if item is None or isinstance(item, dict | list):
+                problems.append(f"{where}: a filter is a value, a list of values or null")
+                continue
+            try:
+                typed.append(adapter.validate_python(item, context=context))
+            except ValidationError as exc:
+                problems.append(f"{where}: {exc.errors()[0]['msg']}")
+        checked[name] = typed if isinstance(value, list) else (typed[0] if typed else None)
+    if problems:
+        raise ExportCheckError("; ".join(problems))
+    return checked

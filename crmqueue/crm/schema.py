@@ -68,6 +68,9 @@ contacts = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     _tenant(),
+    # Version 3: the original system's full name and lifecycle state (the store keeps
+    # `name` and first/last names in step: crmqueue.crm.entities.complete_names).
+    sa.Column("name", sa.String(200)),
     sa.Column("first_name", sa.String(100)),
     sa.Column("last_name", sa.String(100)),
     sa.Column("email", sa.String(254)),
@@ -79,10 +82,14 @@ contacts = sa.Table(
     sa.Column("country", sa.String(100)),
     sa.Column("source", sa.String(100)),
     sa.Column("external_id", sa.String(100)),
+    sa.Column("status", sa.String(20)),
     *_stamps(),
 )
 sa.Index("ix_contacts_tenant_email", contacts.c.tenant_id, sa.func.lower(contacts.c.email))
 sa.Index("ix_contacts_tenant_created", contacts.c.tenant_id, contacts.c.created_at)
+ix_contacts_tenant_status = sa.Index(
+    "ix_contacts_tenant_status", contacts.c.tenant_id, contacts.c.status
+)
 
 leads = sa.Table(
     "leads",
@@ -211,6 +218,8 @@ V1_TABLES = [
 
 
 def _v1(conn: Connection) -> None:
+    # Creates the tables in their current shape: a later step finds its columns present
+    # on a new database and adds them only to one created by an earlier crmqueue.
     metadata.create_all(conn, tables=V1_TABLES)
 
 
@@ -218,8 +227,37 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[import_checkpoints])
 
 
+def full_name(first: sa.ColumnElement[str], last: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+    """SQL for a contact's `name` from first and last name, as
+    crmqueue.crm.entities.join_names computes it (NULL when both are empty)."""
+    parts = [sa.func.coalesce(sa.func.trim(part), "") for part in (first, last)]
+    joined = sa.func.trim(parts[0] + " " + parts[1])
+    return sa.func.nullif(sa.func.substr(joined, 1, 200), "")
+
+
+def _v3(conn: Connection) -> None:
+    """contacts.name and contacts.status; `name` of existing contacts from first and last
+    name (as crmqueue.crm.entities.complete_names does for new ones)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns("contacts")}
+    for column in (contacts.c.name, contacts.c.status):
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE contacts ADD COLUMN {column.name} {kind}"))
+    # IF NOT EXISTS rather than checkfirst: reflecting the expression indexes warns.
+    conn.execute(
+        sa.text(
+            "CREATE INDEX IF NOT EXISTS ix_contacts_tenant_status ON contacts (tenant_id, status)"
+        )
+    )
+    conn.execute(
+        contacts.update()
+        .where(contacts.c.name.is_(None))
+        .values(name=full_name(contacts.c.first_name, contacts.c.last_name))
+    )
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 ENTITY_TABLES: dict[str, sa.Table] = {

@@ -14,7 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from crmqueue.config import DEFAULT_CONTACT_STATUSES
 from crmqueue.crm import schema
+from crmqueue.crm.entities import complete_names
 from crmqueue.errors import ConfigError, CrmQueueError
 
 _engines: dict[str, Engine] = {}
@@ -110,6 +112,25 @@ def init_db(engine: Engine, target: int = schema.SCHEMA_VERSION) -> tuple[int, i
     return before, max(before, target)
 
 
+# --------------------------------------------------------------------------- contacts
+
+
+def contact_update(changes: dict[str, Any]) -> dict[str, Any]:
+    """The SET values of an UPDATE of one contact by `changes` (its fields not None), with
+    its names kept in step (crmqueue.crm.entities.complete_names): `name` alone also sets
+    first and last name; first and/or last name alone also set `name`, joined in SQL with
+    the stored other part."""
+    values = {key: value for key, value in changes.items() if value is not None}
+    has_parts = "first_name" in values or "last_name" in values
+    if has_parts and "name" not in values:
+        c = schema.contacts.c
+        first = sa.literal(values["first_name"]) if "first_name" in values else c.first_name
+        last = sa.literal(values["last_name"]) if "last_name" in values else c.last_name
+        values["name"] = schema.full_name(first, last)
+        return values
+    return complete_names(values)
+
+
 # --------------------------------------------------------------------------- seeding
 
 FIRST = [
@@ -191,11 +212,20 @@ def _ascii(text: str) -> str:
 
 
 def seed(
-    engine: Engine, tenant_id: str, contacts: int, rng_seed: int = 1, chunk: int = 5000
+    engine: Engine,
+    tenant_id: str,
+    contacts: int,
+    rng_seed: int = 1,
+    chunk: int = 5000,
+    contact_statuses: tuple[str, ...] | list[str] = DEFAULT_CONTACT_STATUSES,
 ) -> dict[str, int]:
-    """Realistic demo data for one tenant: users, companies (1 per 20 contacts), contacts,
-    leads (1 per 5 contacts) and activities (1 per 5 contacts), bulk-inserted."""
+    """Realistic demo data for one tenant: users, companies (1 per 20 contacts), contacts
+    (full and first/last names, a status from `contact_statuses`), leads (1 per 5
+    contacts) and activities (1 per 5 contacts), bulk-inserted."""
     rng = random.Random(rng_seed)
+    # Statuses from a generator of their own: the other values stay those of earlier seeds.
+    status_rng = random.Random(-rng_seed)
+    statuses = tuple(contact_statuses)
     stamp = now()
     counts = {"users": 5, "companies": max(1, contacts // 20), "contacts": contacts}
     counts["leads"] = contacts // 5
@@ -245,12 +275,14 @@ def seed(
             rows = []
             for n in range(offset, min(contacts, offset + chunk)):
                 first, last = rng.choice(FIRST), rng.choice(LAST)
+                status = status_rng.choice(statuses)
                 company_id, company_name = rng.choice(company_ids)
                 city, country = rng.choice(CITIES)
                 created = stamp - dt.timedelta(days=rng.randint(0, 730), minutes=n % 1440)
                 rows.append(
                     {
-                        "tenant_id": tenant_id, "first_name": first, "last_name": last,
+                        "tenant_id": tenant_id, "name": f"{first} {last}",
+                        "first_name": first, "last_name": last, "status": status,
                         "email": _ascii(f"{first}.{last}.{start + n}@example.com"),
                         "phone": f"+1-555-{rng.randint(0, 9999):04d}", "title": rng.choice(TITLES),
                         "company": company_name, "company_id": company_id, "city": city,

@@ -5,8 +5,22 @@ Every render runs under `no_fetch_policy()`: the HTML carries tenant data, and x
 fetches whatever an `<img>`, `<link>`, `@import`, `@font-face` or `background-image`
 names (before 0.2.19 any local path and any URL, internal ones included). Nothing our
 documents need lives outside them: styles are inline, images are `data:` URIs, charts are
-drawn from the `<canvas>` JSON, fonts are ReportLab's built-in ones. Those fonts draw
-Western European (cp1252) text only; other scripts come out as boxes.
+drawn from the `<canvas>` JSON, and the fonts are embedded TrueType files shipped in
+the package (`crmqueue/formats/fonts/`, registered with ReportLab, never fetched):
+
+    DejaVu Sans (regular, bold)   Latin incl. Polish and Vietnamese, Greek, Cyrillic,
+                                  Armenian, Georgian, Hebrew, Arabic (unshaped) ...
+    Droid Sans Fallback Full      CJK ideographs, Japanese kana
+    NanumSquare Regular           Korean Hangul
+
+`font-family: DejaVuSans, DroidSansFallback, NanumSquare` lets xhtml2pdf pick a font per
+character, the first one that has it; ReportLab embeds only the glyphs used (a few KB a
+font and chunk). A character none of them has (Thai, Devanagari, control characters)
+would print as a box or not at all: `write_pdf` prints U+FFFD instead and records the
+rows in the ExportNotes.
+ReportLab's CID fonts (STSong-Light ...) were not used for CJK: they are not embedded,
+so a viewer without Adobe's Asian font packs shows nothing, and their text does not
+extract.
 
 Exports are rendered in chunks, because xhtml2pdf holds the whole document in memory.
 Measured with bench/pdf_export.py on the 2-core reference machine, 6 columns:
@@ -38,12 +52,16 @@ import html
 import io
 import itertools
 import math
+import re
+import threading
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from crmqueue.errors import PermanentError
+from crmqueue.formats.writers import ExportNotes
 
 # Rows per xhtml2pdf call: about 110-135 MB peak whatever the row count. Larger chunks
 # cost memory and get slower per row (see the module docstring); smaller ones leave more
@@ -55,13 +73,83 @@ DEFAULT_MAX_PDF_ROWS = 20_000
 # More columns than this: landscape A4.
 PORTRAIT_MAX_COLUMNS = 6
 # A PDF is for reading; a cell longer than this is cut (with "…") so that one long note
-# cannot fill pages. The CSV and XLSX exports carry full values.
+# cannot fill pages, and the cut is listed in the ExportNotes. The CSV export carries
+# full values.
 MAX_CELL_CHARS = 300
+
+FONT_DIR = Path(__file__).parent / "fonts"
+# (ReportLab name, file, bold file): the body's font-family list, in order of preference.
+_FONTS = (
+    ("DejaVuSans", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf"),
+    ("DroidSansFallback", "DroidSansFallbackFull.ttf", None),
+    ("NanumSquare", "NanumSquareR.ttf", None),
+)
+FONT_FAMILY = ", ".join(name for name, _, _ in _FONTS)
+_fonts_lock = threading.Lock()
+# C0 and C1 control characters other than tab, LF and CR: no font draws them.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 # The content frame leaves the bottom 1.5 cm to the footer frame. Both are declared:
 # with a static frame only, xhtml2pdf guesses the content frame and warns on every render.
 _CONTENT_FRAME = "top: 1.4cm; right: 1cm; bottom: 1.5cm; left: 1cm;"
 _FOOTER_FRAME = "-pdf-frame-content: footer; bottom: 0.5cm; left: 1cm; right: 1cm; height: 0.6cm;"
+
+
+_cmaps: dict[str, frozenset[int]] = {}
+
+
+def _font_cmap(name: str, regular: str, bold: str | None) -> frozenset[int]:
+    """Register one bundled font with ReportLab and xhtml2pdf (once a process) and return
+    the code points it draws. The CJK fonts load only when a text needs them: parsed,
+    they cost about 35 MB."""
+    found = _cmaps.get(name)
+    if found is not None:
+        return found
+    with _fonts_lock:
+        if name in _cmaps:
+            return _cmaps[name]
+        from reportlab.lib.fonts import addMapping  # type: ignore[import-untyped]
+        from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
+        from reportlab.pdfbase.ttfonts import TTFont  # type: ignore[import-untyped]
+        from xhtml2pdf import default  # type: ignore[import-untyped]
+
+        font = TTFont(name, str(FONT_DIR / regular))
+        pdfmetrics.registerFont(font)
+        bold_name = name
+        if bold is not None:
+            bold_name = f"{name}-Bold"
+            pdfmetrics.registerFont(TTFont(bold_name, str(FONT_DIR / bold)))
+        # bold and italic map to a face of the family, so <th> and <b> keep the font
+        for is_bold, is_italic in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            addMapping(name, is_bold, is_italic, bold_name if is_bold else name)
+        # xhtml2pdf copies DEFAULT_FONT into every document's font list
+        default.DEFAULT_FONT[name.lower()] = name
+        _cmaps[name] = frozenset(font.face.charToGlyph)
+        return _cmaps[name]
+
+
+def register_fonts(text: str = "") -> None:
+    """Make DejaVu Sans known to ReportLab and xhtml2pdf, and the fallback fonts when
+    `text` has characters DejaVu Sans lacks (see the module docstring); then
+    `font-family: DejaVuSans, DroidSansFallback, NanumSquare` selects them. Thread-safe."""
+    missing_glyphs(text)
+
+
+def missing_glyphs(text: str) -> set[str]:
+    """The characters of `text` that no bundled font draws: those outside the fonts'
+    character maps and control characters (tab, LF and CR aside). Registers the fonts it
+    consults."""
+    main = _font_cmap(*_FONTS[0])
+    if text.isascii() and text.isprintable():
+        return set()
+    lacking = {ch for ch in set(text) if ord(ch) not in main or _CONTROL.match(ch)}
+    lacking.difference_update("\t\n\r")
+    for font in _FONTS[1:]:
+        if not lacking:
+            break
+        cmap = _font_cmap(*font)
+        lacking = {ch for ch in lacking if ord(ch) not in cmap or _CONTROL.match(ch)}
+    return lacking
 
 
 @functools.cache
@@ -85,9 +173,10 @@ def html_to_pdf(source: str, dest: IO[bytes]) -> None:
     PermanentError: the same HTML fails the same way on a retry."""
     # Imported here: xhtml2pdf and ReportLab take a third of a second to import, which
     # every CLI command and worker would pay otherwise.
-    from xhtml2pdf import pisa  # type: ignore[import-untyped]
+    from xhtml2pdf import pisa
     from xhtml2pdf.config.resources import RenderLimitError
 
+    register_fonts(source)
     try:
         status = pisa.CreatePDF(
             source, dest=dest, encoding="utf-8", resource_policy=no_fetch_policy()
@@ -110,18 +199,44 @@ _SLACK_EM = 0.6  # about one character: a later chunk's ids and emails may be a 
 
 def _text(value: Any) -> str:
     """A cell's text: None empty, dates and datetimes ISO 8601 (to the second: a PDF is
-    read by people), long values cut."""
+    read by people)."""
     if value is None:
         return ""
     if isinstance(value, dt.datetime | dt.time):
-        text = value.isoformat(timespec="seconds")
-    elif isinstance(value, dt.date):
-        text = value.isoformat()
-    else:
-        text = str(value)
-    if len(text) > MAX_CELL_CHARS:
-        text = text[: MAX_CELL_CHARS - 1] + "…"
-    return text
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _row_texts(
+    row: Sequence[Any], number: int, columns: Sequence[str], notes: ExportNotes
+) -> list[str]:
+    """The cells of record `number` as printed: long texts cut (listed in `notes`),
+    control characters as U+FFFD and characters no font has listed by row in `notes`."""
+    cells = []
+    missing: set[str] = set()
+    for index, value in enumerate(row):
+        text = _text(value)
+        if len(text) > MAX_CELL_CHARS:
+            notes.add_cut(number, columns[index] if index < len(columns) else "", len(text))
+            text = text[: MAX_CELL_CHARS - 1] + "…"
+        if not (text.isascii() and text.isprintable()):
+            # NFC: ReportLab places no combining marks, so "e" + U+0302 + U+0301 would
+            # print apart; composed, Vietnamese "ế" is one glyph of DejaVu Sans.
+            text = unicodedata.normalize("NFC", text)
+            lacking = missing_glyphs(text)
+            if lacking:
+                # A space for a space; else U+FFFD, a visible mark, rather than a blank or
+                # a box that looks like data.
+                missing.update(ch for ch in lacking if not ch.isspace())
+                text = "".join(
+                    (" " if ch.isspace() else "\ufffd") if ch in lacking else ch for ch in text
+                )
+        cells.append(text)
+    if missing:
+        notes.add_missing_glyphs(number, missing)
+    return cells
 
 
 @dataclass(frozen=True)
@@ -137,14 +252,15 @@ class _Layout:
     def fit(cls, columns: Sequence[str], sample: Sequence[Sequence[str]]) -> _Layout:
         from reportlab.pdfbase.pdfmetrics import stringWidth  # type: ignore[import-untyped]
 
+        register_fonts()
         landscape = len(columns) > PORTRAIT_MAX_COLUMNS
-        ems = []  # each column's widest text, in ems of Helvetica (bold for the header)
+        ems = []  # each column's widest text, in ems of the body font (bold for the header)
         for index, name in enumerate(columns):
             widest = max(
-                (stringWidth(row[index], "Helvetica", 1) for row in sample if index < len(row)),
+                (stringWidth(row[index], "DejaVuSans", 1) for row in sample if index < len(row)),
                 default=0.0,
             )
-            header = stringWidth(name, "Helvetica-Bold", 1)
+            header = stringWidth(name, "DejaVuSans-Bold", 1)
             ems.append(min(_MAX_COLUMN_EM, max(2.0, header, widest + _SLACK_EM)))
         # The largest font at which the columns fit side by side without wrapping.
         room = _FRAME_WIDTH_PT[landscape] - _CELL_PADDING_PT * len(columns)
@@ -162,7 +278,7 @@ def _page_css(landscape: bool) -> str:
 @page {{ size: {size};
   @frame content {{ {_CONTENT_FRAME} }}
   @frame footer {{ {_FOOTER_FRAME} }} }}
-body {{ font-family: Helvetica; font-size: 7pt; color: #222222; }}
+body {{ font-family: {FONT_FAMILY}; font-size: 7pt; color: #222222; }}
 """
 
 
@@ -229,9 +345,13 @@ def _footer_html(pages: int, left: str, landscape: bool) -> str:
     )
 
 
-def _chunks(rows: Iterable[Sequence[Any]], size: int) -> Iterator[list[list[str]]]:
-    iterator = iter(rows)
-    while chunk := [[_text(v) for v in row] for row in itertools.islice(iterator, size)]:
+def _chunks(
+    rows: Iterable[Sequence[Any]], size: int, columns: Sequence[str], notes: ExportNotes
+) -> Iterator[list[list[str]]]:
+    numbered = enumerate(rows, start=1)
+    while chunk := [
+        _row_texts(row, number, columns, notes) for number, row in itertools.islice(numbered, size)
+    ]:
         yield chunk
 
 
@@ -252,10 +372,12 @@ def write_pdf(
     max_rows: int = DEFAULT_MAX_PDF_ROWS,
     expected_rows: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    notes: ExportNotes | None = None,
 ) -> int:
     """Write the rows as a PDF table (see the module docstring); returns the number of
     data rows. Raises PermanentError when there are more than `max_rows` rows: up front
-    when `expected_rows` says so, else on the first row past the limit."""
+    when `expected_rows` says so, else on the first row past the limit. Cells cut to
+    MAX_CELL_CHARS and rows with characters no bundled font has go into `notes`."""
     from pypdf import PdfReader, PdfWriter
 
     if expected_rows is not None and expected_rows > max_rows:
@@ -265,7 +387,9 @@ def write_pdf(
     writer = PdfWriter()
     count = 0
     layout: _Layout | None = None
-    chunks = _chunks(rows, chunk_rows)
+    notes = notes if notes is not None else ExportNotes()
+    notes.cut_limit = MAX_CELL_CHARS
+    chunks = _chunks(rows, chunk_rows, columns, notes)
     # The first chunk even when empty: an export with no rows still gets its page.
     for chunk in itertools.chain([next(chunks, [])], chunks):
         if count + len(chunk) > max_rows:

@@ -14,8 +14,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -26,14 +25,23 @@ from sqlalchemy.engine import Connection, Engine
 
 from crmqueue.config import OutboundSettings, Settings
 from crmqueue.crm import schema
-from crmqueue.crm.entities import KEY_FIELDS, ROW_MODELS, entity_fields, row_key
-from crmqueue.crm.store import get_engine, now
+from crmqueue.crm.entities import (
+    KEY_FIELDS,
+    ROW_MODELS,
+    ExportCheckError,
+    check_export_fields,
+    check_export_filters,
+    complete_names,
+    entity_fields,
+    row_key,
+)
+from crmqueue.crm.store import contact_update, get_engine, now
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import CrmQueueError, PermanentError
 from crmqueue.formats.pdf import DEFAULT_MAX_PDF_ROWS, write_pdf
 from crmqueue.formats.readers import Row, Table, open_table
-from crmqueue.formats.writers import write_csv, write_xlsx
+from crmqueue.formats.writers import ExportNotes, write_csv, write_xlsx
 from crmqueue.payloads import ExportPayload, ImportPayload
 from crmqueue.providers import http
 
@@ -173,8 +181,15 @@ class Importer:
         progress: Progress = _job_progress,
         on_batch: Callable[[int], None] | None = None,
         outbound: OutboundSettings | None = None,
+        contact_statuses: Sequence[str] | None = None,
     ) -> None:
         self.p = payload
+        # The validation context of each row: the statuses a contact may have (None: the
+        # configured ones, crmqueue.crm.entities.contact_statuses).
+        self.row_context: dict[str, Any] | None = (
+            {"contact_statuses": contact_statuses} if contact_statuses else None
+        )
+        self.is_contacts = payload.entity_type == "contacts"
         self.engine = engine
         self.files_dir = files_dir
         self.job_id = job_id
@@ -304,7 +319,7 @@ class Importer:
     def _validate(self, number: int, row: Row) -> dict[str, Any] | None:
         data = {field: row.get(col) for field, col in self.mapping.items()}
         try:
-            return self.model.model_validate(data).model_dump()
+            return self.model.model_validate(data, context=self.row_context).model_dump()
         except ValidationError as exc:
             reasons = []
             for err in exc.errors():
@@ -372,12 +387,17 @@ class Importer:
                 elif outcome == "update-earlier":
                     self.counts["updated"] += 1
                 elif outcome == "pending" and key is not None:
-                    inserts[pending[key]].update({k: v for k, v in values.items() if v is not None})
+                    given = {k: v for k, v in values.items() if v is not None}
+                    inserts[pending[key]].update(given)
+                    if self.is_contacts:
+                        complete_names(inserts[pending[key]], given)
                     self.counts["updated"] += 1
                 elif outcome == "update" and key is not None:
                     self.counts["updated"] += 1
                     if not self.p.dry_run:
                         changes = {k: v for k, v in values.items() if v is not None}
+                        if self.is_contacts:
+                            changes = contact_update(changes)
                         conn.execute(
                             self.table_def.update()
                             .where(
@@ -390,6 +410,8 @@ class Importer:
                     self.counts["new"] += 1
                     if key is not None and key not in pending:
                         pending[key] = len(inserts)
+                    if self.is_contacts:
+                        complete_names(values)
                     inserts.append(
                         {**values, "tenant_id": self.p.tenant_id, "created_at": stamp,
                          "updated_at": stamp}
@@ -452,27 +474,6 @@ class Importer:
 # --------------------------------------------------------------------------- export
 
 
-def _coerce(column: sa.Column[Any], value: Any) -> Any:
-    try:
-        kind = column.type.python_type
-    except NotImplementedError:
-        return value
-    if not isinstance(value, str):
-        return value
-    try:
-        if kind is dt.date:
-            return dt.date.fromisoformat(value)
-        if kind is dt.datetime:
-            return dt.datetime.fromisoformat(value)
-        if kind is Decimal:
-            return Decimal(value)
-        if kind is int:
-            return int(value)
-    except (ValueError, InvalidOperation) as exc:
-        raise PermanentError(f"filters: {column.name}: {exc}") from None
-    return value
-
-
 def run_export(
     payload: ExportPayload,
     engine: Engine,
@@ -480,31 +481,34 @@ def run_export(
     job_id: str | None,
     progress: Progress = _job_progress,
     max_pdf_rows: int = DEFAULT_MAX_PDF_ROWS,
+    contact_statuses: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """Export one entity's records to a file under `files_dir/exports/<tenant>/`; returns
+    the job result (rows, fields, path, and what the format could not hold as stored:
+    see crmqueue.formats.writers.ExportNotes). Fields and filters are checked as at
+    enqueue (a payload queued by an older crmqueue may still be wrong: PermanentError)."""
     table = schema.ENTITY_TABLES[payload.entity_type]
-    available = [c.name for c in table.columns if c.name != "tenant_id"]
-    fields = payload.fields or available
-    unknown = [f for f in [*fields, *payload.filters] if f not in available]
-    if unknown:
-        raise PermanentError(
-            f"unknown {payload.entity_type} field(s) {', '.join(map(repr, unknown))}"
-            f" (fields: {', '.join(available)})"
-        )
+    try:
+        fields = check_export_fields(payload.entity_type, payload.fields)
+        filters = check_export_filters(payload.entity_type, payload.filters, contact_statuses)
+    except ExportCheckError as exc:
+        raise PermanentError(str(exc)) from None
     conditions = [table.c.tenant_id == payload.tenant_id]
-    for name, value in payload.filters.items():
+    for name, value in filters.items():
         column = table.c[name]
         if isinstance(value, list):
-            conditions.append(column.in_([_coerce(column, v) for v in value]))
+            conditions.append(column.in_(value))
         elif value is None:
             conditions.append(column.is_(None))
         else:
-            conditions.append(column == _coerce(column, value))
+            conditions.append(column == value)
     directory = files_dir.resolve() / "exports" / payload.tenant_id
     directory.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"{payload.entity_type}-{stamp}-{(job_id or uuid.uuid4().hex)[:12]}.{payload.format}"
     final = directory / name
     partial = directory / f".{name}.partial"
+    notes = ExportNotes()
     with engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).where(*conditions)).scalar_one()
         query = sa.select(*(table.c[f] for f in fields)).where(*conditions).order_by(table.c.id)
@@ -522,9 +526,11 @@ def run_export(
             elif payload.format == "pdf":
                 # refused before rendering when `total` is over the limit
                 count = write_pdf(partial, fields, rows(), title=payload.entity_type,
-                                  max_rows=max_pdf_rows, expected_rows=total)  # fmt: skip
+                                  max_rows=max_pdf_rows, expected_rows=total,
+                                  notes=notes)  # fmt: skip
             else:
-                count = write_xlsx(partial, fields, rows(), title=payload.entity_type)
+                count = write_xlsx(partial, fields, rows(), title=payload.entity_type,
+                                   notes=notes)  # fmt: skip
             os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
@@ -536,6 +542,8 @@ def run_export(
         "fields": fields,
         "path": final.relative_to(files_dir.resolve()).as_posix(),
         "file": str(final),
+        **notes.result(),
+        "warnings": notes.warnings(payload.format),
     }
 
 
@@ -612,7 +620,10 @@ def import_records(payload: ImportPayload) -> dict[str, Any]:
     settings = _settings()
     engine = get_engine(settings.database.url)
     job_id = current_job_id()
-    result = Importer(payload, engine, settings.files.dir, job_id, outbound=settings.outbound).run()
+    result = Importer(
+        payload, engine, settings.files.dir, job_id, outbound=settings.outbound,
+        contact_statuses=settings.crm.contact_statuses,
+    ).run()  # fmt: skip
     counts = result["counts"]
     context = {
         "entity_type": payload.entity_type, "dry_run": payload.dry_run,
@@ -633,12 +644,15 @@ def export_records(payload: ExportPayload) -> dict[str, Any]:
     engine = get_engine(settings.database.url)
     job_id = current_job_id()
     result = run_export(payload, engine, settings.files.dir, job_id,
-                        max_pdf_rows=settings.files.max_pdf_rows)  # fmt: skip
+                        max_pdf_rows=settings.files.max_pdf_rows,
+                        contact_statuses=settings.crm.contact_statuses)  # fmt: skip
     result["download_url"] = download_url(settings, result["path"])
     context = {
         "entity_type": payload.entity_type, "download_url": result["download_url"],
         "rows": result["rows"], "format": payload.format,
     }  # fmt: skip
+    if result["warnings"]:
+        context["warnings"] = result["warnings"]
     result["notified"] = notify_user(
         engine, payload.tenant_id, payload.user_id, "export-ready", context, job_id
     )
