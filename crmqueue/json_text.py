@@ -91,8 +91,14 @@ def problems(value: Any, *, text_only: bool = False) -> list[tuple[str, str]]:
 
 
 def _path(parent: str, part: object) -> str:
-    # A path must print anywhere: a key's own lone surrogate is shown escaped.
-    text = str(part).encode("utf-8", "backslashreplace").decode()
+    # A path must print anywhere and show what is wrong: a key's lone surrogate, NUL or
+    # other unprintable character is written as its escape (\ud83d, \x00).
+    text = str(part)
+    if not text.isprintable():
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode()
+            for c in text
+        )
     return f"{parent}.{text}" if parent else text
 
 

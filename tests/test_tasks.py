@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,6 +227,9 @@ def test_any_unusable_text_anywhere_is_named_and_nothing_else(data: st.DataObjec
     clean_text = st.text(
         st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
     )
+    # Keys print as they are (a key's unprintable characters are shown escaped: see
+    # test_keys_by_name_jobs_and_enqueue_many_name_the_path).
+    key_text = st.text(st.characters(blacklist_categories=("C", "Z")), max_size=8)
     leaves = (
         st.none()
         | st.booleans()
@@ -233,17 +239,18 @@ def test_any_unusable_text_anywhere_is_named_and_nothing_else(data: st.DataObjec
     )
     tree = st.recursive(
         leaves,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(clean_text, inner, max_size=4),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(key_text, inner, max_size=4),
         max_leaves=20,
     )
-    payload = data.draw(st.dictionaries(clean_text, tree, max_size=5))
+    payload = data.draw(st.dictionaries(key_text, tree, max_size=5))
     payload["tenant_id"] = "t1"
     decoded = json.loads(encode_message("id", "m.f", payload))["payload"]
     assert decoded == json.loads(json.dumps(payload))
 
     # Plant a bad text at a random place: a new key, a value in a dict, or a list item.
     bad = data.draw(st.sampled_from([LONE, "\udc00", NUL]))
-    bad_text = data.draw(clean_text) + bad + data.draw(clean_text)
+    prefix, suffix = data.draw(key_text), data.draw(key_text)
+    bad_text = prefix + bad + suffix
     containers: list[tuple[str, Any]] = []
 
     def collect(node: Any, path: str) -> None:
@@ -264,7 +271,7 @@ def test_any_unusable_text_anywhere_is_named_and_nothing_else(data: st.DataObjec
         where = f"{path}.{len(node) - 1}" if path else str(len(node) - 1)
     elif as_key:
         node[bad_text] = 1
-        escaped = bad_text.encode("utf-8", "backslashreplace").decode()
+        escaped = prefix + {LONE: "\\ud83d", "\udc00": "\\udc00", NUL: "\\x00"}[bad] + suffix
         where = f"{path}.{escaped}" if path else escaped
     else:
         node["planted"] = bad_text
@@ -274,3 +281,104 @@ def test_any_unusable_text_anywhere_is_named_and_nothing_else(data: st.DataObjec
     assert info.value.errors == [(where, info.value.errors[0][1])]
     reason = info.value.errors[0][1]
     assert ("NUL" in reason) == (bad == NUL) and ("the key itself" in reason) == as_key
+
+
+# --------------------------------------------------------------------------- bodies by name
+
+PRODUCER = """
+import json, sys
+from crmqueue import tasks
+jobs = [tasks.enqueue("email", payload, kind=kind).id for payload, kind in json.loads(sys.argv[1])]
+leaked = sorted(m for m in sys.modules if m.split(".")[0] == "tests" or "workers" in m)
+print(json.dumps({"ids": jobs, "leaked": leaked}))
+"""
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite", "redis"], indirect=True)
+def test_a_producer_enqueues_a_body_it_never_imported_and_the_worker_validates(
+    broker: Broker, start_consumer: Any, storage_url: str, tmp_path: Path
+) -> None:
+    """Like Celery's send_task: the producer (another process, which imports neither the
+    bodies nor their payload models) names the body; the worker that has it validates the
+    payload, and one without it marks the job dead, naming it, instead of retrying."""
+    calls = [
+        ({"tenant_id": "t1", "name": "Ann"}, "tests.fixture_jobs.typed"),
+        ({"tenant_id": "t1", "nme": "Ann"}, "tests.fixture_jobs.typed"),
+        ({"tenant_id": "t1", "n": 1}, "myjobs.ping"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMQUEUE_", "REDIS_"))}
+    env["CRMQUEUE_STORAGE__URL"] = storage_url
+    (tmp_path / "producer").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", PRODUCER, json.dumps(calls)],
+        cwd=tmp_path / "producer", env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    produced = json.loads(result.stdout)
+    assert produced["leaked"] == []
+    ok, invalid, unknown = (tasks.Job(job_id, "email") for job_id in produced["ids"])
+    assert jobs.get(unknown.id).state == "waiting"
+    assert jobs.get(unknown.id).name == "myjobs.ping"
+
+    start_consumer(broker, ["email"])
+    done = ok.wait(20)
+    assert (done.state, done.result) == ("completed", "hello Ann")
+    failed = invalid.wait(20)
+    assert (failed.state, failed.attempts) == ("dead", 1)
+    assert failed.errors[-1]["type"] == "PermanentError"
+    assert "validation in the worker" in failed.errors[-1]["message"]
+    assert "name" in failed.errors[-1]["message"]
+    lost = unknown.wait(20)
+    assert (lost.state, lost.attempts) == ("dead", 1)
+    assert lost.errors[-1]["type"] == "UnknownTask"
+    assert "no job body named 'myjobs.ping' on queue 'email'" in lost.errors[-1]["message"]
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_kind_resolution_by_name(broker: Broker) -> None:
+    job = tasks.enqueue("webhook", {"tenant_id": "t1", "x": [1]}, kind="billing.jobs.sync")
+    info = jobs.get(job.id)
+    assert (info.queue, info.name, info.state, info.payload) == (
+        "webhook", "billing.jobs.sync", "waiting", {"tenant_id": "t1", "x": [1]},
+    )  # fmt: skip
+    assert "kind" in _refused(tasks.enqueue, "import-export", {"tenantId": "t1"}, kind="imprt")
+    assert "kind" in _refused(tasks.enqueue, "email", {"tenant_id": "t1"}, kind="my jobs.x")
+    # A built-in body named by its task name gets its payload model, on its queue only.
+    errors = _refused(tasks.enqueue, "import-export", {"tenantId": "t1"},
+                      kind="crmqueue.workers.import_export.import_records")  # fmt: skip
+    assert {"user_id", "file_url"} <= set(errors)
+    errors = _refused(tasks.enqueue, "webhook", {"tenant_id": "t1"},
+                      kind="crmqueue.workers.email.send_email")  # fmt: skip
+    assert errors == {"kind": "'crmqueue.workers.email.send_email' runs on queue 'email', not"
+                              " 'webhook'"}  # fmt: skip
+    # A custom body this process registered: its model, on its queue only.
+    errors = _refused(tasks.enqueue, "email", {"tenant_id": "t1"}, kind="tests.fixture_jobs.typed")
+    assert "name" in errors
+    assert "kind" in _refused(tasks.enqueue, "report", {"tenant_id": "t1"},
+                              kind="tests.fixture_jobs.noop")  # fmt: skip
+    # What every job needs still holds by name.
+    assert "tenant_id" in _refused(tasks.enqueue, "email", {"tenantId": "t1"}, kind="a.b")
+    assert "payload" in _refused(tasks.enqueue, "email", ["tenant_id"], kind="a.b")  # type: ignore[arg-type]
+    assert _stored(broker) == 1
+
+
+def test_cli_enqueue_refuses_unusable_text_from_json_and_files(
+    tmp_path: Path, storage_url: str
+) -> None:
+    from tests.test_cli import _make_cli
+
+    cli = _make_cli(tmp_path, storage_url)
+    email = (
+        '{"tenantId": "t1", "to": "a@example.com", "template": "welcome", "subject": "Hi \\ud83d"}'
+    )
+    result = cli("enqueue", "email", "--json", email)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "subject: lone surrogate U+D83D" in result.stderr
+    (tmp_path / "job.json").write_text('{"tenant_id": "t1", "note": {"k\\u0000": [1, "\\udc00"]}}')
+    result = cli("enqueue", "webhook", "--file", "job.json", "--kind", "myjobs.ping")
+    assert result.returncode != 0
+    assert "note.k\\x00: the key itself: NUL" in result.stderr
+    assert "note.k\\x00.1: lone surrogate U+DC00" in result.stderr
+    result = cli("enqueue", "webhook", "--json", '{"tenant_id": "t1"}', "--kind", "myjobs.ping")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"[0-9a-f]{32}\n", result.stdout)
