@@ -24,6 +24,7 @@ __all__ = [
     "MailboxList",
     "SingleLine",
     "check_single_line",
+    "display_name",
     "format_mailbox",
     "parse_address",
     "parse_mailbox",
@@ -41,6 +42,7 @@ _NOT_SINGLE_LINE_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029\ud800-
 # A display name written as it is, without quotes or encoded-words: words of letters and
 # digits separated by single spaces.
 _PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_FWS_RUN_RE = re.compile(r"[ \t]\s*")
 
 
 _NOT_AN_ADDRESS = "not of the form local@domain"
@@ -157,6 +159,13 @@ def parse_mailbox(value: str, *, require_tld: bool = True) -> tuple[str, Address
     return name, parse_address(text, require_tld=require_tld)
 
 
+def display_name(name: str) -> str:
+    """A display name as every reader shows it: stripped, and a run of whitespace that
+    starts with a space or a tab made one space (RFC 5322 folding white space; CPython's
+    parser reads such a run as one space even inside an encoded-word)."""
+    return _FWS_RUN_RE.sub(" ", name.strip())
+
+
 def format_mailbox(name: str, address: str) -> str:
     """``address``, or ``Name <address>`` with the name quoted when RFC 5322 needs it."""
     if not name:
@@ -189,7 +198,7 @@ def _mailbox_text(value: str) -> str:
         name, address = parse_mailbox(value)
     except AddressError as exc:
         raise _invalid(exc) from None
-    name = name.strip()
+    name = display_name(name)
     if len(name) > MAX_DISPLAY_NAME:
         raise PydanticCustomError(
             "email", "display name is longer than {limit} characters", {"limit": MAX_DISPLAY_NAME}
@@ -212,7 +221,7 @@ EmailAddress = Annotated[str, AfterValidator(_address_field)]
 
 Mailbox = Annotated[str, AfterValidator(_mailbox_field)]
 """An address with an optional display name (``Name <local@domain>``); kept in a
-canonical form: the name stripped and quoted when needed, the domain as in
+canonical form: the name as display_name() makes it, quoted when needed, the domain as in
 EmailAddress. The name may hold any single-line Unicode text."""
 
 MailboxList = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]

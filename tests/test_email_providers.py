@@ -522,3 +522,209 @@ def test_smtp_refusals_are_classified(smtp_server: Any) -> None:
 def test_smtp_connection_refused_is_retryable() -> None:
     with pytest.raises(RetryableError, match="ConnectionRefusedError"):
         smtp_provider(free_port()).send(sample_email())
+
+
+# --------------------------------------------------------------------------- IDN, headers, tags
+
+IDN_FIELDS: dict[str, Any] = {
+    "from_": "Bücher Team <info@bücher.example>",
+    "to": ["Zoë Ångström <zoe@bücher.example>", "ann@пример.рф"],
+    "cc": ["cc@例え.テスト"],
+    "bcc": ["Hidden <hidden@straße.de>"],
+    "reply_to": "replies@bücher.example",
+}
+IDN_RECIPIENTS = [
+    "zoe@xn--bcher-kva.example",
+    "ann@xn--e1afmkfd.xn--p1ai",
+    "cc@xn--r8jz45g.xn--zckzah",
+    "hidden@xn--strae-oqa.de",
+]
+UNICODE_HEADER = {"X-Note": "Grüße aus Köln — « réunion » 東京"}
+
+
+def idn_email(**overrides: Any) -> Any:
+    """The email a payload with IDN domains in every address field gives (payloads keep
+    the Unicode form; the message sends A-labels)."""
+    from crmqueue.payloads import EmailPayload, validate_payload
+
+    job = validate_payload(
+        EmailPayload,
+        {"tenantId": "t1", "template": "welcome", "from": IDN_FIELDS["from_"],
+         "to": IDN_FIELDS["to"], "cc": IDN_FIELDS["cc"], "bcc": IDN_FIELDS["bcc"],
+         "replyTo": IDN_FIELDS["reply_to"], "headers": UNICODE_HEADER,
+         "tags": ["onboarding", "spring-2026"], "idempotencyKey": "rechnung-€-42"},
+    )  # fmt: skip
+    fields = {"from_": job.from_, "to": job.to, "cc": job.cc, "bcc": job.bcc,
+              "reply_to": job.reply_to, "headers": job.headers, "tags": job.tags,
+              "idempotency_key": job.idempotency_key}  # fmt: skip
+    fields.update(overrides)
+    return sample_email(**fields)
+
+
+def test_payload_takes_idn_domains_in_every_address_field() -> None:
+    email = idn_email()
+    assert email.from_ == '"Bücher Team" <info@bücher.example>'
+    assert email.from_address == "info@xn--bcher-kva.example"
+    assert email.recipients == IDN_RECIPIENTS
+    # IDNA 2008 (not 2003): ß stays, upper case maps to lower case (UTS 46).
+    from crmqueue.payloads import EmailPayload, validate_payload
+
+    data = {"tenantId": "t1", "template": "welcome",
+            "to": ["x@BÜCHER.example", "y@xn--bcher-kva.example"]}  # fmt: skip
+    job = validate_payload(EmailPayload, data)
+    assert job.to == ["x@bücher.example", "y@bücher.example"]
+
+
+@pytest.mark.parametrize("field", ["to", "cc", "bcc", "replyTo", "from"])
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("jürgen@example.com", "is not ASCII: crmqueue does not send SMTPUTF8 mail"),
+        ("Jürgen <jürgen@bücher.example>", "is not ASCII"),
+        ("a@xn--zz.example", "not a valid internationalised domain name (IDNA 2008)"),
+        ("a@bü cher.example", "not a valid internationalised domain name"),
+        ("a@-bücher.example", "not a valid internationalised domain name"),
+        ("a@bücher", "has no top-level domain"),
+        ("not an address", "value is not a valid email address"),
+    ],
+)
+def test_every_address_field_refuses_what_cannot_be_sent_the_same_way(
+    field: str, address: str, reason: str
+) -> None:
+    from crmqueue.errors import PayloadError
+    from crmqueue.payloads import EmailPayload, validate_payload
+
+    data: dict[str, Any] = {"tenantId": "t1", "template": "welcome", "to": "ok@example.com"}
+    data[field] = [address] if field in ("cc", "bcc") else address
+    with pytest.raises(PayloadError) as caught:
+        validate_payload(EmailPayload, data)
+    errors = dict(caught.value.errors)
+    name = {"replyTo": "reply_to", "from": "from_"}.get(field, field)
+    assert any(key.split(".")[0] in (name, field) and reason in text
+               for key, text in errors.items()), errors  # fmt: skip
+
+
+def _ascii_only(values: list[str]) -> None:
+    for value in values:
+        assert value.isascii(), value
+
+
+def test_idn_and_unicode_headers_reach_every_http_vendor_as_they_must(vendor: Vendor) -> None:
+    vendor.reply(202, b"", {"X-Message-Id": "sg-1"})  # sendgrid
+    vendor.reply(200, {"id": "re-1"})  # resend
+    vendor.reply(200, {"id": "<mg-1@x>"})  # mailgun
+    vendor.reply(200, {"MessageId": "ses-1"})  # ses
+    for name in ("sendgrid", "resend", "mailgun", "ses"):
+        http_provider(name, vendor.url).send(idn_email())
+    sendgrid, resend, mailgun, ses = vendor.requests
+
+    body = sendgrid.json()
+    people = body["personalizations"][0]
+    assert people["to"] == [{"email": "zoe@xn--bcher-kva.example", "name": "Zoë Ångström"},
+                            {"email": "ann@xn--e1afmkfd.xn--p1ai"}]  # fmt: skip
+    assert people["cc"] == [{"email": "cc@xn--r8jz45g.xn--zckzah"}]
+    assert people["bcc"] == [{"email": "hidden@xn--strae-oqa.de", "name": "Hidden"}]
+    assert body["from"] == {"email": "info@xn--bcher-kva.example", "name": "Bücher Team"}
+    assert body["reply_to_list"] == [{"email": "replies@xn--bcher-kva.example"}]
+    assert body["categories"] == ["onboarding", "spring-2026"]
+    assert_header_decodes("X-Note", body["headers"]["X-Note"], UNICODE_HEADER["X-Note"])
+
+    body = resend.json()
+    assert body["from"] == '"Bücher Team" <info@xn--bcher-kva.example>'
+    assert body["to"] == ['"Zoë Ångström" <zoe@xn--bcher-kva.example>',
+                          "ann@xn--e1afmkfd.xn--p1ai"]  # fmt: skip
+    assert body["cc"] == ["cc@xn--r8jz45g.xn--zckzah"]
+    assert body["bcc"] == ["Hidden <hidden@xn--strae-oqa.de>"]
+    assert body["reply_to"] == "replies@xn--bcher-kva.example"
+    assert [t["name"] for t in body["tags"][:2]] == ["onboarding", "spring-2026"]
+    assert_header_decodes("X-Note", body["headers"]["X-Note"], UNICODE_HEADER["X-Note"])
+    # A non-ASCII idempotency key goes hashed (a header value must be ASCII), stably.
+    key = resend.headers["idempotency-key"]
+    assert key.startswith("sha256:") and key.isascii()
+    assert (key == PROVIDERS["resend"].__module__ and False) or key == (
+        "sha256:" + __import__("hashlib").sha256("rechnung-€-42".encode()).hexdigest()
+    )
+
+    form = parse_qs(mailgun.body.decode(), strict_parsing=True)
+    assert form["from"] == ['"Bücher Team" <info@xn--bcher-kva.example>']
+    assert form["to"] == ['"Zoë Ångström" <zoe@xn--bcher-kva.example>',
+                          "ann@xn--e1afmkfd.xn--p1ai"]  # fmt: skip
+    assert form["cc"] == ["cc@xn--r8jz45g.xn--zckzah"]
+    assert form["bcc"] == ["Hidden <hidden@xn--strae-oqa.de>"]
+    assert form["h:Reply-To"] == ["replies@xn--bcher-kva.example"]
+    assert form["o:tag"] == ["onboarding", "spring-2026"]
+    assert_header_decodes("X-Note", form["h:X-Note"][0], UNICODE_HEADER["X-Note"])
+
+    body = ses.json()
+    assert body["FromEmailAddress"] == "info@xn--bcher-kva.example"
+    assert body["Destination"] == {
+        "ToAddresses": ["zoe@xn--bcher-kva.example", "ann@xn--e1afmkfd.xn--p1ai"],
+        "CcAddresses": ["cc@xn--r8jz45g.xn--zckzah"],
+        "BccAddresses": ["hidden@xn--strae-oqa.de"],
+    }
+    assert body["ReplyToAddresses"] == ["replies@xn--bcher-kva.example"]
+    assert_idn_mime(base64.b64decode(body["Content"]["Raw"]["Data"]))
+
+
+def assert_header_decodes(name: str, value: str, expected: str) -> None:
+    from email.parser import HeaderParser
+
+    assert value.isascii()
+    parsed = HeaderParser(policy=policy.default).parsestr(f"{name}: {value}\n\n")
+    assert str(parsed[name]) == expected
+
+
+def assert_idn_mime(raw: bytes) -> None:
+    """The MIME of idn_email(): ASCII, addresses as A-labels, names and headers exact."""
+    assert raw.split(b"\r\n\r\n", 1)[0].isascii()
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    sender = message["From"].addresses[0]
+    assert (sender.display_name, sender.addr_spec) == ("Bücher Team", "info@xn--bcher-kva.example")
+    assert [(a.display_name, a.addr_spec) for a in message["To"].addresses] == [
+        ("Zoë Ångström", "zoe@xn--bcher-kva.example"), ("", "ann@xn--e1afmkfd.xn--p1ai")
+    ]  # fmt: skip
+    assert message["Cc"].addresses[0].addr_spec == "cc@xn--r8jz45g.xn--zckzah"
+    assert message["Reply-To"].addresses[0].addr_spec == "replies@xn--bcher-kva.example"
+    assert message["Bcc"] is None and b"hidden@" not in raw
+    assert str(message["X-Note"]) == UNICODE_HEADER["X-Note"]
+    assert str(message["X-Crmqueue-Tags"]) == "onboarding, spring-2026"
+    assert message["Message-ID"].endswith("@xn--bcher-kva.example>")
+
+
+def test_idn_through_smtp_envelope_and_mime(smtp_server: Any) -> None:
+    sink, port = smtp_server()
+    smtp_provider(port).send(idn_email())
+    [envelope] = sink.envelopes
+    assert envelope.mail_from == "info@xn--bcher-kva.example"
+    assert envelope.rcpt_tos == IDN_RECIPIENTS
+    assert_idn_mime(envelope.original_content)
+
+
+def test_idn_through_the_outbox(tmp_path: Path) -> None:
+    from crmqueue.providers.email import get_provider
+
+    settings = settings_for("outbox", **{"email.outbox_dir": str(tmp_path)})
+    get_provider(settings.email).send(idn_email())
+    [path] = tmp_path.glob("*.eml")
+    assert_idn_mime(path.read_bytes())
+
+
+def test_an_idn_sender_email_completes_end_to_end(
+    broker: Any, start_consumer: Any, tmp_path: Path
+) -> None:
+    """The issue's case: from info@bücher.example was accepted, then dead after 5 tries."""
+    from crmqueue import tasks
+
+    start_consumer(broker, ["email"])
+    job = tasks.send_email(tenant_id="t1", to="Zoë <zoe@bücher.example>", template="welcome",
+                           from_="Bücher <info@bücher.example>", cc=["cc@пример.рф"],
+                           tags=["onboarding"], idempotency_key="rechnung-€-42",
+                           context={"firstName": "Zoë"})  # fmt: skip
+    info = job.wait(timeout=20)
+    assert info.state == "completed", info.errors
+    assert info.attempts == 1
+    [path] = (tmp_path / "outbox").glob("*.eml")
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert message["From"].addresses[0].addr_spec == "info@xn--bcher-kva.example"
+    assert message["To"].addresses[0].display_name == "Zoë"
+    assert str(message["Subject"]) == "Welcome to CRM, Zoë!"

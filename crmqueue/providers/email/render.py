@@ -172,7 +172,7 @@ def register_tenant_template(
             ) from None
         for problem in _unsafe_access(ast):
             raise CrmQueueError(f"{kind} template {name!r}: {problem}")
-        variables |= jinja2.meta.find_undeclared_variables(ast)
+        variables |= template_variables(ast)
     variables -= PROVIDED
     given = {**{var: SAMPLE for var in variables}, **(sample or {})}
     html_t, text_t = (_from_source(env, source) for source in sources.values())
@@ -214,6 +214,17 @@ def tenant_declaration(directory: Path, name: str) -> Declaration | None:
     if not path.is_file():
         return None
     return Declaration.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def template_variables(ast: nodes.Template) -> set[str]:
+    """The context variables a parsed template reads (not the macros it imports)."""
+    imported: set[str] = set()
+    for node in ast.find_all((nodes.FromImport, nodes.Import)):
+        if isinstance(node, nodes.Import):
+            imported.add(node.target)
+        else:
+            imported |= {name if isinstance(name, str) else name[1] for name in node.names}
+    return jinja2.meta.find_undeclared_variables(ast) - imported
 
 
 def _unsafe_access(ast: nodes.Template) -> Iterator[str]:
