@@ -238,6 +238,10 @@ def import_records(
     delay: float | None = None,
     eta: dt.datetime | None = None,
 ) -> Job:
+    """Import a file's records into the CRM store. `file_url` is a path relative to the
+    files directory (``[files] dir``: ``contacts.csv`` is ``<files.dir>/contacts.csv``),
+    an absolute path or ``file://`` URL inside it, or an http(s) URL (downloaded through
+    the outbound guard); the worker refuses anything outside the files directory."""
     fields = {
         "tenant_id": tenant_id, "user_id": user_id, "file_url": file_url,
         "file_type": file_type, "entity_type": entity_type, "mapping_config": mapping_config,
