@@ -229,7 +229,9 @@ def _email_settings() -> tuple[str, str]:
 class ImportPayload(Payload):
     user_id: NonEmptyStr
     file_url: NonEmptyStr
-    file_type: Literal["csv", "xlsx", "json"]
+    # Delimited text (csv, tsv, txt), spreadsheets (xlsx, xls, ods) or json (an array or
+    # JSON Lines): crmqueue.formats.readers.FILE_TYPES.
+    file_type: Literal["csv", "tsv", "txt", "xlsx", "xls", "ods", "json"]
     entity_type: EntityType
     mapping_config: dict[str, str] = Field(default_factory=dict)
     dry_run: bool = False
@@ -237,6 +239,9 @@ class ImportPayload(Payload):
     batch_size: int = Field(default=100, ge=1, le=10_000)
     # Fields that identify a duplicate, first match wins; empty: the entity's default key.
     duplicate_key: list[str] = Field(default_factory=list)
+    # Numbers written 1.250,50: True/False, or None to detect it (semicolon-delimited files
+    # whose number columns only read that way).
+    decimal_comma: bool | None = None
 
     @field_validator("mapping_config", "duplicate_key")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import typing
 from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -55,6 +57,162 @@ class Row(BaseModel):
         if isinstance(data, dict):
             return {k: _clean(v) for k, v in data.items()}
         return data
+
+
+# --------------------------------------------------------------------------- numbers and dates
+#
+# A source cell reaches these validators as text (crmqueue.formats.readers) or, in an
+# export filter, as a JSON value. The validation context may carry `date_system` (1900 or
+# 1904: the workbook's; default 1900, as Excel reads CSV) and `decimal_comma` (True: the
+# file writes 1.250,50).
+
+EXCEL_MAX_SERIAL = 2_958_465  # 9999-12-31 in the 1900 date system
+_SERIAL_TEXT = re.compile(r"[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][+-]?\d+)?")
+_GROUPS = re.compile(r"[ \u00a0\u202f]")  # spaces that group thousands (1 250,50)
+_COMMA_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?")
+_POINT_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_ONE_GROUP = re.compile(r"[+-]?\d{1,3}[.,]\d{3}")  # 1.250 / 1,250: grouped, or a fraction?
+
+
+def _context(info: ValidationInfo, key: str, default: Any) -> Any:
+    return (info.context or {}).get(key, default) if info.context else default
+
+
+def number_style(text: str) -> Literal["comma", "point", "ambiguous", "plain"] | None:
+    """How a number is written: "comma" (only readable with a decimal comma: 1250,50,
+    1.250,50), "point" (only with a decimal point: 1250.50, 1,250.50), "ambiguous" (one
+    group of three digits: 1.250 or 1,250), "plain" (digits alone); None: not a number."""
+    text = _GROUPS.sub("", text.strip())
+    if not text or text.lstrip("+-").isdigit():
+        return "plain" if text.lstrip("+-") else None
+    if _ONE_GROUP.fullmatch(text):
+        return "ambiguous"
+    comma, point = _COMMA_NUMBER.fullmatch(text), _POINT_NUMBER.fullmatch(text)
+    if comma and not point:
+        return "comma"
+    if point and not comma:
+        return "point"
+    return None
+
+
+def _decimal_text(value: Any, info: ValidationInfo) -> Any:
+    """A number written with a decimal comma, as the Decimal/int validators read it; with
+    `decimal_comma` only, and never guessing: one group of three digits (1.250, 1,250) is
+    refused as ambiguous. Source: the CLDR number symbols of the locales that write a
+    decimal comma (de, fr, es, it, nl, pt-BR, ...) group with '.', space or no-break space."""
+    if not isinstance(value, str) or not _context(info, "decimal_comma", False):
+        return value
+    style = number_style(value)
+    if style == "ambiguous":
+        raise PydanticCustomError(
+            "ambiguous_number",
+            "{value} is ambiguous with a decimal comma (a thousands group, or a fraction?):"
+            " write it without the separator, or with two decimals",
+            {"value": repr(value.strip())},
+        )
+    if style == "comma":
+        return _GROUPS.sub("", value.strip()).replace(".", "").replace(",", ".")
+    if style == "plain":
+        return _GROUPS.sub("", value.strip())
+    return value
+
+
+def _serial(value: Any, info: ValidationInfo) -> dt.datetime | None:
+    """A number given for a date or time stamp, read as a spreadsheet date serial (days
+    since the epoch of the workbook's date system, the fraction being the time of day);
+    None when `value` is not a number. Never a Unix time stamp, as pydantic would read it.
+
+    1900 system (Excel's default; ECMA-376 Part 1, 18.17.4.1): serial 1 is 1900-01-01 and
+    serial 60 the 1900-02-29 that Excel counts but that did not exist (refused); from 61
+    on, days since 1899-12-30. 1904 system: days since 1904-01-01."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | Decimal):
+        text = str(value)
+    elif isinstance(value, str) and _SERIAL_TEXT.fullmatch(value.strip()):
+        text = value.strip()
+        if "," in text:
+            if not _context(info, "decimal_comma", False):
+                return None
+            text = text.replace(",", ".")
+    else:
+        return None
+    try:
+        days = Decimal(text)
+    except ArithmeticError:
+        return None
+    system = _context(info, "date_system", 1900)
+    low = 0 if system == 1904 else 1
+    if not days.is_finite() or not low <= days <= EXCEL_MAX_SERIAL:
+        raise PydanticCustomError(
+            "date_serial",
+            "{value} is not a date: a number in a date column is read as a spreadsheet date"
+            " serial ({low} to {high}), never as a Unix time stamp",
+            {"value": text, "low": low, "high": f"{EXCEL_MAX_SERIAL:,}"},
+        )
+    if days == days.to_integral_value() and 1000 <= days <= 2999:
+        raise PydanticCustomError(
+            "date_ambiguous",
+            "{value} is ambiguous in a date column (a year, or a spreadsheet date serial in"
+            " the early 1900s?): write the full date",
+            {"value": text},
+        )
+    whole = int(days)
+    if system == 1904:
+        base = dt.datetime(1904, 1, 1)
+    elif whole == 60:
+        raise PydanticCustomError(
+            "date_serial", "serial 60 is 1900-02-29, a day that did not exist", {}
+        )
+    else:
+        base = dt.datetime(1899, 12, 31) if whole < 60 else dt.datetime(1899, 12, 30)
+    # Excel keeps times to the millisecond; a float's fraction is rounded to it.
+    milliseconds = int(((days - whole) * 86_400_000).to_integral_value())
+    try:
+        return base + dt.timedelta(days=whole, milliseconds=milliseconds)
+    except OverflowError:  # past 9999-12-31 in the 1904 system
+        raise PydanticCustomError(
+            "date_serial", "{value} is past the last date (9999-12-31)", {"value": text}
+        ) from None
+
+
+def _source_datetime(value: Any, info: ValidationInfo) -> Any:
+    stamp = _serial(value, info)
+    return value if stamp is None else stamp
+
+
+def _source_date(value: Any, info: ValidationInfo) -> Any:
+    stamp = _serial(value, info)
+    if stamp is None:
+        return value
+    if stamp.time() != dt.time():
+        raise PydanticCustomError(
+            "date_has_time",
+            "{value} is a date serial with a time of day ({time}); this column takes days",
+            {"value": str(value).strip(), "time": stamp.time().isoformat()},
+        )
+    return stamp.date()
+
+
+SourceDate = Annotated[dt.date, BeforeValidator(_source_date)]
+SourceDateTime = Annotated[dt.datetime, BeforeValidator(_source_datetime)]
+SourceDecimal = Annotated[Decimal, BeforeValidator(_decimal_text)]
+SourceInt = Annotated[int, BeforeValidator(_decimal_text)]
+
+
+def number_fields(entity: str) -> list[str]:
+    """The fields that take a number (where a decimal comma may be used)."""
+    return [
+        name
+        for name, field in ROW_MODELS[entity].model_fields.items()
+        if _holds(field.annotation, (Decimal, int))
+    ]
+
+
+def _holds(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    if annotation in kinds:
+        return True
+    return any(_holds(arg, kinds) for arg in typing.get_args(annotation))
 
 
 # --------------------------------------------------------------------------- contacts
@@ -152,7 +310,7 @@ class CompanyRow(Row):
     name: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     domain: Annotated[str, StringConstraints(to_lower=True, max_length=253)] | None = None
     industry: Short | None = None
-    employees: Annotated[int, Field(ge=0)] | None = None
+    employees: Annotated[SourceInt, Field(ge=0)] | None = None
     phone: Annotated[str, StringConstraints(max_length=50)] | None = None
     city: Short | None = None
     country: Short | None = None
@@ -162,14 +320,14 @@ class CompanyRow(Row):
 class LeadRow(Row):
     external_id: Short | None = None
     title: Annotated[str, StringConstraints(min_length=1, max_length=300)]
-    amount: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)] | None = None
+    amount: Annotated[SourceDecimal, Field(ge=0, max_digits=14, decimal_places=2)] | None = None
     currency: (
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$"), AfterValidator(_upper)] | None
     ) = None
     status: Literal["open", "won", "lost"] = "open"
     stage: Short | None = None
     owner: Annotated[str, StringConstraints(max_length=64)] | None = None
-    close_date: dt.date | None = None
+    close_date: SourceDate | None = None
 
 
 class ActivityRow(Row):
@@ -177,8 +335,8 @@ class ActivityRow(Row):
     type: Literal["call", "email", "meeting", "task", "note"]
     subject: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     notes: str | None = None
-    due_at: dt.datetime | None = None
-    completed_at: dt.datetime | None = None
+    due_at: SourceDateTime | None = None
+    completed_at: SourceDateTime | None = None
     owner: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
@@ -233,7 +391,7 @@ def row_key(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[str, str] 
 # What an export reads besides the importable fields: the record's id, its links to other
 # records and its time stamps. With ROW_MODELS, the CRM schema's columns (a test checks
 # that the two agree).
-_STAMPS: dict[str, Any] = {"created_at": dt.datetime, "updated_at": dt.datetime}
+_STAMPS: dict[str, Any] = {"created_at": SourceDateTime, "updated_at": SourceDateTime}
 SYSTEM_FIELDS: dict[str, dict[str, Any]] = {
     "contacts": {"id": int, "company_id": int, **_STAMPS},
     "companies": {"id": int, **_STAMPS},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import os
 import uuid
@@ -33,6 +34,8 @@ from crmqueue.crm.entities import (
     check_export_filters,
     complete_names,
     entity_fields,
+    number_fields,
+    number_style,
     row_key,
 )
 from crmqueue.crm.store import contact_update, get_engine, now
@@ -40,7 +43,16 @@ from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import CrmQueueError, PermanentError
 from crmqueue.formats.pdf import DEFAULT_MAX_PDF_ROWS, write_pdf
-from crmqueue.formats.readers import Row, Table, open_table
+from crmqueue.formats.readers import (
+    PEEK_RECORDS,
+    WHOLE_ROW,
+    ProblemRow,
+    Row,
+    Table,
+    cell_problem,
+    open_table,
+    printable,
+)
 from crmqueue.formats.writers import ExportNotes, write_csv, write_xlsx
 from crmqueue.payloads import ExportPayload, ImportPayload
 from crmqueue.providers import http
@@ -231,6 +243,14 @@ class Importer:
             self.p.entity_type, table.columns, self.p.mapping_config
         )
         self.source_for = {field: col for field, col in self.mapping.items()}
+        self.used_columns = set(self.mapping.values())
+        self.decimal_comma = self._decimal_comma(table)
+        # Read by crmqueue.crm.entities: serial numbers in date columns, decimal commas.
+        self.row_context = {
+            **(self.row_context or {}),
+            "date_system": table.date_system,
+            "decimal_comma": self.decimal_comma,
+        }
         done_batch = self._checkpoint()
         total = 0
         try:
@@ -267,6 +287,7 @@ class Importer:
             "unmapped_columns": unmapped,
             "encoding": table.encoding,
             "notes": table.notes,
+            "decimal_comma": self.decimal_comma,
             "resumed_after_batch": done_batch if done_batch >= 0 else None,
         }
 
@@ -318,19 +339,62 @@ class Importer:
 
     def _validate(self, number: int, row: Row) -> dict[str, Any] | None:
         data = {field: row.get(col) for field, col in self.mapping.items()}
+        problems = self._cell_problems(row, data)
+        if problems:
+            self._refuse(number, row, problems)
+            return None
         try:
             return self.model.model_validate(data, context=self.row_context).model_dump()
         except ValidationError as exc:
             reasons = []
             for err in exc.errors():
                 field = str(err["loc"][0]) if err["loc"] else ""
-                column = self.source_for.get(field, field)
-                reasons.append(f"{column}: {err['msg']}")
-                if len(self.errors) < MAX_REPORTED_ERRORS:
-                    self.errors.append({"row": number, "column": column, "reason": err["msg"]})
-            self.error_rows += 1
-            self._write_error(number, row, "; ".join(reasons))
+                reasons.append((self.source_for.get(field, field), err["msg"]))
+            self._refuse(number, row, reasons)
             return None
+
+    def _cell_problems(self, row: Row, data: dict[str, str | None]) -> list[tuple[str, str]]:
+        """(column, reason) of what the reader could not read in the columns this import
+        uses (or in the whole row), and of cells that cannot be stored as text."""
+        problems = []
+        if isinstance(row, ProblemRow):
+            problems = [
+                (column, reason)
+                for column, reason in row.problems.items()
+                if column == WHOLE_ROW or column in self.used_columns
+            ]
+        for field, value in data.items():
+            if value is not None and (reason := cell_problem(value)) is not None:
+                problems.append((self.source_for[field], reason))
+        return problems
+
+    def _refuse(self, number: int, row: Row, reasons: list[tuple[str, str]]) -> None:
+        for column, reason in reasons:
+            if len(self.errors) < MAX_REPORTED_ERRORS:
+                self.errors.append({"row": number, "column": column, "reason": reason})
+        self.error_rows += 1
+        text = "; ".join(f"{column}: {reason}" if column else reason for column, reason in reasons)
+        self._write_error(number, row, text)
+
+    def _decimal_comma(self, table: Table) -> bool:
+        """The payload's `decimal_comma`, or when it is None: True for a semicolon-delimited
+        file whose number columns, in its first PEEK_RECORDS rows, hold numbers that only
+        read with a decimal comma and none that only read with a point."""
+        if self.p.decimal_comma is not None:
+            return self.p.decimal_comma
+        columns = [self.mapping[f] for f in number_fields(self.p.entity_type) if f in self.mapping]
+        if table.delimiter != ";" or not columns:
+            return False
+        head = list(itertools.islice(table.rows, PEEK_RECORDS))
+        table.rows = itertools.chain(head, table.rows)
+        styles = {number_style(value) for _, row in head for c in columns if (value := row.get(c))}
+        if "comma" in styles and "point" not in styles:
+            table.notes.append(
+                "numbers read with a decimal comma (1.250,50), as the file writes them"
+                " (decimal_comma: false to refuse them instead)"
+            )
+            return True
+        return False
 
     def _write_error(self, number: int, row: Row, reason: str) -> None:
         if self._error_writer is None:
@@ -340,7 +404,8 @@ class Importer:
             self._error_file = self.error_path.open("w", encoding="utf-8-sig", newline="")
             self._error_writer = csv.writer(self._error_file)
             self._error_writer.writerow(["row", *self.columns, "error"])
-        self._error_writer.writerow([number, *(row.get(col) or "" for col in self.columns), reason])
+        cells = (printable(row.get(col) or "") for col in self.columns)
+        self._error_writer.writerow([number, *cells, printable(reason)])
 
     def _replay(self, batch: list[tuple[int, Row]]) -> None:
         """A batch committed before a crash: rebuild its errors, write nothing (its keys are

@@ -1,0 +1,148 @@
+"""Streaming readers for imports, one module per family of formats:
+
+- `delimited`: CSV, TSV and TXT (delimiter detected on parsed records, BOM, quoted newlines,
+  UTF-8 or cp1252 detected, bytes invalid in the encoding refused per row);
+- `spreadsheet`: XLSX (python-calamine, or openpyxl's streaming reader for very large
+  sheets), XLS and ODS (python-calamine); formulas without a computed value refused per row;
+- `records`: JSON (an array, or JSON Lines).
+
+Every reader yields (row number, {column: text or None}) with the header as row 1 (for a
+spreadsheet: the sheet's own row numbers), and raises PermanentError for input that cannot
+be read at all. A row the reader could read only in part is a `ProblemRow`: its
+`problems` name the column (or "" for the whole row) and why; the importer refuses such a
+row when a problem touches a column it uses and imports the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from crmqueue.errors import PermanentError
+
+Row = dict[str, str | None]
+FileType = Literal["csv", "tsv", "txt", "xlsx", "xls", "ods", "json"]
+FILE_TYPES: tuple[FileType, ...] = ("csv", "tsv", "txt", "xlsx", "xls", "ods", "json")
+
+# The longest cell an import reads, in characters (the largest text field, an activity's
+# notes, holds about 250 pages). CSV's own field limit is set to it; a longer cell is
+# refused in its row.
+MAX_CELL_CHARS = 1024 * 1024
+PEEK_RECORDS = 1000  # records read ahead to learn the columns (JSON) or the number style
+
+WHOLE_ROW = ""  # the `problems` key of a problem that is not one column's
+
+
+class ProblemRow(dict[str, str | None]):
+    """A row read only in part: `problems` maps a column (WHOLE_ROW: the row itself) to
+    the reason it cannot be trusted."""
+
+    __slots__ = ("problems",)
+
+    def __init__(self, cells: Row, problems: dict[str, str]) -> None:
+        super().__init__(cells)
+        self.problems = problems
+
+
+@dataclass
+class Table:
+    """An opened source: its columns, its rows (streamed once) and how far it has got.
+
+    `date_system` is the spreadsheet date system of serial numbers in the source (1900, or
+    1904 for workbooks saved with that option; text sources use 1900, as Excel does);
+    `delimiter` is the delimited file's field separator."""
+
+    columns: list[str]
+    rows: Iterator[tuple[int, Row]]
+    notes: list[str] = field(default_factory=list)
+    encoding: str | None = None
+    _progress: Callable[[], float | None] | None = None
+    date_system: int = 1900
+    delimiter: str | None = None
+
+    def progress(self) -> float | None:
+        """Fraction read so far (0-1), when the reader can tell."""
+        return self._progress() if self._progress else None
+
+
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def cell_problem(text: str) -> str | None:
+    """Why a cell's text cannot be stored as it is (None: it can): a lone surrogate (a
+    truncated emoji, or bytes not valid in the file's encoding, which the readers decode
+    with `surrogateescape`), a NUL character, or more than MAX_CELL_CHARS characters."""
+    if len(text) > MAX_CELL_CHARS:
+        return f"cell of {len(text):,} characters, over the import's limit of {MAX_CELL_CHARS:,}"
+    if text.isascii() and "\x00" not in text:
+        return None
+    found = _NOT_TEXT.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\x00":
+        return "contains a NUL character"
+    if "\udc80" <= char <= "\udcff":
+        return f"byte 0x{ord(char) - 0xDC00:02X} is not valid in the file's encoding"
+    return f"lone surrogate U+{ord(char):04X} (a truncated emoji?) is not valid text"
+
+
+def printable(text: str) -> str:
+    """`text` with what cell_problem refuses replaced by U+FFFD, for messages and files."""
+    return _NOT_TEXT.sub("\ufffd", text) if not text.isascii() or "\x00" in text else text
+
+
+def _header(names: list[Any]) -> list[str]:
+    columns: list[str] = []
+    for index, raw in enumerate(names, start=1):
+        name = _text(raw)
+        name = printable(name) if name else f"column_{index}"
+        base, n = name, 2
+        while name in columns:
+            name, n = f"{base}_{n}", n + 1
+        columns.append(name)
+    return columns
+
+
+def _text(value: Any) -> str | None:
+    """A cell as text: None for empty; integral floats without '.0'; ISO dates."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    text = str(value).strip()
+    return text or None
+
+
+def open_table(path: Path, file_type: str, sheet: str | None = None) -> Table:
+    """Open `path` as `file_type` (one of FILE_TYPES) for reading; `sheet` names a
+    spreadsheet's sheet (default: the first). PermanentError when it cannot be read."""
+    if file_type in ("csv", "tsv", "txt"):
+        from crmqueue.formats.readers.delimited import read_delimited
+
+        return read_delimited(path, file_type)
+    if file_type in ("xlsx", "xls", "ods"):
+        from crmqueue.formats.readers.spreadsheet import read_spreadsheet
+
+        return read_spreadsheet(path, file_type, sheet)
+    if file_type == "json":
+        from crmqueue.formats.readers.records import read_json
+
+        return read_json(path)
+    raise PermanentError(f"unknown file type {file_type!r} (types: {', '.join(FILE_TYPES)})")

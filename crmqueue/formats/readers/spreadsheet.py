@@ -1,0 +1,409 @@
+"""Spreadsheets: XLSX, XLS (Excel 97-2003) and ODS (LibreOffice), first or named sheet.
+
+python-calamine (Rust) reads all three, about 12x faster than openpyxl's streaming reader
+(bench/import_export.py), but holds the whole sheet in memory (about 1.6x the sheet's XML);
+an XLSX sheet of more than CALAMINE_MAX_SHEET_BYTES of XML is streamed with openpyxl
+instead, in flat memory. XLS holds at most 65,536 rows; ODS is parsed whole by either.
+
+What a reader of values alone cannot see is read from the XLSX package itself:
+- the date system (`<workbookPr date1904="1">`), so that serial numbers in General cells
+  are read as the workbook meant them (crmqueue.crm.entities reads the serials);
+- formula cells without a computed value: `<f>` with an empty or missing `<v>`
+  (openpyxl writes these), or any formula in a workbook marked `fullCalcOnLoad` (XlsxWriter
+  and openpyxl write that, with a cached "0" or nothing: values the writer never computed).
+  Both readers give those cells a value (None or 0) that would be stored silently; the
+  sheet's XML is scanned for `<f` (the part holding no formula costs one pass of
+  decompression and a byte search) and the rows are refused with FORMULA_REASON.
+Rows keep the sheet's own numbers (blank rows skipped, the first non-blank row is the
+header).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import xml.etree.ElementTree as ET
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crmqueue.errors import PermanentError
+from crmqueue.formats.readers import ProblemRow, Row, Table, _header, _text
+
+XLSX_MAX_UNCOMPRESSED = 1024 * 1024 * 1024  # 1 GiB of XML inside the zip
+XLSX_MAX_RATIO = 200  # uncompressed / compressed: beyond this it is a zip bomb
+CALAMINE_MAX_SHEET_BYTES = 128 * 1024 * 1024  # larger XLSX sheets: openpyxl, streamed
+FORMULA_REASON = (
+    "formula without a computed value: open and save the file in a spreadsheet program first"
+)
+NAMES = {"xlsx": "XLSX", "xls": "XLS", "ods": "ODS"}
+_SCAN_CHUNK = 4 * 1024 * 1024
+_FORMULA = re.compile(rb"<(?:\w+:)?f[\s/>]")
+_ROW = re.compile(rb"<(?:\w+:)?row\b([^>]*?)(?:/>|>(.*?)</(?:\w+:)?row>)", re.S)
+_ROW_START = re.compile(rb"<(?:\w+:)?row[\s/>]")
+_ROW_END = re.compile(rb"</(?:\w+:)?row>|<(?:\w+:)?row\b[^>]*/>")
+_CELL = re.compile(rb"<(?:\w+:)?c\b([^>]*?)(?:/>|>(.*?)</(?:\w+:)?c>)", re.S)
+_VALUE = re.compile(rb"<(?:\w+:)?v(?:\s[^>]*)?>[^<]")
+_REF = re.compile(rb'\br="\$?([A-Za-z]*)\$?(\d*)"')
+_XML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
+_SURROGATE_ESCAPE = re.compile(r"_x([dD][89a-fA-F][0-9A-Fa-f]{2})_")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_spreadsheet(path: Path, file_type: str, sheet: str | None = None) -> Table:
+    if file_type in ("xlsx", "ods"):
+        _check_zip(path, NAMES[file_type])
+    if file_type != "xlsx":
+        return _calamine(path, file_type, sheet, None)
+    info = _xlsx_info(path, sheet)
+    if info.sheet_bytes > CALAMINE_MAX_SHEET_BYTES:
+        return _openpyxl(path, info)
+    return _calamine(path, file_type, info.sheet, info)
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def _check_zip(path: Path, kind: str) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise PermanentError(
+            f"{path.name}: not a valid {kind} file (corrupt, or password-protected): {exc}"
+        ) from None
+    total = sum(info.file_size for info in infos)
+    packed = sum(info.compress_size for info in infos) or 1
+    if total > XLSX_MAX_UNCOMPRESSED or (
+        total > 10 * 1024 * 1024 and total / packed > XLSX_MAX_RATIO
+    ):
+        raise PermanentError(
+            f"{path.name}: refused: the {kind} expands to {total} bytes"
+            f" ({total // packed}x its size), a zip bomb or over the limit"
+        )
+
+
+@dataclass
+class XlsxInfo:
+    """What the XLSX package says about the chosen sheet."""
+
+    sheet: str
+    part: str  # the sheet's XML inside the zip
+    sheet_bytes: int
+    date_system: int = 1900
+    full_calc: bool = False  # cached formula values were not computed by the writer
+    formula_cells: dict[int, set[int]] = field(default_factory=dict)  # row -> column (0-based)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _attribute(element: ET.Element, name: str) -> str | None:
+    for key, value in element.attrib.items():
+        if _local(key) == name:
+            return value
+    return None
+
+
+def _xlsx_info(path: Path, sheet: str | None) -> XlsxInfo:
+    invalid = f"{path.name}: not a valid XLSX file"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            book_part = "xl/workbook.xml"
+            if "_rels/.rels" in names:
+                for rel in ET.fromstring(archive.read("_rels/.rels")):
+                    if (rel.get("Type") or "").endswith("/officeDocument"):
+                        book_part = (rel.get("Target") or book_part).lstrip("/")
+            book = ET.fromstring(archive.read(book_part))
+            base = posixpath.dirname(book_part)
+            rels_part = posixpath.join(base, "_rels", posixpath.basename(book_part) + ".rels")
+            targets = {
+                rel.get("Id"): rel.get("Target") or ""
+                for rel in ET.fromstring(archive.read(rels_part))
+            }
+            sheets: list[tuple[str, str]] = []
+            date_system, full_calc = 1900, False
+            for element in book.iter():
+                tag = _local(element.tag)
+                if tag == "workbookPr":
+                    date_system = 1904 if element.get("date1904") in ("1", "true") else 1900
+                elif tag == "calcPr":
+                    full_calc = element.get("fullCalcOnLoad") in ("1", "true")
+                elif tag == "sheet":
+                    target = targets.get(_attribute(element, "id") or "", "")
+                    part = (
+                        target.lstrip("/")
+                        if target.startswith("/")
+                        else posixpath.normpath(posixpath.join(base, target))
+                    )
+                    if part in names and "worksheets/" in part:  # not a chart sheet
+                        sheets.append((element.get("name") or "", part))
+            if not sheets:
+                raise PermanentError(f"{path.name}: the workbook has no worksheet")
+            if sheet is not None:
+                chosen = [entry for entry in sheets if entry[0] == sheet]
+                if not chosen:
+                    raise PermanentError(
+                        f"{path.name}: no sheet named {sheet!r}"
+                        f" (sheets: {', '.join(name for name, _ in sheets)})"
+                    )
+                sheets = chosen
+            name, part = sheets[0]
+            info = XlsxInfo(name, part, archive.getinfo(part).file_size, date_system, full_calc)
+            with archive.open(part) as stream:
+                info.formula_cells = _formula_cells(stream, full_calc)
+    except (KeyError, ET.ParseError, zipfile.BadZipFile, OSError) as exc:
+        raise PermanentError(f"{invalid}: {exc}") from None
+    return info
+
+
+def _column_index(letters: bytes) -> int:
+    index = 0
+    for char in letters.upper():
+        index = index * 26 + char - 64
+    return index - 1
+
+
+def _formula_cells(stream: Any, full_calc: bool) -> dict[int, set[int]]:
+    """{row number: 0-based columns} of the formula cells whose value was not computed
+    by a spreadsheet program (see the module docstring)."""
+    found: dict[int, set[int]] = {}
+    last_row = 0  # the number of the last row seen, for rows written without r="..."
+    tail = b""
+    while True:
+        chunk = stream.read(_SCAN_CHUNK)
+        data = tail + chunk
+        if chunk:
+            ends = list(_ROW_END.finditer(data))
+            cut = ends[-1].end() if ends else 0
+        else:
+            cut = len(data)
+        part, tail = data[:cut], data[cut:]
+        if _FORMULA.search(part) is None:
+            if part:
+                starts = list(_ROW_START.finditer(part))
+                if starts:
+                    ref = _REF.search(part, starts[-1].start(), starts[-1].start() + 200)
+                    head_end = part.find(b">", starts[-1].start())
+                    if ref is not None and ref.start() < head_end and ref.group(2):
+                        last_row = int(ref.group(2))
+                    else:
+                        last_row += len(starts)
+        else:
+            for row in _ROW.finditer(part):
+                ref = _REF.search(row.group(1))
+                last_row = int(ref.group(2)) if ref is not None and ref.group(2) else last_row + 1
+                body = row.group(2) or b""
+                if _FORMULA.search(body) is None:
+                    continue
+                column = -1
+                for cell in _CELL.finditer(body):
+                    ref = _REF.search(cell.group(1))
+                    column = (
+                        _column_index(ref.group(1))
+                        if ref is not None and ref.group(1)
+                        else column + 1
+                    )
+                    content = cell.group(2) or b""
+                    if _FORMULA.search(content) and (full_calc or not _VALUE.search(content)):
+                        found.setdefault(last_row, set()).add(column)
+        if not chunk:
+            return found
+
+
+_TABLE_NS = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
+_OFFICE_NS = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
+_ODS_CELLS = (f"{_TABLE_NS}table-cell", f"{_TABLE_NS}covered-table-cell")
+
+
+def _ods_formula_cells(path: Path, sheet: str) -> dict[int, set[int]]:
+    """{row number: 0-based columns} of the ODS sheet's formula cells without a computed
+    value (`table:formula` without `office:value-type`: ODF 1.2 Part 1, 19.385 and
+    19.642; LibreOffice always writes the value, generators may not)."""
+    found: dict[int, set[int]] = {}
+    with zipfile.ZipFile(path) as archive, archive.open("content.xml") as stream:
+        if not any(
+            b"table:formula" in chunk for chunk in iter(lambda: stream.read(_SCAN_CHUNK), b"")
+        ):
+            return found
+    with zipfile.ZipFile(path) as archive, archive.open("content.xml") as stream:
+        depth = 0  # inside the chosen table (nested tables are not rows of it)
+        row, repeat_rows, column = 0, 1, 0
+        for event, element in ET.iterparse(stream, events=("start", "end")):
+            tag = element.tag
+            if tag == f"{_TABLE_NS}table":
+                if event == "start" and (depth or element.get(f"{_TABLE_NS}name") == sheet):
+                    depth += 1
+                elif event == "end" and depth:
+                    depth -= 1
+                    if not depth:
+                        return found
+            elif depth != 1 or event != "start":
+                if event == "end" and depth == 1 and tag == f"{_TABLE_NS}table-row":
+                    row += repeat_rows
+                if event == "end":
+                    element.clear()
+            elif tag == f"{_TABLE_NS}table-row":
+                repeat_rows = int(element.get(f"{_TABLE_NS}number-rows-repeated") or 1)
+                column = 0
+            elif tag in _ODS_CELLS:
+                repeat = int(element.get(f"{_TABLE_NS}number-columns-repeated") or 1)
+                if (
+                    element.get(f"{_TABLE_NS}formula") is not None
+                    and element.get(f"{_OFFICE_NS}value-type") is None
+                ):
+                    for number in range(row + 1, row + 1 + min(repeat_rows, 1000)):
+                        found.setdefault(number, set()).update(range(column, column + repeat))
+                column += repeat
+    return found
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _unescape(value: Any, pattern: re.Pattern[str] = _XML_ESCAPE) -> Any:
+    """OOXML writes characters XML cannot hold (CR, control characters, the halves of a
+    surrogate pair a writer split) as _xHHHH_; openpyxl's streaming reader leaves them so,
+    calamine all but surrogates. Pairs are joined; a lone half stays, to be refused."""
+    if isinstance(value, str) and "_x" in value:
+        text = pattern.sub(lambda m: chr(int(m.group(1), 16)), value)
+        if text.isascii() or not _SURROGATE.search(text):
+            return text
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+    return value
+
+
+def _rows(
+    records: Iterator[tuple[int, list[Any]]],
+    formula_cells: dict[int, set[int]],
+    columns: list[str],
+) -> Iterator[tuple[int, Row]]:
+    """(number, row) from (number, values): blank rows skipped, formula cells refused."""
+    for number, values in records:
+        cells = [_text(value) for value in values]
+        if not any(cells):
+            continue
+        row = dict(zip(columns, cells, strict=False))
+        bad = formula_cells.get(number)
+        if bad:
+            problems = {
+                columns[index]: FORMULA_REASON for index in sorted(bad) if index < len(columns)
+            }
+            if problems:
+                row = ProblemRow(row, problems)
+        yield number, row
+
+
+def _header_row(records: Iterator[tuple[int, list[Any]]], path: Path, sheet: str) -> list[str]:
+    for _number, values in records:
+        if any(_text(value) for value in values):
+            return _header(values)
+    raise PermanentError(f"{path.name}: the sheet {sheet!r} is empty")
+
+
+def _calamine(path: Path, file_type: str, sheet: str | None, info: XlsxInfo | None) -> Table:
+    import python_calamine
+
+    kind = NAMES[file_type]
+    try:
+        book = python_calamine.CalamineWorkbook.from_path(str(path))
+    except (python_calamine.CalamineError, OSError, ValueError) as exc:
+        raise PermanentError(
+            f"{path.name}: not a valid {kind} file (corrupt, or password-protected): {exc}"
+        ) from None
+    try:
+        if sheet is None:
+            worksheets = [
+                meta.name
+                for meta in book.sheets_metadata
+                if meta.typ == python_calamine.SheetTypeEnum.WorkSheet
+            ]
+            if not worksheets:
+                raise PermanentError(f"{path.name}: the workbook has no worksheet")
+            sheet = worksheets[0]
+        elif sheet not in book.sheet_names:
+            raise PermanentError(
+                f"{path.name}: no sheet named {sheet!r} (sheets: {', '.join(book.sheet_names)})"
+            )
+        try:
+            data = book.get_sheet_by_name(sheet)
+        except (python_calamine.CalamineError, ValueError) as exc:
+            raise PermanentError(
+                f"{path.name}: the sheet {sheet!r} is not readable: {exc}"
+            ) from None
+    finally:
+        book.close()
+    start = data.start
+    # iter_rows starts at the sheet's first row but at its first used column: pad, so that
+    # columns are the sheet's own (and named as openpyxl's reader names them).
+    padding: list[Any] = [None] * (start[1] if start else 0)
+    total = data.total_height or 1
+    state = {"row": 0}
+    xlsx = file_type == "xlsx"
+
+    def numbered() -> Iterator[tuple[int, list[Any]]]:
+        for number, values in enumerate(data.iter_rows(), start=1):
+            state["row"] = number
+            if xlsx:
+                values = [_unescape(value, _SURROGATE_ESCAPE) for value in values]
+            yield number, padding + values if padding else values
+
+    records = numbered()
+    columns = _header_row(records, path, sheet)
+    if info is not None:
+        formula_cells = info.formula_cells
+    elif file_type == "ods":
+        try:
+            formula_cells = _ods_formula_cells(path, sheet)
+        except (KeyError, ET.ParseError, zipfile.BadZipFile, OSError) as exc:
+            raise PermanentError(f"{path.name}: not a valid ODS file: {exc}") from None
+    else:
+        formula_cells = {}  # XLS: BIFF keeps every formula's last computed value
+    return Table(
+        columns,
+        _rows(records, formula_cells, columns),
+        [],
+        None,
+        lambda: min(1.0, state["row"] / total),
+        date_system=info.date_system if info else 1900,
+    )
+
+
+def _openpyxl(path: Path, info: XlsxInfo) -> Table:
+    import openpyxl  # type: ignore[import-untyped]
+    from openpyxl.utils.exceptions import InvalidFileException  # type: ignore[import-untyped]
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise PermanentError(f"{path.name}: not a valid XLSX file: {exc}") from None
+    ws = book[info.sheet]
+    total = ws.max_row or 0
+    state = {"row": 1}
+
+    def numbered() -> Iterator[tuple[int, list[Any]]]:
+        try:
+            for number, record in enumerate(ws.iter_rows(values_only=True), start=1):
+                state["row"] = number
+                yield number, [_unescape(cell) for cell in record]
+        finally:
+            book.close()
+
+    records = numbered()
+    try:
+        columns = _header_row(records, path, info.sheet)
+    except PermanentError:
+        book.close()
+        raise
+    return Table(
+        columns,
+        _rows(records, info.formula_cells, columns),
+        [],
+        None,
+        lambda: min(1.0, state["row"] / total) if total else None,
+        date_system=info.date_system,
+    )
