@@ -9,14 +9,18 @@ import datetime as dt
 import http.server
 import io
 import re
+import subprocess
 import sys
 import threading
+import unicodedata
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from crmqueue.config import Settings
@@ -24,6 +28,7 @@ from crmqueue.crm.store import create_engine, init_db, seed
 from crmqueue.errors import PermanentError
 from crmqueue.formats import pdf
 from crmqueue.formats.pdf import html_to_pdf, write_pdf
+from crmqueue.formats.writers import ExportNotes
 from crmqueue.payloads import ExportPayload
 from crmqueue.workers.import_export import run_export
 
@@ -310,3 +315,130 @@ def test_run_export_to_pdf(sqlite_crm: Any, tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match=r"limit of 100 rows.*csv or xlsx"):
         run_export(payload, sqlite_crm, files, "job-big", seen.append, max_pdf_rows=100)
     assert not list((files / "exports" / "t1").glob("*job-big*"))
+
+
+# --------------------------------------------------------------------------- fonts and scripts
+
+NAMES = [
+    "Дмитрий Иванов",  # Cyrillic
+    "Γιώργος Παπαδόπουλος",  # Greek
+    "Łukasz Żółć-Gęślą",  # Polish
+    "Nguyễn Văn Đức",  # Vietnamese
+    "王小明",  # Chinese
+    "山田太郎 やまだ カタカナ",  # Japanese
+    "김민준",  # Korean
+    "Jürgen Ørsted Ñuñez",
+]
+
+
+def fonts_of(path: Path) -> set[str]:
+    """The base font names a PDF's pages use (subset prefixes dropped)."""
+    names = set()
+    for page in PdfReader(path).pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            assert "/FontFile2" in (
+                font["/DescendantFonts"][0].get_object()["/FontDescriptor"]
+                if "/DescendantFonts" in font
+                else font.get("/FontDescriptor", {})
+            ) or font["/BaseFont"] in ("/Helvetica", "/Helvetica-Bold"), font["/BaseFont"]
+            names.add(str(font["/BaseFont"]).split("+")[-1].lstrip("/"))
+    return names
+
+
+def test_names_in_every_script_print_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "names.pdf"
+    notes = ExportNotes()
+    rows = [(n, name, f"p{n}@example.com") for n, name in enumerate(NAMES, start=1)]
+    # Vietnamese as a keyboard may send it: decomposed (NFD); printed composed
+    rows.append((9, unicodedata.normalize("NFD", "Nguyễn Thị Ánh"), "nfd@example.com"))
+    write_pdf(path, ["id", "name", "email"], rows, title="contacts", generated_at=GENERATED,
+              notes=notes)  # fmt: skip
+    text = squash("".join(pages_text(path)))
+    for name in [*NAMES, "Nguyễn Thị Ánh"]:
+        assert squash(name) in text, name
+    assert "\ufffd" not in text and "■" not in text
+    assert notes.result() == {}
+    assert {"DejaVuSans", "DejaVuSans-Bold", "DroidSansFallback", "NanumSquareR"} <= fonts_of(path)
+
+
+def test_characters_no_font_has_are_marked_and_their_rows_listed(tmp_path: Path) -> None:
+    path = tmp_path / "missing.pdf"
+    notes = ExportNotes()
+    rows = [(1, "Ann"), (2, "สมชาย ใจดี"), (3, "nul\x00 here"), (4, "देवनागरी"), (5, "Zoë")]
+    write_pdf(path, ["id", "name"], rows, generated_at=GENERATED, notes=notes)
+    result = notes.result()
+    assert result["missing_glyph_rows"] == [2, 3, 4]
+    assert result["missing_glyph_rows_total"] == 3
+    assert "\x00" in result["missing_glyphs"] and "ส" in result["missing_glyphs"]
+    (warning,) = notes.warnings("pdf")
+    assert warning.startswith("3 row(s) have characters the PDF's fonts cannot show")
+    assert "rows 2, 3, 4." in warning
+    text = "".join(pages_text(path))
+    assert "nul\ufffd here" in text and "Zoë" in text
+
+
+LETTERS = st.characters(
+    codec="utf-8",
+    categories=["Lu", "Ll", "Lo"],
+    # Basic Latin to Greek and Cyrillic, CJK ideographs, kana, Hangul syllables
+    min_codepoint=0x41,
+    max_codepoint=0xD7A3,
+).filter(
+    lambda ch: (
+        ch.isalpha()
+        and (
+            ord(ch) < 0x530
+            or 0x3041 <= ord(ch) <= 0x30FF
+            or 0x4E00 <= ord(ch) <= 0x9FFF
+            or 0xAC00 <= ord(ch) <= 0xD7A3
+            or 0x1E00 <= ord(ch) <= 0x1EFF
+        )
+        and unicodedata.normalize("NFC", ch) == ch
+        and not pdf.missing_glyphs(ch)
+    )
+)
+
+
+@given(st.lists(st.text(LETTERS, min_size=1, max_size=12), min_size=1, max_size=25))
+@settings(max_examples=8, deadline=None)
+def test_any_name_the_fonts_cover_reads_back(names: list[str]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.pdf"
+        notes = ExportNotes()
+        write_pdf(path, ["id", "name"], [(n, name) for n, name in enumerate(names)],
+                  generated_at=GENERATED, notes=notes)  # fmt: skip
+        text = squash("".join(pages_text(path)))
+        for name in names:
+            assert squash(name) in text, name
+        assert notes.result() == {}
+
+
+def test_a_latin_export_loads_no_cjk_font() -> None:
+    probe = (
+        "import sys, tempfile, pathlib;"
+        "from crmqueue.formats import pdf;"
+        "d = tempfile.mkdtemp();"
+        "pdf.write_pdf(pathlib.Path(d) / 'x.pdf', ['id', 'name'], [(1, 'Zoë Łódź Ωmega Жук')]);"
+        "print(sorted(pdf._cmaps))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert result.stdout.strip() == "['DejaVuSans']"
+
+
+def test_the_fonts_ship_with_their_licences() -> None:
+    from importlib.resources import files
+
+    fonts = files("crmqueue.formats") / "fonts"
+    names = {entry.name for entry in fonts.iterdir()}
+    assert {"DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DroidSansFallbackFull.ttf",
+            "NanumSquareR.ttf", "LICENSE-DejaVu.txt", "LICENSE-DroidSansFallback.txt",
+            "LICENSE-Nanum.txt"} <= names  # fmt: skip
+    assert "Bitstream Vera" in (fonts / "LICENSE-DejaVu.txt").read_text()
+    assert "Apache License" in (fonts / "LICENSE-DroidSansFallback.txt").read_text()
+    assert "SIL Open Font License" in (fonts / "LICENSE-Nanum.txt").read_text()
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert '"formats/fonts/*.ttf", "formats/fonts/LICENSE-*.txt"' in pyproject

@@ -421,6 +421,21 @@ def _filter_adapter(entity: str, field: str) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _storable(text: str) -> bool:
+    """Whether the CRM database can hold `text`: PostgreSQL refuses NUL, and UTF-8 a lone
+    surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ExportCheckError(ValueError):
     """An export names a field the entity lacks, or a filter value its field cannot hold."""
 
@@ -472,10 +487,21 @@ def check_export_filters(
             if item is None or isinstance(item, dict | list):
                 problems.append(f"{where}: a filter is a value, a list of values or null")
                 continue
+            if isinstance(item, str) and not _storable(item):
+                problems.append(
+                    f"{where}: NUL characters and lone surrogates are not text the CRM holds"
+                )
+                continue
             try:
-                typed.append(adapter.validate_python(item, context=context))
+                checked_value = adapter.validate_python(item, context=context)
             except ValidationError as exc:
                 problems.append(f"{where}: {exc.errors()[0]['msg']}")
+                continue
+            # the CRM's INTEGER columns are 32-bit (PostgreSQL refuses a larger operand)
+            if type(checked_value) is int and not INT32_MIN <= checked_value <= INT32_MAX:
+                problems.append(f"{where}: out of range for the field (a 32-bit integer)")
+                continue
+            typed.append(checked_value)
         checked[name] = typed if isinstance(value, list) else (typed[0] if typed else None)
     if problems:
         raise ExportCheckError("; ".join(problems))
