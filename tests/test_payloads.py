@@ -127,7 +127,7 @@ def test_payload_error_message_lists_fields() -> None:
     with pytest.raises(PayloadError) as info:
         validate_payload(EmailPayload, _email(to="nope", template=None))
     assert str(info.value).startswith("payload invalid: ")
-    assert "to.0: value is not a valid email address" in str(info.value)
+    assert "to: value is not a valid email address" in str(info.value)
     assert "template: " in str(info.value)
 
 
