@@ -106,3 +106,17 @@ def test_cli_db_init_and_seed(tmp_path: Path, monkeypatch: Any) -> None:
         assert count(engine, schema.contacts, "t1") == 200
     finally:
         engine.dispose()
+    # the statuses it gives contacts are the configured ones
+    (tmp_path / "crmqueue.toml").write_text('[crm]\ncontact_statuses = ["Trial", "Paying"]\n')
+    seeded = runner.invoke(main, ["db", "seed", "--tenant", "t2", "--contacts", "50"])
+    assert seeded.exit_code == 0, seeded.output
+    engine = create_engine("sqlite:///crmqueue-data/crm.db")
+    try:
+        with engine.connect() as conn:
+            c = schema.contacts.c
+            query = sa.select(c.status, c.name).where(c.tenant_id == "t2")
+            rows = conn.execute(query).all()
+        assert {row.status for row in rows} == {"Trial", "Paying"}
+        assert all(row.name for row in rows)
+    finally:
+        engine.dispose()

@@ -42,7 +42,7 @@ def db_seed(tenant: str, contacts: int) -> None:
     engine = create_engine(settings.database.url)
     try:
         init_db(engine)
-        counts = seed(engine, tenant, contacts)
+        counts = seed(engine, tenant, contacts, contact_statuses=settings.crm.contact_statuses)
     finally:
         engine.dispose()
     click.echo(", ".join(f"{count} {name}" for name, count in counts.items()))
