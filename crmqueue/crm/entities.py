@@ -409,6 +409,11 @@ def export_fields(entity: str) -> tuple[str, ...]:
 
 
 @functools.cache
+def _export_field_set(entity: str) -> frozenset[str]:
+    return frozenset(export_fields(entity))
+
+
+@functools.cache
 def _filter_adapter(entity: str, field: str) -> TypeAdapter[Any]:
     """The validator of one filter value: the field's type and constraints as an import
     checks them (a status from the list, a date, an email address, ...)."""
@@ -450,14 +455,13 @@ def _unknown(entity: str, names: Sequence[str]) -> ExportCheckError:
 def check_export_fields(entity: str, fields: Sequence[str]) -> list[str]:
     """The fields of an export (all of `export_fields` when none are named); raises
     ExportCheckError for an unknown or repeated field."""
-    available = export_fields(entity)
-    unknown = [name for name in fields if name not in available]
-    if unknown:
-        raise _unknown(entity, unknown)
-    repeated = sorted({name for name in fields if fields.count(name) > 1})
-    if repeated:
+    available = _export_field_set(entity)
+    if not available.issuperset(fields):
+        raise _unknown(entity, [name for name in fields if name not in available])
+    if len(set(fields)) != len(fields):
+        repeated = sorted({name for name in fields if fields.count(name) > 1})
         raise ExportCheckError(f"field(s) {', '.join(map(repr, repeated))} listed twice")
-    return list(fields) or list(available)
+    return list(fields) or list(export_fields(entity))
 
 
 def check_export_filters(
@@ -468,10 +472,9 @@ def check_export_filters(
     """Each filter's value(s) as its field holds them (str -> date, int, Decimal; a status in
     its configured spelling). A filter is `field: value` (equal), `field: [values]` (any
     of them) or `field: null` (empty). Raises ExportCheckError naming the field."""
-    available = export_fields(entity)
-    unknown = [name for name in filters if name not in available]
-    if unknown:
-        raise _unknown(entity, unknown)
+    available = _export_field_set(entity)
+    if not available.issuperset(filters):
+        raise _unknown(entity, [name for name in filters if name not in available])
     context = {"contact_statuses": contact_statuses} if contact_statuses else None
     checked: dict[str, Any] = {}
     problems: list[str] = []
