@@ -29,6 +29,7 @@ __all__ = [
     "builtin_declarations",
     "declaration_for",
     "forget_tenant_templates",
+    "is_reserved_header",
     "missing_variables",
     "spellings",
     "tag_limit",
@@ -37,7 +38,9 @@ __all__ = [
 MANIFEST = Path(__file__).resolve().parent / "templates" / "email" / "variables.json"
 DECLARATION_SUFFIX = ".vars.json"
 
-# Headers a caller may not set through `headers`: the message builds them itself.
+# Headers a caller may not set through `headers`: the message builds them itself (and the
+# tags header), the transport adds them, or a vendor refuses them (SendGrid's reserved
+# list: received, dkim-signature, x-sg-id, x-sg-eid); every content-* and resent-* header.
 RESERVED_HEADERS = frozenset(
     {
         "from",
@@ -45,14 +48,27 @@ RESERVED_HEADERS = frozenset(
         "cc",
         "bcc",
         "reply-to",
+        "sender",
         "subject",
         "date",
         "message-id",
         "mime-version",
-        "content-type",
-        "content-transfer-encoding",
+        "return-path",
+        "received",
+        "dkim-signature",
+        "x-sg-id",
+        "x-sg-eid",
+        "x-crmqueue-tags",
     }
 )
+RESERVED_PREFIXES = ("content-", "resent-")
+
+
+def is_reserved_header(name: str) -> bool:
+    """Whether `headers` may not set header `name` (case-insensitive)."""
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES)
+
 
 # Tags per message each vendor takes: Mailgun `o:tag` at most 3, SendGrid `categories` at
 # most 10 (their API references); the others have no lower limit than our own.

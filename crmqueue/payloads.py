@@ -63,7 +63,7 @@ def _headers(value: dict[str, str]) -> dict[str, str]:
             "header name must be 1-70 printable ASCII characters without ':': {names}",
             {"names": ", ".join(map(repr, bad))},
         )
-    reserved = [name for name in value if name.lower() in email_rules.RESERVED_HEADERS]
+    reserved = [name for name in value if email_rules.is_reserved_header(name)]
     if reserved:
         raise PydanticCustomError(
             "header_reserved",

@@ -280,6 +280,8 @@ def test_tag_count_follows_the_configured_provider(make_broker: Any) -> None:
 @pytest.mark.parametrize(
     "headers",
     [{"Content-Type": "text/plain"}, {"bcc": "x@example.com"}, {"Message-ID": "<x@y>"},
+     {"content-disposition": "inline"}, {"Resent-To": "x@example.com"}, {"Received": "x"},
+     {"DKIM-Signature": "x"}, {"X-SG-ID": "x"}, {"X-Crmqueue-Tags": "x"}, {"Sender": "x"},
      {"X-" + "a" * 69: "x"}, {"X-Long": "x" * 2001}],
 )  # fmt: skip
 def test_headers_that_the_message_builds_or_that_cannot_fold_are_refused(

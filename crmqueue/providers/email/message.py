@@ -25,7 +25,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
 
-from crmqueue.email_rules import RESERVED_HEADERS
+from crmqueue.email_rules import is_reserved_header
 from crmqueue.errors import PermanentError
 from crmqueue.fields import AddressError, format_mailbox, parse_mailbox
 
@@ -75,7 +75,7 @@ class OutgoingEmail:
     def __post_init__(self) -> None:
         if not self.to:
             raise PermanentError("email has no recipient")
-        bad = [name for name in self.headers if name.lower() in RESERVED_HEADERS]
+        bad = [name for name in self.headers if is_reserved_header(name)]
         if bad:
             raise PermanentError(f"headers may not override {', '.join(bad)}")
         for value in (self.from_, *self.to, *self.cc, *self.bcc, self.reply_to):

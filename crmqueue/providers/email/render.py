@@ -222,7 +222,7 @@ def template_variables(ast: nodes.Template) -> set[str]:
     for node in ast.find_all((nodes.FromImport, nodes.Import)):
         if isinstance(node, nodes.Import):
             imported.add(node.target)
-        else:
+        elif isinstance(node, nodes.FromImport):
             imported |= {name if isinstance(name, str) else name[1] for name in node.names}
     return jinja2.meta.find_undeclared_variables(ast) - imported
 
