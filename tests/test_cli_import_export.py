@@ -375,6 +375,22 @@ def test_unknown_field_in_mapping_is_refused_before_anything_is_enqueued(cli: Cl
     assert cli.rows() == []
 
 
+def test_file_type_from_the_suffix_or_type(cli: Cli) -> None:
+    tsv = write_csv(cli.workdir / "a.tsv", "email\tfirst_name\ntab@x.com\tTab\n")
+    assert summary(cli.ok(cli.import_(tsv)))["new"] == 1
+    jsonl = write_csv(cli.workdir / "b.jsonl", '{"email": "line@x.com", "first_name": "L"}\n')
+    assert summary(cli.ok(cli.import_(jsonl)))["new"] == 1
+    dat = write_csv(cli.workdir / "c.dat", "email,first_name\ndat@x.com,Dat\n")
+    unknown = cli.import_(dat)
+    assert unknown.returncode == 2, unknown.stderr
+    assert "Invalid value for --type: cannot tell the type of" in unknown.stderr
+    assert "(types: csv, tsv, txt, xlsx, xls, ods, json)" in unknown.stderr
+    wrong = cli.import_(dat, "--type", "pdf")
+    assert wrong.returncode == 2 and "'pdf' is not a file type (types: csv," in wrong.stderr
+    assert summary(cli.ok(cli.import_(dat, "--type", "CSV")))["new"] == 1
+    assert sorted(r["email"] for r in cli.rows()) == ["dat@x.com", "line@x.com", "tab@x.com"]
+
+
 def test_unknown_entity_is_a_clear_error_and_nothing_is_enqueued(cli: Cli) -> None:
     source = write_csv(cli.workdir / "p.csv", "email\na@x.com\n")
     result = cli("import", str(source), "--entity", "deals", "--wait")
