@@ -23,7 +23,7 @@ from typing import Any
 
 from crmqueue.errors import PayloadError
 
-__all__ = ["encode", "problems", "text_problems"]
+__all__ = ["encode", "encode_value", "problems", "suspect_dump", "text_problems"]
 
 # ensure_ascii (the default): every character outside ASCII is escaped, so a lone
 # surrogate and NUL show as escapes in the bytes. allow_nan=False: NaN is not JSON.
@@ -50,6 +50,18 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def _suspect(data: bytes) -> bool:
     return (b"\\ud" in data and _LONE_ESCAPE.search(data) is not None) or b"\\u0000" in data
+
+
+def suspect_dump(data: bytes) -> bool:
+    """Whether a pydantic model's JSON dump (UTF-8; NaN written as a constant) may hold
+    what `encode` refuses: NUL, NaN or Infinity, or U+FFFD (what a dict key's lone
+    surrogate becomes in the dump). A lone surrogate in a value fails the dump itself."""
+    return b"\\u0000" in data or b"\xef\xbf\xbd" in data or b"NaN" in data or b"Infinity" in data
+
+
+def encode_value(value: Any) -> bytes:
+    """`value` as compact ASCII JSON; PayloadError naming what cannot be (see `encode`)."""
+    return encode({"value": value}, "value")[len(b'{"value":') : -1]
 
 
 def encode(message: dict[str, Any], field: str) -> bytes:

@@ -20,12 +20,12 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticSerializationError
 
 from crmqueue import email_rules
 from crmqueue.errors import PayloadError
 from crmqueue.fields import Mailbox, MailboxList, SingleLine, check_single_line
-from crmqueue.json_text import text_problems
+from crmqueue.json_text import encode_value, problems, suspect_dump, text_problems
 
 __all__ = [
     "DateRange",
@@ -37,6 +37,7 @@ __all__ = [
     "Payload",
     "ReportPayload",
     "WebhookDeliveryPayload",
+    "payload_json",
     "validate_payload",
 ]
 
@@ -47,6 +48,9 @@ _CONFIG = ConfigDict(
     validate_by_alias=True,
     loc_by_alias=False,
     extra="forbid",
+    # NaN and Infinity are not JSON: written as constants, payload_json finds and refuses
+    # them (the default writes null, silently).
+    ser_json_inf_nan="constants",
 )
 
 # A header name: printable ASCII without ':' (RFC 5322 ftext), short enough that
@@ -346,16 +350,44 @@ def validate_payload(model: type[P], data: Mapping[str, Any]) -> P:
     """`data` as a `model`. Raises PayloadError listing every bad field: the model's errors
     and any text no attempt could use (crmqueue.json_text: a lone surrogate or NUL in any
     string or key, named by its path as given). The text is checked on the input because
-    validation turns a lone surrogate in a dict key into U+FFFD without a word."""
+    a model's JSON dump turns a lone surrogate in a dict key into U+FFFD without a word."""
     text = text_problems(data)
     try:
         valid = model.model_validate(data)
     except ValidationError as exc:
-        errors = [(".".join(str(part) for part in err["loc"]), err) for err in exc.errors()]
-        if text:  # the model's complaints about the same text: told once, above
-            told = {path for path, _ in text}
-            errors = [e for e in errors if e[0] not in told and e[1]["type"] != "string_unicode"]
-        raise PayloadError(text + [(path, err["msg"]) for path, err in errors]) from exc
+        raise PayloadError(_with_model_errors(text, exc)) from exc
     if text:
         raise PayloadError(text)
     return valid
+
+
+def payload_json(model: type[P], data: Mapping[str, Any]) -> tuple[P, bytes]:
+    """`data` as a `model`, and the model as compact UTF-8 JSON for a job message: what
+    validate_payload accepts and refuses, at the cost of one validation and one dump in
+    Rust. The JSON is looked at instead of the input: a lone surrogate fails the dump, NUL
+    and NaN show as ``\\u0000`` and ``NaN`` (a payload's config writes NaN as a constant
+    for this), a dict key's lone surrogate as U+FFFD; only then is the input walked to
+    name the fields (a real U+FFFD or "NaN" in a text costs that walk, nothing more)."""
+    try:
+        valid = model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(_with_model_errors(text_problems(data), exc)) from exc
+    try:
+        encoded: bytes = valid.__pydantic_serializer__.to_json(valid)
+    except PydanticSerializationError:
+        encoded = b""  # a lone surrogate in a text: named below
+    if not encoded or suspect_dump(encoded):
+        errors = text_problems(data) or problems(valid.model_dump(mode="json"))
+        if errors:
+            raise PayloadError(errors)
+        if not encoded:  # a high-low pair given as two code points: JSON escapes join them
+            encoded = encode_value(valid.model_dump(mode="json"))
+    return valid, encoded
+
+
+def _with_model_errors(text: list[tuple[str, str]], exc: ValidationError) -> list[tuple[str, str]]:
+    errors = [(".".join(str(part) for part in err["loc"]), err) for err in exc.errors()]
+    if text:  # the model's complaints about the same text: told once, by `text`
+        told = {path for path, _ in text}
+        errors = [e for e in errors if e[0] not in told and e[1]["type"] != "string_unicode"]
+    return text + [(path, err["msg"]) for path, err in errors]

@@ -5,6 +5,8 @@ from datetime import date
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crmqueue.errors import PayloadError
 from crmqueue.payloads import (
@@ -16,6 +18,7 @@ from crmqueue.payloads import (
     Payload,
     ReportPayload,
     WebhookDeliveryPayload,
+    payload_json,
     validate_payload,
 )
 
@@ -215,3 +218,59 @@ def test_notification_lengths() -> None:
 def test_non_mapping_payload_rejected() -> None:
     with pytest.raises(PayloadError):
         validate_payload(EventPayload, [1, 2])  # type: ignore[arg-type]
+
+
+# Any JSON-like tree, with every kind of text (lone surrogates, pairs given as two code
+# points, NUL, U+FFFD) and every float (NaN, Infinity) in values and keys.
+_ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=6)
+_TREES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _ANY_TEXT
+    | st.sampled_from(["\ud83d", "\ud83d\ude00", "\ufffd", "NaN", "\x00", "Infinity"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ANY_TEXT, inner, max_size=3),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=_TREES, key=_ANY_TEXT)
+def test_payload_json_refuses_and_encodes_as_validate_payload_and_the_engine_do(
+    tree: Any, key: str
+) -> None:
+    """payload_json (one validation and one dump in Rust, the input walked only when its
+    JSON looks suspect) refuses exactly what validate_payload and the engine's encode
+    refuse, with the same paths, and otherwise stores what they would."""
+    from crmqueue.json_text import encode_value
+
+    data = {"tenantId": "t1", "eventType": "contact.created", "payload": {key: tree}}
+    try:
+        reference = encode_value(validate_payload(EventPayload, data).model_dump(mode="json"))
+    except PayloadError as exc:
+        with pytest.raises(PayloadError) as info:
+            payload_json(EventPayload, data)
+        assert info.value.errors == exc.errors
+        return
+    valid, encoded = payload_json(EventPayload, data)
+    assert valid.tenant_id == "t1"
+    assert json.loads(encoded) == json.loads(reference)
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "reason"),
+    [
+        ({"k\ud83d": 1}, "payload.k\\ud83d", "the key itself: lone surrogate U+D83D"),
+        ({"k": "\ud83d"}, "payload.k", "lone surrogate U+D83D"),
+        ({"k": ["a", "\x00"]}, "payload.k.1", "NUL (U+0000) at character 0"),
+        ({"k": float("nan")}, "payload.k", "nan is not a JSON number"),
+        ({"k": float("-inf")}, "payload.k", "-inf is not a JSON number"),
+    ],
+)
+def test_payload_json_names_the_field(value: Any, path: str, reason: str) -> None:
+    data = {"tenant_id": "t1", "event_type": "contact.created", "payload": value}
+    with pytest.raises(PayloadError) as info:
+        payload_json(EventPayload, data)
+    ((field, text),) = info.value.errors
+    assert field == path and text.startswith(reason)
+    # U+FFFD and the words NaN or Infinity are text like any other: only the walk sees them.
+    ok = {"k\ufffd": "\ufffd NaN Infinity", "n": "NaN"}
+    _, encoded = payload_json(EventPayload, {**data, "payload": ok})
+    assert json.loads(encoded)["payload"] == ok

@@ -330,8 +330,8 @@ def test_a_producer_enqueues_a_body_it_never_imported_and_the_worker_validates(
     assert "name" in failed.errors[-1]["message"]
     lost = unknown.wait(20)
     assert (lost.state, lost.attempts) == ("dead", 1)
-    assert lost.errors[-1]["type"] == "UnknownTask"
-    assert "no job body named 'myjobs.ping' on queue 'email'" in lost.errors[-1]["message"]
+    assert lost.errors[-1]["type"] == "PoisonMessage"
+    assert "job body 'myjobs.ping' not found on queue 'email'" in lost.errors[-1]["message"]
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)

@@ -88,11 +88,32 @@ class JsonMessages(Serializer):  # type: ignore[misc]
         return Message(id=message["id"], name=message["name"], args=(), kwargs=message["payload"])
 
 
-def encode_message(job_id: str, name: str, payload: Mapping[str, Any]) -> bytes:
+@dataclass(frozen=True)
+class EncodedPayload:
+    """A payload its producer validated and encoded as JSON, checked as encode_message
+    checks a mapping (crmqueue.tasks does it with crmqueue.payloads.payload_json): stored
+    as it is, without a second encode."""
+
+    tenant_id: str
+    json: bytes
+
+
+def encode_message(job_id: str, name: str, payload: Mapping[str, Any] | EncodedPayload) -> bytes:
     """The stored message: compact JSON of id, name and payload. Raises PayloadError
     naming each field whose text or value no attempt could use (see
     crmqueue.json_text.encode)."""
+    if isinstance(payload, EncodedPayload):
+        return b'{"id":%s,"name":%s,"payload":%s}' % (
+            json.dumps(job_id).encode(),
+            _name_json(name),
+            payload.json,
+        )
     return json_text.encode({"id": job_id, "name": name, "payload": dict(payload)}, "payload")
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_json(name: str) -> bytes:
+    return json.dumps(name).encode()
 
 
 class QueueHuey(huey.Huey):  # type: ignore[misc]
@@ -114,7 +135,7 @@ class QueueHuey(huey.Huey):  # type: ignore[misc]
         message = self.serializer.deserialize(data)
         if message.name not in self._registry._registry:
             raise UnknownTask(
-                f"no job body named {message.name!r} on queue {self.name!r} in this worker:"
+                f"job body {message.name!r} not found on queue {self.name!r} in this worker:"
                 " add its module to [runner] imports (or fix the name the producer used),"
                 " then replay the job (crmqueue dlq replay)"
             )
@@ -126,7 +147,7 @@ class Enqueue:
     """One job to enqueue; see Queue.enqueue for the fields."""
 
     name: str
-    payload: Mapping[str, Any]
+    payload: Mapping[str, Any] | EncodedPayload
     priority: int | None = None
     delay: float | None = None
     eta: dt.datetime | None = None
@@ -149,7 +170,10 @@ class Queue:
         return any(body.queue == self.name for body in BODIES.values())
 
     def _new_job(self, item: Enqueue) -> NewJob:
-        tenant = item.payload.get("tenant_id")
+        payload = item.payload
+        tenant = (
+            payload.tenant_id if isinstance(payload, EncodedPayload) else payload.get("tenant_id")
+        )
         if not isinstance(tenant, str) or not tenant:
             raise PayloadError([("tenant_id", "field required")])
         priority = self.spec.priority if item.priority is None else item.priority
@@ -170,14 +194,14 @@ class Queue:
             tenant=tenant,
             priority=priority,
             max_attempts=self.spec.attempts,
-            message=encode_message(job_id, item.name, item.payload),
+            message=encode_message(job_id, item.name, payload),
             run_at=run_at,
         )
 
     def enqueue(
         self,
         name: str,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | EncodedPayload,
         *,
         priority: int | None = None,
         delay: float | None = None,

@@ -323,8 +323,7 @@ class QueueRunner:
 
     def _record_poison(self, claim: Claim, exc: Exception) -> None:
         raw = claim.message[:500].decode("utf-8", "backslashreplace")
-        kind = type(exc).__name__ if isinstance(exc, CrmQueueError) else "PoisonMessage"
-        error = error_record(kind, f"cannot run message: {exc}; raw: {raw}")
+        error = error_record("PoisonMessage", f"cannot run message: {exc}; raw: {raw}")
         self.queue.store.fail(claim, error, None)
         log.error("job %s queue=%s outcome=dead poison message: %s", claim.id, self.queue.name, exc)
 
