@@ -9,6 +9,9 @@ one generated CSV of contacts:
 - import: the real `Importer` (validation, duplicate lookup, batches of 100 with
   checkpoints) from CSV into SQLite and into PostgreSQL; the floor beside it is the same
   rows bulk-inserted with the stdlib csv and sqlite3 modules and nothing else.
+- import-xlsx: the same rows from one XLSX sheet (XlsxWriter, inline strings) into SQLite,
+  once through each XLSX reader (`--reader`): openpyxl's streaming reader (the only one
+  before; still used for sheets over CALAMINE_MAX_SHEET_BYTES of XML) and python-calamine.
 - export: the real `run_export` to CSV and XLSX from the imported SQLite database; floors:
   the stdlib csv writer over a raw cursor, and openpyxl's write-only mode (the library the
   XLSX writer replaced) on a tenth of the rows.
@@ -48,6 +51,21 @@ def generate(path: Path, rows: int) -> None:
             ])  # fmt: skip
 
 
+def generate_xlsx(path: Path, rows: int) -> None:
+    import xlsxwriter  # type: ignore[import-untyped]
+
+    book = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+    sheet = book.add_worksheet("contacts")
+    sheet.write_row(0, 0, COLUMNS)
+    for n in range(rows):
+        city, country = CITIES[n % len(CITIES)]
+        sheet.write_row(n + 1, 0, [
+            f"person{n}@example{n % 97}.com", f"First{n}", f"Last{n}", f"+1 555 {n:07d}",
+            f"Company {n % 5000}", "Account Manager", city, country,
+        ])  # fmt: skip
+    book.close()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -55,13 +73,16 @@ def peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- tasks
 
 
-def task_import(db_url: str, files: Path) -> int:
+def task_import(db_url: str, files: Path, file_type: str = "csv", reader: str = "") -> int:
     from crmqueue.crm.store import get_engine
+    from crmqueue.formats.readers import spreadsheet
     from crmqueue.payloads import ImportPayload
     from crmqueue.workers.import_export import Importer
 
+    if reader:  # force one XLSX reader, whatever the sheet's size
+        spreadsheet.CALAMINE_MAX_SHEET_BYTES = 0 if reader == "openpyxl" else 1 << 62
     payload = ImportPayload(
-        tenant_id="t1", user_id="u1", file_url="contacts.csv", file_type="csv",
+        tenant_id="t1", user_id="u1", file_url=f"contacts.{file_type}", file_type=file_type,
         entity_type="contacts",
     )  # fmt: skip
     result = Importer(payload, get_engine(db_url), files, uuid.uuid4().hex, lambda _: None).run()
@@ -155,9 +176,10 @@ def main() -> None:
     parser.add_argument(
         "--task",
         required=True,
-        choices=["import", "import-floor", "export-csv", "export-csv-floor", "export-xlsx",
-                 "export-xlsx-openpyxl"],
+        choices=["import", "import-floor", "import-xlsx", "export-csv", "export-csv-floor",
+                 "export-xlsx", "export-xlsx-openpyxl"],
     )  # fmt: skip
+    parser.add_argument("--reader", choices=["calamine", "openpyxl"], default="calamine")
     parser.add_argument("--db", default="sqlite", help="sqlite, or a PostgreSQL URL")
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=0)
@@ -174,6 +196,8 @@ def main() -> None:
     start = time.perf_counter()
     if args.task == "import":
         rows = task_import(db_url, files)
+    elif args.task == "import-xlsx":
+        rows = task_import(db_url, files, "xlsx", args.reader)
     elif args.task == "import-floor":
         rows = task_import_floor(args.dir / "floor.db", files)
     elif args.task == "export-csv":
@@ -237,23 +261,29 @@ def collect(
     samples: dict[str, list[dict[str, float]]] = {}
     source = workdir / "source.csv"
     generate(source, rows)
+    xlsx_source = workdir / "source.xlsx"
+    generate_xlsx(xlsx_source, rows)
     for run in range(runs):
         run_dir = workdir / f"run{run}"
         shutil.rmtree(run_dir, ignore_errors=True)
         (run_dir / "files").mkdir(parents=True)
         shutil.copy(source, run_dir / "files" / "contacts.csv")
-        plan: list[tuple[str, list[str]]] = [
-            ("import", []),
-            ("import-floor", []),
-            ("export-csv", []),
-            ("export-csv-floor", []),
-            ("export-xlsx", []),
-            ("export-xlsx-openpyxl", ["--limit", str(max(1, rows // 10))]),
+        shutil.copy(xlsx_source, run_dir / "files" / "contacts.xlsx")
+        plan: list[tuple[str, str, list[str]]] = [
+            ("import", "import", []),
+            ("import-floor", "import-floor", []),
+            ("export-csv", "export-csv", []),
+            ("export-csv-floor", "export-csv-floor", []),
+            ("export-xlsx", "export-xlsx", []),
+            ("export-xlsx-openpyxl", "export-xlsx-openpyxl", ["--limit", str(max(1, rows // 10))]),
         ]
-        for task, extra in plan:
+        for reader in ("openpyxl", "calamine"):  # each into a database of its own
+            db = f"sqlite:///{run_dir / f'xlsx-{reader}.db'}"
+            plan.append((f"import-xlsx-{reader}", "import-xlsx", ["--reader", reader, "--db", db]))
+        for key, task, extra in plan:
             figures = _run(task, run_dir, *extra)
-            samples.setdefault(task, []).append(figures)
-            print(f"run {run + 1}/{runs} import-export {task}: {figures}", flush=True)
+            samples.setdefault(key, []).append(figures)
+            print(f"run {run + 1}/{runs} import-export {key}: {figures}", flush=True)
         if postgres:
             name = _pg_database()
             try:
@@ -303,6 +333,13 @@ def section(results: dict[str, dict[str, float]], runs: int) -> list[str]:
     ]  # fmt: skip
     if "import-postgresql" in results:
         lines.append(line("import CSV → PostgreSQL", "import-postgresql", "", "reported"))
+    if "import-xlsx-calamine" in results:
+        lines += [
+            line("import XLSX → SQLite, openpyxl streaming reader (before)",
+                 "import-xlsx-openpyxl", "", "reported"),
+            line("import XLSX → SQLite, python-calamine (floor: openpyxl)",
+                 "import-xlsx-calamine", "import-xlsx-openpyxl", "reported"),
+        ]  # fmt: skip
     lines += [
         line("export SQLite → CSV", "export-csv", "export-csv-floor",
              f"< 30 s: {met(csv_out['seconds'] < 30)}"),

@@ -243,8 +243,8 @@ class ImportPayload(Payload):
     batch_size: int = Field(default=100, ge=1, le=10_000)
     # Fields that identify a duplicate, first match wins; empty: the entity's default key.
     duplicate_key: list[str] = Field(default_factory=list)
-    # Numbers written 1.250,50: True/False, or None to detect it (semicolon-delimited files
-    # whose number columns only read that way).
+    # Numbers written 1.250,50: True/False, or None to detect it (files delimited by
+    # semicolons, tabs or pipes whose number columns only read that way).
     decimal_comma: bool | None = None
 
     @field_validator("mapping_config", "duplicate_key")

@@ -189,17 +189,18 @@ def test_over_long_cell_is_refused_in_its_row(engine: Any, files: Path, quoted: 
         "external_id,type,subject,notes\n"
         f'a1,call,first,"multi\nline"\n'
         f"a2,call,second,{fine}\n"
+        'a2b,call,a 5" screen,\n'  # a stray quote in an unquoted cell: literal
         f"a3,call,third,{over_cell}\n"
         f'a4,call,fourth,"after ""it"""\n'
         "a5,call,fifth,\n"
     )
     result = do_import(engine, files, write(files, "long.csv", text), "activities")
-    assert result["counts"] == {"new": 4, "updated": 0, "skipped": 0, "invalid": 1}
-    assert list(errors_by_row(result)) == [4]  # the header is row 1
+    assert result["counts"] == {"new": 5, "updated": 0, "skipped": 0, "invalid": 1}
+    assert list(errors_by_row(result)) == [5]  # the header is row 1
     assert "limit of 1,048,576 characters" in result["errors"][0]["reason"]
-    rows = stored(engine, "activities", "external_id", "notes")
-    assert [r[0] for r in rows] == ["a1", "a2", "a4", "a5"]
-    assert rows[1][1] == fine and rows[2][1] == 'after "it"'
+    rows = stored(engine, "activities", "external_id", "subject", "notes")
+    assert [r[0] for r in rows] == ["a1", "a2", "a2b", "a4", "a5"]
+    assert rows[1][2] == fine and rows[2][1] == 'a 5" screen' and rows[3][2] == 'after "it"'
 
 
 def test_over_long_cell_in_json_and_xlsx_rows(engine: Any, files: Path) -> None:
@@ -472,6 +473,9 @@ def test_decimal_comma_setting_and_mixed_files(engine: Any, files: Path) -> None
     mixed = "title;amount\na;1250,50\nb;1250.50\n"  # both styles: nothing is guessed
     result = do_import(engine, files, write(files, "m.csv", mixed), "leads")
     assert result["decimal_comma"] is False and list(errors_by_row(result)) == [2]
+    tabs = "title\tamount\na\t1.250,50\nb\t7\n"
+    result = do_import(engine, files, write(files, "t.tsv", tabs), "leads")
+    assert result["decimal_comma"] is True and result["counts"]["new"] == 2
     comma = 'name,employees\nACME,"1.250.000"\nBeta,12\n'
     result = do_import(engine, files, write(files, "c.csv", comma), "companies",
                        decimal_comma=True)  # fmt: skip
@@ -674,3 +678,64 @@ def test_error_rows_are_the_files_own_rows_in_every_format(files: Path, kinds: l
         table = open_table(files / f"e.{kind}", kind)
         seen = [n for n, row in table.rows if row.get("email") == "bad"]
         assert seen == expected, kind
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.sampled_from(["text", "number", "formula", "computed", "shared", "empty"]),
+                 max_size=5),
+        max_size=12,
+    ),
+    prefix=st.sampled_from(["", "x:", "ss:"]),
+    numbered=st.booleans(),
+    chunk=st.integers(16, 400),
+)  # fmt: skip
+def test_formula_scan_finds_every_uncomputed_formula(
+    rows: list[list[str]], prefix: str, numbered: bool, chunk: int
+) -> None:
+    """The XLSX formula scan, over sheet XML as writers write it (namespace prefix or not,
+    r="..." or not, blank rows self-closed), read in chunks of any size."""
+    from crmqueue.formats.readers.spreadsheet import _formula_cells
+
+    def tag(name: str, attrs: str = "", body: str | None = None) -> str:
+        if body is None:
+            return f"<{prefix}{name}{attrs}/>"
+        return f"<{prefix}{name}{attrs}>{body}</{prefix}{name}>"
+
+    expected: dict[int, set[int]] = {}
+    parts = []
+    for r, cells in enumerate(rows, start=1):
+        body = []
+        for c, kind in enumerate(cells):
+            ref = f' r="{chr(65 + c)}{r}"' if numbered else ""
+            if kind == "text":
+                body.append(tag("c", ref + ' t="inlineStr"', tag("is", "", tag("t", "", "</f> f"))))
+            elif kind == "number":
+                body.append(tag("c", ref, tag("v", "", "1.5")))
+            elif kind == "formula":  # as openpyxl writes it: no value
+                body.append(tag("c", ref, tag("f", "", "SUM(A1:A2)") + tag("v", "", "")))
+                expected.setdefault(r, set()).add(c)
+            elif kind == "computed":  # as Excel saves it
+                body.append(tag("c", ref, tag("f", "", "1+1") + tag("v", "", "2")))
+            elif kind == "shared":
+                body.append(tag("c", ref, tag("f", ' t="shared" si="0"')))
+                expected.setdefault(r, set()).add(c)
+            else:
+                body.append(tag("c", ref))
+        row_ref = f' r="{r}"' if numbered else ""
+        parts.append(tag("row", row_ref, "".join(body)) if body else tag("row", row_ref))
+    xml = (
+        f'<?xml version="1.0"?><{prefix}worksheet xmlns{":" + prefix[:-1] if prefix else ""}='
+        '"http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        + tag("sheetData", "", "".join(parts))
+        + f"</{prefix}worksheet>"
+    ).encode()
+    import crmqueue.formats.readers.spreadsheet as module
+
+    original = module._SCAN_CHUNK
+    module._SCAN_CHUNK = chunk
+    try:
+        assert _formula_cells(io.BytesIO(xml), full_calc=False) == expected
+    finally:
+        module._SCAN_CHUNK = original

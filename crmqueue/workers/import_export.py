@@ -377,13 +377,14 @@ class Importer:
         self._write_error(number, row, text)
 
     def _decimal_comma(self, table: Table) -> bool:
-        """The payload's `decimal_comma`, or when it is None: True for a semicolon-delimited
-        file whose number columns, in its first PEEK_RECORDS rows, hold numbers that only
-        read with a decimal comma and none that only read with a point."""
+        """The payload's `decimal_comma`, or when it is None: True for a file delimited by
+        semicolons (or tabs, or pipes: whatever does not clash with a decimal comma) whose
+        number columns, in its first PEEK_RECORDS rows, hold numbers that only read with a
+        decimal comma and none that only read with a point."""
         if self.p.decimal_comma is not None:
             return self.p.decimal_comma
         columns = [self.mapping[f] for f in number_fields(self.p.entity_type) if f in self.mapping]
-        if table.delimiter != ";" or not columns:
+        if table.delimiter not in (";", "\t", "|") or not columns:
             return False
         head = list(itertools.islice(table.rows, PEEK_RECORDS))
         table.rows = itertools.chain(head, table.rows)

@@ -124,8 +124,8 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
         csv.field_size_limit(MAX_CELL_CHARS)  # process-wide; only ever raised
     raw = path.open("r", encoding=encoding, errors="surrogateescape", newline="")
     size = max(1, path.stat().st_size)
-    # Quote parity after the lines read so far: odd while a quoted cell is open. Lets a
-    # record the csv module gave up on be skipped to its end.
+    # Quote parity over the lines of the record being read: odd while a quoted cell is
+    # open. Lets a record the csv module gave up on be skipped to its end.
     open_quote = [False]
 
     def lines() -> Iterator[str]:
@@ -158,6 +158,7 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
                     number += 1
                     while open_quote[0] and next(source, None) is not None:
                         pass
+                    open_quote[0] = False
                     reason = (
                         f"a cell is over the import's limit of {MAX_CELL_CHARS:,} characters"
                         if "field limit" in str(exc)
@@ -166,6 +167,7 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
                     yield number, ProblemRow({}, {WHOLE_ROW: reason})
                     continue
                 number += 1
+                open_quote[0] = False  # the record ended: its quotes were balanced
                 if not any(cell.strip() for cell in record):
                     continue
                 values = [_text(cell) for cell in record]
