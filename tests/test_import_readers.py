@@ -32,7 +32,7 @@ from crmqueue.crm.entities import ROW_MODELS, check_export_filters, number_style
 from crmqueue.crm.store import create_engine, init_db
 from crmqueue.formats.readers import MAX_CELL_CHARS, open_table, spreadsheet
 from crmqueue.formats.readers.delimited import detect_delimiter
-from crmqueue.formats.readers.spreadsheet import FORMULA_REASON
+from crmqueue.formats.readers.spreadsheet import ERROR_REASON, FORMULA_REASON
 from crmqueue.payloads import ImportPayload
 from crmqueue.workers.import_export import Importer
 
@@ -371,10 +371,14 @@ def test_formulas_without_a_computed_value_are_refused(engine: Any, files: Path,
     sheet.write_row(0, 0, ["email", "first_name"])
     sheet.write(1, 0, "f@x.com")
     sheet.write_formula(1, 1, '=UPPER("fi")', None, "FI")
+    sheet.write(2, 0, "g@x.com")
+    sheet.write_formula(2, 1, "=1/0", None, "#DIV/0!")
     book.close()
     _drop_full_calc(files / "excel.xlsx")
     result = do_import(engine, files, "excel.xlsx")
-    assert result["counts"]["new"] == 1 and result["errors"] == []
+    assert result["counts"]["new"] == 1
+    assert result["errors"] == [{"row": 3, "column": "first_name",
+                                 "reason": f"{ERROR_REASON} (#DIV/0!)"}]  # fmt: skip
     assert ("f@x.com", "FI") in stored(engine, "contacts", "email", "first_name")
 
 
@@ -523,7 +527,7 @@ def test_legacy_xls(engine: Any, files: Path) -> None:
     assert due == [dt.datetime(2025, 1, 21, 12)] * 3
 
 
-def write_ods(path: Path, sheets: dict[str, list[list[Any]]]) -> None:
+def write_ods(path: Path, sheets: dict[str, list[list[Any]]], null_date: str = "") -> None:
     """A minimal OpenDocument spreadsheet (ODF 1.2): a cell is None, text, a number,
     ("date", ISO) or ("formula", formula, value or None)."""
 
@@ -557,7 +561,14 @@ def write_ods(path: Path, sheets: dict[str, list[list[Any]]]) -> None:
         ' xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0"'
         ' xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"'
         ' xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" office:version="1.2">'
-        f"<office:body><office:spreadsheet>{tables}</office:spreadsheet></office:body>"
+        "<office:body><office:spreadsheet>"
+        + (
+            f'<table:calculation-settings><table:null-date table:date-value="{null_date}"/>'
+            "</table:calculation-settings>"
+            if null_date
+            else ""
+        )
+        + f"{tables}</office:spreadsheet></office:body>"
         "</office:document-content>"
     )
     manifest = (
@@ -595,6 +606,10 @@ def test_ods(crm_engine: Any, files: Path) -> None:
                       8: [("subject", FORMULA_REASON)]}  # fmt: skip
     due = [naive(r[0]) for r in stored(crm_engine, "activities", "due_at")]
     assert due == [dt.datetime(2025, 1, 21, 12)] * 2 + [dt.datetime(2025, 1, 21)]
+    rows = [["external_id", "type", "subject", "due_at"], ["b1", "call", "1904", 45678.5]]
+    write_ods(files / "b.ods", {"S": rows}, null_date="1904-01-01")
+    assert do_import(crm_engine, files, "b.ods", "activities")["counts"]["new"] == 1
+    assert naive(stored(crm_engine, "activities", "due_at")[-1][0]) == dt.datetime(2029, 1, 22, 12)
 
 
 def test_spreadsheet_rows_keep_their_sheet_numbers(engine: Any, files: Path,
@@ -736,6 +751,7 @@ def test_formula_scan_finds_every_uncomputed_formula(
     original = module._SCAN_CHUNK
     module._SCAN_CHUNK = chunk
     try:
-        assert _formula_cells(io.BytesIO(xml), full_calc=False) == expected
+        found = _formula_cells(io.BytesIO(xml), full_calc=False)
+        assert {row: set(cells) for row, cells in found.items()} == expected
     finally:
         module._SCAN_CHUNK = original

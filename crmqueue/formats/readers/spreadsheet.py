@@ -13,7 +13,9 @@ What a reader of values alone cannot see is read from the XLSX package itself:
   and openpyxl write that, with a cached "0" or nothing: values the writer never computed).
   Both readers give those cells a value (None or 0) that would be stored silently; the
   sheet's XML is scanned for `<f` (the part holding no formula costs one pass of
-  decompression and a byte search) and the rows are refused with FORMULA_REASON.
+  decompression and a byte search) and the rows are refused with FORMULA_REASON;
+- formulas whose result is an error (`t="e"`, #DIV/0!, #N/A: calamine reads them as
+  empty, openpyxl as the error's text), refused with ERROR_REASON.
 Rows keep the sheet's own numbers (blank rows skipped, the first non-blank row is the
 header).
 """
@@ -35,10 +37,13 @@ from crmqueue.formats.readers import ProblemRow, Row, Table, _header, _text
 XLSX_MAX_UNCOMPRESSED = 1024 * 1024 * 1024  # 1 GiB of XML inside the zip
 XLSX_MAX_RATIO = 200  # uncompressed / compressed: beyond this it is a zip bomb
 CALAMINE_MAX_SHEET_BYTES = 128 * 1024 * 1024  # larger XLSX sheets: openpyxl, streamed
+ERROR_REASON = "the formula's result is a spreadsheet error"
 FORMULA_REASON = (
     "formula without a computed value: open and save the file in a spreadsheet program first"
 )
 NAMES = {"xlsx": "XLSX", "xls": "XLS", "ods": "ODS"}
+# {row number: {0-based column: why the cell's value cannot be trusted}}
+Cells = dict[int, dict[int, str]]
 _SCAN_CHUNK = 4 * 1024 * 1024
 _FORMULA = re.compile(rb"<(?:\w+:)?f[\s/>]")
 _ROW = re.compile(rb"<(?:\w+:)?row\b([^>]*?)(?:/>|>(.*?)</(?:\w+:)?row>)", re.S)
@@ -46,9 +51,12 @@ _ROW_START = re.compile(rb"<(?:\w+:)?row[\s/>]")
 _ROW_END = re.compile(rb"</(?:\w+:)?row>|<(?:\w+:)?row\b[^>]*/>")
 _CELL = re.compile(rb"<(?:\w+:)?c\b([^>]*?)(?:/>|>(.*?)</(?:\w+:)?c>)", re.S)
 _VALUE = re.compile(rb"<(?:\w+:)?v(?:\s[^>]*)?>[^<]")
+_ERROR_TYPE = re.compile(rb'\bt="e"')
+_ERROR_VALUE = re.compile(rb"<(?:\w+:)?v(?:\s[^>]*)?>([^<]*)<")
 _REF = re.compile(rb'\br="\$?([A-Za-z]*)\$?(\d*)"')
 _XML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 _SURROGATE_ESCAPE = re.compile(r"_x([dD][89a-fA-F][0-9A-Fa-f]{2})_")
+_NULL_DATE = re.compile(rb'null-date\b[^>]*?date-value="(\d{4}-\d\d-\d\d)')
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -94,7 +102,7 @@ class XlsxInfo:
     sheet_bytes: int
     date_system: int = 1900
     full_calc: bool = False  # cached formula values were not computed by the writer
-    formula_cells: dict[int, set[int]] = field(default_factory=dict)  # row -> column (0-based)
+    formula_cells: Cells = field(default_factory=dict)
 
 
 def _local(tag: str) -> str:
@@ -207,10 +215,10 @@ def _last_row(part: bytes, last_row: int) -> int:
     return last_row + len(_ROW_START.findall(part))
 
 
-def _formula_cells(stream: Any, full_calc: bool) -> dict[int, set[int]]:
+def _formula_cells(stream: Any, full_calc: bool) -> Cells:
     """{row number: 0-based columns} of the formula cells whose value was not computed
     by a spreadsheet program (see the module docstring)."""
-    found: dict[int, set[int]] = {}
+    found: Cells = {}
     last_row = 0  # the number of the last row seen, for rows written without r="..."
     tail = b""
     marks: tuple[bytes, ...] = ()
@@ -241,8 +249,14 @@ def _formula_cells(stream: Any, full_calc: bool) -> dict[int, set[int]]:
                         else column + 1
                     )
                     content = cell.group(2) or b""
-                    if _FORMULA.search(content) and (full_calc or not _VALUE.search(content)):
-                        found.setdefault(last_row, set()).add(column)
+                    if not _FORMULA.search(content):
+                        continue
+                    if full_calc or not _VALUE.search(content):
+                        found.setdefault(last_row, {})[column] = FORMULA_REASON
+                    elif _ERROR_TYPE.search(cell.group(1)):
+                        error = _ERROR_VALUE.search(content)
+                        text = error.group(1).decode("utf-8", "replace") if error else "?"
+                        found.setdefault(last_row, {})[column] = f"{ERROR_REASON} ({text})"
         if not chunk:
             return found
 
@@ -252,16 +266,25 @@ _OFFICE_NS = "{urn:oasis:names:tc:opendocument:xmlns:office:1.0}"
 _ODS_CELLS = (f"{_TABLE_NS}table-cell", f"{_TABLE_NS}covered-table-cell")
 
 
-def _ods_formula_cells(path: Path, sheet: str) -> dict[int, set[int]]:
-    """{row number: 0-based columns} of the ODS sheet's formula cells without a computed
-    value (`table:formula` without `office:value-type`: ODF 1.2 Part 1, 19.385 and
-    19.642; LibreOffice always writes the value, generators may not)."""
-    found: dict[int, set[int]] = {}
+def _ods_scan(path: Path, sheet: str) -> tuple[Cells, int]:
+    """({row number: 0-based columns} of the ODS sheet's formula cells without a computed
+    value, the date system of its serial numbers). A formula without a value is
+    `table:formula` without `office:value-type` (ODF 1.2 Part 1, 19.385 and 19.642;
+    LibreOffice always writes the value, generators may not). The date system is 1904
+    when the document's null date (19.672) is 1904-01-01, else 1900 (LibreOffice's
+    default null date, 1899-12-30, gives the 1900 system's dates from 1900-03-01 on)."""
+    found: Cells = {}
+    formulas, date_system = False, 1900
     with zipfile.ZipFile(path) as archive, archive.open("content.xml") as stream:
-        if not any(
-            b"table:formula" in chunk for chunk in iter(lambda: stream.read(_SCAN_CHUNK), b"")
-        ):
-            return found
+        tail = b""
+        while chunk := stream.read(_SCAN_CHUNK):
+            data = tail + chunk
+            formulas = formulas or b"table:formula" in data
+            if b"null-date" in data and (null := _NULL_DATE.search(data)) is not None:
+                date_system = 1904 if null.group(1) == b"1904-01-01" else 1900
+            tail = data[-200:]
+    if not formulas:
+        return found, date_system
     with zipfile.ZipFile(path) as archive, archive.open("content.xml") as stream:
         depth = 0  # inside the chosen table (nested tables are not rows of it)
         row, repeat_rows, column = 0, 1, 0
@@ -273,7 +296,7 @@ def _ods_formula_cells(path: Path, sheet: str) -> dict[int, set[int]]:
                 elif event == "end" and depth:
                     depth -= 1
                     if not depth:
-                        return found
+                        return found, date_system
             elif depth != 1 or event != "start":
                 if event == "end" and depth == 1 and tag == f"{_TABLE_NS}table-row":
                     row += repeat_rows
@@ -289,9 +312,11 @@ def _ods_formula_cells(path: Path, sheet: str) -> dict[int, set[int]]:
                     and element.get(f"{_OFFICE_NS}value-type") is None
                 ):
                     for number in range(row + 1, row + 1 + min(repeat_rows, 1000)):
-                        found.setdefault(number, set()).update(range(column, column + repeat))
+                        found.setdefault(number, {}).update(
+                            dict.fromkeys(range(column, column + repeat), FORMULA_REASON)
+                        )
                 column += repeat
-    return found
+    return found, date_system
 
 
 # --------------------------------------------------------------------------- readers
@@ -311,7 +336,7 @@ def _unescape(value: Any, pattern: re.Pattern[str] = _XML_ESCAPE) -> Any:
 
 def _rows(
     records: Iterator[tuple[int, list[Any]]],
-    formula_cells: dict[int, set[int]],
+    formula_cells: Cells,
     columns: list[str],
 ) -> Iterator[tuple[int, Row]]:
     """(number, row) from (number, values): blank rows skipped, formula cells refused."""
@@ -323,8 +348,9 @@ def _rows(
         bad = formula_cells.get(number)
         if bad:
             problems = {
-                columns[index]: FORMULA_REASON for index in sorted(bad) if index < len(columns)
-            }
+                columns[index]: reason for index, reason in sorted(bad.items())
+                if index < len(columns)
+            }  # fmt: skip
             if problems:
                 row = ProblemRow(row, problems)
         yield number, row
@@ -386,11 +412,13 @@ def _calamine(path: Path, file_type: str, sheet: str | None, info: XlsxInfo | No
 
     records = numbered()
     columns = _header_row(records, path, sheet)
+    date_system = 1900  # XLS: its DATEMODE record is not read (calamine applies it only
+    # to date-formatted cells): serials in General cells are read in the 1900 system
     if info is not None:
-        formula_cells = info.formula_cells
+        formula_cells, date_system = info.formula_cells, info.date_system
     elif file_type == "ods":
         try:
-            formula_cells = _ods_formula_cells(path, sheet)
+            formula_cells, date_system = _ods_scan(path, sheet)
         except (KeyError, ET.ParseError, zipfile.BadZipFile, OSError) as exc:
             raise PermanentError(f"{path.name}: not a valid ODS file: {exc}") from None
     else:
@@ -401,7 +429,7 @@ def _calamine(path: Path, file_type: str, sheet: str | None, info: XlsxInfo | No
         [],
         None,
         lambda: min(1.0, state["row"] / total),
-        date_system=info.date_system if info else 1900,
+        date_system=date_system,
     )
 
 
