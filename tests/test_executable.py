@@ -357,7 +357,9 @@ def test_smoke_run_enqueue_restart_and_stop(
     # SQLite to the launcher only, which forwards it.
     code, elapsed = server.stop(whole_group=storage_url.startswith("redis"))
     assert code == 0, server.log
-    assert elapsed < GRACE_SECONDS + 3, f"took {elapsed:.1f} s to stop"
+    with capsys.disabled():
+        print(f"dist/crmqueue run on {storage_url.split(':')[0]}: SIGTERM to exit {elapsed:.2f} s")
+    assert elapsed < GRACE_SECONDS + 0.5, f"took {elapsed:.1f} s to stop"  # issue 11
     assert server.log.count("received SIGTERM") == 1, server.log
     assert "second signal" not in server.log
     assert frozen.unpacked_dirs() == []
