@@ -74,6 +74,7 @@ def is_reserved_header(name: str) -> bool:
 # most 10 (their API references); the others have no lower limit than our own.
 TAG_LIMITS: dict[str, int] = {"mailgun": 3, "sendgrid": 10}
 MAX_TAGS = 10
+FEWEST_TAGS = min(TAG_LIMITS.values())
 
 
 def tag_limit(provider: str) -> int:

@@ -92,7 +92,8 @@ def _headers(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
-def _not_blank(value: str) -> str:
+def _subject(value: str) -> str:
+    check_single_line(value)
     if not value.strip():
         raise PydanticCustomError("blank", "must not be blank (leave it out for the template's)")
     return value
@@ -152,7 +153,7 @@ class EmailPayload(Payload):
     that a vendor could not carry as a header is sent hashed."""
 
     to: Annotated[MailboxList, Field(min_length=1)]
-    subject: Annotated[SingleLine, AfterValidator(_not_blank)] | None = None
+    subject: Annotated[str, AfterValidator(_subject)] | None = None
     template: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
     context: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     cc: MailboxList = Field(default_factory=list)
@@ -197,12 +198,11 @@ class EmailPayload(Payload):
 
     @field_validator("tags")
     @classmethod
-    def _tag_count(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        """At most 10 tags, and no more than the configured provider takes (the context's
-        `email_provider`, else the configured one)."""
-        if not value:
+    def _tag_count(cls, value: list[str]) -> list[str]:
+        """At most 10 tags, and no more than the configured provider takes."""
+        if len(value) <= email_rules.FEWEST_TAGS:  # what every provider takes: no look-up
             return value
-        provider = (info.context or {}).get("email_provider") or _email_settings()[1]
+        provider = _email_settings()[1]
         limit = email_rules.tag_limit(provider)
         if len(value) > limit:
             raise PydanticCustomError(
@@ -213,19 +213,21 @@ class EmailPayload(Payload):
         return value
 
 
-_settings_seen: list[Any] = [None, ("", "")]
+_settings_seen: list[Any] = [None, ("", ""), None]
 
 
 def _email_settings() -> tuple[str, str]:
     """(files.dir, email.provider) of this process's settings: its broker's, configured
     on first use like an enqueue. Kept while the broker's settings stay the same object:
     this runs for every email enqueued."""
-    from crmqueue.engine.queues import get_broker
-
-    settings = get_broker().settings
     seen = _settings_seen
+    if seen[2] is None:
+        from crmqueue.engine.queues import get_broker
+
+        seen[2] = get_broker
+    settings = seen[2]().settings
     if seen[0] is not settings:
-        seen[:] = [settings, (str(settings.files.dir), settings.email.provider)]
+        seen[:2] = [settings, (str(settings.files.dir), settings.email.provider)]
     result: tuple[str, str] = seen[1]
     return result
 
