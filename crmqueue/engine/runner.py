@@ -348,9 +348,9 @@ class QueueRunner:
     def stop_fetching(self) -> None:
         with self._handoff:  # once this returns, nothing new enters inflight
             self.stopping.set()
-        # End the fetcher's blocking wait now, so that it is gone when the grace ends.
-        with contextlib.suppress(StorageUnavailable):
-            self.queue.store.wake()
+        if self._threads:  # end the fetcher's blocking wait now: gone when the grace ends
+            with contextlib.suppress(StorageUnavailable):
+                self.queue.store.wake()
 
     def release_unfinished(self) -> int:
         released = 0
