@@ -112,6 +112,12 @@ def _header(names: list[Any]) -> list[str]:
 
 def _text(value: Any) -> str | None:
     """A cell as text: None for empty; integral floats without '.0'; ISO dates."""
+    kind = type(value)
+    if kind is str:  # most cells: first, by exact type (this runs once per cell)
+        text = value.strip()
+        return text or None
+    if kind is int:
+        return str(value)
     if value is None:
         return None
     if isinstance(value, bool):
