@@ -178,7 +178,7 @@ def test_date_range_order() -> None:
 def test_import_limits_and_literals() -> None:
     base = {"tenantId": "t1", "userId": "u1", "fileUrl": "s3://b/k", "entityType": "contacts"}
     errors = _errors(
-        ImportPayload, {**base, "fileType": "txt", "batchSize": 0, "onDuplicate": "merge"}
+        ImportPayload, {**base, "fileType": "docx", "batchSize": 0, "onDuplicate": "merge"}
     )
     assert set(errors) == {"file_type", "batch_size", "on_duplicate"}
     assert "batch_size" in _errors(ImportPayload, {**base, "fileType": "csv", "batchSize": 10_001})
