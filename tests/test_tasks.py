@@ -382,3 +382,17 @@ def test_cli_enqueue_refuses_unusable_text_from_json_and_files(
     result = cli("enqueue", "webhook", "--json", '{"tenant_id": "t1"}', "--kind", "myjobs.ping")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"[0-9a-f]{32}\n", result.stdout)
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite", "redis"], indirect=True)
+def test_priority_and_delay_that_no_store_can_keep_are_refused(broker: Broker) -> None:
+    email = {"tenant_id": "t1", "to": "a@example.com", "template": "welcome"}
+    for priority in ("high", 10.5, True, 1001, -1001):
+        errors = _refused(tasks.send_email, **email, priority=priority)
+        assert list(errors) == ["priority"], priority
+    for delay in (float("nan"), float("inf"), -1.0, 1e12):
+        errors = _refused(tasks.enqueue, "email", email, delay=delay)
+        assert list(errors) == ["delay"], delay
+    assert _stored(broker) == 0
+    job = tasks.send_email(**email, priority=-1000, delay=3600)
+    assert jobs.get(job.id).state == "scheduled"

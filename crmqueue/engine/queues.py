@@ -142,6 +142,9 @@ class QueueHuey(huey.Huey):  # type: ignore[misc]
         return self._registry.create_task(message)
 
 
+_MAX_DELAY = 10 * 366 * 86400.0  # ten years: a longer delay is a mistake
+
+
 @dataclass(frozen=True)
 class Enqueue:
     """One job to enqueue; see Queue.enqueue for the fields."""
@@ -177,14 +180,15 @@ class Queue:
         if not isinstance(tenant, str) or not tenant:
             raise PayloadError([("tenant_id", "field required")])
         priority = self.spec.priority if item.priority is None else item.priority
-        if not -1000 <= priority <= 1000:
-            raise PayloadError([("priority", "must be between -1000 and 1000")])
+        if type(priority) is not int or not -1000 <= priority <= 1000:
+            raise PayloadError([("priority", "must be a whole number from -1000 to 1000")])
         run_at = None
         if item.eta is not None:
             run_at = item.eta.timestamp()  # a naive eta is local time, as in Python
         elif item.delay:
-            if item.delay < 0:
-                raise PayloadError([("delay", "must be >= 0")])
+            # NaN or infinity would be a job that never runs (or a store that errs).
+            if not 0 <= item.delay < _MAX_DELAY:
+                raise PayloadError([("delay", f"must be seconds from 0 to {_MAX_DELAY:.0f}")])
             run_at = time.time() + item.delay
         job_id = item.job_id or os.urandom(16).hex()  # as random as uuid4, 5x cheaper
         return NewJob(
