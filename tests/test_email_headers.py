@@ -171,6 +171,8 @@ def test_any_display_name_decodes_exactly_in_every_address_header(name: str, oth
     )  # fmt: skip
     name, other = (re.sub(r"[ \t]\s*", " ", value.strip()) for value in (name, other))
     assert job.from_ is not None
+    # The worker validates the stored payload again: the canonical form is a fixed point.
+    assert validate_payload(EmailPayload, job.model_dump(mode="json")) == job
     message = parse(email(from_=job.from_, to=job.to, cc=job.cc, reply_to=job.reply_to).as_bytes())
     for header in ("From", "To", "Reply-To"):
         assert message[header].addresses[0].display_name == name

@@ -294,3 +294,31 @@ def test_a_template_that_bypassed_registration_kills_its_job_at_once(
     assert info.attempts == 1
     assert [e["type"] for e in info.errors] == ["PermanentError"]
     assert error in info.errors[0]["message"]
+
+
+def test_cli_template_add_checks_and_reports_what_the_template_needs(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from crmqueue.cli import main
+
+    (tmp_path / "bad.html").write_text("<p>{{ ''.__class__ }}</p>")
+    (tmp_path / "ok.html").write_text(
+        "{% for label, n in totals %}{{ label }} {{ n }}{% endfor %} {{ greeting|default('Hi') }}"
+    )
+    (tmp_path / "t.txt").write_text("{% block subject %}Totals{% endblock %}{{ totals|length }}")
+    env = {"CRMQUEUE_FILES__DIR": str(tmp_path / "files")}
+    runner = CliRunner()
+    base = ["email", "template-add", "--tenant", "t1", "--text", str(tmp_path / "t.txt")]
+    refused = runner.invoke(main, [*base, "bad", "--html", str(tmp_path / "bad.html")], env=env)
+    assert refused.exit_code == 1
+    assert "access to '__class__' is not allowed" in refused.output
+    needs_sample = runner.invoke(main, [*base, "ok", "--html", str(tmp_path / "ok.html")], env=env)
+    assert needs_sample.exit_code == 1
+    assert "give realistic sample values" in needs_sample.output
+    added = runner.invoke(
+        main,
+        [*base, "ok", "--html", str(tmp_path / "ok.html"), "--sample", '{"totals": [["a", 1]]}'],
+        env=env,
+    )
+    assert added.exit_code == 0, added.output
+    assert "required variables: totals; optional: greeting" in added.output

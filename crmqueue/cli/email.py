@@ -21,20 +21,44 @@ def email_group() -> None:
 @click.option("--tenant", required=True, help="The tenant the template belongs to.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, exists=True), required=True)
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, exists=True), required=True)
-def email_template_add(name: str, tenant: str, html_file: str, text_file: str) -> None:
+@click.option(
+    "--sample",
+    "sample_json",
+    default=None,
+    help="Sample values (JSON object) for the check render, where stand-ins do not fit.",
+)
+def email_template_add(
+    name: str, tenant: str, html_file: str, text_file: str, sample_json: str | None
+) -> None:
     """Register a tenant's own template NAME (HTML and text; rendered in Jinja2's sandbox).
-    A tenant template with a built-in's name replaces the built-in for that tenant."""
-    from crmqueue.providers.email.render import register_tenant_template
+    A tenant template with a built-in's name replaces the built-in for that tenant. It is
+    checked first (parses, no private attributes, renders with sample values); the
+    variables it needs are recorded and checked when an email is enqueued."""
+    from crmqueue.providers.email.render import register_tenant_template, tenant_declaration
 
     settings = load_config()
+    sample = None
+    if sample_json is not None:
+        try:
+            sample = json.loads(sample_json)
+        except ValueError as exc:
+            raise CrmQueueError(f"--sample is not valid JSON: {exc}") from exc
+        if not isinstance(sample, dict):
+            raise CrmQueueError("--sample must be a JSON object")
     directory = register_tenant_template(
         Path(settings.files.dir),
         tenant,
         name,
         Path(html_file).read_text(encoding="utf-8"),
         Path(text_file).read_text(encoding="utf-8"),
+        sample=sample,
     )
     click.echo(f"template {name!r} registered for tenant {tenant!r} in {directory}")
+    declaration = tenant_declaration(directory, name)
+    if declaration is not None:
+        required = ", ".join(declaration.required) or "none"
+        optional = ", ".join(declaration.optional) or "none"
+        click.echo(f"required variables: {required}; optional: {optional}")
 
 
 @email_group.command("preview")
