@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import huey
 from huey.registry import Message
@@ -88,11 +88,11 @@ class JsonMessages(Serializer):  # type: ignore[misc]
         return Message(id=message["id"], name=message["name"], args=(), kwargs=message["payload"])
 
 
-@dataclass(frozen=True)
-class EncodedPayload:
+class EncodedPayload(NamedTuple):
     """A payload its producer validated and encoded as JSON, checked as encode_message
     checks a mapping (crmqueue.tasks does it with crmqueue.payloads.payload_json): stored
-    as it is, without a second encode."""
+    as it is, without a second encode. (A tuple: built on every enqueue, 3x cheaper than a
+    frozen dataclass.)"""
 
     tenant_id: str
     json: bytes
@@ -156,6 +156,9 @@ class Enqueue:
     eta: dt.datetime | None = None
     job_id: str | None = None
 
+    def fields(self) -> tuple[Any, ...]:
+        return (self.name, self.payload, self.priority, self.delay, self.eta, self.job_id)
+
 
 class Queue:
     """One queue: its settings, its Huey instance and its leased storage."""
@@ -172,33 +175,40 @@ class Queue:
     def has_bodies(self) -> bool:
         return any(body.queue == self.name for body in BODIES.values())
 
-    def _new_job(self, item: Enqueue) -> NewJob:
-        payload = item.payload
+    def _new_job(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | EncodedPayload,
+        priority: int | None = None,
+        delay: float | None = None,
+        eta: dt.datetime | None = None,
+        job_id: str | None = None,
+    ) -> NewJob:
         tenant = (
             payload.tenant_id if isinstance(payload, EncodedPayload) else payload.get("tenant_id")
         )
         if not isinstance(tenant, str) or not tenant:
             raise PayloadError([("tenant_id", "field required")])
-        priority = self.spec.priority if item.priority is None else item.priority
+        priority = self.spec.priority if priority is None else priority
         if type(priority) is not int or not -1000 <= priority <= 1000:
             raise PayloadError([("priority", "must be a whole number from -1000 to 1000")])
         run_at = None
-        if item.eta is not None:
-            run_at = item.eta.timestamp()  # a naive eta is local time, as in Python
-        elif item.delay:
+        if eta is not None:
+            run_at = eta.timestamp()  # a naive eta is local time, as in Python
+        elif delay:
             # NaN or infinity would be a job that never runs (or a store that errs).
-            if not 0 <= item.delay < _MAX_DELAY:
+            if not 0 <= delay < _MAX_DELAY:
                 raise PayloadError([("delay", f"must be seconds from 0 to {_MAX_DELAY:.0f}")])
-            run_at = time.time() + item.delay
-        job_id = item.job_id or os.urandom(16).hex()  # as random as uuid4, 5x cheaper
+            run_at = time.time() + delay
+        job_id = job_id or os.urandom(16).hex()  # as random as uuid4, 5x cheaper
         return NewJob(
             id=job_id,
             queue=self.name,
-            name=item.name,
+            name=name,
             tenant=tenant,
             priority=priority,
             max_attempts=self.spec.attempts,
-            message=encode_message(job_id, item.name, payload),
+            message=encode_message(job_id, name, payload),
             run_at=run_at,
         )
 
@@ -213,7 +223,7 @@ class Queue:
         job_id: str | None = None,
     ) -> str:
         """Store one job; returns its id. `delay` (seconds) or `eta` schedules it."""
-        new = self._new_job(Enqueue(name, payload, priority, delay, eta, job_id))
+        new = self._new_job(name, payload, priority, delay, eta, job_id)
         self.store.enqueue_jobs((new,))
         return new.id
 
@@ -224,7 +234,7 @@ class Queue:
         jobs, errors = [], []
         for index, item in enumerate(items):
             try:
-                jobs.append(self._new_job(item))
+                jobs.append(self._new_job(*item.fields()))
             except PayloadError as exc:
                 errors += [(f"{index}.{field}", reason) for field, reason in exc.errors]
         if errors:
