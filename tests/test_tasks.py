@@ -215,6 +215,14 @@ def test_keys_by_name_jobs_and_enqueue_many_name_the_path(broker: Broker) -> Non
     assert set(errors) == {"1.n", "1.s"}
     assert _stored(broker) == 0
 
+    typed = tasks.enqueue_many("email", [good, _set(good, "subject", "Hi 😀")])
+    by_name = tasks.enqueue_many("email", [raw[0], {"tenant_id": "t2"}], kind="myjobs.ping")
+    stored = [jobs.get(job.id) for job in typed + by_name]
+    assert [info.payload.get("subject") for info in stored[:2]] == [None, "Hi 😀"]
+    assert [(info.name, info.tenant) for info in stored[2:]] == [
+        ("myjobs.ping", "t1"), ("myjobs.ping", "t2"),
+    ]  # fmt: skip
+
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
