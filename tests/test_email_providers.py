@@ -21,6 +21,8 @@ from urllib.parse import parse_qs
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crmqueue.config import load_settings
 from crmqueue.errors import PermanentError, RetryableError
@@ -728,3 +730,55 @@ def test_an_idn_sender_email_completes_end_to_end(
     assert message["From"].addresses[0].addr_spec == "info@xn--bcher-kva.example"
     assert message["To"].addresses[0].display_name == "Zoë"
     assert str(message["Subject"]) == "Welcome to CRM, Zoë!"
+
+
+LABEL_CHARS = st.one_of(
+    st.sampled_from("abcxyz019-"),
+    st.characters(min_codepoint=0xE0, max_codepoint=0x17F, categories=("Ll",)),
+    st.characters(min_codepoint=0x430, max_codepoint=0x44F),
+    st.characters(min_codepoint=0x3B1, max_codepoint=0x3C9),
+    st.characters(min_codepoint=0x4E00, max_codepoint=0x4FFF),
+    st.characters(min_codepoint=0x3041, max_codepoint=0x3096),
+    st.sampled_from(["ß", "ς", "\u200d", "\u0301", "ـ", "א", "١"]),
+)
+DOMAINS = st.lists(
+    st.lists(LABEL_CHARS, min_size=1, max_size=12).map("".join), min_size=1, max_size=3
+).map(lambda labels: ".".join([*labels, "example"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(domain=DOMAINS)
+def test_every_address_field_takes_or_refuses_a_domain_alike(domain: str) -> None:
+    """Whatever the domain, IDNA 2008 decides, and all five fields agree: accepted ones go
+    out as A-labels that decode back to the domain; refused ones name IDNA."""
+    import idna
+
+    from crmqueue.errors import PayloadError
+    from crmqueue.payloads import EmailPayload, validate_payload
+    from crmqueue.providers.email.message import wire_mailbox
+
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode()
+        valid = all(1 <= len(label) <= 63 for label in ascii_domain.split("."))
+    except idna.IDNAError:
+        valid = False
+    address = f"someone@{domain}"
+    outcomes = []
+    for name in ("to", "cc", "bcc", "replyTo", "from"):
+        data: dict[str, Any] = {"tenantId": "t1", "template": "welcome", "to": "ok@example.com"}
+        data[name] = f"Name <{address}>"
+        try:
+            job = validate_payload(EmailPayload, data)
+        except PayloadError as exc:
+            outcomes.append(False)
+            assert "valid" in str(exc) and ("IDNA" in str(exc) or "host name" in str(exc))
+            continue
+        outcomes.append(True)
+        email = sample_email(from_=job.from_ or "a@example.com", to=job.to,
+                             cc=job.cc, bcc=job.bcc, reply_to=job.reply_to)  # fmt: skip
+        reply = [wire_mailbox(email.reply_to)[1]] if email.reply_to else []
+        sent = (email.from_address, *email.recipients, *reply)
+        wire = [a for a in sent if a.startswith("someone@")]
+        assert wire and all(a == f"someone@{ascii_domain}" for a in wire)
+        assert idna.decode(wire[0].partition("@")[2]) == idna.decode(ascii_domain)
+    assert outcomes == [valid] * 5
