@@ -276,6 +276,8 @@ def test_registration_takes_sample_values_for_what_stand_ins_cannot_be(tmp_path:
         ("{% for i in range(100000000) %}{{ i }}{% endfor %}", "OverflowError"),
         ("{{ ''.__class__ }}", "is not allowed"),
         ("{{ 1 / zero }}", "ZeroDivisionError"),
+        ("{% if %}", "failed"),
+        ("{{ missing_thing }}", "'missing_thing' is undefined"),
     ],
 )
 def test_a_template_that_bypassed_registration_kills_its_job_at_once(
