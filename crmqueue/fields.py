@@ -153,7 +153,7 @@ def parse_mailbox(value: str, *, require_tld: bool = True) -> tuple[str, Address
         if len(name) >= 2 and name[0] == name[-1] == '"':
             name = re.sub(r"\\(.)", r"\1", name[1:-1])
         elif '"' in name:
-            raise AddressError("display name has unbalanced quotes")
+            raise AddressError('a display name with quotes must be quoted as a whole ("...")')
     elif "<" in text:
         raise AddressError(_NOT_AN_ADDRESS)
     return name, parse_address(text, require_tld=require_tld)

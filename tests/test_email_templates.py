@@ -265,6 +265,13 @@ def test_registration_takes_sample_values_for_what_stand_ins_cannot_be(tmp_path:
         tmp_path, "t1", "totals", html, text, sample={"totals": [["net", 1.234]]}
     )
     assert tenant_declaration(directory, "totals") == email_rules.Declaration(("totals",), ())
+    # Samples in the original's spelling serve a template written in snake_case.
+    html = "{% for item in line_items %}{{ item.unit_price|round(1) }}{% endfor %}"
+    directory = register_tenant_template(
+        tmp_path, "t1", "items", html, "{% block subject %}x{% endblock %}x",
+        sample={"lineItems": [{"unitPrice": 2.5}]},
+    )  # fmt: skip
+    assert tenant_declaration(directory, "items") == email_rules.Declaration(("line_items",), ())
     assert render("totals", {"totals": [["net", 9.999]]}, tenant_dir=directory).html == (
         "net: 10.0"
     )

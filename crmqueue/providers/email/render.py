@@ -174,8 +174,8 @@ def register_tenant_template(
             raise CrmQueueError(f"{kind} template {name!r}: {problem}")
         variables |= template_variables(ast)
     variables -= PROVIDED
-    given = {**{var: SAMPLE for var in variables}, **(sample or {})}
-    html_t, text_t = (_from_source(env, source) for source in sources.values())
+    given = {**{var: SAMPLE for var in variables}, **_with_both_spellings(sample or {})}
+    html_t, text_t = (env.from_string(source) for source in sources.values())
     failure = _trial_render(html_t, text_t, given)
     if failure is not None:
         raise CrmQueueError(
@@ -186,7 +186,7 @@ def register_tenant_template(
         var
         for var in variables
         if isinstance(
-            _trial_render(html_t, text_t, {k: v for k, v in given.items() if k != var}),
+            _trial_render(html_t, text_t, _without(given, email_rules.spellings(var))),
             jinja2.UndefinedError,
         )
     )
@@ -205,6 +205,10 @@ def register_tenant_template(
         os.replace(temporary, directory / f"{name}{suffix}")
     email_rules.forget_tenant_templates()
     return directory
+
+
+def _without(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if key not in names}
 
 
 def tenant_declaration(directory: Path, name: str) -> Declaration | None:
@@ -242,10 +246,6 @@ def _unsafe_access(ast: nodes.Template) -> Iterator[str]:
             attribute = None
         if isinstance(attribute, str) and attribute.startswith("_"):
             yield f"line {node.lineno}: access to {attribute!r} is not allowed (private attribute)"
-
-
-def _from_source(env: jinja2.Environment, source: str) -> jinja2.Template:
-    return env.from_string(source)
 
 
 def _trial_render(
