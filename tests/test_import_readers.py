@@ -755,3 +755,16 @@ def test_formula_scan_finds_every_uncomputed_formula(
         assert {row: set(cells) for row, cells in found.items()} == expected
     finally:
         module._SCAN_CHUNK = original
+
+
+@pytest.mark.parametrize("form", ["lines", "array"])
+def test_invalid_bytes_in_json_refuse_only_their_row(engine: Any, files: Path, form: str) -> None:
+    records = [b'{"email": "a@x.com", "first_name": "\xc3\x89mile"}',
+               b'{"email": "b@x.com", "first_name": "Bj\xf6rn"}',
+               b'{"email": "c@x.com", "first_name": "C"}']  # fmt: skip
+    data = b"\n".join(records) if form == "lines" else b"[" + b",\n".join(records) + b"]"
+    result = do_import(engine, files, write(files, f"{form}.json", data))
+    assert result["counts"]["new"] == 2
+    reason = "byte 0xF6 is not valid in the file's encoding"
+    assert result["errors"] == [{"row": 2, "column": "first_name", "reason": reason}]
+    assert [r[0] for r in stored(engine, "contacts", "first_name")] == ["Émile", "C"]
