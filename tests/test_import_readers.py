@@ -477,6 +477,13 @@ def test_decimal_comma_setting_and_mixed_files(engine: Any, files: Path) -> None
     mixed = "title;amount\na;1250,50\nb;1250.50\n"  # both styles: nothing is guessed
     result = do_import(engine, files, write(files, "m.csv", mixed), "leads")
     assert result["decimal_comma"] is False and list(errors_by_row(result)) == [2]
+    unknown = "title;amount\na;1.250\nb;7\nc;3,5\n"  # nothing tells 1.250 apart
+    result = do_import(engine, files, write(files, "u.csv", unknown), "leads")
+    assert result["decimal_comma"] is True and list(errors_by_row(result)) == [2]
+    unknown = "title;amount\na;1.250\nb;7\n"
+    result = do_import(engine, files, write(files, "v.csv", unknown), "leads")
+    assert result["decimal_comma"] is None and result["counts"]["new"] == 1
+    assert "ambiguous" in errors_by_row(result)[2][0][1]
     tabs = "title\tamount\na\t1.250,50\nb\t7\n"
     result = do_import(engine, files, write(files, "t.tsv", tabs), "leads")
     assert result["decimal_comma"] is True and result["counts"]["new"] == 2

@@ -96,11 +96,14 @@ def number_style(text: str) -> Literal["comma", "point", "ambiguous", "plain"] |
 
 
 def _decimal_text(value: Any, info: ValidationInfo) -> Any:
-    """A number written with a decimal comma, as the Decimal/int validators read it; with
-    `decimal_comma` only, and never guessing: one group of three digits (1.250, 1,250) is
-    refused as ambiguous. Source: the CLDR number symbols of the locales that write a
-    decimal comma (de, fr, es, it, nl, pt-BR, ...) group with '.', space or no-break space."""
-    if not isinstance(value, str) or not _context(info, "decimal_comma", False):
+    """A number written with a decimal comma, as the Decimal/int validators read it, when
+    the context's `decimal_comma` is True; never guessing: one group of three digits
+    (1.250, 1,250) is refused as ambiguous, also when `decimal_comma` is None (a file
+    whose style is not known). Source: the CLDR number symbols of the locales that write
+    a decimal comma (de, fr, es, it, nl, pt-BR, ...) group with '.', space or no-break
+    space."""
+    mode = _context(info, "decimal_comma", False)
+    if not isinstance(value, str) or mode is False:
         return value
     style = number_style(value)
     if style == "ambiguous":
@@ -110,6 +113,8 @@ def _decimal_text(value: Any, info: ValidationInfo) -> Any:
             " write it without the separator, or with two decimals",
             {"value": repr(value.strip())},
         )
+    if mode is None:
+        return value
     if style == "comma":
         return _GROUPS.sub("", value.strip()).replace(".", "").replace(",", ".")
     if style == "plain":

@@ -376,11 +376,13 @@ class Importer:
         text = "; ".join(f"{column}: {reason}" if column else reason for column, reason in reasons)
         self._write_error(number, row, text)
 
-    def _decimal_comma(self, table: Table) -> bool:
-        """The payload's `decimal_comma`, or when it is None: True for a file delimited by
-        semicolons (or tabs, or pipes: whatever does not clash with a decimal comma) whose
-        number columns, in its first PEEK_RECORDS rows, hold numbers that only read with a
-        decimal comma and none that only read with a point."""
+    def _decimal_comma(self, table: Table) -> bool | None:
+        """The payload's `decimal_comma`, or when it is None, for a file delimited by
+        semicolons (or tabs, or pipes: whatever does not clash with a decimal comma):
+        True when its number columns, in its first PEEK_RECORDS rows, hold numbers that
+        only read with a decimal comma and none that only read with a point; False when
+        they hold one that only reads with a point; else None: the style is not known and
+        a number such as 1.250 (1250, or 1.25?) is refused. Other files: False."""
         if self.p.decimal_comma is not None:
             return self.p.decimal_comma
         columns = [self.mapping[f] for f in number_fields(self.p.entity_type) if f in self.mapping]
@@ -395,7 +397,7 @@ class Importer:
                 " (decimal_comma: false to refuse them instead)"
             )
             return True
-        return False
+        return False if "point" in styles else None
 
     def _write_error(self, number: int, row: Row, reason: str) -> None:
         if self._error_writer is None:
