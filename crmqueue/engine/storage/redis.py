@@ -3,6 +3,7 @@ script (the scripts are the .lua files beside this module, read once a process).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.resources
@@ -328,7 +329,8 @@ class RedisJobStore(JobStore):
 class _Script:
     """A Lua script called by its SHA1, loaded again if the server lost it (a restart).
     redis-py's Script does the same, with a per-call import and pipeline check that cost
-    about 5 µs of each single enqueue."""
+    about 5 µs of each single enqueue. The call goes over this thread's own connection
+    (see _ThreadConnections)."""
 
     def __init__(self, conn: redis.Redis, source: str, sha: str) -> None:
         self.conn = conn
@@ -336,11 +338,63 @@ class _Script:
         self.sha = sha
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        pool = self.conn.connection_pool
         try:
-            return self.conn.evalsha(self.sha, len(keys), *keys, *args)
+            return _call(pool, ("EVALSHA", self.sha, len(keys), *keys, *args))
         except redis.exceptions.NoScriptError:
             self.sha = self.conn.script_load(self.source)
-            return self.conn.evalsha(self.sha, len(keys), *keys, *args)
+            return _call(pool, ("EVALSHA", self.sha, len(keys), *keys, *args))
+
+
+class _ThreadConnections(dict[Any, Any]):
+    """A thread's own connection from each pool, kept between calls: redis-py's checkout
+    from the pool, its instrumentation and wrappers cost as much CPU per command as the
+    rest of an enqueue (measured: a script call 48 µs of client CPU through redis-py, 19 µs
+    on a kept connection). When the thread ends they go back to their pools."""
+
+    def __del__(self) -> None:
+        for pool, connection in self.items():
+            with contextlib.suppress(Exception):
+                pool.release(connection)
+
+
+_thread_connections = threading.local()
+
+
+def _call(pool: redis.ConnectionPool, command: tuple[Any, ...]) -> Any:
+    """One command on this thread's connection of `pool`, with the connection's own retry
+    policy on connection errors (as redis-py's execute_command: disconnect, try again)."""
+    held = getattr(_thread_connections, "held", None)
+    if held is None:
+        held = _thread_connections.held = _ThreadConnections()
+    connection = held.get(pool)
+    if connection is None:
+        connection = held[pool] = pool.get_connection()
+    else:
+        # What the pool checks at each checkout: connected, and nothing to read (EOF from
+        # a server that went away, or a reply left unread). Else start afresh, before
+        # sending: a command is never sent twice.
+        connection.connect()
+        try:
+            if connection.can_read():
+                raise redis.ConnectionError("connection not ready")
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            connection.connect()
+
+    def send() -> Any:
+        connection.send_command(*command)
+        return connection.read_response()
+
+    try:
+        return connection.retry.call_with_retry(send, lambda _error: connection.disconnect())
+    except redis.ResponseError:
+        raise  # the reply was read: the connection is in step
+    except BaseException:
+        # Anything else (an outage, a time limit raised in this thread between the send
+        # and the read) may leave a reply unread: start afresh on the next call.
+        connection.disconnect()
+        raise
 
 
 LUA_SCRIPTS = (
