@@ -371,7 +371,7 @@ def payload_json(model: type[P], data: Mapping[str, Any]) -> tuple[P, bytes]:
     for this), a dict key's lone surrogate as U+FFFD; only then is the input walked to
     name the fields (a real U+FFFD or "NaN" in a text costs that walk, nothing more)."""
     try:
-        valid = model.model_validate(data)
+        valid: P = model.__pydantic_validator__.validate_python(data)  # model_validate's core
     except ValidationError as exc:
         raise PayloadError(_with_model_errors(text_problems(data), exc)) from exc
     try:
