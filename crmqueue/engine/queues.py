@@ -103,11 +103,9 @@ def encode_message(job_id: str, name: str, payload: Mapping[str, Any] | EncodedP
     naming each field whose text or value no attempt could use (see
     crmqueue.json_text.encode)."""
     if isinstance(payload, EncodedPayload):
-        return b'{"id":%s,"name":%s,"payload":%s}' % (
-            json.dumps(job_id).encode(),
-            _name_json(name),
-            payload.json,
-        )
+        # Our ids are hex: only a caller's own id can need JSON escapes.
+        quoted = b'"%s"' % job_id.encode() if job_id.isalnum() else json.dumps(job_id).encode()
+        return b'{"id":%s,"name":%s,"payload":%s}' % (quoted, _name_json(name), payload.json)
     return json_text.encode({"id": job_id, "name": name, "payload": dict(payload)}, "payload")
 
 
