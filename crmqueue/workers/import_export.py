@@ -50,6 +50,7 @@ from crmqueue.formats.readers import (
     Row,
     Table,
     cell_problem,
+    cells_fine,
     open_table,
     printable,
 )
@@ -356,16 +357,17 @@ class Importer:
     def _cell_problems(self, row: Row, data: dict[str, str | None]) -> list[tuple[str, str]]:
         """(column, reason) of what the reader could not read in the columns this import
         uses (or in the whole row), and of cells that cannot be stored as text."""
-        problems = []
+        problems: list[tuple[str, str]] = []
         if isinstance(row, ProblemRow):
             problems = [
                 (column, reason)
                 for column, reason in row.problems.items()
                 if column == WHOLE_ROW or column in self.used_columns
             ]
-        for field, value in data.items():
-            if value is not None and (reason := cell_problem(value)) is not None:
-                problems.append((self.source_for[field], reason))
+        if not cells_fine(data.values()):
+            for field, value in data.items():
+                if value is not None and (reason := cell_problem(value)) is not None:
+                    problems.append((self.source_for[field], reason))
         return problems
 
     def _refuse(self, number: int, row: Row, reasons: list[tuple[str, str]]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -91,6 +91,17 @@ def cell_problem(text: str) -> str | None:
     if "\udc80" <= char <= "\udcff":
         return f"byte 0x{ord(char) - 0xDC00:02X} is not valid in the file's encoding"
     return f"lone surrogate U+{ord(char):04X} (a truncated emoji?) is not valid text"
+
+
+def cells_fine(values: Iterable[str | None]) -> bool:
+    """Whether cell_problem finds nothing in any of `values`: one check over them all,
+    for the common case (this runs once per row)."""
+    joined = "".join(filter(None, values))
+    if len(joined) > MAX_CELL_CHARS:
+        return False
+    if joined.isascii():
+        return "\x00" not in joined
+    return _NOT_TEXT.search(joined) is None
 
 
 def printable(text: str) -> str:

@@ -168,9 +168,9 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
                     continue
                 number += 1
                 open_quote[0] = False  # the record ended: its quotes were balanced
-                if not any(cell.strip() for cell in record):
-                    continue
                 values = [_text(cell) for cell in record]
+                if not any(values):
+                    continue
                 row = dict(zip(columns, values, strict=False))
                 if len(values) > len(columns):
                     row["__extra__"] = delimiter.join(v or "" for v in values[len(columns) :])
