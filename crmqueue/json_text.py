@@ -126,8 +126,14 @@ def _path(parent: str, part: object) -> str:
 def _text_problem(text: str) -> str | None:
     found = _LONE_SURROGATE.search(text)
     if found:
+        code = ord(found.group())
+        if 0xDC80 <= code <= 0xDCFF:  # how Python keeps a byte it could not decode
+            return (
+                f"byte 0x{code - 0xDC00:02X} at character {found.start()} is not UTF-8 (text"
+                " in another encoding?): no encoding can store or send it as it is"
+            )
         return (
-            f"lone surrogate U+{ord(found.group()):04X} at character {found.start()}"
+            f"lone surrogate U+{code:04X} at character {found.start()}"
             " (a truncated emoji?): not Unicode text, no encoding can store or send it"
         )
     nul = text.find("\x00")

@@ -387,6 +387,16 @@ def test_cli_enqueue_refuses_unusable_text_from_json_and_files(
     assert result.returncode != 0
     assert "note.k\\x00: the key itself: NUL" in result.stderr
     assert "note.k\\x00.1: lone surrogate U+DC00" in result.stderr
+    # Bytes that are not UTF-8: in a file, and in an argument (Python keeps them as lone
+    # surrogates U+DC80-U+DCFF).
+    (tmp_path / "latin1.json").write_bytes('{"tenant_id": "t1", "x": "café"}'.encode("latin-1"))
+    result = cli("enqueue", "webhook", "--file", "latin1.json", "--kind", "myjobs.ping")
+    assert result.returncode != 0
+    assert "latin1.json: not UTF-8 at byte 29" in result.stderr and "Traceback" not in result.stderr
+    argument = '{"tenant_id": "t1", "x": "café"}'.encode("latin-1")
+    result = cli("enqueue", "webhook", "--json", argument, "--kind", "myjobs.ping")  # type: ignore[arg-type]
+    assert result.returncode != 0
+    assert "x: byte 0xE9 at character 3 is not UTF-8" in result.stderr
     result = cli("enqueue", "webhook", "--json", '{"tenant_id": "t1"}', "--kind", "myjobs.ping")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"[0-9a-f]{32}\n", result.stdout)

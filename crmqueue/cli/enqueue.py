@@ -23,6 +23,8 @@ def _read_payload(json_text: str | None, file: str | None) -> dict[str, Any]:
             json_text = Path(file).read_text(encoding="utf-8")
         except OSError as exc:
             raise CrmQueueError(f"{file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:  # JSON is UTF-8 (RFC 8259 section 8.1)
+            raise CrmQueueError(f"{file}: not UTF-8 at byte {exc.start}: {exc.reason}") from None
     try:
         payload = json.loads(json_text or "")
     except json.JSONDecodeError as exc:
