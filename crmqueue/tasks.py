@@ -29,6 +29,7 @@ from crmqueue.payloads import (
     ReportPayload,
     WebhookDeliveryPayload,
     payload_json,
+    validate_payload,
 )
 
 __all__ = [
@@ -130,9 +131,12 @@ def _data(
 ) -> dict[str, Any] | EncodedPayload:
     """What the engine stores: a payload model's JSON (validated and checked once), or, by
     name, the mapping itself (the engine checks it as it encodes it)."""
-    if model is not None:
+    if model is not None and issubclass(model, Payload):
         valid, encoded = payload_json(model, payload)
-        return EncodedPayload(getattr(valid, "tenant_id", ""), encoded)
+        return EncodedPayload(valid.tenant_id, encoded)
+    if model is not None:  # a custom body's model: its config may write NaN as null
+        data: dict[str, Any] = validate_payload(model, payload).model_dump(mode="json")
+        return data
     if not isinstance(payload, Mapping):
         raise PayloadError([("payload", "must be a JSON object (a mapping of field names)")])
     return dict(payload)

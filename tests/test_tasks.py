@@ -359,9 +359,12 @@ def test_kind_resolution_by_name(broker: Broker) -> None:
                       kind="crmqueue.workers.email.send_email")  # fmt: skip
     assert errors == {"kind": "'crmqueue.workers.email.send_email' runs on queue 'email', not"
                               " 'webhook'"}  # fmt: skip
-    # A custom body this process registered: its model, on its queue only.
+    # A custom body this process registered: its model, on its queue only, and the text
+    # checks every payload gets.
     errors = _refused(tasks.enqueue, "email", {"tenant_id": "t1"}, kind="tests.fixture_jobs.typed")
     assert "name" in errors
+    bad = {"tenant_id": "t1", "name": f"A{NUL}"}
+    assert "name" in _refused(tasks.enqueue, "email", bad, kind="tests.fixture_jobs.typed")
     assert "kind" in _refused(tasks.enqueue, "report", {"tenant_id": "t1"},
                               kind="tests.fixture_jobs.noop")  # fmt: skip
     # What every job needs still holds by name.
