@@ -417,3 +417,47 @@ def test_priority_and_delay_that_no_store_can_keep_are_refused(broker: Broker) -
     assert _stored(broker) == 0
     job = tasks.send_email(**email, priority=-1000, delay=3600)
     assert jobs.get(job.id).state == "scheduled"
+
+
+@pytest.mark.parametrize("storage_url", ["redis"], indirect=True)
+def test_enqueue_after_fork_uses_the_childs_own_connection(
+    broker: Broker, storage_url: str
+) -> None:
+    """An app that builds its broker and then forks workers (gunicorn --preload): each
+    process enqueues over a connection of its own, never over the parent's socket."""
+    import multiprocessing
+
+    import redis
+
+    email = {"tenant_id": "t1", "to": "a@example.com", "template": "welcome"}
+    tasks.send_email(**email)  # the parent now keeps a connection
+    server = redis.Redis.from_url(storage_url)
+    before = server.info("clients")["connected_clients"]
+
+    def child(report: Any, go: Any) -> None:
+        report.send([tasks.send_email(**email, subject=f"child {n}").id for n in range(20)])
+        go.recv()  # keep this process (and its connection) until the parent has counted
+
+    context = multiprocessing.get_context("fork")
+    reports, gos, processes = [], [], []
+    for _ in range(3):
+        report_in, report_out = context.Pipe(duplex=False)
+        go_in, go_out = context.Pipe(duplex=False)
+        process = context.Process(target=child, args=(report_out, go_in))
+        process.start()
+        reports.append(report_in), gos.append(go_out), processes.append(process)
+    parent_ids = [tasks.send_email(**email, subject=f"parent {n}").id for n in range(20)]
+    assert all(report.poll(30) for report in reports), "a child never enqueued"
+    child_ids = [job_id for report in reports for job_id in report.recv()]
+    # Each child opened its own connection (a shared socket would add none).
+    assert server.info("clients")["connected_clients"] >= before + 3
+    for go in gos:
+        go.send("done")
+    for process in processes:
+        process.join(30)
+        if process.exitcode is None:
+            process.kill()
+        assert process.exitcode == 0
+    assert {jobs.get(job_id).state for job_id in parent_ids + child_ids} == {"waiting"}
+    assert _stored(broker) == 1 + 20 + 3 * 20
+    server.close()

@@ -368,6 +368,10 @@ def _call(pool: redis.ConnectionPool, command: tuple[Any, ...]) -> Any:
     if held is None:
         held = _thread_connections.held = _ThreadConnections()
     connection = held.get(pool)
+    if connection is not None and connection.pid != os.getpid():
+        # Inherited through fork (an app built its broker, then forked its workers): that
+        # socket is the parent's. The pool gives this process its own, as redis-py does.
+        connection = None
     if connection is None:
         connection = held[pool] = pool.get_connection()
     else:
