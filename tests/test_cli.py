@@ -524,3 +524,14 @@ def test_config_given_twice_and_its_precedence(alt: tuple[Cli, str], tmp_path: P
     missing = cli("--config", str(tmp_path / "nope.toml"), "stats")
     assert missing.returncode == 1
     assert missing.stderr == f"crmqueue: error: {tmp_path / 'nope.toml'}: config file not found\n"
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_tables_show_job_data_with_square_brackets_as_written(cli: Cli) -> None:
+    subject = "Offer [red]50%[/red] off [link=http://x]now[/link] [runner]"
+    payload = {"tenant_id": "t1", "to": "a@example.com", "template": "welcome", "subject": subject}
+    enqueued = cli("enqueue", "email", "--json", json.dumps(payload))
+    assert enqueued.returncode == 0, enqueued.stderr
+    shown = cli("jobs", "show", enqueued.stdout.strip())
+    assert shown.returncode == 0, shown.stderr
+    assert subject in " ".join(shown.stdout.split()), shown.stdout

@@ -23,7 +23,9 @@ from crmqueue.engine.queues import Broker, configure
 from crmqueue.errors import CrmQueueError
 from crmqueue.workers.loading import load_bodies
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+# No markup: the tables show job data (subjects, error messages) that may hold "[...]";
+# colours are given as rich Text styles instead.
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 QUEUE_CHOICE = click.Choice(QUEUE_NAMES)
 log = logging.getLogger("crmqueue")
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from crmqueue import __version__
 from crmqueue.cli.common import command, config_file, console, emit_json
@@ -73,8 +73,8 @@ def doctor(as_json: bool) -> None:
             table.add_column(column, no_wrap=column != "detail")
         colours = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
         for check in checks:
-            status = f"[{colours[check.status]}]{check.status}[/]"
-            table.add_row(check.name, status, escape(check.detail))
+            status = Text(check.status, style=colours[check.status])
+            table.add_row(check.name, status, check.detail)
         console.print(table)
     sys.exit(1 if failed else 0)
 

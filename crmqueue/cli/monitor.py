@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from crmqueue.cli.common import QUEUE_CHOICE, command, console, emit_json, open_broker
 from crmqueue.config import QUEUE_NAMES
@@ -26,9 +27,9 @@ def _stats_table(rows: list[dict[str, Any]]) -> Table:
     for key, header in _STATS_COLUMNS.items():
         table.add_column(header, justify="left" if key == "queue" else "right", no_wrap=True)
     for row in rows:
-        cells = [str(row[key]) for key in _STATS_COLUMNS]
+        cells: list[str | Text] = [str(row[key]) for key in _STATS_COLUMNS]
         cells[-2] = f"{row['failure_rate'] * 100:.1f}"
-        cells[-1] = "[green]yes[/]" if row["healthy"] else "[red]no[/]"
+        cells[-1] = Text("yes", style="green") if row["healthy"] else Text("no", style="red")
         table.add_row(*cells)
     return table
 
@@ -61,7 +62,9 @@ def health(as_json: bool) -> None:
         emit_json(report)
     else:
         colour = {"healthy": "green", "degraded": "yellow", "error": "red"}[report["status"]]
-        console.print(f"status: [{colour}]{report['status']}[/]  at {report['timestamp']}")
+        console.print(
+            Text.assemble("status: ", (report["status"], colour), f"  at {report['timestamp']}")
+        )
         if report.get("error"):
             console.print(f"error: {report['error']}")
         console.print(f"last periodic check: {report['last_check'] or 'never'}")
@@ -69,7 +72,7 @@ def health(as_json: bool) -> None:
             console.print(_stats_table(report["queues"]))
             for row in report["queues"]:
                 if row["consumers"] == 0:
-                    console.print(f"[red]queue {row['queue']}: no live consumer[/]")
+                    console.print(Text(f"queue {row['queue']}: no live consumer", style="red"))
     sys.exit(health_mod.EXIT_CODES[report["status"]])
 
 

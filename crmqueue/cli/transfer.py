@@ -68,7 +68,10 @@ def _wait_with_progress(job: Any, timeout: float | None) -> Any:
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=console
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TaskProgressColumn(),
+        console=console,
     ) as bar:
         task = bar.add_task(f"job {job.id}", total=100)
         return job.wait(
