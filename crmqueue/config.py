@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -306,12 +306,17 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Key paths set by CRMQUEUE_<SECTION>__<KEY> and the original variable names."""
+def environment_overrides(
+    environ: Mapping[str, str], sources: dict[tuple[str, ...], str] | None = None
+) -> dict[str, Any]:
+    """Key paths set by CRMQUEUE_<SECTION>__<KEY> and the original variable names;
+    ``sources``, when given, receives each key path with the variable that set it."""
     tree: dict[str, Any] = {}
+    named = {} if sources is None else sources
     for name, path in _ORIGINAL_ENV.items():
         if environ.get(name):
             _set_path(tree, path, environ[name])
+            named[path] = name
     if environ.get("REDIS_HOST") and not environ.get("REDIS_URL"):
         password = environ.get("REDIS_PASSWORD", "")
         auth = f":{quote(password, safe='')}@" if password else ""
@@ -320,6 +325,7 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             f"/{environ.get('REDIS_DB', '0')}"
         )
         _set_path(tree, ("storage", "url"), url)
+        named[("storage", "url")] = "REDIS_HOST"
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
@@ -329,6 +335,7 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if parts[0] == "queues":
             parts = (parts[0], parts[1].replace("_", "-"), *parts[2:])
         _set_path(tree, parts, value)
+        named[parts] = name
     return tree
 
 
@@ -364,13 +371,23 @@ def _normalize_queue_names(tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _format_errors(exc: ValidationError) -> str:
+def _format_errors(exc: ValidationError, origin: Callable[[tuple[str, ...]], str]) -> str:
     lines = []
     for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"]) or "(root)"
+        loc = tuple(str(part) for part in error["loc"])
+        path = ".".join(loc) or "(root)"
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        lines.append(f"{path}: {message}")
+        lines.append(f"{path}: {message}{origin(loc)}")
     return "; ".join(lines)
+
+
+def _has_path(tree: Mapping[str, Any], loc: tuple[str, ...]) -> bool:
+    node: Any = tree
+    for key in loc:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def load_settings(
@@ -384,12 +401,26 @@ def load_settings(
     """
     env = os.environ if environ is None else environ
     path = find_config_file(config_file, env)
-    tree = _normalize_queue_names(read_toml(path) if path else {})
-    tree = _deep_merge(tree, environment_overrides(env))
+    file_tree = _normalize_queue_names(read_toml(path) if path else {})
+    env_sources: dict[tuple[str, ...], str] = {}
+    tree = _deep_merge(file_tree, environment_overrides(env, env_sources))
     flag_tree: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         _set_path(flag_tree, tuple(dotted.split(".")), value)
-    tree = _deep_merge(tree, _normalize_queue_names(flag_tree))
+    flag_tree = _normalize_queue_names(flag_tree)
+    tree = _deep_merge(tree, flag_tree)
+
+    def origin(loc: tuple[str, ...]) -> str:
+        """Where the value at ``loc`` came from: a flag, a variable, the file or neither."""
+        for end in range(len(loc), 0, -1):
+            if _has_path(flag_tree, loc[:end]):
+                return " (from a command-line option)"
+            if loc[:end] in env_sources:
+                return f" (from ${env_sources[loc[:end]]})"
+            if path and _has_path(file_tree, loc[:end]):
+                return f" (from {path})"
+        return ""
+
     queues = tree.get("queues")
     if isinstance(queues, dict):
         unknown = sorted(set(queues) - set(QUEUE_NAMES))
@@ -412,5 +443,4 @@ def load_settings(
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
-        origin = f" (from {path})" if path else ""
-        raise ConfigError(_format_errors(exc) + origin) from None
+        raise ConfigError(_format_errors(exc, origin)) from None

@@ -570,3 +570,18 @@ def test_mask_url(url: str, masked: str) -> None:
 
 def test_queue_names_match_settings_sections() -> None:
     assert set(QUEUE_NAMES) == set(Settings().model_dump(by_alias=True)["queues"])
+
+
+def test_each_bad_value_names_the_source_that_set_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "[queues.email]\nattempts = 0\n[storage]\nnope = 1\n")
+    message = config_error(
+        path,
+        environ={"CRMQUEUE_QUEUES__EMAIL__WORKERS": "0", "EMAIL_PROVIDER": "nope"},
+        overrides={"queues.report.workers": 0},
+    )
+    errors = dict(part.split(": ", 1) for part in message.split("; "))
+    assert errors["queues.email.workers"].endswith("(from $CRMQUEUE_QUEUES__EMAIL__WORKERS)")
+    assert errors["email.provider"].endswith("(from $EMAIL_PROVIDER)")
+    assert errors["queues.email.attempts"].endswith(f"(from {path})")
+    assert errors["storage.nope"] == f"unknown key (from {path})"
+    assert errors["queues.report.workers"].endswith("(from a command-line option)")
