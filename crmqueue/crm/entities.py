@@ -49,6 +49,11 @@ def _clean(value: Any) -> Any:
 
 
 class Row(BaseModel):
+    """A source row as the CRM stores it. Each field's bounds (text length, integer range,
+    Decimal digits, dates) are those of its column in crmqueue.crm.schema, so a value a row
+    model accepts always fits (tests/test_crm_bounds.py walks every field on SQLite and
+    PostgreSQL); what does not fit is refused in its row, naming the column."""
+
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
@@ -199,8 +204,27 @@ def _source_date(value: Any, info: ValidationInfo) -> Any:
     return stamp.date()
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """`value` as an aware UTC time stamp: an aware one converted, a naive one taken as UTC
+    (crmqueue has no per-tenant time zone; a spreadsheet serial or an ISO time without an
+    offset is read as UTC). Both CRM databases store UTC (crmqueue.crm.schema.UtcDateTime).
+    Raises PydanticCustomError when the instant falls outside years 1-9999 in UTC
+    (9999-12-31T23:59:59-05:00 is in year 10000): no database column, Python datetime or
+    export format holds it."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_range",
+            "{value} is outside years 1-9999 once converted to UTC",
+            {"value": value.isoformat()},
+        ) from None
+
+
 SourceDate = Annotated[dt.date, BeforeValidator(_source_date)]
-SourceDateTime = Annotated[dt.datetime, BeforeValidator(_source_datetime)]
+SourceDateTime = Annotated[dt.datetime, BeforeValidator(_source_datetime), AfterValidator(as_utc)]
 SourceDecimal = Annotated[Decimal, BeforeValidator(_decimal_text)]
 SourceInt = Annotated[int, BeforeValidator(_decimal_text)]
 
@@ -302,7 +326,7 @@ class ContactRow(Row):
     last_name: Short | None = None
     email: EmailAddress
     phone: Annotated[str, StringConstraints(max_length=50)] | None = None
-    title: Text | None = None
+    title: Annotated[str, StringConstraints(max_length=200)] | None = None
     company: Text | None = None
     city: Short | None = None
     country: Short | None = None
@@ -315,7 +339,8 @@ class CompanyRow(Row):
     name: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     domain: Annotated[str, StringConstraints(to_lower=True, max_length=253)] | None = None
     industry: Short | None = None
-    employees: Annotated[SourceInt, Field(ge=0)] | None = None
+    # An INTEGER column: 32 bits on PostgreSQL, so a larger count is refused in its row.
+    employees: Annotated[SourceInt, Field(ge=0, le=2**31 - 1)] | None = None
     phone: Annotated[str, StringConstraints(max_length=50)] | None = None
     city: Short | None = None
     country: Short | None = None
@@ -327,10 +352,13 @@ class LeadRow(Row):
     title: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     amount: Annotated[SourceDecimal, Field(ge=0, max_digits=14, decimal_places=2)] | None = None
     currency: (
-        Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$"), AfterValidator(_upper)] | None
+        Annotated[
+            str, StringConstraints(max_length=3, pattern=r"^[A-Za-z]{3}$"), AfterValidator(_upper)
+        ]
+        | None
     ) = None
     status: Literal["open", "won", "lost"] = "open"
-    stage: Short | None = None
+    stage: Annotated[str, StringConstraints(max_length=50)] | None = None
     owner: Annotated[str, StringConstraints(max_length=64)] | None = None
     close_date: SourceDate | None = None
 

@@ -4,14 +4,44 @@ version and `MIGRATIONS` upgrades an existing database step by step, keeping its
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 metadata = sa.MetaData()
 
 TENANT = 64
+
+
+class UtcDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A point in time, stored as UTC on every database and read back as an aware UTC
+    datetime. PostgreSQL's TIMESTAMP WITH TIME ZONE keeps the instant itself; SQLite has no
+    time zones and SQLAlchemy's SQLite DATETIME drops an offset (10:00+02:00 would be stored
+    as 10:00), so there it is written converted to UTC, without the offset, and read as
+    UTC. A naive value is taken as UTC (crmqueue.crm.entities.as_utc). The DDL is that of
+    DateTime(timezone=True): no migration."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        # a date: its midnight, UTC
+        stamp = value if isinstance(value, dt.datetime) else dt.datetime.combine(value, dt.time())
+        stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+        return stamp.replace(tzinfo=None) if dialect.name == "sqlite" else stamp
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        stamp: dt.datetime = value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=dt.UTC)
+        return stamp.astimezone(dt.UTC)
 
 
 def _tenant() -> sa.Column[str]:
@@ -20,8 +50,8 @@ def _tenant() -> sa.Column[str]:
 
 def _stamps() -> list[sa.Column[object]]:
     return [
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
     ]
 
 
@@ -30,7 +60,7 @@ schema_version = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_at", UtcDateTime(), nullable=False),
 )
 
 users = sa.Table(
@@ -122,8 +152,8 @@ activities = sa.Table(
     sa.Column("type", sa.String(20), nullable=False),
     sa.Column("subject", sa.String(300), nullable=False),
     sa.Column("notes", sa.Text),
-    sa.Column("due_at", sa.DateTime(timezone=True)),
-    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("due_at", UtcDateTime()),
+    sa.Column("completed_at", UtcDateTime()),
     sa.Column("owner", sa.String(64)),
     sa.Column("contact_id", sa.Integer, sa.ForeignKey("contacts.id", ondelete="SET NULL")),
     sa.Column("lead_id", sa.Integer, sa.ForeignKey("leads.id", ondelete="SET NULL")),
@@ -143,8 +173,8 @@ notifications = sa.Table(
     sa.Column("title", sa.String(200), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("action_url", sa.Text),
-    sa.Column("read_at", sa.DateTime(timezone=True)),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("read_at", UtcDateTime()),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
 )
 sa.Index(
     "ix_notifications_tenant_user",
@@ -184,8 +214,8 @@ webhook_deliveries = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("response_status", sa.Integer),
     sa.Column("error", sa.Text),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("delivered_at", UtcDateTime()),
 )
 sa.Index(
     "ix_webhook_deliveries_tenant_endpoint",
@@ -202,7 +232,7 @@ import_checkpoints = sa.Table(
     _tenant(),
     sa.Column("last_batch", sa.Integer, nullable=False),
     sa.Column("counts", sa.JSON, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 V1_TABLES = [

@@ -56,10 +56,17 @@ def create_engine(url: str) -> Engine:
         return engine
     # No server-side prepared statements: psycopg prepares a query after five runs, and
     # PostgreSQL may then keep a generic plan made when an import's table was still small.
+    # Sessions in UTC: time stamps come back in UTC whatever the server's TimeZone, and one
+    # near 9999-12-31 UTC is not shown in a zone where it would be year 10000 (which
+    # psycopg cannot read).
     return sa.create_engine(
         target,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 10, "prepare_threshold": None},
+        connect_args={
+            "connect_timeout": 10,
+            "prepare_threshold": None,
+            "options": "-c timezone=UTC",
+        },
     )
 
 
