@@ -10,8 +10,13 @@ attempt:
 - a value JSON has no form for: NaN and Infinity (RFC 8259 has no such numbers), sets,
   bytes, other objects, a container holding itself.
 
+- objects and lists nested more than `MAX_DEPTH` (64) levels deep (the payload object is
+  level 1): no CRM payload needs more, and deeper JSON exhausts the recursion of the JSON
+  coders behind a job (Python's, pydantic's, a vendor's), so it would fail late.
+
 A key is checked like a value. Both checks take one C-level JSON encode of the whole
-payload and look at its bytes; only a payload that fails is walked to name each field.
+payload and look at its bytes (more than `MAX_DEPTH` brackets is the only way to be too
+deep); only a payload that fails is walked to name each field.
 A low module (it imports only crmqueue.errors): the engine and the payload models use it.
 """
 
@@ -23,7 +28,22 @@ from typing import Any
 
 from crmqueue.errors import PayloadError
 
-__all__ = ["encode", "encode_value", "problems", "suspect_dump", "text_problems"]
+__all__ = [
+    "MAX_DEPTH",
+    "depth_problems",
+    "encode",
+    "encode_value",
+    "loads",
+    "may_be_too_deep",
+    "problems",
+    "suspect_dump",
+    "text_problems",
+]
+
+# Levels of objects and lists inside each other in one payload, the payload object being
+# the first. Well below the recursion limits of Python's json (about 1,000) and of
+# pydantic-core's serializer (a few hundred).
+MAX_DEPTH = 64
 
 # ensure_ascii (the default): every character outside ASCII is escaped, so a lone
 # surrogate and NUL show as escapes in the bytes. allow_nan=False: NaN is not JSON.
@@ -68,6 +88,85 @@ def suspect_dump(data: bytes) -> bool:
     )
 
 
+def may_be_too_deep(data: bytes) -> bool:
+    """Whether JSON `data` may nest deeper than MAX_DEPTH: it has more brackets (two
+    C-level counts, well under a microsecond for a typical payload)."""
+    return data.count(b"{") + data.count(b"[") > MAX_DEPTH
+
+
+def depth_problems(value: Any, max_depth: int = MAX_DEPTH) -> list[tuple[str, str]]:
+    """(field, reason) for each top-level field of `value` (a payload mapping) holding
+    objects or lists nested deeper than `max_depth` levels in all (the payload is level
+    1); [] if none. Walks at most `max_depth` levels, so any depth is safe to check."""
+    reason = (
+        f"nested more than {max_depth} levels deep (objects and lists inside each other;"
+        f" a job payload allows {max_depth})"
+    )
+    if not isinstance(value, dict):
+        return [("payload", reason)] if _deeper(value, max_depth) else []
+    return [(_path("", key), reason) for key, item in value.items() if _deeper(item, max_depth - 1)]
+
+
+def _deeper(value: Any, levels: int) -> bool:
+    """Whether `value` is a container nested more than `levels` deep."""
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    if levels <= 0:
+        return True
+    return any(_deeper(item, levels - 1) for item in items)
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads, but JSON nested too deeply for Python's parser is a PayloadError
+    naming the top-level field that holds it (the parser gives up near 1,000 levels)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        raise PayloadError(depth_problems_in_text(text)) from None
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def depth_problems_in_text(text: str) -> list[tuple[str, str]]:
+    """depth_problems for JSON text too deep to parse: its top-level fields are found by
+    scanning its strings and brackets."""
+    depth, key, last = 0, "payload", ""
+    found: list[str] = []
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token in "{[":
+            depth += 1
+            if depth == MAX_DEPTH + 1 and (not found or found[-1] != key):
+                found.append(key)
+        elif token in "}]":
+            depth -= 1
+        elif token == ":":
+            if depth == 1:
+                key = _string(last)
+        else:
+            last = token
+    reason = (
+        f"nested more than {MAX_DEPTH} levels deep (objects and lists inside each other;"
+        f" a job payload allows {MAX_DEPTH})"
+    )
+    return [(_path("", name), reason) for name in found or ["payload"]]
+
+
+def _string(token: str) -> str:
+    try:
+        text: str = json.loads(token)
+    except ValueError:
+        return token
+    return text
+
+
 def encode_value(value: Any) -> bytes:
     """`value` as compact ASCII JSON; PayloadError naming what cannot be (see `encode`)."""
     return encode({"value": value}, "value")[len(b'{"value":') : -1]
@@ -80,8 +179,12 @@ def encode(message: dict[str, Any], field: str) -> bytes:
     try:
         data = _ENCODER.encode(message).encode()
     except (TypeError, ValueError, RecursionError) as exc:
-        errors = problems(message[field])
+        errors = depth_problems(message[field]) or problems(message[field])
         raise PayloadError(errors or [(field, f"not JSON: {exc}")]) from None
+    if may_be_too_deep(data):
+        errors = depth_problems(message[field])
+        if errors:
+            raise PayloadError(errors)
     if _suspect(data):
         errors = problems(message[field])
         if errors:
@@ -92,11 +195,17 @@ def encode(message: dict[str, Any], field: str) -> bytes:
 def text_problems(value: Any) -> list[tuple[str, str]]:
     """(path, reason) for each lone surrogate or NUL in the text or keys of `value`, a
     payload as given (not validated yet: values JSON has no form for are left to its
-    model). [] for nearly every payload, after one encode."""
+    model), or else for each top-level field nested too deeply (see depth_problems). []
+    for nearly every payload, after one encode."""
     try:
         data = _TEXT_SCANNER.encode(value).encode()
     except (TypeError, ValueError, RecursionError):
-        return problems(value, text_only=True)  # e.g. a tuple key: walk it
+        # e.g. a tuple key, or nesting too deep: walk it
+        return depth_problems(value) or problems(value, text_only=True)
+    if may_be_too_deep(data):
+        deep = depth_problems(value)
+        if deep:
+            return deep
     return problems(value, text_only=True) if _suspect(data) else []
 
 

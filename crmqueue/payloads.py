@@ -25,7 +25,14 @@ from pydantic_core import PydanticCustomError, PydanticSerializationError
 from crmqueue import email_rules
 from crmqueue.errors import PayloadError
 from crmqueue.fields import Mailbox, MailboxList, SingleLine, check_single_line
-from crmqueue.json_text import encode_value, problems, suspect_dump, text_problems
+from crmqueue.json_text import (
+    depth_problems,
+    encode_value,
+    may_be_too_deep,
+    problems,
+    suspect_dump,
+    text_problems,
+)
 
 __all__ = [
     "DateRange",
@@ -378,6 +385,12 @@ def payload_json(model: type[P], data: Mapping[str, Any]) -> tuple[P, bytes]:
         encoded: bytes = valid.__pydantic_serializer__.to_json(valid)
     except PydanticSerializationError:
         encoded = b""  # a lone surrogate in a text: named below
+    except ValueError:  # pydantic-core's own depth limit (a few hundred levels)
+        raise PayloadError(depth_problems(data) or [("payload", "nested too deeply")]) from None
+    if may_be_too_deep(encoded):
+        deep = depth_problems(data)
+        if deep:
+            raise PayloadError(deep)
     if not encoded or suspect_dump(encoded):
         errors = text_problems(data) or problems(valid.model_dump(mode="json"))
         if errors:

@@ -242,6 +242,7 @@ def import_records(
     on_duplicate: str = "skip",
     duplicate_key: list[str] | None = None,
     batch_size: int = 100,
+    decimal_comma: bool | None = None,
     priority: int | None = None,
     delay: float | None = None,
     eta: dt.datetime | None = None,
@@ -249,12 +250,13 @@ def import_records(
     """Import a file's records into the CRM store. `file_url` is a path relative to the
     files directory (``[files] dir``: ``contacts.csv`` is ``<files.dir>/contacts.csv``),
     an absolute path or ``file://`` URL inside it, or an http(s) URL (downloaded through
-    the outbound guard); the worker refuses anything outside the files directory."""
+    the outbound guard); the worker refuses anything outside the files directory.
+    `decimal_comma`: numbers written 1.250,50 (True) or not (False); None detects it."""
     fields = {
         "tenant_id": tenant_id, "user_id": user_id, "file_url": file_url,
         "file_type": file_type, "entity_type": entity_type, "mapping_config": mapping_config,
         "dry_run": dry_run, "on_duplicate": on_duplicate, "duplicate_key": duplicate_key,
-        "batch_size": batch_size,
+        "batch_size": batch_size, "decimal_comma": decimal_comma,
     }  # fmt: skip
     return _submit(KINDS["import-export"]["import"], fields, priority, delay, eta)
 

@@ -10,7 +10,9 @@ from typing import Any
 import click
 
 from crmqueue.cli.common import QUEUE_CHOICE, command, describe_job, open_broker
+from crmqueue.engine.queues import MAX_DELAY, MAX_PRIORITY, MIN_PRIORITY
 from crmqueue.errors import CrmQueueError
+from crmqueue.json_text import loads
 
 
 def _read_payload(json_text: str | None, file: str | None) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def _read_payload(json_text: str | None, file: str | None) -> dict[str, Any]:
         except UnicodeDecodeError as exc:  # JSON is UTF-8 (RFC 8259 section 8.1)
             raise CrmQueueError(f"{file}: not UTF-8 at byte {exc.start}: {exc.reason}") from None
     try:
-        payload = json.loads(json_text or "")
+        payload = loads(json_text or "")  # nested too deeply: a PayloadError naming the field
     except json.JSONDecodeError as exc:
         raise CrmQueueError(f"{source}: not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
@@ -34,13 +36,31 @@ def _read_payload(json_text: str | None, file: str | None) -> dict[str, Any]:
     return payload
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # click's FloatRange lets NaN through (every comparison with it is false).
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of seconds", ctx, param)
+    return value
+
+
 @command()
 @click.argument("queue", type=QUEUE_CHOICE)
 @click.option("--json", "json_text", default=None, help="The payload as a JSON object.")
 @click.option("--file", type=click.Path(dir_okay=False), default=None, help="A JSON payload file.")
 @click.option("--kind", default=None, help="Job kind (e.g. import, export, publish).")
-@click.option("--priority", type=int, default=None, help="Higher runs first (-1000..1000).")
-@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Seconds to wait.")
+@click.option(
+    "--priority",
+    type=click.IntRange(MIN_PRIORITY, MAX_PRIORITY),
+    default=None,
+    help=f"Higher runs first ({MIN_PRIORITY}..{MAX_PRIORITY}).",
+)
+@click.option(
+    "--delay",
+    type=click.FloatRange(0, MAX_DELAY, max_open=True),
+    callback=_finite,
+    default=None,
+    help="Seconds to wait (less than ten years).",
+)
 @click.option("--wait", is_flag=True, help="Wait until the job is completed or dead.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds for --wait.")
 def enqueue(

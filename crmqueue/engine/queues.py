@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -140,7 +141,48 @@ class QueueHuey(huey.Huey):  # type: ignore[misc]
         return self._registry.create_task(message)
 
 
-_MAX_DELAY = 10 * 366 * 86400.0  # ten years: a longer delay is a mistake
+MAX_DELAY = 10 * 366 * 86400.0  # seconds, ten years: a longer delay (or eta) is a mistake
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+# A tenant id as the payload models take it (crmqueue.payloads.TenantId): checked here for
+# payloads enqueued by name, which no model validates before the worker.
+_TENANT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _tenant_problem(tenant: object) -> str:
+    if tenant is None:
+        return "field required"
+    if not isinstance(tenant, str):
+        return f"must be text (a tenant id), not {type(tenant).__name__}"
+    return "must be 1-64 of A-Z a-z 0-9 _ . - (a tenant id)"
+
+
+def run_at(delay: object, eta: object) -> float | None:
+    """When a job scheduled by `delay` (seconds from now) or `eta` (a datetime; a naive
+    one is local time, as in Python) runs, as a Unix time; None for now. Raises
+    PayloadError naming `delay` or `eta`: both given, a wrong type, NaN, a negative delay,
+    or a time more than ten years (MAX_DELAY) away."""
+    if eta is not None:
+        if delay is not None:
+            raise PayloadError([("eta", "give delay or eta, not both")])
+        if not isinstance(eta, dt.datetime):
+            raise PayloadError(
+                [("eta", f"must be a datetime (date and time), not {type(eta).__name__}")]
+            )
+        try:
+            when = eta.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:  # e.g. datetime.min, max
+            raise PayloadError([("eta", f"{eta!s} is not a usable time: {exc}")]) from None
+        if not abs(when - time.time()) < MAX_DELAY:
+            raise PayloadError([("eta", f"{eta!s} is more than ten years from now")])
+        return when
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise PayloadError([("delay", f"must be a number of seconds, not {type(delay).__name__}")])
+    # NaN or infinity would be a job that never runs (or a store that errs).
+    if not 0 <= delay < MAX_DELAY:
+        raise PayloadError([("delay", f"must be seconds from 0 to {MAX_DELAY:.0f}, not {delay}")])
+    return time.time() + delay if delay else None
 
 
 @dataclass(frozen=True)
@@ -182,22 +224,19 @@ class Queue:
         eta: dt.datetime | None = None,
         job_id: str | None = None,
     ) -> NewJob:
-        tenant = (
-            payload.tenant_id if isinstance(payload, EncodedPayload) else payload.get("tenant_id")
-        )
-        if not isinstance(tenant, str) or not tenant:
-            raise PayloadError([("tenant_id", "field required")])
+        if isinstance(payload, EncodedPayload):  # its model checked the tenant id
+            tenant = payload.tenant_id
+        else:
+            given = payload.get("tenant_id")
+            if not isinstance(given, str) or not _TENANT_ID.fullmatch(given):
+                raise PayloadError([("tenant_id", _tenant_problem(given))])
+            tenant = given
         priority = self.spec.priority if priority is None else priority
-        if type(priority) is not int or not -1000 <= priority <= 1000:
-            raise PayloadError([("priority", "must be a whole number from -1000 to 1000")])
-        run_at = None
-        if eta is not None:
-            run_at = eta.timestamp()  # a naive eta is local time, as in Python
-        elif delay:
-            # NaN or infinity would be a job that never runs (or a store that errs).
-            if not 0 <= delay < _MAX_DELAY:
-                raise PayloadError([("delay", f"must be seconds from 0 to {_MAX_DELAY:.0f}")])
-            run_at = time.time() + delay
+        if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise PayloadError(
+                [("priority", f"must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")]
+            )
+        when = run_at(delay, eta) if delay is not None or eta is not None else None
         job_id = job_id or os.urandom(16).hex()  # as random as uuid4, 5x cheaper
         return NewJob(
             id=job_id,
@@ -207,7 +246,7 @@ class Queue:
             priority=priority,
             max_attempts=self.spec.attempts,
             message=encode_message(job_id, name, payload),
-            run_at=run_at,
+            run_at=when,
         )
 
     def enqueue(
