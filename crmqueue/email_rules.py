@@ -28,11 +28,13 @@ __all__ = [
     "Declaration",
     "builtin_declarations",
     "declaration_for",
+    "describe",
     "forget_tenant_templates",
     "is_reserved_header",
     "missing_variables",
     "spellings",
     "tag_limit",
+    "tenant_declaration_at",
 ]
 
 MANIFEST = Path(__file__).resolve().parent / "templates" / "email" / "variables.json"
@@ -118,7 +120,9 @@ _tenant_cache: dict[str, tuple[int, Declaration | None]] = {}
 _tenant_guard = threading.Lock()
 
 
-def _tenant_declaration(directory: str, template: str) -> Declaration | None:
+def tenant_declaration_at(directory: str, template: str) -> Declaration | None:
+    """The declaration recorded for tenant template `template` in `directory` (None:
+    none, or unreadable), cached until its file changes."""
     path = os.path.join(directory, template + DECLARATION_SUFFIX)
     try:
         mtime = os.stat(path).st_mtime_ns
@@ -181,7 +185,7 @@ def declaration_for(files_dir: str | None, tenant_id: str, template: str) -> Dec
     if files_dir is not None:
         directory = _tenant_directory(files_dir, tenant_id, template)
         if directory is not None:
-            return _tenant_declaration(directory, template)
+            return tenant_declaration_at(directory, template)
     declaration = builtin_declarations().get(template)
     if declaration is None:
         raise UnknownTemplate(template)
@@ -198,12 +202,42 @@ def spellings(name: str) -> tuple[str, str]:
     return snake, camel
 
 
+def describe(names: list[str]) -> str:
+    """Variable names for an error: ``'first_name' (or 'firstName')``, comma-separated."""
+    out = []
+    for name in names:
+        snake, camel = (
+            ".".join(parts) for parts in zip(*map(spellings, name.split(".")), strict=True)
+        )
+        out.append(repr(snake) if snake == camel else f"{snake!r} (or {camel!r})")
+    return ", ".join(out)
+
+
+def _given(value: Any) -> bool:
+    """A value counts as given unless None or blank text (whitespace only): a required
+    link or name that is empty would be sent empty."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _lookup(context: Mapping[str, Any], name: str) -> Any:
+    snake, camel = spellings(name)
+    value = context.get(snake)
+    return value if _given(value) else context.get(camel)
+
+
 def missing_variables(declaration: Declaration, context: Mapping[str, Any]) -> list[str]:
-    """The required variables absent from `context` under both spellings (a None value
-    counts as absent)."""
+    """The required variables not given in `context` under either spelling (None or blank
+    text counts as not given). A dotted name (``user.first_name``, a tenant template's
+    nested read) needs each step to be a mapping holding the next."""
     missing = []
     for name in declaration.required:
-        snake, camel = spellings(name)
-        if context.get(snake) is None and context.get(camel) is None:
+        if "." not in name:
+            if not _given(_lookup(context, name)):
+                missing.append(name)
+            continue
+        value: Any = context
+        for step in name.split("."):
+            value = _lookup(value, step) if isinstance(value, Mapping) else None
+        if not _given(value):
             missing.append(name)
     return missing

@@ -171,6 +171,24 @@ class EmailPayload(Payload):
     tags: list[Tag] = Field(default_factory=list)
     idempotency_key: IdempotencyKey | None = None
 
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str, info: ValidationInfo) -> str:
+        """A built-in template, or one registered for the tenant (reported on `template`,
+        so `context` is checked only against a template that exists)."""
+        tenant = info.data.get("tenant_id")
+        if tenant is not None:
+            files_dir = (info.context or {}).get("files_dir") or _email_settings()[0]
+            try:
+                email_rules.declaration_for(str(files_dir), tenant, value)
+            except email_rules.UnknownTemplate:
+                raise PydanticCustomError(
+                    "unknown_template",
+                    "template {template} is neither built in nor registered for tenant {tenant}",
+                    {"template": repr(value), "tenant": repr(tenant)},
+                ) from None
+        return value
+
     @field_validator("context")
     @classmethod
     def _template_variables(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -183,12 +201,8 @@ class EmailPayload(Payload):
         files_dir = (info.context or {}).get("files_dir") or _email_settings()[0]
         try:
             declaration = email_rules.declaration_for(str(files_dir), tenant, template)
-        except email_rules.UnknownTemplate:
-            raise PydanticCustomError(
-                "unknown_template",
-                "template {template} is neither built in nor registered for tenant {tenant}",
-                {"template": repr(template), "tenant": repr(tenant)},
-            ) from None
+        except email_rules.UnknownTemplate:  # reported on `template`
+            return value
         missing = email_rules.missing_variables(declaration, value) if declaration else []
         if missing:
             raise PydanticCustomError(
@@ -196,9 +210,7 @@ class EmailPayload(Payload):
                 "template {template} needs {names}",
                 {
                     "template": repr(template),
-                    "names": ", ".join(
-                        "{!r} (or {!r})".format(*email_rules.spellings(name)) for name in missing
-                    ),
+                    "names": email_rules.describe(missing),
                 },
             )
         return value
@@ -259,26 +271,38 @@ class ImportPayload(Payload):
     @field_validator("mapping_config", "duplicate_key")
     @classmethod
     def _known_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        """Field names in either spelling (first_name, firstName), kept in snake_case."""
         entity = info.data.get("entity_type")
         if entity is None:  # entity_type itself failed; that error is reported
             return value
-        from crmqueue.crm.entities import entity_fields, key_fields
-
-        fields = (
-            entity_fields(entity) if info.field_name == "mapping_config" else key_fields(entity)
+        from crmqueue.crm.entities import (
+            FieldNameError,
+            canonical_fields,
+            entity_fields,
+            key_fields,
         )
-        unknown = [name for name in value if name not in fields]
-        if unknown:
+
+        mapping = info.field_name == "mapping_config"
+        try:
+            names = canonical_fields(
+                entity, value, entity_fields(entity) if mapping else key_fields(entity)
+            )
+        except FieldNameError as exc:
+            if not exc.unknown:
+                reason = {"reason": str(exc)}
+                raise PydanticCustomError("repeated_field", "{reason}", reason) from None
             raise PydanticCustomError(
                 "unknown_field",
                 "unknown field(s) {unknown} for {entity} (fields: {fields})",
                 {
-                    "unknown": ", ".join(map(repr, unknown)),
+                    "unknown": ", ".join(map(repr, exc.unknown)),
                     "entity": entity,
-                    "fields": ", ".join(fields),
+                    "fields": ", ".join(exc.fields),
                 },
-            )
-        return value
+            ) from None
+        if isinstance(value, dict):
+            return dict(zip(names, value.values(), strict=True))
+        return names
 
 
 class ExportPayload(Payload):
@@ -303,9 +327,8 @@ class ExportPayload(Payload):
         from crmqueue.crm import entities
 
         try:
-            if info.field_name == "fields":
-                entities.check_export_fields(entity, value)
-                return value
+            if info.field_name == "fields":  # in snake_case; none named stays none
+                return entities.canonical_fields(entity, value)
             statuses = (info.context or {}).get("contact_statuses")
             return to_jsonable_python(entities.check_export_filters(entity, value, statuses))
         except entities.ExportCheckError as exc:

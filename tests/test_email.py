@@ -118,7 +118,7 @@ def test_subject_from_payload_wins_over_the_template() -> None:
 
 
 def test_missing_variable_is_a_permanent_error_naming_it() -> None:
-    with pytest.raises(PermanentError, match="'reset_url' is undefined"):
+    with pytest.raises(PermanentError, match="needs 'reset_url'"):
         render("password-reset", {"first_name": "Ann"})
 
 
@@ -329,7 +329,7 @@ def test_cli_email_preview_prints_and_saves(
     assert "Welcome, A!" in (out / "welcome.txt").read_text()
     result = runner.invoke(main, ["email", "preview", "password-reset"])
     assert result.exit_code == 1
-    assert "'reset_url' is undefined" in result.output
+    assert "needs 'reset_url'" in result.output
 
 
 def test_cli_email_test_sends_through_the_configured_provider(

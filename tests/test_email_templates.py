@@ -73,7 +73,7 @@ def test_declaration_matches_what_the_template_reads(name: str) -> None:
         assert f"<{var}>" in rendered.text or f"<{var}>" in rendered.subject
     # Leaving out any required one fails, naming it (and is refused at enqueue).
     for var in declaration.required:
-        with pytest.raises(PermanentError, match=f"'{var}' is undefined"):
+        with pytest.raises(PermanentError, match=f"needs '{var}'"):
             render(name, {k: v for k, v in values.items() if k != var})
         assert email_rules.missing_variables(declaration, {}) == list(declaration.required)
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import operator
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,11 +38,18 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
-from jinja2.sandbox import SandboxedEnvironment
 
 from crmqueue import email_rules
 from crmqueue.email_rules import DECLARATION_SUFFIX, Declaration
 from crmqueue.errors import CrmQueueError, PermanentError, RetryableError
+from crmqueue.fields import check_single_line
+from crmqueue.providers.email.sandbox import (
+    TemplateBudgetError,
+    TemplateSizeError,
+    TenantSandbox,
+    cpu_budget,
+    render_capped,
+)
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "email"
 BUILTIN_TEMPLATES = (
@@ -62,35 +69,25 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEFAULTS: dict[str, Any] = {"product_name": "CRM"}
 # What the renderer itself provides to every template.
 PROVIDED = frozenset({*DEFAULTS, "now", "subject"})
-# The most a `*` (repetition) or `**` may build in a tenant template: the sandbox limits
-# range() (100,000) but not these.
-MAX_BUILT = 100_000
 # Context nesting followed when adding the other spelling of each key.
 _MAX_DEPTH = 32
+# Budgets of a tenant template's render (crmqueue.providers.email.sandbox): the output of
+# each part, and the CPU time of the whole render (the check at registration and each
+# send). Settings email.template_max_chars and email.template_cpu_seconds.
+MAX_CHARS = 1_000_000
+CPU_SECONDS = 2.0
+# Trial renders at registration that find what is required (one per variable and nested
+# path left out), at most.
+_MAX_TRIALS = 200
 
 
-class TenantSandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, plus a cap on what `*` and `**` may build."""
+@dataclass(frozen=True)
+class Budget:
+    """What a tenant template's render may use: `max_chars` characters of output per part
+    (HTML, text, subject), `cpu_seconds` of CPU time for the whole render."""
 
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
-        if op == "**":
-            if isinstance(right, int | float) and abs(right) > 1000:
-                raise OverflowError(f"exponent {right} is too large for a template")
-            return operator.pow(left, right)
-        count = right if isinstance(left, str | list | tuple) else left
-        item = left if count is right else right
-        if (
-            isinstance(item, str | list | tuple)
-            and isinstance(count, int)
-            and len(item) * count > MAX_BUILT
-        ):
-            raise OverflowError(
-                f"repetition of {len(item) * count} items is more than a template may "
-                f"build ({MAX_BUILT})"
-            )
-        return operator.mul(left, right)
+    max_chars: int = MAX_CHARS
+    cpu_seconds: float = CPU_SECONDS
 
 
 @dataclass(frozen=True)
@@ -147,16 +144,19 @@ def register_tenant_template(
     text_source: str,
     *,
     sample: Mapping[str, Any] | None = None,
+    budget: Budget | None = None,
 ) -> Path:
     """Check a tenant's template pair and store it; returns the tenant's template
     directory. Replaces an earlier pair of that name.
 
     The check, in the sandbox it will render in: both parse; neither reads a private
     attribute (``_...``, e.g. ``"".__class__``); both render (subject included) with
-    `sample` values, and a stand-in for every other variable they read. Which variables
-    are required is found by leaving each out in turn; the declaration goes next to the
-    templates (``<name>.vars.json``) for the check at enqueue (tenant_declaration).
-    Raises CrmQueueError saying what is wrong."""
+    `sample` values, and a stand-in for every other variable they read, within `budget`
+    (each render: output per part and CPU time). A variable is required if leaving it out
+    makes that render fail in any way; so is a nested path (``user.first_name``: a key
+    of a sample mapping, or a member the template read of a stand-in) of a required
+    variable. The declaration goes next to the templates (``<name>.vars.json``) for the
+    check at enqueue (tenant_declaration). Raises CrmQueueError saying what is wrong."""
     if not _NAME_RE.fullmatch(name):
         raise CrmQueueError(f"template name {name!r}: use lowercase letters, digits, - and _")
     directory = tenant_template_dir(files_dir, tenant_id)
@@ -174,22 +174,47 @@ def register_tenant_template(
             raise CrmQueueError(f"{kind} template {name!r}: {problem}")
         variables |= template_variables(ast)
     variables -= PROVIDED
-    given = {**{var: SAMPLE for var in variables}, **_with_both_spellings(sample or {})}
+    budget = budget or Budget()
+    sample_values = _with_both_spellings(sample or {})
     html_t, text_t = (env.from_string(source) for source in sources.values())
-    failure = _trial_render(html_t, text_t, given)
+    book = _Book()
+    failure = _trial_render(
+        html_t, text_t, {**_stand_ins(variables, book), **sample_values}, budget
+    )
     if failure is not None:
         raise CrmQueueError(
-            f"template {name!r} does not render with sample values: {failure}"
-            + ("" if sample else " (give realistic sample values if it needs them)")
+            f"template {name!r} does not render with sample values: {_describe(failure)}"
+            + (
+                ""
+                if sample or _refusal(failure)
+                else " (give realistic sample values if it needs them)"
+            )
         )
-    required = sorted(
-        var
-        for var in variables
-        if isinstance(
-            _trial_render(html_t, text_t, _without(given, email_rules.spellings(var))),
-            jinja2.UndefinedError,
+    # Required: whatever the sample render fails without, in any way (not only an
+    # undefined variable: range(n) without n is a TypeError). Nested paths come from the
+    # sample's own mappings and from what the template read of a stand-in.
+    paths = sorted(book.reads | set(_nested_paths(sample_values)))
+    if len(variables) + len(paths) > _MAX_TRIALS:
+        raise CrmQueueError(
+            f"template {name!r} reads more than {_MAX_TRIALS} variables and nested values"
         )
-    )
+    started = time.thread_time()
+    required: list[str] = []
+    for var in sorted(variables):
+        _trial_budget(name, started, budget)
+        book = _Book()
+        given = {**_stand_ins(variables, book), **sample_values}
+        without = _without(given, email_rules.spellings(var))
+        if _trial_render(html_t, text_t, without, budget) is not None:
+            required.append(var)
+    for path in paths:
+        if path.split(".", 1)[0] not in required:
+            continue  # an optional variable's members are needed only when it is given
+        _trial_budget(name, started, budget)
+        book = _Book(missing=frozenset({path}))
+        given = {**_stand_ins(variables, book), **_without_path(sample_values, path)}
+        if _trial_render(html_t, text_t, given, budget) is not None:
+            required.append(path)
     declaration = Declaration(tuple(required), tuple(sorted(variables - set(required))))
     directory.mkdir(parents=True, exist_ok=True)
     files = (
@@ -209,6 +234,54 @@ def register_tenant_template(
 
 def _without(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if key not in names}
+
+
+def _without_path(values: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """`values` without the nested key `path` (``user.first_name``), either spelling."""
+    head, _, rest = path.partition(".")
+    out = dict(values)
+    for key in email_rules.spellings(head):
+        if key not in out:
+            continue
+        if not rest:
+            del out[key]
+        elif isinstance(out[key], Mapping):
+            out[key] = _without_path(out[key], rest)
+    return out
+
+
+def _nested_paths(values: Mapping[str, Any], prefix: str = "", depth: int = 0) -> Iterator[str]:
+    """The dotted snake_case paths of the keys of mappings inside `values`."""
+    for key, item in values.items():
+        if not isinstance(key, str):
+            continue
+        path = prefix + email_rules.spellings(key)[0]
+        if prefix:
+            yield path
+        if isinstance(item, Mapping) and depth < 3:
+            yield from _nested_paths(item, path + ".", depth + 1)
+
+
+def _trial_budget(name: str, started: float, budget: Budget) -> None:
+    """The trial renders of a registration together get ten renders' CPU time."""
+    if time.thread_time() - started > 10 * budget.cpu_seconds:
+        raise CrmQueueError(
+            f"template {name!r} is too slow to check: its trial renders used more than "
+            f"{10 * budget.cpu_seconds:g}s of CPU time"
+        )
+
+
+def _refusal(failure: BaseException) -> bool:
+    """Whether `failure` is the sandbox's or a budget's refusal (no sample value helps)."""
+    return isinstance(
+        failure, TemplateSizeError | TemplateBudgetError | jinja2.exceptions.SecurityError
+    )
+
+
+def _describe(failure: BaseException) -> str:
+    if isinstance(failure, jinja2.UndefinedError | TemplateBudgetError):
+        return str(failure)
+    return f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
 
 
 def tenant_declaration(directory: Path, name: str) -> Declaration | None:
@@ -249,43 +322,94 @@ def _unsafe_access(ast: nodes.Template) -> Iterator[str]:
 
 
 def _trial_render(
-    html_t: jinja2.Template, text_t: jinja2.Template, values: Mapping[str, Any]
-) -> Exception | None:
+    html_t: jinja2.Template, text_t: jinja2.Template, values: Mapping[str, Any], budget: Budget
+) -> BaseException | None:
     """Render both templates and the subject block with `values`; the error, if any."""
     context = {**DEFAULTS, "now": dt.datetime.now(dt.UTC), "subject": "Subject", **values}
     try:
-        block = text_t.blocks.get("subject")
-        if block is not None:
-            "".join(block(text_t.new_context(context)))
-        html_t.render(context)
-        text_t.render(context)
-    except Exception as exc:  # any failure is the template's, reported to the tenant
+        with cpu_budget(budget.cpu_seconds):
+            _render_parts(html_t, text_t, context, None, budget)
+    except (Exception, TemplateBudgetError) as exc:  # the template's, reported to the tenant
         return exc
     return None
 
 
+def _render_parts(
+    html_t: jinja2.Template,
+    text_t: jinja2.Template,
+    values: dict[str, Any],
+    subject: str | None,
+    budget: Budget | None,
+) -> Rendered:
+    """Subject (the text template's block unless given), HTML and text; with a `budget`,
+    each part is streamed and capped (the caller holds the CPU budget)."""
+
+    def join(chunks: Iterator[str], part: str) -> str:
+        if budget is None:
+            return "".join(chunks)
+        return render_capped(chunks, budget.max_chars, part)
+
+    if subject is None:
+        block = text_t.blocks.get("subject")
+        if block is None:
+            raise PermanentError(f"template {text_t.name!r} has no subject; give one")
+        # A template's subject is made one line; a given one is kept as it is.
+        subject = " ".join(join(block(text_t.new_context(values)), "subject").split())
+    values["subject"] = subject
+    html = join(html_t.generate(values), "HTML")
+    text = join(text_t.generate(values), "text")
+    return Rendered(subject, html, text)
+
+
+class _Book:
+    """What the stand-ins of one trial render saw: the nested paths the template read of
+    them, and the one path they pretend not to have."""
+
+    def __init__(self, missing: frozenset[str] = frozenset()) -> None:
+        self.reads: set[str] = set()
+        self.missing = missing
+
+
+def _stand_ins(variables: set[str], book: _Book) -> dict[str, _Sample]:
+    return {var: _Sample(email_rules.spellings(var)[0], book) for var in variables}
+
+
 class _Sample(str):
     """A stand-in for a context value at registration: prints as "sample" and reads as a
-    mapping, a list, a number or a callable as the template asks."""
+    mapping, a list, a number or a callable as the template asks. The members read by
+    name are recorded in its book (``user.first_name``) as nested paths."""
 
     __hash__ = str.__hash__
+    _path: str | None
+    _book: _Book | None
 
-    def __new__(cls) -> _Sample:
-        return super().__new__(cls, "sample")
+    def __new__(cls, path: str | None = None, book: _Book | None = None) -> _Sample:
+        self = super().__new__(cls, "sample")
+        self._path, self._book = path, book
+        return self
+
+    def _member(self, key: Any, error: type[Exception]) -> _Sample:
+        if self._path is None or self._book is None or not isinstance(key, str):
+            return _Sample()
+        path = f"{self._path}.{email_rules.spellings(key)[0]}"
+        if path in self._book.missing:
+            raise error(key)
+        self._book.reads.add(path)
+        return _Sample(path, self._book)
 
     def __getattr__(self, name: str) -> _Sample:
         if name.startswith("_"):
             raise AttributeError(name)
-        return self
+        return self._member(name, AttributeError)
 
     def __getitem__(self, key: Any) -> _Sample:
-        return self
+        return self._member(key, KeyError)
 
     def __iter__(self) -> Iterator[str]:
-        return iter((self,))
+        return iter((_Sample(),))
 
     def __call__(self, *args: Any, **kwargs: Any) -> _Sample:
-        return self
+        return _Sample()
 
     def __int__(self) -> int:
         return 1
@@ -297,13 +421,13 @@ class _Sample(str):
         return 1.0
 
     def __add__(self, other: Any) -> Any:
-        return self if not isinstance(other, str) else str.__add__(self, other)
+        return _Sample() if not isinstance(other, str) else str.__add__(self, other)
 
     def __radd__(self, other: Any) -> Any:
-        return self
+        return _Sample()
 
     def __sub__(self, other: Any) -> _Sample:
-        return self
+        return _Sample()
 
     __rsub__ = __truediv__ = __rtruediv__ = __floordiv__ = __sub__
 
@@ -314,9 +438,6 @@ class _Sample(str):
         return str.__lt__(self, other) if isinstance(other, str) else False
 
     __le__ = __gt__ = __ge__ = __lt__
-
-
-SAMPLE = _Sample()
 
 
 def _with_both_spellings(value: Any, depth: int = 0) -> Any:
@@ -349,9 +470,11 @@ def render(
     subject: str | None = None,
     *,
     tenant_dir: Path | None = None,
+    budget: Budget | None = None,
 ) -> Rendered:
-    """Render `template` (HTML and text) with `context`; raises PermanentError naming a
-    missing variable, an unknown template or a sandbox violation."""
+    """Render `template` (HTML and text) with `context`; a tenant's template within
+    `budget` (default: Budget()). Raises PermanentError naming a missing variable, an
+    unknown template, a sandbox violation or the budget it went past."""
     if not _NAME_RE.fullmatch(template):
         raise PermanentError(f"invalid template name {template!r}")
     env = builtin_environment()
@@ -359,18 +482,27 @@ def render(
     if tenant_dir is not None and os.path.isfile(os.path.join(tenant_dir, f"{template}.html.j2")):
         env = tenant_environment(tenant_dir.resolve())
     values = template_values(context)
+    tenant = env is not builtin_environment()
+    # The enqueue check again (a job enqueued without it, or before a template changed).
+    declaration = (
+        email_rules.tenant_declaration_at(str(tenant_dir), template)
+        if tenant
+        else email_rules.builtin_declarations().get(template)
+    )
+    missing = email_rules.missing_variables(declaration, context) if declaration else []
+    if missing:
+        raise PermanentError(f"template {template!r} needs {email_rules.describe(missing)}")
     try:
         html_t = env.get_template(f"{template}.html.j2")
         text_t = env.get_template(f"{template}.txt.j2")
-        if subject is None:
-            block = text_t.blocks.get("subject")
-            if block is None:
-                raise PermanentError(f"template {template!r} has no subject; give one")
-            # A template's subject is made one line; a given one is kept as it is.
-            subject = " ".join("".join(block(text_t.new_context(values))).split())
-        values["subject"] = subject
-        html = html_t.render(values)
-        text = text_t.render(values)
+        if tenant:
+            budget = budget or Budget()
+            with cpu_budget(budget.cpu_seconds):
+                rendered = _render_parts(html_t, text_t, values, subject, budget)
+        else:
+            rendered = _render_parts(html_t, text_t, values, subject, None)
+    except TemplateBudgetError as exc:  # the same on every retry
+        raise PermanentError(f"template {template!r} went past its budget: {exc}") from None
     except CrmQueueError:
         raise
     except jinja2.TemplateNotFound as exc:
@@ -385,6 +517,10 @@ def render(
         raise RetryableError(f"template {template!r} could not be read: {exc}") from exc
     except Exception as exc:  # OverflowError, TypeError, ...: the same on every retry
         raise PermanentError(f"template {template!r} failed: {type(exc).__name__}: {exc}") from exc
-    if not subject.strip():
+    if not rendered.subject.strip():
         raise PermanentError(f"template {template!r} rendered an empty subject")
-    return Rendered(subject=subject, html=html, text=text.strip() + "\n")
+    try:  # the rule of a given subject (EmailPayload): refused, the same on every retry
+        check_single_line(rendered.subject)
+    except ValueError as exc:
+        raise PermanentError(f"template {template!r} rendered a subject that {exc}") from None
+    return Rendered(rendered.subject, rendered.html, rendered.text.strip() + "\n")
