@@ -8,7 +8,7 @@ import datetime as dt
 import functools
 import re
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -21,9 +21,11 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    PlainValidator,
     ValidationInfo,
     model_validator,
 )
+from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from crmqueue.fields import EmailAddress
@@ -390,8 +392,19 @@ KEY_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def entity_fields(entity: str) -> list[str]:
-    return list(ROW_MODELS[entity].model_fields)
+def caseless_fields(entity: str) -> tuple[str, ...]:
+    """The fields an export filter compares ignoring case, as duplicate detection does:
+    the default duplicate key (KEY_FIELDS). An email address's case carries no meaning in
+    practice (RFC 5321 leaves the local part's to the receiving host; none of the vendors
+    or mailbox providers treats it as significant), so `JOHN.DOE@example.com` finds
+    `john.doe@example.com`."""
+    return KEY_FIELDS[entity]
+
+
+@functools.cache
+def entity_fields(entity: str) -> tuple[str, ...]:
+    """The fields an import may write (a mapping's targets)."""
+    return tuple(ROW_MODELS[entity].model_fields)
 
 
 def _is_text(annotation: Any) -> bool:
@@ -400,14 +413,15 @@ def _is_text(annotation: Any) -> bool:
     return any(_is_text(arg) for arg in typing.get_args(annotation))
 
 
-def key_fields(entity: str) -> list[str]:
+@functools.cache
+def key_fields(entity: str) -> tuple[str, ...]:
     """The fields that can serve as a duplicate key: the text fields (compared as
     lower-cased text, as they are stored)."""
-    return [
+    return tuple(
         name
         for name, field in ROW_MODELS[entity].model_fields.items()
         if _is_text(field.annotation)
-    ]
+    )
 
 
 def row_key(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[str, str] | None:
@@ -442,21 +456,46 @@ def export_fields(entity: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _export_field_set(entity: str) -> frozenset[str]:
-    return frozenset(export_fields(entity))
-
-
-@functools.cache
 def _filter_adapter(entity: str, field: str) -> TypeAdapter[Any]:
     """The validator of one filter value: the field's type and constraints as an import
-    checks them (a status from the list, a date, an email address, ...)."""
+    checks them (a status from the list, a date, an email address, ...); for a time stamp,
+    also a day (`_day_or_instant`)."""
     info = ROW_MODELS[entity].model_fields.get(field)
     if info is None:
-        return TypeAdapter(SYSTEM_FIELDS[entity][field])
-    annotation: Any = (
-        Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-    )
+        annotation: Any = SYSTEM_FIELDS[entity][field]
+    else:
+        annotation = (
+            Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        )
+    if annotation is SourceDateTime or _holds(annotation, (dt.datetime,)):
+        return TypeAdapter(Annotated[Any, PlainValidator(_day_or_instant(TypeAdapter(annotation)))])
     return TypeAdapter(annotation)
+
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day_or_instant(
+    instant: TypeAdapter[Any],
+) -> Callable[[Any, ValidationInfo], dt.date | dt.datetime | None]:
+    """A time stamp filter's value: a day (an ISO date, "2026-11-30") as a `date`, which
+    matches the whole day in UTC (crmqueue.crm.store.filter_conditions), else an instant
+    as the field reads it (UTC)."""
+
+    def validate(value: Any, info: ValidationInfo) -> dt.date | dt.datetime | None:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str) and _ISO_DAY.fullmatch(value.strip()):
+            try:
+                return dt.date.fromisoformat(value.strip())
+            except ValueError:
+                raise PydanticCustomError(
+                    "date_from_datetime_parsing", "{value} is not a date", {"value": value}
+                ) from None
+        stamp: dt.datetime | None = instant.validate_python(value, context=info.context)
+        return stamp
+
+    return validate
 
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -478,23 +517,112 @@ class ExportCheckError(ValueError):
     """An export names a field the entity lacks, or a filter value its field cannot hold."""
 
 
-def _unknown(entity: str, names: Sequence[str]) -> ExportCheckError:
-    return ExportCheckError(
-        f"unknown {entity} field(s) {', '.join(map(repr, names))}"
-        f" (fields: {', '.join(export_fields(entity))})"
-    )
+# --------------------------------------------------------------------------- field names
+#
+# A payload names a field in the CRM's snake_case or in the original system's camelCase
+# (first_name / firstName, as DESIGN §3 gives payload keys). The payload validators store
+# the snake_case name, so the stored payload, the worker and an export's header all use
+# one spelling whichever the producer wrote.
+
+
+@functools.cache
+def _spellings(entity: str) -> dict[str, str]:
+    lookup: dict[str, str] = {}
+    for name in export_fields(entity):
+        lookup[name] = name
+        lookup.setdefault(to_camel(name), name)
+    return lookup
+
+
+def canonical_field(entity: str, name: str) -> str | None:
+    """The snake_case name of a field of `entity` (any that an export may name) given in
+    either spelling ("firstName" or "first_name" -> "first_name"); None when `entity` has
+    no such field. Exact spellings only: "FirstName" or "first-name" are not field names
+    (an import's header row is matched more loosely: crmqueue.workers.import_export)."""
+    return _spellings(entity).get(name)
+
+
+# What a header cell loses before it is compared with the fields' names, also loosened so:
+# case, white space, '.', '-' and '_'. "First Name", "first-name", "FirstName" and
+# "FIRST_NAME" are first_name; "E-Mail" and "EMAIL" are email; "E-Mail Address" is no
+# field (no guessing beyond this).
+_HEADER_NOISE = re.compile(r"[\s._-]+")
+
+
+def header_key(header: str) -> str:
+    """`header` as an import's header row is matched against field names."""
+    return _HEADER_NOISE.sub("", header).casefold()
+
+
+@functools.cache
+def _header_fields(entity: str) -> dict[str, str]:
+    return {header_key(name): name for name in entity_fields(entity)}
+
+
+def header_field(entity: str, header: str) -> str | None:
+    """The importable field of `entity` that a header cell names (header_key: case, white
+    space, '.', '-' and '_' ignored), or None."""
+    return _header_fields(entity).get(header_key(header))
+
+
+class FieldNameError(ExportCheckError):
+    """Names that are no field of the entity (`unknown`, as given; `fields` the valid
+    names), or several names of one field (`repeated`: each field's spellings given)."""
+
+    def __init__(
+        self,
+        entity: str,
+        fields: Sequence[str],
+        unknown: Sequence[str] = (),
+        repeated: Sequence[Sequence[str]] = (),
+    ) -> None:
+        self.entity, self.fields = entity, list(fields)
+        self.unknown, self.repeated = list(unknown), [list(names) for names in repeated]
+        if self.unknown:
+            message = (
+                f"unknown {entity} field(s) {', '.join(map(repr, self.unknown))}"
+                f" (fields: {', '.join(self.fields)})"
+            )
+        else:
+            message = "; ".join(
+                f"field {canonical_field(entity, names[0])!r} listed twice"
+                + (f" (as {', '.join(map(repr, names))})" if len(set(names)) > 1 else "")
+                for names in self.repeated
+            )
+        super().__init__(message)
+
+
+def canonical_fields(
+    entity: str, names: Iterable[str], allowed: Sequence[str] | None = None
+) -> list[str]:
+    """The snake_case names of `names` (each in either spelling: canonical_field), in their
+    order. Raises FieldNameError for a name that is not one of `allowed` (default: every
+    field an export may name), listing those, and for a field named twice."""
+    lookup = _spellings(entity)
+    given = list(names)
+    canonical: list[str] = []
+    unknown: list[str] = []
+    for name in given:
+        field = lookup.get(name)
+        if field is None or (allowed is not None and field not in allowed):
+            unknown.append(name)
+        else:
+            canonical.append(field)
+    if unknown:
+        raise FieldNameError(entity, export_fields(entity) if allowed is None else allowed, unknown)
+    if len(set(canonical)) != len(canonical):
+        groups: dict[str, list[str]] = {}
+        for name, field in zip(given, canonical, strict=True):
+            groups.setdefault(field, []).append(name)
+        repeated = [spelt for spelt in groups.values() if len(spelt) > 1]
+        raise FieldNameError(entity, allowed or export_fields(entity), repeated=repeated)
+    return canonical
 
 
 def check_export_fields(entity: str, fields: Sequence[str]) -> list[str]:
-    """The fields of an export (all of `export_fields` when none are named); raises
-    ExportCheckError for an unknown or repeated field."""
-    available = _export_field_set(entity)
-    if not available.issuperset(fields):
-        raise _unknown(entity, [name for name in fields if name not in available])
-    if len(set(fields)) != len(fields):
-        repeated = sorted({name for name in fields if fields.count(name) > 1})
-        raise ExportCheckError(f"field(s) {', '.join(map(repr, repeated))} listed twice")
-    return list(fields) or list(export_fields(entity))
+    """The fields of an export in snake_case (all of `export_fields` when none are named);
+    raises FieldNameError (an ExportCheckError) for an unknown or repeated field."""
+    return canonical_fields(entity, fields) or list(export_fields(entity))
 
 
 def check_export_filters(
@@ -503,19 +631,20 @@ def check_export_filters(
     contact_statuses: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Each filter's value(s) as its field holds them (str -> date, int, Decimal; a status in
-    its configured spelling). A filter is `field: value` (equal), `field: [values]` (any
-    of them) or `field: null` (empty). Raises ExportCheckError naming the field."""
-    available = _export_field_set(entity)
-    if not available.issuperset(filters):
-        raise _unknown(entity, [name for name in filters if name not in available])
+    its configured spelling; a time stamp in UTC, or a `date` for a day). A filter is
+    `field: value` (equal), `field: [values]` (any of them) or `field: null` (empty); the
+    caseless_fields match ignoring case, and a day given for a time stamp matches that
+    whole day in UTC. Raises ExportCheckError naming the field."""
+    fields = canonical_fields(entity, filters)
     context = {"contact_statuses": contact_statuses} if contact_statuses else None
     checked: dict[str, Any] = {}
     problems: list[str] = []
-    for name, value in filters.items():
-        adapter = _filter_adapter(entity, name)
+    for field, (given, value) in zip(fields, filters.items(), strict=True):
+        name = given  # problems name the filter as the caller wrote it
+        adapter = _filter_adapter(entity, field)
         values = value if isinstance(value, list) else [value]
         if value is None:
-            checked[name] = None
+            checked[field] = None
             continue
         typed = []
         for index, item in enumerate(values):
@@ -538,7 +667,7 @@ def check_export_filters(
                 problems.append(f"{where}: out of range for the field (a 32-bit integer)")
                 continue
             typed.append(checked_value)
-        checked[name] = typed if isinstance(value, list) else (typed[0] if typed else None)
+        checked[field] = typed if isinstance(value, list) else (typed[0] if typed else None)
     if problems:
         raise ExportCheckError("; ".join(problems))
     return checked

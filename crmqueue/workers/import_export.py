@@ -34,11 +34,12 @@ from crmqueue.crm.entities import (
     check_export_filters,
     complete_names,
     entity_fields,
+    header_field,
     number_fields,
     number_style,
     row_key,
 )
-from crmqueue.crm.store import contact_update, get_engine, now
+from crmqueue.crm.store import contact_update, filter_conditions, get_engine, now
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import CrmQueueError, PermanentError
@@ -139,29 +140,47 @@ def resolve_source(
     return resolved, sheet
 
 
+def _column_list(columns: list[str], limit: int = 50) -> str:
+    shown = ", ".join(map(repr, columns[:limit]))
+    return shown + (f", ... ({len(columns) - limit} more)" if len(columns) > limit else "")
+
+
 def build_mapping(
     entity: str, columns: list[str], mapping_config: dict[str, str]
 ) -> tuple[dict[str, str], list[str]]:
-    """(CRM field -> source column, source columns not used)."""
+    """(CRM field -> source column, source columns not used). Without `mapping_config` a
+    column maps to the field its header names, ignoring case, white space, '.', '-' and
+    '_' (crmqueue.crm.entities.header_field: "First Name", "firstName", "E-Mail"); two
+    columns naming one field are refused, as is a file whose columns name no field or
+    miss a required one (PermanentError listing the columns found)."""
     fields = entity_fields(entity)
-    if mapping_config:  # its fields were checked by ImportPayload
+    if mapping_config:  # its fields were checked (and put in snake_case) by ImportPayload
         missing = [col for col in mapping_config.values() if col not in columns]
         if missing:
             raise PermanentError(
                 f"mapping_config: column(s) {', '.join(map(repr, missing))} not in the file"
-                f" (columns: {', '.join(columns)})"
+                f" (columns: {_column_list(columns)})"
             )
         mapping = dict(mapping_config)
     else:
-
-        def norm(name: str) -> str:
-            return name.strip().lower().replace(" ", "_").replace("-", "_")
-
-        by_name = {norm(col): col for col in reversed(columns)}
-        mapping = {field: by_name[field] for field in fields if field in by_name}
+        matches: dict[str, list[str]] = {}
+        for column in columns:
+            field = header_field(entity, column)
+            if field is not None:
+                matches.setdefault(field, []).append(column)
+        ambiguous = {field: cols for field, cols in matches.items() if len(cols) > 1}
+        if ambiguous:
+            raise PermanentError(
+                "; ".join(
+                    f"columns {' and '.join(map(repr, cols))} both name the {entity} field {field}"
+                    for field, cols in ambiguous.items()
+                )
+                + ": rename or remove one, or pass mapping_config"
+            )
+        mapping = {field: cols[0] for field, cols in matches.items()}
     if not mapping:
         raise PermanentError(
-            f"no column maps to a {entity} field (columns: {', '.join(columns)};"
+            f"no column maps to a {entity} field (columns: {_column_list(columns)};"
             f" fields: {', '.join(fields)}); pass mapping_config"
         )
     model = ROW_MODELS[entity]
@@ -169,6 +188,8 @@ def build_mapping(
     if required:
         raise PermanentError(
             f"no column maps to the required {entity} field(s) {', '.join(required)}"
+            f" (columns: {_column_list(columns)}); "
+            + ("add it to mapping_config" if mapping_config else "pass mapping_config")
         )
     used = set(mapping.values())
     return mapping, [col for col in columns if col not in used]
@@ -563,15 +584,10 @@ def run_export(
         filters = check_export_filters(payload.entity_type, payload.filters, contact_statuses)
     except ExportCheckError as exc:
         raise PermanentError(str(exc)) from None
-    conditions = [table.c.tenant_id == payload.tenant_id]
-    for name, value in filters.items():
-        column = table.c[name]
-        if isinstance(value, list):
-            conditions.append(column.in_(value))
-        elif value is None:
-            conditions.append(column.is_(None))
-        else:
-            conditions.append(column == value)
+    conditions = [
+        table.c.tenant_id == payload.tenant_id,
+        *filter_conditions(table, payload.entity_type, filters),
+    ]
     directory = files_dir.resolve() / "exports" / payload.tenant_id
     directory.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
