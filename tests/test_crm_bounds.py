@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import types
 import typing
 from decimal import Decimal
@@ -375,3 +376,168 @@ def test_values_past_a_column_are_refused_each_in_its_row(
     ]
     with crm_engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(key.id.table)).scalar() == 2
+
+
+# --------------------------------------------------------------------------- JSON values
+
+
+def _json_file(rows: list[dict[str, Any]], lines: bool) -> str:
+    if lines:
+        return "".join(json.dumps(row) + "\n" for row in rows)
+    return json.dumps(rows)
+
+
+@pytest.mark.parametrize("lines", [False, True], ids=["array", "lines"])
+def test_json_objects_and_arrays_are_refused_in_their_row_naming_the_column(
+    crm_engine: Any, files: Path, lines: bool
+) -> None:
+    rows: list[dict[str, Any]] = [
+        {"email": "good@x.io", "first_name": "Good"},
+        {"email": "a@x.io", "company": {"name": "Acme"}},
+        {"email": "b@x.io", "first_name": ["A", "B"]},
+        {"email": "c@x.io", "title": [], "city": {}},
+        {"email": "d@x.io", "external_id": 1e20, "phone": 12345678901234567890123},
+    ]
+    text = _json_file(rows, lines).replace("1e+20", "1e20")  # as a person would write it
+    result = do_import(crm_engine, files, "c.json", text, "contacts")
+    assert result["counts"] == {"new": 2, "updated": 0, "skipped": 0, "invalid": 3}
+    assert [(e["row"], e["column"]) for e in result["errors"]] == [
+        (2, "company"), (3, "first_name"), (4, "title"), (4, "city")
+    ]  # fmt: skip
+    assert "an object is not a value" in result["errors"][0]["reason"]
+    assert "an array is not a value" in result["errors"][1]["reason"]
+    c = schema.contacts.c
+    with crm_engine.connect() as conn:
+        stored = conn.execute(sa.select(c.email, c.external_id, c.phone).order_by(c.id)).all()
+    # numbers in text fields keep the form they were written in
+    assert [tuple(row) for row in stored] == [
+        ("good@x.io", None, None), ("d@x.io", "1e20", "12345678901234567890123")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("entity", list(ROW_MODELS))
+def test_no_field_of_any_entity_takes_a_json_object_or_array(
+    crm_engine: Any, files: Path, entity: str
+) -> None:
+    fields = list(ROW_MODELS[entity].model_fields)
+    base = {f: _extreme(entity, f, False) for f in fields}
+    rows: list[dict[str, Any]] = [base]
+    wanted = []
+    for field in fields:
+        for bad in ({"v": 1}, [1, 2], [base[field]]):
+            rows.append({**base, field: bad})
+            wanted.append(field)
+    mapping = {f: f for f in fields}
+    text = _json_file(rows, False)
+    result = do_import(crm_engine, files, "x.json", text, entity,
+                       mapping_config=mapping, contact_statuses=[STATUS])  # fmt: skip
+    assert result["counts"]["new"] == 1 and result["counts"]["invalid"] == len(wanted)
+    assert [(e["row"], e["column"]) for e in result["errors"][: len(wanted)]] == [
+        (n, field) for n, field in enumerate(wanted, start=2)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("1e20", "1e20"), ("1.50", "1.50"), ("-0", "-0"), ("1E-7", "1E-7"), ("10", "10")],
+)
+def test_json_numbers_in_text_fields_keep_their_written_form(
+    crm_engine: Any, files: Path, written: str, stored: str
+) -> None:
+    text = f'[{{"type": "call", "subject": {written}, "external_id": {written}}}]'
+    result = do_import(crm_engine, files, "a.json", text, "activities")
+    assert result["counts"]["new"] == 1, result["errors"]
+    c = schema.activities.c
+    with crm_engine.connect() as conn:
+        assert tuple(conn.execute(sa.select(c.subject, c.external_id)).one()) == (stored, stored)
+
+
+# --------------------------------------------------------------------------- export filters
+
+
+def _contacts(engine: Any, rows: list[tuple[str, str]]) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            schema.contacts.insert(),
+            [
+                {"tenant_id": "t1", "email": email, "created_at": stamp, "updated_at": stamp}
+                for email, stamp in rows
+            ],
+        )
+
+
+def test_email_filters_ignore_case_as_duplicate_detection_does(
+    crm_engine: Any, files: Path
+) -> None:
+    stamp = dt.datetime(2026, 11, 30, 12, tzinfo=UTC)
+    _contacts(crm_engine, [("john.doe@example.com", stamp), ("Mixed.Case@Example.com", stamp),
+                           ("other@example.com", stamp)])  # fmt: skip
+    for value, expected in [
+        ("JOHN.DOE@example.com", ["john.doe@example.com"]),
+        ("john.doe@EXAMPLE.COM", ["john.doe@example.com"]),
+        ("mixed.case@example.com", ["Mixed.Case@Example.com"]),
+        (["OTHER@example.com", "John.Doe@Example.com"], ["john.doe@example.com",
+                                                         "other@example.com"]),
+    ]:  # fmt: skip
+        rows = export_csv(crm_engine, files, "contacts", ["email"], {"email": value})
+        assert sorted(r[0] for r in rows) == sorted(expected), value
+
+
+@pytest.mark.parametrize(
+    ("entity", "field", "stored", "given"),
+    [
+        ("companies", "name", "Acme GmbH", "ACME gmbh"),
+        ("companies", "domain", "acme.example", "ACME.Example"),
+        ("leads", "external_id", "L-ab1", "l-AB1"),
+        ("activities", "external_id", "A-ab1", "a-AB1"),
+    ],
+)
+def test_every_default_duplicate_key_filters_ignoring_case(
+    crm_engine: Any, files: Path, entity: str, field: str, stored: str, given: str
+) -> None:
+    fields = list(ROW_MODELS[entity].model_fields)
+    base = {f: _extreme(entity, f, False) for f in fields}
+    other = {**base, field: "zzz-" + stored}
+    if entity == "companies":
+        other.update(name="Other", domain="other.example")
+    text = _csv(fields, [{**base, field: stored}, other])
+    result = do_import(crm_engine, files, "x.csv", text, entity,
+                       mapping_config={f: f for f in fields})  # fmt: skip
+    assert result["counts"]["new"] == 2, result["errors"]
+    rows = export_csv(crm_engine, files, entity, [field], {field: given})
+    assert rows == [[stored]]
+    rows = export_csv(crm_engine, files, entity, [field], {field: [given, "nothing"]})
+    assert rows == [[stored]]
+
+
+def test_a_day_given_for_a_time_stamp_matches_that_whole_day_in_utc(
+    crm_engine: Any, files: Path
+) -> None:
+    day = dt.datetime(2026, 11, 30, tzinfo=UTC)
+    _contacts(crm_engine, [
+        ("before@x.io", day - dt.timedelta(microseconds=1)),
+        ("first@x.io", day),
+        ("noon@x.io", day + dt.timedelta(hours=12)),
+        ("last@x.io", day + dt.timedelta(days=1, microseconds=-1)),
+        ("after@x.io", day + dt.timedelta(days=1)),
+        ("later@x.io", day + dt.timedelta(days=3)),
+    ])  # fmt: skip
+
+    def emails(filters: dict[str, Any]) -> list[str]:
+        return [r[0] for r in export_csv(crm_engine, files, "contacts", ["email"], filters)]
+
+    assert emails({"created_at": "2026-11-30"}) == ["first@x.io", "noon@x.io", "last@x.io"]
+    assert emails({"createdAt": ["2026-12-03", "2026-11-29"]}) == ["before@x.io", "later@x.io"]
+    # an instant still matches that instant only, whatever offset it is written with
+    assert emails({"created_at": "2026-11-30T14:00:00+02:00"}) == ["noon@x.io"]
+    assert emails({"created_at": ["2026-12-01", "2026-11-30T12:00:00Z"]}) == [
+        "noon@x.io", "after@x.io"
+    ]  # fmt: skip
+    assert emails({"updated_at": "9999-12-31"}) == []
+    # the payload keeps the day as a day
+    payload = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="csv",
+                            filters={"created_at": "2026-11-30"})  # fmt: skip
+    assert payload.filters == {"created_at": "2026-11-30"}
+    with pytest.raises(ValueError, match="created_at"):
+        ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="csv",
+                      filters={"created_at": "2026-02-30"})  # fmt: skip

@@ -18,10 +18,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     TypeAdapter,
     ValidationError,
-    PlainValidator,
     ValidationInfo,
     model_validator,
 )

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from crmqueue.config import DEFAULT_CONTACT_STATUSES
 from crmqueue.crm import schema
-from crmqueue.crm.entities import complete_names
+from crmqueue.crm.entities import caseless_fields, complete_names
 from crmqueue.errors import ConfigError, CrmQueueError
 
 _engines: dict[str, Engine] = {}
@@ -117,6 +117,49 @@ def init_db(engine: Engine, target: int = schema.SCHEMA_VERSION) -> tuple[int, i
             schema.MIGRATIONS[version - 1](conn)
             conn.execute(schema.schema_version.insert().values(version=version, applied_at=now()))
     return before, max(before, target)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def filter_conditions(
+    table: sa.Table, entity: str, filters: dict[str, Any]
+) -> list[sa.ColumnElement[bool]]:
+    """The WHERE conditions of an export's filters, as crmqueue.crm.entities
+    .check_export_filters returns them (field -> value, [values] or None): equal, any of
+    the values, or empty. The caseless_fields (emails, the default duplicate keys) compare
+    lower-cased, as duplicate detection does (on SQLite, lower() folds ASCII letters
+    only); a `date` given for a time stamp matches that whole day in UTC."""
+    caseless = caseless_fields(entity)
+    conditions: list[sa.ColumnElement[bool]] = []
+    for name, value in filters.items():
+        column: sa.ColumnElement[Any] = table.c[name]
+        if value is None:
+            conditions.append(column.is_(None))
+            continue
+        values = value if isinstance(value, list) else [value]
+        if name in caseless:
+            column = sa.func.lower(column)
+            values = [item.lower() if isinstance(item, str) else item for item in values]
+        if isinstance(table.c[name].type, schema.UtcDateTime):
+            days = [v for v in values if not isinstance(v, dt.datetime)]
+            values = [v for v in values if isinstance(v, dt.datetime)]
+            matches = [_whole_day(column, day) for day in days]
+            if values:
+                matches.append(column.in_(values))
+            conditions.append(sa.or_(*matches) if len(matches) > 1 else matches[0])
+        elif isinstance(value, list):
+            conditions.append(column.in_(values))
+        else:
+            conditions.append(column == values[0])
+    return conditions
+
+
+def _whole_day(column: sa.ColumnElement[Any], day: dt.date) -> sa.ColumnElement[bool]:
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    if day == dt.date.max:
+        return column >= start
+    return sa.and_(column >= start, column < start + dt.timedelta(days=1))
 
 
 # --------------------------------------------------------------------------- contacts

@@ -5,7 +5,9 @@ Both are read with the standard library's C decoder (the array item by item with
 `surrogateescape`: a lone surrogate escape ("\\ud83d") stays a lone surrogate and an
 invalid byte an escaped one, and crmqueue.formats.readers.cell_problem refuses that row
 alone (ijson's C parser, used before, turned the former into "?" and stopped at the
-latter). Numbers with a fraction are read as Decimal, so amounts keep every digit. A JSON
+latter). Numbers are kept as written (1e20 stays "1e20", 1250.50 "1250.50": a text field
+stores what the file says, a number field reads every digit). An object or array is no
+cell's value: that column's problem in its row. A JSON
 Lines line that is not a JSON object is that row's problem; an array that is not valid
 JSON stops the import, naming the item, as nothing after the fault can be trusted.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +34,9 @@ from crmqueue.formats.readers import (
 SNIFF_BYTES = 64 * 1024
 CHUNK_CHARS = 1024 * 1024
 MAX_ITEM_CHARS = 64 * 1024 * 1024  # one array item; beyond it the file is refused
-_DECODER = json.JSONDecoder(parse_float=Decimal)
+# Numbers as their text: no float or Decimal spelling (1E+20) replaces what was written,
+# and no int conversion limit (4,300 digits) stops the file.
+_DECODER = json.JSONDecoder(parse_float=str, parse_int=str)
 _WHITESPACE = " \t\r\n"
 
 
@@ -53,7 +56,16 @@ def read_json(path: Path) -> Table:
 def _as_row(item: Any) -> Row:
     if not isinstance(item, dict):
         return ProblemRow({}, {WHOLE_ROW: "each record must be a JSON object"})
-    return {str(key): _text(value) for key, value in item.items()}
+    row: Row = {}
+    problems: dict[str, str] = {}
+    for key, value in item.items():
+        if isinstance(value, dict | list):
+            kind = "an object" if isinstance(value, dict) else "an array"
+            problems[str(key)] = f"{kind} is not a value: a column takes text, a number or null"
+            row[str(key)] = None
+        else:
+            row[str(key)] = _text(value)
+    return ProblemRow(row, problems) if problems else row
 
 
 def _open(path: Path) -> IO[str]:
