@@ -2,13 +2,64 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from crmqueue.cli.common import group, load_config
 from crmqueue.errors import CrmQueueError
+from crmqueue.json_text import loads, text_problems
+
+# Every option of this group that is text is checked here (a lone surrogate from a JSON
+# escape or a byte of a non-UTF-8 argument, NUL), files are read as UTF-8 (the templates'
+# encoding) and what is printed or written is text every encoding takes: one line on
+# error, never a traceback.
+
+
+def _text(value: str | None, option: str) -> str | None:
+    if value is not None:
+        found = text_problems(value)
+        if found:
+            raise CrmQueueError(f"{option}: {found[0][1]}")
+    return value
+
+
+def _json_object(text: str, option: str) -> dict[str, object]:
+    try:
+        value = loads(text)
+    except ValueError as exc:
+        raise CrmQueueError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CrmQueueError(f"{option} must be a JSON object")
+    found = text_problems(value)
+    if found:
+        raise CrmQueueError(f"{option}: " + "; ".join(f"{path}: {why}" for path, why in found))
+    return value
+
+
+def _read_template(file: str, option: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CrmQueueError(f"{option} {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise CrmQueueError(
+            f"{option} {file}: not UTF-8 at byte {exc.start} ({exc.reason}); "
+            "save the template as UTF-8"
+        ) from None
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise CrmQueueError(f"--out: cannot write {path!r}: {exc}") from None
+
+
+def _echo(text: str) -> None:
+    # A terminal or pipe in another encoding, or a lone surrogate a template wrote.
+    encoding = str(getattr(click.get_text_stream("stdout"), "encoding", None) or "utf-8")
+    click.echo(text.encode(encoding, "backslashreplace").decode(encoding))
 
 
 @group("email")
@@ -35,30 +86,27 @@ def email_template_add(
     checked first (parses, no private attributes, renders with sample values); the
     variables it needs are recorded and checked when an email is enqueued."""
     from crmqueue.providers.email.render import register_tenant_template, tenant_declaration
+    from crmqueue.workers.email import render_budget
 
+    _text(name, "NAME")
+    _text(tenant, "--tenant")
     settings = load_config()
-    sample = None
-    if sample_json is not None:
-        try:
-            sample = json.loads(sample_json)
-        except ValueError as exc:
-            raise CrmQueueError(f"--sample is not valid JSON: {exc}") from exc
-        if not isinstance(sample, dict):
-            raise CrmQueueError("--sample must be a JSON object")
+    sample = None if sample_json is None else _json_object(sample_json, "--sample")
     directory = register_tenant_template(
         Path(settings.files.dir),
         tenant,
         name,
-        Path(html_file).read_text(encoding="utf-8"),
-        Path(text_file).read_text(encoding="utf-8"),
+        _read_template(html_file, "--html"),
+        _read_template(text_file, "--text"),
         sample=sample,
+        budget=render_budget(settings),
     )
-    click.echo(f"template {name!r} registered for tenant {tenant!r} in {directory}")
+    _echo(f"template {name!r} registered for tenant {tenant!r} in {directory}")
     declaration = tenant_declaration(directory, name)
     if declaration is not None:
         required = ", ".join(declaration.required) or "none"
         optional = ", ".join(declaration.optional) or "none"
-        click.echo(f"required variables: {required}; optional: {optional}")
+        _echo(f"required variables: {required}; optional: {optional}")
 
 
 @email_group.command("preview")
@@ -77,26 +125,30 @@ def email_preview(
 ) -> None:
     """Render TEMPLATE (HTML and text) with --context and print or save it."""
     from crmqueue.providers.email.render import render, tenant_template_dir
+    from crmqueue.workers.email import render_budget
 
+    _text(template, "TEMPLATE")
+    _text(subject, "--subject")
+    _text(tenant, "--tenant")
     settings = load_config()
-    try:
-        context = json.loads(context_json)
-    except ValueError as exc:
-        raise CrmQueueError(f"--context is not valid JSON: {exc}") from exc
-    if not isinstance(context, dict):
-        raise CrmQueueError("--context must be a JSON object")
+    context = _json_object(context_json, "--context")
     tenant_dir = tenant_template_dir(Path(settings.files.dir), tenant) if tenant else None
-    rendered = render(template, context, subject, tenant_dir=tenant_dir)
+    rendered = render(
+        template, context, subject, tenant_dir=tenant_dir, budget=render_budget(settings)
+    )
     if out:
         directory = Path(out)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{template}.html").write_text(rendered.html, encoding="utf-8")
-        (directory / f"{template}.txt").write_text(rendered.text, encoding="utf-8")
-        click.echo(f"Subject: {rendered.subject}")
-        click.echo(f"wrote {directory / f'{template}.html'} and {directory / f'{template}.txt'}")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (OSError, UnicodeError) as exc:
+            raise CrmQueueError(f"--out: cannot create {out!r}: {exc}") from None
+        _write(directory / f"{template}.html", rendered.html)
+        _write(directory / f"{template}.txt", rendered.text)
+        _echo(f"Subject: {rendered.subject}")
+        _echo(f"wrote {directory / f'{template}.html'} and {directory / f'{template}.txt'}")
         return
-    click.echo(f"Subject: {rendered.subject}\n\n--- text ---\n{rendered.text}\n--- html ---")
-    click.echo(rendered.html)
+    _echo(f"Subject: {rendered.subject}\n\n--- text ---\n{rendered.text}\n--- html ---")
+    _echo(rendered.html)
 
 
 @email_group.command("test")
@@ -109,6 +161,7 @@ def email_test(address: str) -> None:
     from crmqueue.providers.email import get_provider
     from crmqueue.workers.email import build_email
 
+    _text(address, "--to")
     settings = load_config()
     payload = validate_payload(
         EmailPayload,
@@ -122,7 +175,7 @@ def email_test(address: str) -> None:
     )
     email = build_email(payload, settings, f"crmqueue-test-{uuid.uuid4().hex}")
     result = get_provider(settings.email).send(email)
-    click.echo(f"sent through {result.provider}: message id {result.message_id}")
+    _echo(f"sent through {result.provider}: message id {result.message_id}")
 
 
 COMMANDS = (email_group,)

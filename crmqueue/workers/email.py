@@ -34,7 +34,7 @@ from crmqueue.engine.storage import JobStore
 from crmqueue.errors import PermanentError, RetryableError
 from crmqueue.payloads import EmailPayload
 from crmqueue.providers.email import OutgoingEmail, get_provider
-from crmqueue.providers.email.render import Rendered, render, tenant_template_dir
+from crmqueue.providers.email.render import Budget, Rendered, render, tenant_template_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +74,25 @@ def sent_key(job_id: str) -> str:
     return f"email-sent:{job_id}"
 
 
-def render_payload(payload: EmailPayload, files_dir: Path) -> Rendered:
+def render_payload(payload: EmailPayload, settings: Settings) -> Rendered:
     return render(
         payload.template,
         payload.context,
         payload.subject,
-        tenant_dir=tenant_template_dir(files_dir, payload.tenant_id),
+        tenant_dir=tenant_template_dir(Path(settings.files.dir), payload.tenant_id),
+        budget=render_budget(settings),
     )
+
+
+def render_budget(settings: Settings) -> Budget:
+    """A tenant template's render budget from the settings (email.template_*)."""
+    return Budget(settings.email.template_max_chars, settings.email.template_cpu_seconds)
 
 
 def build_email(
     payload: EmailPayload, settings: Settings, idempotency_key: str, job_id: str | None = None
 ) -> OutgoingEmail:
-    rendered = render_payload(payload, Path(settings.files.dir))
+    rendered = render_payload(payload, settings)
     metadata = {"tenant_id": payload.tenant_id}
     if job_id:
         metadata["job_id"] = job_id

@@ -62,6 +62,7 @@ BUILTIN_TEMPLATES = (
     "import-completed",
     "report-ready",
 )
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -358,6 +359,14 @@ def _render_parts(
     values["subject"] = subject
     html = join(html_t.generate(values), "HTML")
     text = join(text_t.generate(values), "text")
+    if budget is not None:  # a tenant's string literal may write one ("\\ud83d")
+        for part, output in (("HTML", html), ("text", text)):
+            found = _LONE_SURROGATE.search(output)
+            if found:
+                raise ValueError(
+                    f"the {part} part holds a lone surrogate U+{ord(found.group()):04X} "
+                    "(no encoding can send it)"
+                )
     return Rendered(subject, html, text)
 
 
