@@ -17,6 +17,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from crmqueue.errors import ConfigError
+from crmqueue.fields import ConfiguredMailbox
 
 QUEUE_NAMES = ("email", "import-export", "report", "webhook", "notification")
 ENV_PREFIX = "CRMQUEUE_"
@@ -173,7 +174,8 @@ class SmtpSettings(Section):
 
 class EmailSettings(Section):
     provider: Literal["outbox", "sendgrid", "ses", "resend", "mailgun", "smtp"] = "outbox"
-    from_address: str = "CRM <noreply@localhost>"
+    # The same address rules as a payload's `from` (crmqueue.fields); a local domain too.
+    from_address: ConfiguredMailbox = "CRM <noreply@localhost>"
     outbox_dir: Path = Path("crmqueue-data/outbox")
     # Budgets of a tenant template's render (at registration and each send): characters
     # of output per part (HTML, text, subject) and CPU seconds for the whole render.

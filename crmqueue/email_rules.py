@@ -15,9 +15,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,14 @@ __all__ = [
     "declaration_for",
     "describe",
     "forget_tenant_templates",
+    "is_given",
     "is_reserved_header",
     "missing_variables",
+    "recipient_limit",
     "spellings",
     "tag_limit",
     "tenant_declaration_at",
+    "type_problems",
 ]
 
 MANIFEST = Path(__file__).resolve().parent / "templates" / "email" / "variables.json"
@@ -84,6 +87,21 @@ def tag_limit(provider: str) -> int:
     return min(MAX_TAGS, TAG_LIMITS.get(provider, MAX_TAGS))
 
 
+# Recipients (to + cc + bcc) per message each vendor takes: Resend and SES 50 (Resend's
+# `to` "max 50"; SES SendEmail "no more than 50 recipients, across To, CC and BCC"),
+# SendGrid 1,000 per personalization, Mailgun 1,000 per message (their API references);
+# SMTP 100, what RFC 5321 section 4.5.3.1.8 obliges a server to take (beyond it a server
+# may refuse some recipients and accept the rest). None takes more than MAX_RECIPIENTS.
+RECIPIENT_LIMITS: dict[str, int] = {"resend": 50, "ses": 50, "smtp": 100}
+MAX_RECIPIENTS = 1000
+FEWEST_RECIPIENTS = min(RECIPIENT_LIMITS.values())
+
+
+def recipient_limit(provider: str) -> int:
+    """How many recipients (to, cc and bcc together) a message may have with `provider`."""
+    return min(MAX_RECIPIENTS, RECIPIENT_LIMITS.get(provider, MAX_RECIPIENTS))
+
+
 # One tag is 1-128 of A-Z a-z 0-9 _ -: the character set of SES and Resend tags, and
 # Mailgun's 128-character limit, so a tag goes to every vendor unchanged.
 TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -91,11 +109,13 @@ TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 @dataclass(frozen=True)
 class Declaration:
-    """A template's variables (snake_case names): `required` must be in the context,
-    `optional` have a fallback."""
+    """A template's variables (snake_case names; a tenant template's nested reads dotted,
+    ``user.first_name``): `required` must be in the context, `optional` have a fallback.
+    `types` gives the kind of value a variable takes (VALUE_KINDS), for the built-ins."""
 
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
+    types: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Declaration:
@@ -104,16 +124,92 @@ class Declaration:
     def to_json(self) -> dict[str, list[str]]:
         return {"required": list(self.required), "optional": list(self.optional)}
 
+    @cached_property
+    def kinds(self) -> dict[str, tuple[str, str]]:
+        """Context key (either spelling) -> (variable, kind): one look-up per key."""
+        out: dict[str, tuple[str, str]] = {}
+        for name, kind in self.types:
+            for spelling in spellings(name):
+                out[spelling] = (name, kind)
+        return out
+
 
 @lru_cache(maxsize=1)
 def builtin_declarations() -> dict[str, Declaration]:
-    """Template name -> Declaration of every built-in template."""
+    """Template name -> Declaration of every built-in template (with `types`: each of its
+    variables and the layout's product_name, `text` unless the manifest says)."""
     data = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    return {
-        name: Declaration.from_json(entry)
-        for name, entry in data.items()
-        if not name.startswith("_")
-    }
+    kinds: dict[str, str] = data.get("_types", {})
+    out = {}
+    for name, entry in data.items():
+        if name.startswith("_"):
+            continue
+        names = ["product_name", *entry.get("required", ()), *entry.get("optional", ())]
+        out[name] = Declaration(
+            tuple(entry.get("required", ())),
+            tuple(entry.get("optional", ())),
+            tuple((var, kinds.get(var, "text")) for var in names),
+        )
+    return out
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float)  # bool is an int
+
+
+# A line break, control character or lone surrogate (crmqueue.fields' rule for headers).
+_NOT_LINE_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
+# What a link may not hold: spaces, controls, backslashes, lone surrogates.
+_URL_UNSAFE_RE = re.compile("[\x00-\x20\x7f\\\\\ud800-\udfff]")
+MAX_URL = 2048
+
+
+def _is_line(value: Any) -> bool:
+    return _is_scalar(value) and not (isinstance(value, str) and _NOT_LINE_RE.search(value))
+
+
+def _is_url(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > MAX_URL or _URL_UNSAFE_RE.search(value):
+        return False
+    if value.startswith("/"):
+        return not value.startswith("//")
+    scheme, _, rest = value.partition("://")
+    return scheme.lower() in ("http", "https") and rest[:1] not in ("", "/", "?", "#")
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_is_scalar, value))
+
+
+# Each kind of value: its check, and how an error describes it.
+VALUE_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "text": (_is_scalar, "a text or a number"),
+    "line": (_is_line, "a text or a number on one line (no line breaks or control characters)"),
+    "url": (_is_url, "an http(s) URL or a path starting with '/' (no spaces)"),
+    "list": (_is_list, "a list of texts or numbers"),
+}
+
+
+def type_problems(declaration: Declaration, context: Mapping[str, Any]) -> list[str]:
+    """For each variable given (not None or blank) in `context` that is not of its kind:
+    "'name' must be ..."; [] for a declaration without types."""
+    kinds = declaration.kinds
+    if not kinds:
+        return []
+    found = []
+    for key, value in context.items():
+        entry = kinds.get(key) if is_given(value) else None
+        if entry is not None:
+            check, description = VALUE_KINDS[entry[1]]
+            if not check(value):
+                found.append(f"{key!r} must be {description}, not {_shown(value)}")
+    return found
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return "that text" if len(value) > 40 else repr(value)
+    return type(value).__name__ if isinstance(value, list | dict) else repr(value)
 
 
 _tenant_cache: dict[str, tuple[int, Declaration | None]] = {}
@@ -213,7 +309,7 @@ def describe(names: list[str]) -> str:
     return ", ".join(out)
 
 
-def _given(value: Any) -> bool:
+def is_given(value: Any) -> bool:
     """A value counts as given unless None or blank text (whitespace only): a required
     link or name that is empty would be sent empty."""
     return value is not None and not (isinstance(value, str) and not value.strip())
@@ -222,7 +318,7 @@ def _given(value: Any) -> bool:
 def _lookup(context: Mapping[str, Any], name: str) -> Any:
     snake, camel = spellings(name)
     value = context.get(snake)
-    return value if _given(value) else context.get(camel)
+    return value if is_given(value) else context.get(camel)
 
 
 def missing_variables(declaration: Declaration, context: Mapping[str, Any]) -> list[str]:
@@ -232,12 +328,12 @@ def missing_variables(declaration: Declaration, context: Mapping[str, Any]) -> l
     missing = []
     for name in declaration.required:
         if "." not in name:
-            if not _given(_lookup(context, name)):
+            if not is_given(_lookup(context, name)):
                 missing.append(name)
             continue
         value: Any = context
         for step in name.split("."):
             value = _lookup(value, step) if isinstance(value, Mapping) else None
-        if not _given(value):
+        if not is_given(value):
             missing.append(name)
     return missing

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "Address",
     "AddressError",
+    "ConfiguredMailbox",
     "EmailAddress",
     "Mailbox",
     "MailboxList",
@@ -192,10 +193,10 @@ def _address_field(value: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _mailbox_text(value: str) -> str:
+def _mailbox_text(value: str, require_tld: bool = True) -> str:
     check_single_line(value)
     try:
-        name, address = parse_mailbox(value)
+        name, address = parse_mailbox(value, require_tld=require_tld)
     except AddressError as exc:
         raise _invalid(exc) from None
     name = display_name(name)
@@ -208,6 +209,10 @@ def _mailbox_text(value: str) -> str:
 
 def _mailbox_field(value: str) -> str:
     return _mailbox_text(value)
+
+
+def _configured_mailbox_field(value: str) -> str:
+    return _mailbox_text(value, False)
 
 
 def _one_or_many(value: object) -> object:
@@ -223,6 +228,10 @@ Mailbox = Annotated[str, AfterValidator(_mailbox_field)]
 """An address with an optional display name (``Name <local@domain>``); kept in a
 canonical form: the name as display_name() makes it, quoted when needed, the domain as in
 EmailAddress. The name may hold any single-line Unicode text."""
+
+ConfiguredMailbox = Annotated[str, AfterValidator(_configured_mailbox_field)]
+"""A Mailbox in the configuration (``email.from_address``): the same rules, but the
+domain may be a single label (``noreply@localhost`` for a local relay)."""
 
 MailboxList = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]
 """One mailbox or a list of them."""

@@ -164,7 +164,7 @@ class EmailPayload(Payload):
     template: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
     context: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     cc: MailboxList = Field(default_factory=list)
-    bcc: MailboxList = Field(default_factory=list)
+    bcc: MailboxList = Field(default_factory=list, validate_default=True)
     reply_to: Mailbox | None = None
     from_: Mailbox | None = Field(default=None, validation_alias=AliasChoices("from", "from_"))
     headers: Annotated[dict[str, str], AfterValidator(_headers)] = Field(default_factory=dict)
@@ -212,6 +212,32 @@ class EmailPayload(Payload):
                     "template": repr(template),
                     "names": email_rules.describe(missing),
                 },
+            )
+        wrong = email_rules.type_problems(declaration, value) if declaration else []
+        if wrong:
+            raise PydanticCustomError(
+                "variable_type",
+                "template {template}: {problems}",
+                {"template": repr(template), "problems": "; ".join(wrong)},
+            )
+        return value
+
+    @field_validator("bcc")
+    @classmethod
+    def _recipient_count(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """to, cc and bcc together within what the configured provider takes (checked on
+        bcc, the last of the three; validated even when not given)."""
+        count = len(info.data.get("to", ())) + len(info.data.get("cc", ())) + len(value)
+        if count <= email_rules.FEWEST_RECIPIENTS:  # what every provider takes: no look-up
+            return value
+        provider = _email_settings()[1]
+        limit = email_rules.recipient_limit(provider)
+        if count > limit:
+            raise PydanticCustomError(
+                "too_many_recipients",
+                "to, cc and bcc together have {count} recipients; at most {limit} "
+                "(email provider {provider})",
+                {"count": count, "limit": limit, "provider": provider},
             )
         return value
 

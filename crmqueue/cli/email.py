@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -58,7 +59,7 @@ def _write(path: Path, text: str) -> None:
 
 def _echo(text: str) -> None:
     # A terminal or pipe in another encoding, or a lone surrogate a template wrote.
-    encoding = str(getattr(click.get_text_stream("stdout"), "encoding", None) or "utf-8")
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     click.echo(text.encode(encoding, "backslashreplace").decode(encoding))
 
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import urllib3
 
 from crmqueue.config import EmailSettings
+from crmqueue.email_rules import recipient_limit
 from crmqueue.errors import PermanentError
 from crmqueue.providers import http
 from crmqueue.providers.email.message import OutgoingEmail
@@ -43,6 +44,9 @@ class EmailProvider(ABC):
     def send(self, email: OutgoingEmail) -> SendResult:
         """The fixed pipeline: check the message against the vendor's limits, deliver it,
         insist on a message id."""
+        limit = recipient_limit(self.name)
+        if len(email.to) + len(email.cc) + len(email.bcc) > limit:
+            raise UnsupportedFeature(f"{self.name}: at most {limit} recipients (to, cc and bcc)")
         self.check(email)
         message_id = self.deliver(email)
         if not message_id:

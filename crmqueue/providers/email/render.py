@@ -9,7 +9,8 @@ when the job is enqueued.
 
 Context keys are found under either spelling, at any depth: ``firstName`` is read as
 ``first_name`` and the other way round (the original system's client code wrote
-camelCase). A None value at the top level counts as not given (the template's fallback).
+camelCase). A None value or blank text at the top level counts as not given (the
+template's fallback; refused at enqueue for a required variable).
 
 Tenant templates live under ``<files.dir>/templates/<tenant>/`` for now (until the CRM
 store has a table for them) and render in Jinja2's sandbox; they may extend the built-in
@@ -468,8 +469,9 @@ def _with_both_spellings(value: Any, depth: int = 0) -> Any:
 
 def template_values(context: Mapping[str, Any]) -> dict[str, Any]:
     """What a template sees: the layout's defaults, then `context` under both spellings
-    (a None at the top level left out, so the template's fallback applies)."""
-    given = {key: value for key, value in context.items() if value is not None}
+    (a None or blank text at the top level left out, so the template's fallback applies,
+    as for a value not given: email_rules.is_given)."""
+    given = {key: value for key, value in context.items() if email_rules.is_given(value)}
     return {**DEFAULTS, "now": dt.datetime.now(dt.UTC), **_with_both_spellings(given)}
 
 

@@ -12,7 +12,6 @@ from crmqueue.providers import http
 from crmqueue.providers.email.base import (
     HttpProvider,
     HttpRequest,
-    UnsupportedFeature,
     json_body,
 )
 from crmqueue.providers.email.message import (
@@ -32,10 +31,6 @@ class ResendProvider(HttpProvider):
     def secrets(self) -> tuple[str, ...]:
         key = self.settings.resend.api_key
         return (key.get_secret_value(),) if key else ()
-
-    def check(self, email: OutgoingEmail) -> None:
-        if len(email.to) > 50:
-            raise UnsupportedFeature("resend: at most 50 'to' recipients per message")
 
     def build_request(self, email: OutgoingEmail) -> HttpRequest:
         cfg = self.settings.resend
