@@ -147,7 +147,7 @@ def filter_conditions(
             matches = [_whole_day(column, day) for day in days]
             if values:
                 matches.append(column.in_(values))
-            conditions.append(sa.or_(*matches) if len(matches) > 1 else matches[0])
+            conditions.append(sa.or_(sa.false(), *matches))  # an empty list matches nothing
         elif isinstance(value, list):
             conditions.append(column.in_(values))
         else:
