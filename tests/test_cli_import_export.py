@@ -36,7 +36,7 @@ WAIT = ("--wait", "--timeout", "60")
 SUMMARY = re.compile(
     r"^(\d+) rows: (\d+) new, (\d+) updated, (\d+) skipped, (\d+) invalid( \(dry run\))?$", re.M
 )
-EXPORTED = re.compile(r"^(\d+) rows exported to (.+)$", re.M)
+EXPORTED = re.compile(r"^(\d+) rows? exported to (.+)$", re.M)
 # What a spreadsheet would run as a formula, and how an export must write it: as text.
 FORMULAS = ["=1+1", "+x", "-x", "@x", "\tx", "\rx", '=HYPERLINK("http://evil","click")']
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from crmqueue.config import Settings
+from crmqueue.crm.schema import ENTITY_TABLES
 from crmqueue.crm.store import create_engine, init_db, seed
 from crmqueue.errors import PermanentError
 from crmqueue.formats import pdf
@@ -265,15 +266,30 @@ def test_a_report_with_a_chart_and_page_numbers_renders() -> None:
 # --------------------------------------------------------------------------- the limit
 
 
-def test_row_limit(tmp_path: Path) -> None:
+def test_the_limit_is_on_cells_not_rows(tmp_path: Path) -> None:
     path = tmp_path / "big.pdf"
-    with pytest.raises(PermanentError, match=r"101 rows is over the PDF export limit of 100"):
-        write_pdf(path, COLUMNS, people(10**6), max_rows=100, expected_rows=101)
-    with pytest.raises(PermanentError, match=r"csv or xlsx"):
-        write_pdf(path, COLUMNS, people(120), max_rows=100, chunk_rows=50)
+    # six columns: 100 rows is 600 cells
+    refused = r"101 rows x 6 fields = 606 cells is over the PDF export limit of 600 cells"
+    with pytest.raises(PermanentError, match=refused + r" .*100 rows with 6 fields.*csv or xlsx"):
+        write_pdf(path, COLUMNS, people(10**6), max_cells=600, expected_rows=101)
+    with pytest.raises(PermanentError, match=r"fewer fields"):
+        write_pdf(path, COLUMNS, people(120), max_cells=600, chunk_rows=50)
     assert not path.exists()
-    assert write_pdf(path, COLUMNS, people(100), max_rows=100, chunk_rows=50) == 100
-    assert Settings().files.max_pdf_rows == pdf.DEFAULT_MAX_PDF_ROWS
+    assert write_pdf(path, COLUMNS, people(100), max_cells=600, chunk_rows=50) == 100
+    # the same cells in fewer columns: more rows
+    three = [row[:3] for row in people(200)]
+    assert write_pdf(path, COLUMNS[:3], three, max_cells=600, expected_rows=200) == 200
+    with pytest.raises(PermanentError, match=r"201 rows x 3 fields"):
+        write_pdf(path, COLUMNS[:3], three, max_cells=600, expected_rows=201)
+    assert Settings().files.max_pdf_cells == pdf.DEFAULT_MAX_PDF_CELLS
+
+
+def test_chunks_are_sized_in_cells_and_report_as_they_render(tmp_path: Path) -> None:
+    assert pdf.chunk_rows_for(6) == 1000 and pdf.chunk_rows_for(16) == 375
+    assert pdf.chunk_rows_for(1000) == 50  # never a chunk of a handful of rows
+    done: list[int] = []
+    write_pdf(tmp_path / "p.pdf", COLUMNS, people(300), chunk_rows=70, rendered=done.append)
+    assert done == [70, 140, 210, 280, 300]
 
 
 # --------------------------------------------------------------------------- the job
@@ -300,9 +316,9 @@ def test_run_export_to_pdf(sqlite_crm: Any, tmp_path: Path) -> None:
     path = files / out["path"]
     texts = pages_text(path)
     assert f"Page {len(texts)} of {len(texts)}" in texts[-1]
-    # 16 narrow columns: a header may wrap inside its cell
     assert "contacts" in texts[0]
-    assert "first_name" in squash(texts[0]) and "first_name" in squash(texts[-1])
+    for text in (texts[0], texts[-1]):  # 16 columns, and every header whole on each page
+        assert set(out["fields"]) <= set(text.splitlines()), text[:300]
     assert PdfReader(path).pages[0].mediabox.width > 800, "16 columns: landscape"
     assert not list(path.parent.glob(".*partial")), "no partial file left behind"
 
@@ -312,9 +328,53 @@ def test_run_export_to_pdf(sqlite_crm: Any, tmp_path: Path) -> None:
     text = "".join(pages_text(files / out["path"]))
     assert len(re.findall(r"@", text)) == 120, "tenant t1's 120 emails, none of t2's"
 
-    with pytest.raises(PermanentError, match=r"limit of 100 rows.*csv or xlsx"):
-        run_export(payload, sqlite_crm, files, "job-big", seen.append, max_pdf_rows=100)
+    with pytest.raises(PermanentError, match=r"120 rows x 16 fields.*limit of 1000 cells"):
+        run_export(payload, sqlite_crm, files, "job-big", seen.append, max_pdf_cells=1000)
     assert not list((files / "exports" / "t1").glob("*job-big*"))
+
+
+def test_a_pdf_export_reports_progress_chunk_by_chunk(
+    sqlite_crm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(sqlite_crm, "t1", 160)
+    monkeypatch.setattr(pdf, "CHUNK_CELLS", 800)  # 50 rows of 16 fields: four chunks
+    seen: list[float] = []
+    payload = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="pdf")
+    run_export(payload, sqlite_crm, tmp_path, "job-progress", seen.append)
+    assert seen == [100 * n / 160 for n in (50, 100, 150)] + [99.0, 100], seen
+
+
+@pytest.mark.parametrize("entity", sorted(ENTITY_TABLES))
+def test_every_header_of_every_entity_prints_whole(
+    sqlite_crm: Any, tmp_path: Path, entity: str
+) -> None:
+    """All fields of an entity, with seeded values as long as they come (emails, dates,
+    company names): the headers keep their width, the data columns wrap instead."""
+    seed(sqlite_crm, "t1", 40)
+    payload = ExportPayload(tenant_id="t1", user_id="u1", entity_type=entity, format="pdf")
+    out = run_export(payload, sqlite_crm, tmp_path, f"job-{entity}", lambda _: None)
+    lines = pages_text(tmp_path / out["path"])[0].splitlines()
+    assert set(out["fields"]) <= set(lines), [line for line in lines if "_" in line][:20]
+
+
+FIELD_NAMES = st.from_regex(r"[a-z]{1,12}(_[a-z]{1,10}){0,2}", fullmatch=True)
+
+
+@given(st.lists(FIELD_NAMES, min_size=1, max_size=16, unique=True), st.integers(1, 60))
+@settings(max_examples=60, deadline=None)
+def test_each_column_is_at_least_as_wide_as_its_header(columns: list[str], chars: int) -> None:
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    sample = [["W" * chars + "@example.com" for _ in columns]] * 3
+    layout = pdf._Layout.fit(columns, sample)
+    frame = pdf._FRAME_WIDTH_PT[layout.landscape]
+    assert sum(layout.widths) <= 100.1
+    assert layout.header_pt >= 2 and layout.header_pt <= layout.font_pt
+    if len(columns) <= 16 and max(map(len, columns)) <= 12:
+        assert layout.header_pt == layout.font_pt  # all our entities' fields: 16 at most
+    for name, share in zip(columns, layout.widths, strict=True):
+        header = stringWidth(name, "DejaVuSans-Bold", layout.header_pt) + pdf._CELL_PADDING_PT
+        assert frame * share / 100 >= header, (name, layout)
 
 
 # --------------------------------------------------------------------------- fonts and scripts
@@ -442,3 +502,27 @@ def test_the_fonts_ship_with_their_licences() -> None:
     assert "SIL Open Font License" in (fonts / "LICENSE-Nanum.txt").read_text()
     pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     assert '"formats/fonts/*.ttf", "formats/fonts/LICENSE-*.txt"' in pyproject
+
+
+def test_wait_prints_one_row_and_the_warnings(
+    sqlite_crm: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crmqueue.cli.transfer import _finish
+    from crmqueue.crm import schema
+    from crmqueue.jobs import JobInfo
+
+    seed(sqlite_crm, "t1", 1)
+    with sqlite_crm.begin() as conn:
+        conn.execute(schema.contacts.update().values(title="x" * 400, city="Bangkok กรุงเทพ"))
+    payload = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="pdf")
+    out = run_export(payload, sqlite_crm, tmp_path, "job-one", lambda _: None)
+    info = JobInfo(id="job-one", queue="import-export", name="export_records", tenant="t1",
+                   state="completed", progress=100, attempts=1, max_attempts=3, errors=[],
+                   created_at=None, started_at=None, finished_at=None, run_at=None,
+                   result=out, payload={})  # fmt: skip
+    _finish(info)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"1 row exported to {out['file']}"
+    assert len(out["warnings"]) == 2
+    assert printed[1:] == [f"warning: {warning}" for warning in out["warnings"]]
+    assert "title" in printed[1] and "CSV" in printed[1]

@@ -99,7 +99,10 @@ def _finish(info: Any) -> None:
         for note in result.get("notes", []):
             click.echo(f"note: {note}")
     elif "path" in result:
-        click.echo(f"{result['rows']} rows exported to {result['file']}")
+        rows = result["rows"]
+        click.echo(f"{rows} {'row' if rows == 1 else 'rows'} exported to {result['file']}")
+        for warning in result.get("warnings", []):
+            click.echo(f"warning: {warning}")
 
 
 @command("import")

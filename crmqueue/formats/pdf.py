@@ -34,9 +34,11 @@ Measured with bench/pdf_export.py on the 2-core reference machine, 6 columns:
 One call grows by about 45 MB per 1,000 rows, and its time grows faster than the rows
 (ReportLab splits the rest of a long table at every page break). Chunks keep the peak flat
 and the time linear, 3 ms a row here and up to 5-6 ms while other work shares the
-machine. Time is then the limit: `DEFAULT_MAX_PDF_ROWS` (config `files.max_pdf_rows`) keeps
-a PDF export well inside the import-export queue's 300 s job timeout, and a larger export
-is refused up front, pointing to CSV or XLSX.
+machine. Time is then the limit, and it goes by cells, not rows (about 1 ms of CPU a
+cell: 4 ms a row of 4 columns, 15-18 ms a row of 16): `DEFAULT_MAX_PDF_CELLS` (config
+`files.max_pdf_cells`) keeps a PDF export inside the import-export queue's 300 s job
+timeout, and a larger export is refused up front, pointing to CSV or XLSX or fewer
+fields. Chunks are `CHUNK_CELLS` cells (1,000 rows of 6 columns, 375 of 16).
 
 Page numbers: each chunk is its own document, so its `<pdf:pagecount>` would count only
 its own pages. The chunks are rendered without a footer, concatenated with pypdf, and the
@@ -55,7 +57,7 @@ import math
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -63,13 +65,17 @@ from typing import IO, Any
 from crmqueue.errors import PermanentError
 from crmqueue.formats.writers import ExportNotes
 
-# Rows per xhtml2pdf call: about 110-135 MB peak whatever the row count. Larger chunks
-# cost memory and get slower per row (see the module docstring); smaller ones leave more
-# half-empty pages where one chunk ends and the next begins on a new page.
-CHUNK_ROWS = 1000
-# The default of `files.max_pdf_rows`: 1-2 minutes of rendering here, a third to a half
-# of the import-export job timeout.
-DEFAULT_MAX_PDF_ROWS = 20_000
+# Cells (rows x columns) per xhtml2pdf call: 1,000 rows of 6 columns, about 110-135 MB
+# peak, and 6-20 s of one render under xhtml2pdf's 60 s a render (no_fetch_policy) on a
+# loaded machine. Larger chunks cost memory and get slower per row (see the module
+# docstring); smaller ones leave more half-empty pages where one chunk ends and the next
+# begins on a new page.
+CHUNK_CELLS = 6000
+# The default of `files.max_pdf_cells`. The time goes by cells, about 1 ms of CPU each
+# (15-18 ms a row of 16 columns, 4 ms a row of 4: bench/pdf_export.py), up to 2-3 times
+# that in wall time while other work shares the 2 cores: 100,000 cells take 100-200 s,
+# inside the import-export queue's 300 s time limit.
+DEFAULT_MAX_PDF_CELLS = 100_000
 # More columns than this: landscape A4.
 PORTRAIT_MAX_COLUMNS = 6
 # A PDF is for reading; a cell longer than this is cut (with "…") so that one long note
@@ -195,6 +201,9 @@ _CELL_PADDING_PT = 6.0
 _FONT_PT = (5.5, 8.0)  # smallest and largest body font
 _MAX_COLUMN_EM = 20.0  # a column wider than this (about 36 characters) wraps its text
 _SLACK_EM = 0.6  # about one character: a later chunk's ids and emails may be a digit longer
+# A header's own slack: the percent widths are rounded, and a header must not miss its
+# column by a hair and break before its last letter.
+_HEADER_SLACK_EM = 0.3
 
 
 def _text(value: Any) -> str:
@@ -247,29 +256,52 @@ class _Layout:
     landscape: bool
     font_pt: float
     widths: list[float]
+    # smaller than font_pt only when the headers side by side are wider than the page
+    header_pt: float
 
     @classmethod
     def fit(cls, columns: Sequence[str], sample: Sequence[Sequence[str]]) -> _Layout:
+        """Each column as wide as its widest text (data capped at `_MAX_COLUMN_EM`) at the
+        largest font from 8 down to 5.5 pt that fits them all; when even 5.5 pt does not,
+        every header keeps its whole width (a header word never breaks) and the data
+        columns share the rest: the narrow ones whole, the widest wrapping their text."""
         from reportlab.pdfbase.pdfmetrics import stringWidth  # type: ignore[import-untyped]
 
         register_fonts()
         landscape = len(columns) > PORTRAIT_MAX_COLUMNS
-        ems = []  # each column's widest text, in ems of the body font (bold for the header)
+        least = []  # each column's narrowest width in ems: its header, in bold
+        want = []  # each column's widest text, in ems of the body font
         for index, name in enumerate(columns):
             widest = max(
                 (stringWidth(row[index], "DejaVuSans", 1) for row in sample if index < len(row)),
                 default=0.0,
             )
-            header = stringWidth(name, "DejaVuSans-Bold", 1)
-            ems.append(min(_MAX_COLUMN_EM, max(2.0, header, widest + _SLACK_EM)))
-        # The largest font at which the columns fit side by side without wrapping.
+            header = stringWidth(name, "DejaVuSans-Bold", 1) + _HEADER_SLACK_EM
+            least.append(max(2.0, header))
+            want.append(max(least[-1], min(_MAX_COLUMN_EM, widest + _SLACK_EM)))
         room = _FRAME_WIDTH_PT[landscape] - _CELL_PADDING_PT * len(columns)
-        font = math.floor(2 * room / sum(ems)) / 2
-        font = min(_FONT_PT[1], max(_FONT_PT[0], font))
+        # The largest font at which the columns fit side by side without wrapping.
+        font = min(_FONT_PT[1], max(_FONT_PT[0], math.floor(2 * room / sum(want)) / 2))
+        ems = want
+        header_pt = font
+        if sum(least) * font > room:
+            # So many long headers that even they do not fit: a smaller header font, the
+            # columns as wide as their headers, every data column wrapping.
+            header_pt = math.floor(4 * room / sum(least)) / 4
+            ems = [s * header_pt / font for s in least]
+        elif sum(want) * font > room:
+            # Max-min fair shares: every column up to a common cap, the narrow ones (ids,
+            # codes, phone numbers) whole, the widest wrapping; never under its header.
+            low, high = 0.0, max(want)
+            for _ in range(30):
+                cap = (low + high) / 2
+                used = sum(max(s, min(w, cap)) for s, w in zip(least, want, strict=True))
+                low, high = (cap, high) if used * font <= room else (low, cap)
+            ems = [max(s, min(w, low)) for s, w in zip(least, want, strict=True)]
         # Each column gets its text width plus its padding, as a share of the frame.
         points = [em * font + _CELL_PADDING_PT for em in ems]
         total = sum(points)
-        return cls(landscape, font, [round(100 * p / total, 2) for p in points])
+        return cls(landscape, font, [round(100 * p / total, 2) for p in points], header_pt)
 
 
 def _page_css(landscape: bool) -> str:
@@ -306,7 +338,7 @@ def _chunk_html(
         '<html><head><meta charset="utf-8"><style>',
         _page_css(layout.landscape),
         _TABLE_CSS,
-        f"table {{ font-size: {layout.font_pt}pt; }}",
+        f"table {{ font-size: {layout.font_pt}pt; }} th {{ font-size: {layout.header_pt}pt; }}",
         '</style></head><body><div id="footer"></div>',
     ]
     if heading is not None:
@@ -355,11 +387,19 @@ def _chunks(
         yield chunk
 
 
-def too_many_rows(rows: int, limit: int) -> PermanentError:
+def too_many_cells(rows: int, columns: int, limit: int) -> PermanentError:
+    """The refusal of a PDF export over `limit` cells (rows x columns)."""
+    fit = limit // max(1, columns)
     return PermanentError(
-        f"{rows} rows is over the PDF export limit of {limit} rows (files.max_pdf_rows);"
-        " export as csv or xlsx, or narrow the export with filters"
+        f"{rows} rows x {columns} fields = {rows * columns} cells is over the PDF export"
+        f" limit of {limit} cells (files.max_pdf_cells; {fit} rows with {columns} fields):"
+        " export as csv or xlsx, or choose fewer fields or narrow the export with filters"
     )
+
+
+def chunk_rows_for(columns: int) -> int:
+    """Rows per xhtml2pdf call for a table of `columns` columns: CHUNK_CELLS cells."""
+    return max(50, CHUNK_CELLS // max(1, columns))
 
 
 def write_pdf(
@@ -369,19 +409,24 @@ def write_pdf(
     title: str = "Export",
     *,
     generated_at: dt.datetime | None = None,
-    max_rows: int = DEFAULT_MAX_PDF_ROWS,
+    max_cells: int = DEFAULT_MAX_PDF_CELLS,
     expected_rows: int | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
     notes: ExportNotes | None = None,
+    rendered: Callable[[int], None] | None = None,
 ) -> int:
     """Write the rows as a PDF table (see the module docstring); returns the number of
-    data rows. Raises PermanentError when there are more than `max_rows` rows: up front
-    when `expected_rows` says so, else on the first row past the limit. Cells cut to
-    MAX_CELL_CHARS and rows with characters no bundled font has go into `notes`."""
+    data rows. Raises PermanentError when rows x columns is over `max_cells`: up front
+    when `expected_rows` says so, else on the first chunk past the limit. Cells cut to
+    MAX_CELL_CHARS and rows with characters no bundled font has go into `notes`.
+    `rendered(rows)` is called after each chunk with the rows rendered so far (a chunk
+    is `chunk_rows` rows, by default `chunk_rows_for(len(columns))`)."""
     from pypdf import PdfReader, PdfWriter
 
-    if expected_rows is not None and expected_rows > max_rows:
-        raise too_many_rows(expected_rows, max_rows)
+    width = max(1, len(columns))
+    if expected_rows is not None and expected_rows * width > max_cells:
+        raise too_many_cells(expected_rows, width, max_cells)
+    chunk_rows = chunk_rows or chunk_rows_for(width)
     stamp = (generated_at or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat()
     heading = f'<h1>{html.escape(title)}</h1><p class="meta">Generated at {html.escape(stamp)}</p>'
     writer = PdfWriter()
@@ -392,8 +437,8 @@ def write_pdf(
     chunks = _chunks(rows, chunk_rows, columns, notes)
     # The first chunk even when empty: an export with no rows still gets its page.
     for chunk in itertools.chain([next(chunks, [])], chunks):
-        if count + len(chunk) > max_rows:
-            raise too_many_rows(count + len(chunk), max_rows)
+        if (count + len(chunk)) * width > max_cells:
+            raise too_many_cells(count + len(chunk), width, max_cells)
         if layout is None:
             layout = _Layout.fit(columns, chunk)
         source = _chunk_html(columns, layout, chunk, count, None if count else heading)
@@ -401,6 +446,8 @@ def write_pdf(
         html_to_pdf(source, buffer)
         writer.append(PdfReader(buffer))
         count += len(chunk)
+        if rendered is not None:
+            rendered(count)
     pages = len(writer.pages)
     footer = io.BytesIO()
     landscape = len(columns) > PORTRAIT_MAX_COLUMNS

@@ -43,7 +43,7 @@ from crmqueue.crm.store import contact_update, filter_conditions, get_engine, no
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import CrmQueueError, PermanentError
-from crmqueue.formats.pdf import DEFAULT_MAX_PDF_ROWS, write_pdf
+from crmqueue.formats.pdf import DEFAULT_MAX_PDF_CELLS, write_pdf
 from crmqueue.formats.readers import (
     PEEK_RECORDS,
     WHOLE_ROW,
@@ -571,7 +571,7 @@ def run_export(
     files_dir: Path,
     job_id: str | None,
     progress: Progress = _job_progress,
-    max_pdf_rows: int = DEFAULT_MAX_PDF_ROWS,
+    max_pdf_cells: int = DEFAULT_MAX_PDF_CELLS,
     contact_statuses: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Export one entity's records to a file under `files_dir/exports/<tenant>/`; returns
@@ -610,10 +610,14 @@ def run_export(
             if payload.format == "csv":
                 count = write_csv(partial, fields, rows())
             elif payload.format == "pdf":
-                # refused before rendering when `total` is over the limit
+                # refused before rendering when `total` x fields is over the limit;
+                # progress after each chunk: rendering, not reading, takes the time
+                def rendered(n: int) -> None:
+                    progress(min(99.0, 100 * n / max(1, total)))
+
                 count = write_pdf(partial, fields, rows(), title=payload.entity_type,
-                                  max_rows=max_pdf_rows, expected_rows=total,
-                                  notes=notes)  # fmt: skip
+                                  max_cells=max_pdf_cells, expected_rows=total, notes=notes,
+                                  rendered=rendered)  # fmt: skip
             else:
                 count = write_xlsx(partial, fields, rows(), title=payload.entity_type,
                                    notes=notes)  # fmt: skip
@@ -730,7 +734,7 @@ def export_records(payload: ExportPayload) -> dict[str, Any]:
     engine = get_engine(settings.database.url)
     job_id = current_job_id()
     result = run_export(payload, engine, settings.files.dir, job_id,
-                        max_pdf_rows=settings.files.max_pdf_rows,
+                        max_pdf_cells=settings.files.max_pdf_cells,
                         contact_statuses=settings.crm.contact_statuses)  # fmt: skip
     result["download_url"] = download_url(settings, result["path"])
     context = {
