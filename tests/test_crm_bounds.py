@@ -534,6 +534,9 @@ def test_a_day_given_for_a_time_stamp_matches_that_whole_day_in_utc(
         "noon@x.io", "after@x.io"
     ]  # fmt: skip
     assert emails({"updated_at": "9999-12-31"}) == []
+    # a whole spreadsheet date serial is a day too (46356 is 2026-11-30)
+    assert emails({"created_at": 46356}) == ["first@x.io", "noon@x.io", "last@x.io"]
+    assert emails({"created_at": "46356.5"}) == ["noon@x.io"]
     # the payload keeps the day as a day
     payload = ExportPayload(tenant_id="t1", user_id="u1", entity_type="contacts", format="csv",
                             filters={"created_at": "2026-11-30"})  # fmt: skip

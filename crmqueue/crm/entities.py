@@ -478,9 +478,9 @@ _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 def _day_or_instant(
     instant: TypeAdapter[Any],
 ) -> Callable[[Any, ValidationInfo], dt.date | dt.datetime | None]:
-    """A time stamp filter's value: a day (an ISO date, "2026-11-30") as a `date`, which
-    matches the whole day in UTC (crmqueue.crm.store.filter_conditions), else an instant
-    as the field reads it (UTC)."""
+    """A time stamp filter's value: a day (an ISO date, "2026-11-30", or a whole
+    spreadsheet date serial, 46356) as a `date`, which matches the whole day in UTC
+    (crmqueue.crm.store.filter_conditions), else an instant as the field reads it (UTC)."""
 
     def validate(value: Any, info: ValidationInfo) -> dt.date | dt.datetime | None:
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -493,7 +493,10 @@ def _day_or_instant(
                     "date_from_datetime_parsing", "{value} is not a date", {"value": value}
                 ) from None
         stamp: dt.datetime | None = instant.validate_python(value, context=info.context)
-        return stamp
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.strip().isdigit()
+        )
+        return stamp.date() if whole and stamp is not None else stamp
 
     return validate
 
