@@ -293,7 +293,7 @@ def test_no_date_field_of_any_entity_reads_a_number_as_unix_time() -> None:
     filters = check_export_filters("activities", {"due_at": 45678.5, "created_at": "45678"})
     assert {name: naive(value) for name, value in filters.items()} == {
         "due_at": dt.datetime(2025, 1, 21, 12),
-        "created_at": dt.datetime(2025, 1, 21),
+        "created_at": dt.date(2025, 1, 21),  # a whole serial: the day (all of it, in UTC)
     }
     with pytest.raises(ValueError, match="Unix"):
         check_export_filters("leads", {"close_date": 1737460800})
