@@ -33,6 +33,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+A_MB = '{% set a = "x" * 1000000 %}'
 # Each builds far more than MAX_BUILT through a different operation of the kind.
 TOO_BIG = [
     '{{ "x"|center(100000000) }}',
@@ -68,6 +69,19 @@ TOO_BIG = [
     '{{ {"a": 1}|tojson(100000000) }}',
     '{{ (["x" * 10000] * 1000)|sum(start="") }}',
     "{{ ([[1] * 1000] * 10000)|sum(start=[]) }}",
+    # One big value used many times: measured before joining, not after.
+    A_MB + "{% set b = " + "~".join(["a"] * 300) + " %}{{ b|length }}",
+    A_MB + '{{ ("{0}" * 300).format(a)|length }}',
+    A_MB + '{{ ("{a}" * 300).format_map({"a": a})|length }}',
+    A_MB + '{{ ("%(a)s" * 300) % {"a": a} }}',
+    A_MB + '{{ ("%s" * 300) % ((a,) * 300) }}',
+    A_MB + '{{ ("%s" * 300)|format(*((a,) * 300)) }}',
+    A_MB + "{% macro m() %}" + "{{ a }}" * 300 + "{% endmacro %}{{ m()|length }}",
+    A_MB + "{% set x %}" + "{{ a }}" * 300 + "{% endset %}{{ x|length }}",
+    A_MB
+    + "{% macro m() %}{{ caller() }}{% endmacro %}{% call m() %}"
+    + "{{ a }}" * 300
+    + "{% endcall %}",
 ]
 
 

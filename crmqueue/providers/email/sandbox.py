@@ -209,12 +209,38 @@ def _sum_check(subject: Any, *args: Any, **kwargs: Any) -> None:
         _want(sum(_size(item) for item in subject), "a sum of sequences")
 
 
+def _rough_size(value: Any) -> int:
+    """About how many characters `value` prints as (a sequence: 8 a item)."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 8 * len(value) if isinstance(value, Sized) else 32
+
+
+def _substituted_size(template: Any, marker: str, values: list[Any]) -> int:
+    """The most a format string with `marker` fields can print with `values`: each field
+    may print the largest of them (fields can repeat one value: "{0}{0}{0}")."""
+    if not isinstance(template, str):
+        return 0
+    return len(template) + template.count(marker) * max(map(_rough_size, values), default=0)
+
+
+def _printf_values(right: Any) -> list[Any]:
+    if isinstance(right, tuple):
+        return list(right)
+    return list(right.values()) if isinstance(right, dict) else [right]
+
+
 def _printf_check(subject: Any, *args: Any, **kwargs: Any) -> None:
     _check_printf(subject)
+    _want(_substituted_size(subject, "%", [*args, *kwargs.values()]), "a %-format")
 
 
 def _format_check(subject: Any, *args: Any, **kwargs: Any) -> None:
     _check_format_spec(subject)
+    values = [*args, *kwargs.values()]
+    if len(args) == 1 and not kwargs and isinstance(args[0], dict):  # format_map
+        values = list(args[0].values())
+    _want(_substituted_size(subject, "{", values), "a format")
 
 
 _METHOD_CHECKS: dict[str, _Check] = {
@@ -272,13 +298,28 @@ def _lipsum_check(*args: Any, **kwargs: Any) -> None:
 
 
 class _SandboxCodeGenerator(CodeGenerator):
-    """Jinja2's code generator with ``a ~ b`` going through the sandbox's size check (the
-    sandbox has no hook for it: it compiles to a plain join)."""
+    """Jinja2's code generator with ``a ~ b ~ ...`` measured before it is joined (the
+    sandbox has no hook for it: it compiles to a plain join): the parts go to the
+    sandbox's checked_concat with the join Jinja2 would use."""
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
-        self.write("environment.checked_concat(")
-        super().visit_Concat(node, frame)
-        self.write(")")
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        else:
+            join = "markup_join" if frame.eval_ctx.autoescape else "str_join"
+        self.write(f"environment.checked_concat({join}, (")
+        for part in node.nodes:
+            self.visit(part, frame)
+            self.write(", ")
+        self.write("))")
+
+
+def _checked_join(parts: Any) -> str:
+    """The sandbox's ``concat``: what compiled templates join a macro's or a captured
+    block's output with (``{% set x %}...{% endset %}``), measured first."""
+    items = parts if isinstance(parts, list) else list(parts)
+    _want(sum(len(item) for item in items if isinstance(item, str)), "a macro's or block's output")
+    return "".join(items)
 
 
 class TenantSandbox(SandboxedEnvironment):
@@ -286,6 +327,7 @@ class TenantSandbox(SandboxedEnvironment):
 
     code_generator_class = _SandboxCodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+    concat = staticmethod(_checked_join)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -293,8 +335,9 @@ class TenantSandbox(SandboxedEnvironment):
             name: _checked_filter(name, function) for name, function in self.filters.items()
         }
 
-    def checked_concat(self, joined: Any) -> Any:
-        return _check_result(joined, "a '~' concatenation")
+    def checked_concat(self, join: Callable[[Any], Any], parts: tuple[Any, ...]) -> Any:
+        _want(sum(len(part) for part in parts if isinstance(part, str)), "a '~' concatenation")
+        return _check_result(join(parts), "a '~' concatenation")
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
         if op == "**":
@@ -303,6 +346,7 @@ class TenantSandbox(SandboxedEnvironment):
             return _check_result(operator.pow(left, right), "'**'")
         if op == "%":
             _check_printf(left)
+            _want(_substituted_size(left, "%", _printf_values(right)), "a %-format")
             return _check_result(operator.mod(left, right), "'%'")
         if op == "+":
             if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
