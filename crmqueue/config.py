@@ -55,9 +55,9 @@ class FilesSettings(Section):
     # download_base_url + the file's path. Empty: the email gives the path on disk.
     download_base_url: str = ""
     # Largest PDF export in cells (rows x fields): xhtml2pdf takes about 1 ms of CPU a
-    # cell here (15-18 ms a row of all 16 contact fields), so 100,000 cells stay inside
+    # cell here (13-18 ms a row of all 16 contact fields), so 80,000 cells stay inside
     # the import-export job timeout (crmqueue.formats.pdf has the figures).
-    max_pdf_cells: PositiveInt = 100_000
+    max_pdf_cells: PositiveInt = 80_000
 
 
 # The original system's contact lifecycle; `crm.contact_statuses` replaces it.

@@ -35,7 +35,7 @@ One call grows by about 45 MB per 1,000 rows, and its time grows faster than the
 (ReportLab splits the rest of a long table at every page break). Chunks keep the peak flat
 and the time linear, 3 ms a row here and up to 5-6 ms while other work shares the
 machine. Time is then the limit, and it goes by cells, not rows (about 1 ms of CPU a
-cell: 4 ms a row of 4 columns, 15-18 ms a row of 16): `DEFAULT_MAX_PDF_CELLS` (config
+cell: 3.5-4.5 ms a row of 4 columns, 13-18 ms a row of 16): `DEFAULT_MAX_PDF_CELLS` (config
 `files.max_pdf_cells`) keeps a PDF export inside the import-export queue's 300 s job
 timeout, and a larger export is refused up front, pointing to CSV or XLSX or fewer
 fields. Chunks are `CHUNK_CELLS` cells (1,000 rows of 6 columns, 375 of 16).
@@ -71,11 +71,11 @@ from crmqueue.formats.writers import ExportNotes
 # docstring); smaller ones leave more half-empty pages where one chunk ends and the next
 # begins on a new page.
 CHUNK_CELLS = 6000
-# The default of `files.max_pdf_cells`. The time goes by cells, about 1 ms of CPU each
-# (15-18 ms a row of 16 columns, 4 ms a row of 4: bench/pdf_export.py), up to 2-3 times
-# that in wall time while other work shares the 2 cores: 100,000 cells take 100-200 s,
-# inside the import-export queue's 300 s time limit.
-DEFAULT_MAX_PDF_CELLS = 100_000
+# The default of `files.max_pdf_cells`. The time goes by cells, 0.8-1.2 ms of CPU each
+# (13-18 ms a row of 16 columns, 3.5-4.5 ms a row of 4: bench/pdf_export.py), and up to
+# 2-3 times that in wall time while other work shares the 2 cores: 80,000 cells take
+# 65-95 s of CPU, 100-250 s in all, inside the import-export queue's 300 s time limit.
+DEFAULT_MAX_PDF_CELLS = 80_000
 # More columns than this: landscape A4.
 PORTRAIT_MAX_COLUMNS = 6
 # A PDF is for reading; a cell longer than this is cut (with "…") so that one long note
@@ -264,7 +264,9 @@ class _Layout:
         """Each column as wide as its widest text (data capped at `_MAX_COLUMN_EM`) at the
         largest font from 8 down to 5.5 pt that fits them all; when even 5.5 pt does not,
         every header keeps its whole width (a header word never breaks) and the data
-        columns share the rest: the narrow ones whole, the widest wrapping their text."""
+        columns share the rest: the narrow ones whole, the widest wrapping their text.
+        Only headers that alone are wider than the page (never with our entities' fields:
+        all 16 contact fields fit at 10 pt) get a smaller font of their own."""
         from reportlab.pdfbase.pdfmetrics import stringWidth  # type: ignore[import-untyped]
 
         register_fonts()
