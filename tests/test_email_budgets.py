@@ -328,3 +328,41 @@ def test_a_rendered_subject_follows_the_rule_of_a_given_one(tmp_path: Path, char
         render("hi", {"name": f"a{char}b"}, tenant_dir=directory)
     for space in ("\r\n\t", "\x85", "\u2028", "\x1f"):
         assert render("hi", {"name": f"a{space}b"}, tenant_dir=directory).subject == "Hi a b"
+
+
+# Operations that build strings or lists, with a size argument; composed at random.
+_OPS = [
+    "({x}|center({n}))", "({x}.ljust({n}))", "({x}.zfill({n}))", "({x} * {n})",
+    "({x} ~ {x})", "({x} + {x})", "((({x},) * {n})|join)", "({x}|indent({n}))",
+    "('%0{n}d' % 1)", "('{{:>{n}}}'.format({x}))", "({x}|replace('x', {x}))",
+    "(([{x}] * {n})|join('-'))", "({x}|wordwrap(1, wrapstring={x}))", "({x}|string * 2)",
+]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(_OPS), st.integers(min_value=0, max_value=10**10)),
+        min_size=1, max_size=3,
+    )
+)  # fmt: skip
+def test_composed_operations_stay_within_the_caps(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]]
+) -> None:
+    """Property: any composition of building operations, with any sizes, is refused
+    quickly or renders within the output cap, and never takes much memory."""
+    expr = "'x'"
+    for op, n in ops:
+        expr = op.format(x=expr, n=n)
+    before = _rss_mb()
+    started = time.monotonic()
+    try:
+        directory = register_tenant_template(
+            tmp_path_factory.mktemp("t"), "t1", "c", "{{ " + expr + " }}", SUBJECT
+        )
+    except CrmQueueError as exc:
+        assert "sample values" in str(exc) or "does not" in str(exc)
+    else:
+        assert len(render("c", {}, tenant_dir=directory).html) <= 1_000_000
+    assert time.monotonic() - started < 20
+    assert _rss_mb() - before < 300

@@ -245,6 +245,8 @@ def test_registration_records_what_the_template_needs_and_enqueue_checks_it(
         ("{{ 'x' * 1000000000 }}", "more than a template may build"),
         ("{{ 10 ** 100000 }}", "too large"),
         ("{% if %}", "html template 'bad', line 1"),
+        ("{{ x|no_such_filter }}", "html template 'bad', line 1: No filter named 'no_such_filter'"),
+        ("{% if x is no_such_test %}{% endif %}", "No test named 'no_such_test'"),
         ("{% extends 'missing.html.j2' %}", "missing.html.j2"),
     ],
 )

@@ -165,20 +165,23 @@ def register_tenant_template(
     env = tenant_environment(directory.resolve())
     sources = {"html": html_source, "text": text_source}
     variables: set[str] = set()
+    compiled: list[jinja2.Template] = []
     for kind, source in sources.items():
         try:
             ast = env.parse(source)
+            for problem in _unsafe_access(ast):
+                raise CrmQueueError(f"{kind} template {name!r}: {problem}")
+            # Compiling finds what parsing does not: an unknown filter or test.
+            compiled.append(env.from_string(source))
         except jinja2.TemplateSyntaxError as exc:
             raise CrmQueueError(
                 f"{kind} template {name!r}, line {exc.lineno}: {exc.message}"
             ) from None
-        for problem in _unsafe_access(ast):
-            raise CrmQueueError(f"{kind} template {name!r}: {problem}")
         variables |= template_variables(ast)
     variables -= PROVIDED
     budget = budget or Budget()
     sample_values = _with_both_spellings(sample or {})
-    html_t, text_t = (env.from_string(source) for source in sources.values())
+    html_t, text_t = compiled
     book = _Book()
     failure = _trial_render(
         html_t, text_t, {**_stand_ins(variables, book), **sample_values}, budget
