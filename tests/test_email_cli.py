@@ -123,3 +123,12 @@ def test_preview_prints_and_writes_what_a_template_wrote(
 def test_email_test_refuses_a_bad_address_in_one_line(tmp_path: Path) -> None:
     _one_line_error(_cli(tmp_path, "email", "test", "--to", "a\udce9@example.com"), "--to")
     _one_line_error(_cli(tmp_path, "email", "test", "--to", "not an address"), "to")
+
+
+def test_template_add_into_a_files_directory_it_cannot_write(
+    tmp_path: Path, files: dict[str, str]
+) -> None:
+    (tmp_path / "files").write_text("a file where the directory should be")
+    result = _cli(tmp_path, "email", "template-add", "t", "--tenant", "t1",
+                  "--html", files["ok.html"], "--text", files["ok.txt"])  # fmt: skip
+    _one_line_error(result, "template 't' cannot be stored in")

@@ -221,18 +221,21 @@ def register_tenant_template(
         if _trial_render(html_t, text_t, given, budget) is not None:
             required.append(path)
     declaration = Declaration(tuple(required), tuple(sorted(variables - set(required))))
-    directory.mkdir(parents=True, exist_ok=True)
     files = (
         (".html.j2", html_source),
         (".txt.j2", text_source),
         (DECLARATION_SUFFIX, json.dumps(declaration.to_json(), indent=2) + "\n"),
     )
-    # The declaration first: an enqueue never sees new templates with an old declaration.
-    for suffix, source in reversed(files):
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}", suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(source)
-        os.replace(temporary, directory / f"{name}{suffix}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # The declaration first: an enqueue never sees new templates with an old one.
+        for suffix, source in reversed(files):
+            handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}", suffix=".tmp")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(source)
+            os.replace(temporary, directory / f"{name}{suffix}")
+    except OSError as exc:
+        raise CrmQueueError(f"template {name!r} cannot be stored in {directory}: {exc}") from None
     email_rules.forget_tenant_templates()
     return directory
 
