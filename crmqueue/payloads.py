@@ -33,6 +33,7 @@ from crmqueue.json_text import (
     suspect_dump,
     text_problems,
 )
+from crmqueue.url_rules import IPNetwork, source_problem
 
 __all__ = [
     "DateRange",
@@ -277,6 +278,22 @@ def _email_settings() -> tuple[str, str]:
     return result
 
 
+_source_seen: list[Any] = [None, ("", ())]
+
+
+def _source_settings() -> tuple[str, tuple[IPNetwork, ...]]:
+    """(files.dir, outbound allowed networks) of this process's settings, kept while the
+    broker's settings stay the same object (as `_email_settings`)."""
+    from crmqueue.engine.queues import get_broker
+
+    settings = get_broker().settings
+    seen = _source_seen
+    if seen[0] is not settings:
+        seen[:] = [settings, (str(settings.files.dir), settings.outbound.networks())]
+    result: tuple[str, tuple[IPNetwork, ...]] = seen[1]
+    return result
+
+
 class ImportPayload(Payload):
     user_id: NonEmptyStr
     file_url: NonEmptyStr
@@ -293,6 +310,25 @@ class ImportPayload(Payload):
     # Numbers written 1.250,50: True/False, or None to detect it (files delimited by
     # semicolons, tabs or pipes whose number columns only read that way).
     decimal_comma: bool | None = None
+
+    @field_validator("file_url")
+    @classmethod
+    def _readable_source(cls, value: str, info: ValidationInfo) -> str:
+        """What the worker would refuse on every attempt, as far as the text tells
+        (crmqueue.url_rules.source_problem): a scheme other than file or http(s), a path
+        outside the files directory, an address literal the outbound guard refuses. The
+        files directory and allowed networks come from the validation context's
+        `files_dir` and `allowed_networks`, else the configured ones."""
+        context = info.context or {}
+        files_dir, networks = _source_settings()
+        problem = source_problem(
+            value,
+            str(context.get("files_dir") or files_dir),
+            context.get("allowed_networks", networks),
+        )
+        if problem:
+            raise PydanticCustomError("import_source", "{reason}", {"reason": problem})
+        return value
 
     @field_validator("mapping_config", "duplicate_key")
     @classmethod

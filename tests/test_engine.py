@@ -1013,7 +1013,7 @@ def test_payload_errors_enqueue_nothing(broker: Broker) -> None:
     ) == ["date_range.end_date"]  # fmt: skip
     assert fields(
         lambda: tasks.import_records(
-            tenant_id="t1", user_id="u1", file_url="file:///x.csv", file_type="txt",
+            tenant_id="t1", user_id="u1", file_url="x.csv", file_type="pdf",
             entity_type="contacts", batch_size=0,
         )
     ) == ["file_type", "batch_size"]  # fmt: skip

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from crmqueue.crm import schema
 from crmqueue.crm.store import now, seed
-from crmqueue.errors import PermanentError
+from crmqueue.errors import PayloadError, PermanentError
 from crmqueue.payloads import ExportPayload, ImportPayload
 from crmqueue.workers.import_export import Importer, run_export
 
@@ -56,9 +56,8 @@ def do_import(engine: Any, files: Path, file_url: str, job_id: str | None = None
     data = {"tenant_id": "t1", "user_id": "u1", "file_url": file_url,
             "file_type": file_type, "entity_type": "contacts", **fields}  # fmt: skip
     seen: list[float] = []
-    result = Importer(
-        ImportPayload.model_validate(data), engine, files, job_id, seen.append, on_batch
-    ).run()
+    payload = ImportPayload.model_validate(data, context={"files_dir": files})
+    result = Importer(payload, engine, files, job_id, seen.append, on_batch).run()
     assert seen and seen[-1] == 100 and seen == sorted(seen)
     return result
 
@@ -121,11 +120,15 @@ def test_sources_are_confined_and_mapping_checked(crm_engine: Any, files: Path,
                                                   tmp_path: Path) -> None:  # fmt: skip
     (tmp_path / "secret.csv").write_text(HEADER + "s@x.com,S,T\n")
     name = write(files, "ok.csv", HEADER + "a@x.com,A,B\n")
-    for url, message in [
+    for url, message in [  # refused when the payload is validated (at enqueue) ...
         ("../secret.csv", "outside the files directory"),
         (f"file://{tmp_path}/secret.csv", "outside the files directory"),
         ("https://127.0.0.1/x.csv", "not allowed"),  # the SSRF guard: see test_outbound
         ("ftp://example.com/x.csv", "unsupported"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            do_import(crm_engine, files, url)
+    for url, message in [  # ... or by the worker
         ("missing.csv", "no such file"),
     ]:
         with pytest.raises(PermanentError, match=message):
@@ -410,7 +413,10 @@ def test_consumer_runs_an_enqueued_import_and_export(make_broker: Any, start_con
     assert nobody.state == "completed", nobody.errors
     assert nobody.result["notified"] == {"email": None, "reason": "no user 'u9' in tenant 't1'"}
 
-    bad = tasks.import_records(tenant_id="t1", user_id="u1", file_url="../x.csv",
+    bad = tasks.import_records(tenant_id="t1", user_id="u1", file_url="missing.csv",
                                file_type="csv", entity_type="contacts").wait(30)  # fmt: skip
     assert bad.state == "dead" and bad.attempts == 1
-    assert "outside the files directory" in bad.errors[-1]["message"]
+    assert "no such file under the files directory" in bad.errors[-1]["message"]
+    with pytest.raises(PayloadError, match="outside the files directory"):  # at enqueue
+        tasks.import_records(tenant_id="t1", user_id="u1", file_url="../x.csv",
+                             file_type="csv", entity_type="contacts")  # fmt: skip

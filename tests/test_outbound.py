@@ -604,14 +604,18 @@ def run_import(
     file_type: str = "csv",
     outbound: OutboundSettings | None = None,
 ) -> dict[str, Any]:
+    data = {
+        "tenant_id": "t1",
+        "user_id": "u1",
+        "file_url": url,
+        "file_type": file_type,
+        "entity_type": "contacts",
+    }
+    # Every network allowed at validation: these tests are of the worker's own guard
+    # (what enqueue refuses is tested in test_import_sources.py).
+    anywhere = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
     payload = ImportPayload.model_validate(
-        {
-            "tenant_id": "t1",
-            "user_id": "u1",
-            "file_url": url,
-            "file_type": file_type,
-            "entity_type": "contacts",
-        }
+        data, context={"files_dir": files, "allowed_networks": anywhere}
     )
     return Importer(payload, engine, files, "job-1", lambda _p: None, outbound=outbound).run()
 

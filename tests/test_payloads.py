@@ -45,12 +45,12 @@ def _report(date_range: dict[str, Any]) -> dict[str, Any]:
 
 def test_import_camel_case_from_original_system() -> None:
     raw = json.loads(
-        '{"tenantId": "t1", "userId": "u1", "fileUrl": "file:///x.csv", "fileType": "csv",'
+        '{"tenantId": "t1", "userId": "u1", "fileUrl": "imports/x.csv", "fileType": "csv",'
         ' "entityType": "contacts", "mappingConfig": {"email": "E-mail"}, "dryRun": true}'
     )
     job = validate_payload(ImportPayload, raw)
     assert job.tenant_id == "t1"
-    assert job.file_url == "file:///x.csv"
+    assert job.file_url == "imports/x.csv"
     assert job.mapping_config == {"email": "E-mail"}
     assert job.dry_run is True
     assert job.on_duplicate == "skip"
@@ -176,7 +176,7 @@ def test_date_range_order() -> None:
 
 
 def test_import_limits_and_literals() -> None:
-    base = {"tenantId": "t1", "userId": "u1", "fileUrl": "s3://b/k", "entityType": "contacts"}
+    base = {"tenantId": "t1", "userId": "u1", "fileUrl": "k.csv", "entityType": "contacts"}
     errors = _errors(
         ImportPayload, {**base, "fileType": "docx", "batchSize": 0, "onDuplicate": "merge"}
     )

@@ -61,7 +61,7 @@ def test_each_typed_function_enqueues_on_its_queue(broker: Broker) -> None:
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_generic_enqueue_accepts_the_original_camel_case_json(broker: Broker) -> None:
     original = {
-        "tenantId": "t1", "userId": "u1", "fileUrl": "file:///x.csv", "fileType": "csv",
+        "tenantId": "t1", "userId": "u1", "fileUrl": "contacts.csv", "fileType": "csv",
         "entityType": "contacts", "mappingConfig": {"email": "E-mail"}, "dryRun": True,
     }  # fmt: skip
     job = tasks.enqueue("import-export", original, kind="import")

@@ -160,7 +160,9 @@ def import_command(
     source = Path(file)
     kind = _file_type(file, file_type)
     broker = open_broker()
-    relative = Path("imports") / uuid.uuid4().hex / source.name
+    # The worker reads a path as it is ('#', '?', '%' and all) but for a trailing
+    # '#sheet=Name', which no copy's name may end in.
+    relative = Path("imports") / uuid.uuid4().hex / source.name.replace("#sheet=", "_sheet=")
     target = broker.settings.files.dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)

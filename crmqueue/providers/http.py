@@ -20,7 +20,6 @@ import datetime as dt
 import email.utils
 import ipaddress
 import os
-import re
 import socket
 import tempfile
 import threading
@@ -33,6 +32,12 @@ import urllib3
 from urllib3.util import parse_url
 
 from crmqueue.errors import PermanentError, RetryableError
+
+# The rules a URL's text decides (scheme, address literals), shared with the producers.
+from crmqueue.url_rules import DENIED_NETWORKS as DENIED_NETWORKS
+from crmqueue.url_rules import IPAddress, IPNetwork, is_allowed, parse_ipv4_loose
+from crmqueue.url_rules import embedded_ipv4 as embedded_ipv4
+from crmqueue.url_rules import is_denied as is_denied
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -156,34 +161,8 @@ def raise_for_status(
 
 # --------------------------------------------------------------------------- guarded path
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# REFERENCE "Outbound URLs". `is_global` already refuses most of these, but what it covers
-# has changed between Python versions (3.11 still calls multicast global), so the list is
-# spelled out as well.
-DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(
-    ipaddress.ip_network(cidr)
-    for cidr in (
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "224.0.0.0/3",  # multicast and everything above it
-        "::/128",
-        "::1/128",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    )
-)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 MAX_RESPONSE_BYTES = 1024 * 1024
 _CHUNK = 64 * 1024
-_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
 _guarded: urllib3.PoolManager | None = None
 
@@ -196,61 +175,6 @@ def _guarded_pool() -> urllib3.PoolManager:
         if _guarded is None:
             _guarded = _new_pool(num_pools=32, maxsize=4)
         return _guarded
-
-
-def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one delivers to: IPv4-mapped, NAT64 or 6to4."""
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.sixtofour
-
-
-def is_denied(address: IPAddress) -> bool:
-    """True for an address a tenant-supplied URL must not reach (before the allow-list)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address)
-        if inner is not None and is_denied(inner):
-            return True
-        if address.ipv4_mapped is not None or address in _NAT64:
-            # These prefixes are never "global" or are "reserved" themselves: the IPv4
-            # address they carry decides.
-            return False
-    if any(address in network for network in DENIED_NETWORKS):
-        return True
-    # is_reserved catches the deprecated IPv4-compatible ::a.b.c.d, which 3.11 calls global.
-    return not address.is_global or address.is_reserved
-
-
-def _is_allowed(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> bool:
-    candidates: list[IPAddress] = [address]
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address)
-        if inner is not None:
-            candidates.append(inner)
-    return any(a in network for a in candidates for network in allowed)
-
-
-def parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:
-    """The address inet_aton(3), and so getaddrinfo, reads in `host`: besides dotted quads,
-    hex, octal, integer and short forms such as 0x7f000001, 017700000001, 2130706433 or
-    127.1. `ipaddress` rejects all of these, and the C library would not. One trailing dot
-    is allowed, as browsers allow it."""
-    parts = host.removesuffix(".").split(".")
-    if not 1 <= len(parts) <= 4 or not all(_INET_ATON_PART.fullmatch(p) for p in parts):
-        return None
-    values = [
-        int(p[2:], 16) if p[:2].lower() == "0x" else int(p, 8) if p[0] == "0" else int(p)
-        for p in parts
-    ]
-    *leading, last = values
-    if any(v > 255 for v in leading) or last >= 256 ** (4 - len(leading)):
-        return None
-    number = last
-    for index, value in enumerate(leading):
-        number |= value << (8 * (3 - index))
-    return ipaddress.IPv4Address(number)
 
 
 @dataclass(frozen=True)
@@ -335,7 +259,7 @@ def check_url(
     addresses = [literal] if literal is not None else _resolve(host, port, what)
     allowed = tuple(allowed_networks)
     for address in addresses:
-        if is_denied(address) and not _is_allowed(address, allowed):
+        if is_denied(address) and not is_allowed(address, allowed):
             named = host if literal is not None and exact else f"{host} ({address})"
             raise PermanentError(
                 f"{what}: host {named} is a private, loopback, link-local or reserved address,"

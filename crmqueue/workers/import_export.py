@@ -58,6 +58,7 @@ from crmqueue.formats.readers import (
 from crmqueue.formats.writers import ExportNotes, write_csv, write_xlsx
 from crmqueue.payloads import ExportPayload, ImportPayload
 from crmqueue.providers import http
+from crmqueue.url_rules import source_parts
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,9 @@ def resolve_source(
     """The local file a payload's `file_url` names, confined to the files directory (or,
     for an http(s) URL, downloaded there: see `download_source`), and the sheet named by a
     `#sheet=Name` fragment."""
-    url, _, fragment = file_url.partition("#")
-    sheet = None
-    if fragment.startswith("sheet="):
-        sheet = unquote(fragment[len("sheet=") :]) or None
+    # A path keeps its '#', '?' and '%' (file names have them); a URL's '#' is its fragment.
+    scheme, url, sheet = source_parts(file_url)
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
         path = download_source(
             url, files_dir, file_type or "download", outbound or OutboundSettings()
