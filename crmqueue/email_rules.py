@@ -158,10 +158,11 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, str | int | float)  # bool is an int
 
 
-# A line break, control character or lone surrogate (crmqueue.fields' rule for headers).
-_NOT_LINE_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
-# What a link may not hold: spaces, controls, backslashes, lone surrogates.
-_URL_UNSAFE_RE = re.compile("[\x00-\x20\x7f\\\\\ud800-\udfff]")
+# A line break or control character (crmqueue.fields' rule for headers). NUL and lone
+# surrogates are left to the check of every payload's text, which names the field.
+_NOT_LINE_RE = re.compile("[\x01-\x1f\x7f\x85\u2028\u2029]")
+# What a link may not hold: spaces, controls, backslashes (NUL: as above).
+_URL_UNSAFE_RE = re.compile("[\x01-\x20\x7f\\\\]")
 MAX_URL = 2048
 
 
