@@ -287,8 +287,11 @@ def test_registration_takes_sample_values_for_what_stand_ins_cannot_be(tmp_path:
         ("{{ 1 / zero }}", "ZeroDivisionError"),
         ("{% if %}", "failed"),
         ("{{ missing_thing }}", "'missing_thing' is undefined"),
+        ("{{ 'x'|center(100000000) }}", "more than a template may build"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+         "more than 2s of CPU time"),
     ],
-)
+)  # fmt: skip
 def test_a_template_that_bypassed_registration_kills_its_job_at_once(
     make_broker: Any, start_consumer: Any, html: str, error: str
 ) -> None:
