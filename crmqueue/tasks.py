@@ -155,8 +155,12 @@ def enqueue(
     the original system). `kind` picks one of the queue's built-in kinds, or names a job
     body by its task name (``module.function``) whether or not this process imported it.
 
-    Raises PayloadError naming every bad field (see crmqueue.engine.queues.encode_message
-    for what every payload's text must meet) and ConfigError for an unknown queue."""
+    `priority` is a whole number from -1000 to 1000 (higher runs first); `delay` is
+    seconds from now, `eta` a datetime (naive: local time), one of them, less than ten
+    years away. Raises PayloadError naming every bad field, or the bad option (see
+    crmqueue.engine.queues.encode_message for what every payload's text must meet: among
+    it, at most 64 levels of nested objects and lists, crmqueue.json_text.MAX_DEPTH), and
+    ConfigError for an unknown queue."""
     name, model = _resolve(queue, kind)
     data = _data(model, payload)
     job_id = get_broker().queue(queue).enqueue(name, data, priority=priority, delay=delay, eta=eta)
@@ -250,7 +254,11 @@ def import_records(
     """Import a file's records into the CRM store. `file_url` is a path relative to the
     files directory (``[files] dir``: ``contacts.csv`` is ``<files.dir>/contacts.csv``),
     an absolute path or ``file://`` URL inside it, or an http(s) URL (downloaded through
-    the outbound guard); the worker refuses anything outside the files directory.
+    the outbound guard). What its text shows can never be read (another scheme, a path
+    outside the files directory, an address literal the guard refuses: see
+    crmqueue.url_rules) is a PayloadError here; the worker checks the rest (the file is
+    there, a host name resolves to allowed addresses). A path is taken as it is ('#',
+    '?', '%' included) but for a trailing ``#sheet=Name``.
     `decimal_comma`: numbers written 1.250,50 (True) or not (False); None detects it."""
     fields = {
         "tenant_id": tenant_id, "user_id": user_id, "file_url": file_url,

@@ -259,7 +259,9 @@ class Queue:
         eta: dt.datetime | None = None,
         job_id: str | None = None,
     ) -> str:
-        """Store one job; returns its id. `delay` (seconds) or `eta` schedules it."""
+        """Store one job; returns its id. `delay` (seconds) or `eta` schedules it (see
+        `run_at`). Raises PayloadError naming the tenant_id, priority, delay or eta, or
+        each field whose text no attempt could use (see `encode_message`)."""
         new = self._new_job(name, payload, priority, delay, eta, job_id)
         self.store.enqueue_jobs((new,))
         return new.id
