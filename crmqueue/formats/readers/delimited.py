@@ -25,14 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from crmqueue.errors import PermanentError
-from crmqueue.formats.readers import (
+from crmqueue.formats.readers.table import (
     MAX_CELL_CHARS,
     WHOLE_ROW,
     ProblemRow,
     Row,
     Table,
-    _header,
-    _text,
+    cell_text,
+    header_names,
 )
 
 SNIFF_BYTES = 64 * 1024
@@ -144,7 +144,7 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
     except csv.Error as exc:
         raw.close()
         raise PermanentError(f"{path.name}: row 1 (the header) is not readable: {exc}") from None
-    columns = _header(header)
+    columns = header_names(header)
 
     def rows() -> Iterator[tuple[int, Row]]:
         number = 1
@@ -168,7 +168,7 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
                     continue
                 number += 1
                 open_quote[0] = False  # the record ended: its quotes were balanced
-                values = [_text(cell) for cell in record]
+                values = [cell_text(cell) for cell in record]
                 if not any(values):
                     continue
                 row = dict(zip(columns, values, strict=False))

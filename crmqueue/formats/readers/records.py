@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from crmqueue.errors import PermanentError
-from crmqueue.formats.readers import (
+from crmqueue.formats.readers.table import (
     PEEK_RECORDS,
     WHOLE_ROW,
     ProblemRow,
     Row,
     Table,
-    _header,
-    _text,
+    cell_text,
+    header_names,
 )
 
 SNIFF_BYTES = 64 * 1024
@@ -64,7 +64,7 @@ def _as_row(item: Any) -> Row:
             problems[str(key)] = f"{kind} is not a value: a column takes text, a number or null"
             row[str(key)] = None
         else:
-            row[str(key)] = _text(value)
+            row[str(key)] = cell_text(value)
     return ProblemRow(row, problems) if problems else row
 
 
@@ -84,7 +84,7 @@ def _finish(path: Path, raw: IO[str], records: Iterator[tuple[int, Row]], progre
     except BaseException:
         raw.close()
         raise
-    columns = _header(list(dict.fromkeys(key for _, row in peeked for key in row)))
+    columns = header_names(list(dict.fromkeys(key for _, row in peeked for key in row)))
     if not columns and peeked:
         raw.close()
         raise PermanentError(f"{path.name}: the records have no fields")

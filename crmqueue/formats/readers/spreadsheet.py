@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from crmqueue.errors import PermanentError
-from crmqueue.formats.readers import ProblemRow, Row, Table, _header, _text
+from crmqueue.formats.readers.table import ProblemRow, Row, Table, cell_text, header_names
 
 XLSX_MAX_UNCOMPRESSED = 1024 * 1024 * 1024  # 1 GiB of XML inside the zip
 XLSX_MAX_RATIO = 200  # uncompressed / compressed: beyond this it is a zip bomb
@@ -343,7 +343,7 @@ def _rows(
 ) -> Iterator[tuple[int, Row]]:
     """(number, row) from (number, values): blank rows skipped, formula cells refused."""
     for number, values in records:
-        cells = [_text(value) for value in values]
+        cells = [cell_text(value) for value in values]
         if not any(cells):
             continue
         row = dict(zip(columns, cells, strict=False))
@@ -360,8 +360,8 @@ def _rows(
 
 def _header_row(records: Iterator[tuple[int, list[Any]]], path: Path, sheet: str) -> list[str]:
     for _number, values in records:
-        if any(_text(value) for value in values):
-            return _header(values)
+        if any(cell_text(value) for value in values):
+            return header_names(values)
     raise PermanentError(f"{path.name}: the sheet {sheet!r} is empty")
 
 
