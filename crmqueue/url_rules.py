@@ -63,6 +63,8 @@ DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+# What an IPv4 literal in any inet_aton(3) form is written with (IPv6 ones have a ':').
+_LITERAL_CHARS = re.compile(r"[0-9a-fA-FxX.]+")
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -138,6 +140,8 @@ def literal_problem(url: str, allowed_networks: Iterable[IPNetwork] = ()) -> str
         return "the URL has no host"
     if "%" in host:
         return f"host {host}: IPv6 zone indexes are not allowed"
+    if ":" not in host and not _LITERAL_CHARS.fullmatch(host):
+        return None  # a name (a letter beyond a-f, x): the worker resolves and checks it
     address: IPAddress | None
     try:
         address = ipaddress.ip_address(host)
@@ -163,16 +167,17 @@ class Source(NamedTuple):
 
 
 _SHEET = "#sheet="
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def source_parts(file_url: str) -> Source:
     """`file_url` split as the worker reads it. In a URL (``file://``, ``https://``) a '#'
     starts the fragment (a '#' in a file name is written %23). A path is taken as it is,
     '#', '?', '%', spaces and all, but for a trailing ``#sheet=Name``."""
-    try:
-        scheme = urlsplit(file_url).scheme.lower()
-    except ValueError:
-        scheme = ""
+    # urlsplit's own rule for a scheme (RFC 3986 section 3.1), at a fraction of its cost:
+    # this runs for every import enqueued.
+    found = _SCHEME.match(file_url)
+    scheme = found.group(1).lower() if found else ""
     if scheme:
         location, _, fragment = file_url.partition("#")
         sheet = unquote(fragment[len("sheet=") :]) if fragment.startswith("sheet=") else None
@@ -208,6 +213,8 @@ def source_problem(
         )
     if "\x00" in path:
         return "a path cannot hold NUL"
+    if path[:1] != "/" and ".." not in path and path.strip("./"):
+        return None  # relative, no way up: inside (the common case, without path calls)
     base = os.path.abspath(files_dir)
     full = os.path.normpath(os.path.join(base, path))  # an absolute path replaces base
     if full == base:
