@@ -176,8 +176,8 @@ def source_parts(file_url: str) -> Source:
     '#', '?', '%', spaces and all, but for a trailing ``#sheet=Name``."""
     # urlsplit's own rule for a scheme (RFC 3986 section 3.1), at a fraction of its cost:
     # this runs for every import enqueued.
-    found = _SCHEME.match(file_url)
-    scheme = found.group(1).lower() if found else ""
+    prefix = _SCHEME.match(file_url)
+    scheme = prefix.group(1).lower() if prefix else ""
     if scheme:
         location, _, fragment = file_url.partition("#")
         sheet = unquote(fragment[len("sheet=") :]) if fragment.startswith("sheet=") else None
