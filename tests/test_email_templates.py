@@ -203,6 +203,46 @@ def test_context_is_found_under_either_spelling_at_any_depth(
     assert "Ann: 5 7" in rendered.text
 
 
+def test_nested_mappings_answer_either_spelling_but_show_only_what_was_given(
+    tmp_path: Path,
+) -> None:
+    html = (
+        '{% extends "_layout.html.j2" %}{% block content %}'
+        "{% for key, value in deal.items() %}[{{ key }}={{ value }}]{% endfor %}"
+        "{{ deal.close_date }}/{{ deal['closeDate'] }}/{{ deal|tojson }}{% endblock %}"
+    )
+    text = "{% block subject %}Deal {{ deal.closeDate }}{% endblock %}{{ deal.close_date }}"
+    sample = {"deal": {"closeDate": "2025-01-01"}}
+    directory = register_tenant_template(tmp_path, "t1", "deal", html, text, sample=sample)
+    for given, other in (("closeDate", "close_date"), ("close_date", "closeDate")):
+        rendered = render("deal", {"deal": {given: "2025-01-01"}}, tenant_dir=directory)
+        assert rendered.subject == "Deal 2025-01-01"
+        assert f"[{given}=2025-01-01]2025-01-01/2025-01-01/" in rendered.html
+        assert other not in rendered.html  # the loop and |tojson see the key once
+    # A built-in that prints what it was given prints it as given.
+    rendered = render(
+        "export-ready",
+        {"entity_type": "contacts", "download_url": "https://x.example/f",
+         "warnings": [{"rowNumber": 3}]},
+    )  # fmt: skip
+    assert "row_number" not in rendered.text and "rowNumber" in rendered.text
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("<p>Hi {{ name }}</p>", "Hi {{ name }}"),
+        ('{% include "welcome.html.j2" %}', '{% include "welcome.txt.j2" %}'),
+        ('{% extends "_layout.html.j2" %}', '{% extends "_layout.txt.j2" %}'),
+    ],
+)
+def test_a_tenant_template_without_a_subject_is_refused_when_registered(
+    tmp_path: Path, html: str, text: str
+) -> None:
+    with pytest.raises(CrmQueueError, match="has no subject: give it"):
+        register_tenant_template(tmp_path, "t1", "nolayout", html, text)
+
+
 # --------------------------------------------------------------------------- tenant templates
 
 

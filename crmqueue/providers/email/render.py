@@ -182,6 +182,11 @@ def register_tenant_template(
     budget = budget or Budget()
     sample_values = _with_both_spellings(sample or {})
     html_t, text_t = compiled
+    if "subject" not in text_t.blocks:
+        raise CrmQueueError(
+            f"text template {name!r} has no subject: give it"
+            " {% block subject %}...{% endblock %} (the subject of every email sent with it)"
+        )
     book = _Book()
     failure = _trial_render(
         html_t, text_t, {**_stand_ins(variables, book), **sample_values}, budget
@@ -247,9 +252,9 @@ def _without(values: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any
 def _without_path(values: Mapping[str, Any], path: str) -> dict[str, Any]:
     """`values` without the nested key `path` (``user.first_name``), either spelling."""
     head, _, rest = path.partition(".")
-    out = dict(values)
+    out = _EitherSpelling(values) if isinstance(values, _EitherSpelling) else dict(values)
     for key in email_rules.spellings(head):
-        if key not in out:
+        if not dict.__contains__(out, key):  # as stored, not as looked up
             continue
         if not rest:
             del out[key]
@@ -456,18 +461,44 @@ class _Sample(str):
     __le__ = __gt__ = __ge__ = __lt__
 
 
+class _EitherSpelling(dict[Any, Any]):
+    """A nested context mapping that answers a key under its other spelling too
+    (``user.firstName`` finds ``first_name``) without adding keys: a template that loops
+    over it (``deal.items()``, ``|tojson``) sees only what was given."""
+
+    def __missing__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            for spelling in email_rules.spellings(key):
+                if spelling != key and dict.__contains__(self, spelling):
+                    return dict.__getitem__(self, spelling)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        return isinstance(key, str) and any(
+            dict.__contains__(self, spelling) for spelling in email_rules.spellings(key)
+        )
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (self.get is this method)
+
+
 def _with_both_spellings(value: Any, depth: int = 0) -> Any:
-    """`value` with every mapping key also under its other spelling (first_name and
-    firstName), through nested mappings and lists; a key given in both keeps both."""
+    """`value` with every mapping key also found under its other spelling (first_name and
+    firstName), through nested mappings and lists. The top level gets both keys (Jinja
+    copies it into its own context); nested mappings answer either spelling as they are."""
     if depth > _MAX_DEPTH:
         return value
     if isinstance(value, Mapping):
-        out = {key: _with_both_spellings(item, depth + 1) for key, item in value.items()}
-        for key, item in list(out.items()):
+        items = {key: _with_both_spellings(item, depth + 1) for key, item in value.items()}
+        if depth:
+            return _EitherSpelling(items)
+        for key, item in list(items.items()):
             if isinstance(key, str):
                 for spelling in email_rules.spellings(key):
-                    out.setdefault(spelling, item)
-        return out
+                    items.setdefault(spelling, item)
+        return items
     if isinstance(value, list | tuple):
         return [_with_both_spellings(item, depth + 1) for item in value]
     return value
