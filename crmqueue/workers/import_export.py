@@ -264,6 +264,7 @@ class Importer:
         )
         self.source_for = {field: col for field, col in self.mapping.items()}
         self.used_columns = set(self.mapping.values())
+        self.column_set = set(table.columns)
         self.decimal_comma = self._decimal_comma(table)
         # Read by crmqueue.crm.entities: serial numbers in date columns, decimal commas.
         self.row_context = {
@@ -381,13 +382,22 @@ class Importer:
             problems = [
                 (column, reason)
                 for column, reason in row.problems.items()
-                if column == WHOLE_ROW or column in self.used_columns
+                if column == WHOLE_ROW
+                or column in self.used_columns
+                or (column not in self.column_set and self._would_map(column))
             ]
         if not cells_fine(data.values()):
             for field, value in data.items():
                 if value is not None and (reason := cell_problem(value)) is not None:
                     problems.append((self.source_for[field], reason))
         return problems
+
+    def _would_map(self, key: str) -> bool:
+        """Whether a key first seen after the columns were learned (JSON) would have been
+        used had it been among them: with mapping_config only its columns are used (all
+        of them are in the file), without it a key naming a field would map (or clash
+        with the column naming it). A key naming no field is ignored in every row."""
+        return not self.p.mapping_config and header_field(self.p.entity_type, key) is not None
 
     def _refuse(self, number: int, row: Row, reasons: list[tuple[str, str]]) -> None:
         for column, reason in reasons:

@@ -1,7 +1,10 @@
 """Delimited text: CSV, TSV and TXT.
 
-- Encoding: UTF-8 (with or without BOM), or cp1252 (Windows-1252) when the file's bytes
-  outside ASCII are mostly not UTF-8. Bytes not valid in the chosen encoding are decoded
+- Encoding: UTF-16/32 when the file starts with their byte order mark (Excel's "Unicode
+  Text"); else UTF-8 (with or without BOM), or, when the file's bytes outside ASCII are
+  mostly not UTF-8, the legacy encoding charset-normalizer detects in the first 64 KiB
+  if it is one of a script cp1252 cannot spell (Shift-JIS, GBK, cp1251, KOI8-R ...),
+  else cp1252 (Windows-1252). Bytes not valid in the chosen encoding are decoded
   with `surrogateescape`, so only their rows are refused (crmqueue.formats.readers.
   cell_problem), not the file.
 - Delimiter: comma, semicolon, tab or pipe, whichever splits the first 64 KiB into records
@@ -9,6 +12,10 @@
   spans lines or holds another candidate delimiter does not fool it (csv.Sniffer counts
   characters per line and does). clevercsv was evaluated for this and chose ';' for 26 of
   90 variants of exactly that case (comma files with quoted multi-line notes holding ';').
+- Excel's first-line hint `sep=;` names the delimiter and is not the header.
+- A file ending inside a quoted cell, or a row with non-empty fields beyond the header,
+  is that row's problem: the rest of the file read as one cell, or a cell split in two,
+  would be silently wrong values.
 - A record the csv module cannot read (a cell over MAX_CELL_CHARS) is that row's problem:
   reading resumes after the record's closing quote.
 """
@@ -31,14 +38,19 @@ from crmqueue.formats.readers.table import (
     ProblemRow,
     Row,
     Table,
+    bom_encoding,
     cell_text,
     header_names,
+    looks_binary,
 )
 
 SNIFF_BYTES = 64 * 1024
 DELIMITERS = {"csv": ",;\t|", "txt": ",;\t|", "tsv": "\t,;|"}  # ties go to the first
 _ESCAPED = re.compile("[\udc80-\udcff]")
 _HIGH_BYTES = bytes(range(128, 256))
+# Excel's first-line hint naming the delimiter ("sep=;"), optionally quoted; "\\t" as
+# two characters is taken for a tab too.
+_SEP_HINT = re.compile(r'"?sep=(\\t|[,;\t|])"?\r?\n')
 
 
 def _detect_encoding(path: Path) -> tuple[str, list[str]]:
@@ -61,7 +73,68 @@ def _detect_encoding(path: Path) -> tuple[str, list[str]]:
         return "utf-8-sig", [
             f"{invalid} byte(s) are not valid UTF-8: the rows holding them are refused"
         ]
+    with path.open("rb") as handle:
+        sample = handle.read(SNIFF_BYTES)
+    guessed = _non_western_encoding(sample)
+    if guessed is not None:
+        return guessed, [f"the file is not valid UTF-8: decoded as {guessed} (detected)"]
     return "cp1252", ["the file is not valid UTF-8: decoded as cp1252 (Windows-1252)"]
+
+
+# Encodings charset-normalizer may name that are taken over cp1252: legacy code pages of
+# scripts cp1252 cannot spell (CJK, Cyrillic, Greek, Hebrew, Arabic, Thai). Its guesses
+# among Latin code pages (cp1250, cp775, mac_latin2 ...) for Western text are ignored:
+# Excel on Western Windows writes cp1252.
+_NON_WESTERN = frozenset(
+    [
+        "cp932",
+        "shift_jis",
+        "shift_jis_2004",
+        "shift_jisx0213",
+        "euc_jp",
+        "euc_jis_2004",
+        "iso2022_jp",
+        "gb2312",
+        "gbk",
+        "gb18030",
+        "hz",
+        "big5",
+        "big5hkscs",
+        "cp950",
+        "cp949",
+        "euc_kr",
+        "johab",
+        "cp1251",
+        "koi8_r",
+        "koi8_u",
+        "mac_cyrillic",
+        "iso8859_5",
+        "cp866",
+        "cp855",
+        "cp1253",
+        "iso8859_7",
+        "cp1255",
+        "iso8859_8",
+        "cp1256",
+        "iso8859_6",
+        "cp874",
+        "tis_620",
+    ]
+)
+MIN_EVIDENCE_BYTES = 32  # fewer non-ASCII bytes than this: too few to tell encodings apart
+
+
+def _non_western_encoding(sample: bytes) -> str | None:
+    """The non-Western encoding charset-normalizer finds for `sample` (the file's first
+    SNIFF_BYTES) when it names one with a language, else None (cp1252 stays)."""
+    if len(sample) - len(sample.translate(None, _HIGH_BYTES)) < MIN_EVIDENCE_BYTES:
+        return None
+    from charset_normalizer import from_bytes  # only for files that are not UTF-8
+
+    best = from_bytes(sample).best()
+    if best is None or best.encoding not in _NON_WESTERN or best.language == "Unknown":
+        return None
+    return str(best.encoding)
 
 
 def _records(text: str, delimiter: str, skip_space: bool) -> list[list[str]]:
@@ -106,19 +179,46 @@ def _skips_space(sample: str, delimiter: str) -> bool:
     return total > 0 and sample.count(delimiter + " ") >= 0.9 * total
 
 
+def _quote_left_open(text: str, delimiter: str, skip_space: bool) -> bool:
+    """Whether `text` (one record's lines, at the end of the file) ends inside a quoted
+    cell: the csv module, not strict, returns such a record as if the quote closed."""
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
+        skipinitialspace=skip_space, strict=True,
+    )  # fmt: skip
+    try:
+        for _ in reader:
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
 def read_delimited(path: Path, file_type: str = "csv") -> Table:
     with path.open("rb") as handle:
         sample = handle.read(SNIFF_BYTES)
-    if b"\x00" in sample:
+    bom = bom_encoding(sample)
+    if bom is None and looks_binary(sample):
         raise PermanentError(
-            f"{path.name}: not a text file (it contains NUL bytes; binary or UTF-16?)"
+            f"{path.name}: not a text file (it contains NUL bytes; binary, or UTF-16"
+            " without a byte order mark?)"
         )
-    if not sample.lstrip(codecs.BOM_UTF8).strip():
-        raise PermanentError(f"{path.name}: the file is empty")
-    encoding, notes = _detect_encoding(path)
+    if bom is not None:
+        encoding, notes = bom, [f"decoded as {bom} (byte order mark)"]
+    else:
+        encoding, notes = _detect_encoding(path)
     text = sample.decode(encoding, errors="ignore")
+    if not text.lstrip("\ufeff").strip():
+        raise PermanentError(f"{path.name}: the file is empty")
     truncated = len(sample) == SNIFF_BYTES
-    delimiter = detect_delimiter(text, DELIMITERS.get(file_type, DELIMITERS["csv"]), truncated)
+    hint = _SEP_HINT.match(text.lstrip("\ufeff"))
+    if hint is not None:
+        delimiter = "\t" if hint.group(1) == "\\t" else hint.group(1)
+        notes.append(
+            f"delimiter {delimiter!r} from the file's first line {hint.group(0).strip()!r}"
+        )
+    else:
+        delimiter = detect_delimiter(text, DELIMITERS.get(file_type, DELIMITERS["csv"]), truncated)
     skip_space = _skips_space(text, delimiter)
     if csv.field_size_limit() < MAX_CELL_CHARS:
         csv.field_size_limit(MAX_CELL_CHARS)  # process-wide; only ever raised
@@ -127,14 +227,23 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
     # Quote parity over the lines of the record being read: odd while a quoted cell is
     # open. Lets a record the csv module gave up on be skipped to its end.
     open_quote = [False]
+    # The lines of the record being read, and whether the file has ended: a record the
+    # file ends in while a quoted cell is open is refused, not imported with the rest of
+    # the file as its cell.
+    record_lines: list[str] = []
+    at_end = [False]
 
     def lines() -> Iterator[str]:
         for line in raw:
             if line.count('"') % 2:
                 open_quote[0] = not open_quote[0]
+            record_lines.append(line)
             yield line
+        at_end[0] = True
 
     source = lines()
+    if hint is not None:
+        next(source)  # the "sep=" line: not the header
     reader = csv.reader(source, delimiter=delimiter, quotechar='"', skipinitialspace=skip_space)
     try:
         header = next(reader)
@@ -145,11 +254,20 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
         raw.close()
         raise PermanentError(f"{path.name}: row 1 (the header) is not readable: {exc}") from None
     columns = header_names(header)
+    width = len(columns)
+    first_row = 2 if hint is None else 3
+
+    def unclosed(number: int) -> str:
+        return (
+            f"a quote opened in row {number} is never closed: the rest of the file was read"
+            " as this cell"
+        )
 
     def rows() -> Iterator[tuple[int, Row]]:
-        number = 1
+        number = first_row - 1
         try:
             while True:
+                record_lines.clear()
                 try:
                     record = next(reader)
                 except StopIteration:
@@ -158,23 +276,42 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
                     number += 1
                     while open_quote[0] and next(source, None) is not None:
                         pass
+                    never_closed = open_quote[0]  # the file ended inside the quote
                     open_quote[0] = False
+                    record_lines.clear()
                     reason = (
-                        f"a cell is over the import's limit of {MAX_CELL_CHARS:,} characters"
+                        unclosed(number)
+                        if never_closed
+                        else f"a cell is over the import's limit of {MAX_CELL_CHARS:,} characters"
                         if "field limit" in str(exc)
                         else f"not readable as delimited text: {exc}"
                     )
                     yield number, ProblemRow({}, {WHOLE_ROW: reason})
                     continue
                 number += 1
+                ended_open = (
+                    open_quote[0]
+                    and at_end[0]
+                    and _quote_left_open("".join(record_lines), delimiter, skip_space)
+                )
                 open_quote[0] = False  # the record ended: its quotes were balanced
                 values = [cell_text(cell) for cell in record]
                 if not any(values):
                     continue
-                row = dict(zip(columns, values, strict=False))
-                if len(values) > len(columns):
-                    row["__extra__"] = delimiter.join(v or "" for v in values[len(columns) :])
-                yield number, row
+                row: Row = dict(zip(columns, values, strict=False))
+                problems: dict[str, str] = {}
+                if ended_open:
+                    problems[WHOLE_ROW] = unclosed(number)
+                elif len(values) > width:
+                    extra = len(values) - width
+                    while extra and values[width + extra - 1] is None:
+                        extra -= 1  # empty trailing fields (trailing delimiters) are fine
+                    if extra:
+                        problems[WHOLE_ROW] = (
+                            f"row has {extra} more field{'s' if extra > 1 else ''} than the"
+                            f" header ({width} columns): a delimiter inside an unquoted cell?"
+                        )
+                yield number, ProblemRow(row, problems) if problems else row
         finally:
             raw.close()
 

@@ -14,7 +14,6 @@ JSON stops the import, naming the item, as nothing after the fault can be truste
 
 from __future__ import annotations
 
-import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +26,10 @@ from crmqueue.formats.readers.table import (
     ProblemRow,
     Row,
     Table,
+    bom_encoding,
     cell_text,
     header_names,
+    looks_binary,
 )
 
 SNIFF_BYTES = 64 * 1024
@@ -40,17 +41,21 @@ _DECODER = json.JSONDecoder(parse_float=str, parse_int=str)
 _WHITESPACE = " \t\r\n"
 
 
+_TOO_DEEP = "nested too deeply to read (more levels of arrays or objects than Python allows)"
+
+
 def read_json(path: Path) -> Table:
     with path.open("rb") as handle:
         head = handle.read(SNIFF_BYTES)
-    if b"\x00" in head:
+    encoding = bom_encoding(head) or "utf-8-sig"
+    if encoding == "utf-8-sig" and looks_binary(head):
         raise PermanentError(f"{path.name}: not a UTF-8 JSON file (it contains NUL bytes)")
-    stripped = head.lstrip(codecs.BOM_UTF8).lstrip()
+    stripped = head.decode(encoding, errors="ignore").lstrip("\ufeff" + _WHITESPACE)
     if not stripped:
         raise PermanentError(f"{path.name}: the file is empty")
-    if stripped.startswith(b"["):
-        return _json_array(path)
-    return _json_lines(path)
+    if stripped.startswith("["):
+        return _json_array(path, encoding)
+    return _json_lines(path, encoding)
 
 
 def _as_row(item: Any) -> Row:
@@ -68,13 +73,17 @@ def _as_row(item: Any) -> Row:
     return ProblemRow(row, problems) if problems else row
 
 
-def _open(path: Path) -> IO[str]:
-    return path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="")
+def _open(path: Path, encoding: str) -> IO[str]:
+    return path.open("r", encoding=encoding, errors="surrogateescape", newline="")
 
 
-def _finish(path: Path, raw: IO[str], records: Iterator[tuple[int, Row]], progress: Any) -> Table:
+def _finish(
+    path: Path, raw: IO[str], records: Iterator[tuple[int, Row]], progress: Any, encoding: str
+) -> Table:
     """Peek PEEK_RECORDS records to learn the columns (the keys of all of them, in order
-    of appearance), then stream the rest."""
+    of appearance), then stream the rest. A later record's key not among them is that
+    record's problem, under the key's own name (not a column): the importer refuses the
+    row when the key would have mapped to a field, rather than lose its value."""
     peeked: list[tuple[int, Row]] = []
     try:
         for item in records:
@@ -84,23 +93,32 @@ def _finish(path: Path, raw: IO[str], records: Iterator[tuple[int, Row]], progre
     except BaseException:
         raw.close()
         raise
-    columns = header_names(list(dict.fromkeys(key for _, row in peeked for key in row)))
+    keys = list(dict.fromkeys(key for _, row in peeked for key in row))
+    columns = header_names(keys)
     if not columns and peeked:
         raw.close()
         raise PermanentError(f"{path.name}: the records have no fields")
+    known = set(keys)
+    late = f"field first seen after record {PEEK_RECORDS:,}: it was not among the columns"
 
     def rows() -> Iterator[tuple[int, Row]]:
         try:
             yield from peeked
-            yield from records
+            for number, row in records:
+                if not known.issuperset(row):
+                    problems = dict(getattr(row, "problems", {}))
+                    problems.update((key, late) for key in row if key not in known)
+                    row = ProblemRow(row, problems)
+                yield number, row
         finally:
             raw.close()
 
-    return Table(columns, rows(), [], "utf-8", progress)
+    name = "utf-8" if encoding == "utf-8-sig" else encoding
+    return Table(columns, rows(), [], name, progress)
 
 
-def _json_array(path: Path) -> Table:
-    raw = _open(path)
+def _json_array(path: Path, encoding: str) -> Table:
+    raw = _open(path, encoding)
     size = max(1, path.stat().st_size)
     state = {"read": 0}
 
@@ -140,6 +158,7 @@ def _json_array(path: Path) -> Table:
             elif char == "]" and expect in ("item", ","):
                 return
             elif expect in ("item", "next"):
+                row: Row | None = None
                 while True:
                     try:
                         item, end = _DECODER.raw_decode(buffer, pos)
@@ -149,21 +168,52 @@ def _json_array(path: Path) -> Table:
                     except json.JSONDecodeError as exc:
                         if at_end or len(buffer) - pos > MAX_ITEM_CHARS:
                             raise fail(exc.msg) from None
+                    except RecursionError:
+                        skipped = _nested_end(buffer, pos)
+                        if skipped is not None:
+                            end, row = skipped, ProblemRow({}, {WHOLE_ROW: _TOO_DEEP})
+                            break
+                        if at_end or len(buffer) - pos > MAX_ITEM_CHARS:
+                            raise fail(_TOO_DEEP) from None
                     if not fill():
                         continue
                 pos, expect, number = end, ",", number + 1
-                yield number, _as_row(item)
+                yield number, _as_row(item) if row is None else row
             else:
                 raise fail(f"unexpected {char!r}")
 
     def progress() -> float:
         return 1.0 if raw.closed else min(1.0, state["read"] / size)
 
-    return _finish(path, raw, items(), progress)
+    return _finish(path, raw, items(), progress, encoding)
 
 
-def _json_lines(path: Path) -> Table:
-    raw = _open(path)
+def _nested_end(text: str, start: int) -> int | None:
+    """The end of the array or object opening at `start` (None: not within `text`),
+    counting brackets outside strings: the item is skipped without being decoded."""
+    depth, in_string, escaped = 0, False, False
+    for index in range(start, len(text)):
+        char = text[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return None
+
+
+def _json_lines(path: Path, encoding: str) -> Table:
+    raw = _open(path, encoding)
     size = max(1, path.stat().st_size)
     state = {"read": 0}
 
@@ -177,8 +227,15 @@ def _json_lines(path: Path) -> Table:
             except json.JSONDecodeError as exc:
                 yield number, ProblemRow({}, {WHOLE_ROW: f"not valid JSON: {exc}"})
                 continue
+            except RecursionError:
+                yield number, ProblemRow({}, {WHOLE_ROW: _TOO_DEEP})
+                continue
             yield number, _as_row(item)
 
     return _finish(
-        path, raw, lines(), lambda: 1.0 if raw.closed else min(1.0, state["read"] / size)
+        path,
+        raw,
+        lines(),
+        lambda: 1.0 if raw.closed else min(1.0, state["read"] / size),
+        encoding,
     )

@@ -56,6 +56,35 @@ class Table:
         return self._progress() if self._progress else None
 
 
+# Byte order marks, longest first (UTF-32 LE's starts with UTF-16 LE's): Excel's "Unicode
+# Text" (.txt) export is UTF-16 LE with a BOM. The codec named reads and drops the BOM.
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def bom_encoding(head: bytes) -> str | None:
+    """The UTF-16 or UTF-32 codec a file's first bytes announce with a BOM (None: no such
+    BOM; UTF-8's BOM is left to the readers' "utf-8-sig")."""
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding
+    return None
+
+
+def looks_binary(head: bytes) -> bool:
+    """Whether a file's first bytes (without a UTF-16/32 BOM) are clearly not text: a NUL
+    in the first line (binary, or UTF-16 without a BOM) or more than 8 NULs and more than
+    1 in 1,000 bytes. A stray NUL further on is only its row's problem (cell_problem)."""
+    if b"\x00" not in head:
+        return False
+    first_line = head.split(b"\n", 1)[0]
+    return b"\x00" in first_line or head.count(b"\x00") > max(8, len(head) // 1000)
+
+
 _NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
