@@ -280,3 +280,9 @@ def test_legacy_encodings_are_detected(engine: Any, files: Path, codec: str) -> 
     result = do_import(engine, files, name)
     assert errors(result) == []
     assert contacts(engine, "email", "first_name", "last_name", "company") == rows
+
+
+def test_too_little_text_to_detect_keeps_cp1252_and_says_so(files: Path) -> None:
+    name = write(files, "tiny.csv", "email,first_name\nr@x.com,Иван\n".encode("cp1251"))
+    table = open_table(files / name, "csv", None)
+    assert table.encoding == "cp1252" and "save it as UTF-8" in table.notes[0]

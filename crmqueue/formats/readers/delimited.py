@@ -78,7 +78,14 @@ def _detect_encoding(path: Path) -> tuple[str, list[str]]:
     guessed = _non_western_encoding(sample)
     if guessed is not None:
         return guessed, [f"the file is not valid UTF-8: decoded as {guessed} (detected)"]
-    return "cp1252", ["the file is not valid UTF-8: decoded as cp1252 (Windows-1252)"]
+    note = "the file is not valid UTF-8: decoded as cp1252 (Windows-1252)"
+    if _high_bytes(sample) < MIN_EVIDENCE_BYTES:
+        note += " (too little non-ASCII text to detect another encoding: save it as UTF-8)"
+    return "cp1252", [note]
+
+
+def _high_bytes(data: bytes) -> int:
+    return len(data) - len(data.translate(None, _HIGH_BYTES))
 
 
 # Encodings charset-normalizer may name that are taken over cp1252: legacy code pages of
@@ -127,7 +134,7 @@ MIN_EVIDENCE_BYTES = 32  # fewer non-ASCII bytes than this: too few to tell enco
 def _non_western_encoding(sample: bytes) -> str | None:
     """The non-Western encoding charset-normalizer finds for `sample` (the file's first
     SNIFF_BYTES) when it names one with a language, else None (cp1252 stays)."""
-    if len(sample) - len(sample.translate(None, _HIGH_BYTES)) < MIN_EVIDENCE_BYTES:
+    if _high_bytes(sample) < MIN_EVIDENCE_BYTES:
         return None
     from charset_normalizer import from_bytes  # only for files that are not UTF-8
 
