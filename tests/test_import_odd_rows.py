@@ -286,3 +286,16 @@ def test_too_little_text_to_detect_keeps_cp1252_and_says_so(files: Path) -> None
     name = write(files, "tiny.csv", "email,first_name\nr@x.com,Иван\n".encode("cp1251"))
     table = open_table(files / name, "csv", None)
     assert table.encoding == "cp1252" and "save it as UTF-8" in table.notes[0]
+
+
+def test_quote_never_closed_over_the_cell_limit_says_so(files: Path) -> None:
+    from crmqueue.formats.readers import MAX_CELL_CHARS
+
+    rest = "".join(f"s{i}@example.com,Name{i}\n" for i in range(MAX_CELL_CHARS // 20 + 10))
+    name = write(files, "q.csv", 'email,first_name\ns0@example.com,A\ns1@example.com,"Ann\n' + rest)
+    rows = list(open_table(files / name, "csv", None).rows)
+    assert [n for n, _ in rows] == [2, 3]
+    row = rows[1][1]
+    assert isinstance(row, ProblemRow)
+    assert row.problems == {WHOLE_ROW: "a quote opened in row 3 is never closed: the rest of"
+                            " the file was read as this cell"}  # fmt: skip
