@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (redis-server,
-# the Python packages), then lint, format check, types and pytest. Extra arguments go to pytest.
+# the Python packages), then lint, format check, types and pytest. Extra arguments go to
+# pytest (one run, as given); without them the suite runs in two parts: everything but the
+# timing-sensitive files on both cores (pytest-xdist, a file per worker), then those files
+# (marked `serial` in tests/conftest.py) on their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -11,4 +14,8 @@ bash scripts/setup.sh dev
 .venv/bin/ruff check crmqueue tests bench
 .venv/bin/ruff format --check crmqueue tests bench
 .venv/bin/mypy crmqueue
-.venv/bin/pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/pytest "$@"
+fi
+.venv/bin/pytest -n 2 --dist loadfile -m "not serial"
+.venv/bin/pytest -m serial

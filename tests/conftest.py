@@ -23,6 +23,19 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Files whose tests measure a real process's timing (signals, kills, time limits, start-up)
+# or build the executable: scripts/test.sh runs them on their own after the rest has run
+# in parallel (pytest -m serial / -m "not serial").
+SERIAL_FILES = frozenset(
+    {"test_reliability.py", "test_executable.py", "test_cli.py", "test_import_crash.py"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
 if str(ROOT) not in sys.path:
     # Fixture job bodies are named tests.fixture_jobs.<func>: the repository root must be
     # importable whatever the import mode and working directory.
