@@ -36,6 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in SERIAL_FILES:
             item.add_marker(pytest.mark.serial)
+
+
 if str(ROOT) not in sys.path:
     # Fixture job bodies are named tests.fixture_jobs.<func>: the repository root must be
     # importable whatever the import mode and working directory.
