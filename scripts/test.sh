@@ -17,5 +17,5 @@ bash scripts/setup.sh dev
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/pytest "$@"
 fi
-.venv/bin/pytest -n 2 --dist loadfile -m "not serial"
-.venv/bin/pytest -m serial
+.venv/bin/pytest -n 2 --dist loadfile -m "not serial" --durations=10
+.venv/bin/pytest -m serial --durations=10

@@ -27,8 +27,8 @@ for i = 0, n - 1 do
 end
 if #waiting > 0 then redis.call('ZADD', queue_key('waiting'), unpack(waiting)) end
 -- Scheduled jobs wake a consumer too: it learns the new due time instead of sleeping on.
-if woke > 0 then
-  redis.call('LPUSH', queue_key('wake'), '1')
+-- The wake list is kept short; LPUSH returns its length, so it is trimmed only when long.
+if woke > 0 and redis.call('LPUSH', queue_key('wake'), '1') > 64 then
   redis.call('LTRIM', queue_key('wake'), 0, 63)
 end
 return n
