@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from crmqueue.crm import schema
 from crmqueue.crm.entities import ROW_MODELS, check_export_filters, number_style
 from crmqueue.crm.store import create_engine, init_db
+from crmqueue.errors import PermanentError
 from crmqueue.formats.readers import MAX_CELL_CHARS, open_table, spreadsheet
 from crmqueue.formats.readers.delimited import detect_delimiter
 from crmqueue.formats.readers.spreadsheet import ERROR_REASON, FORMULA_REASON
@@ -647,8 +648,6 @@ def test_spreadsheet_rows_keep_their_sheet_numbers(engine: Any, files: Path,
 )
 def test_unreadable_new_formats_are_permanent(engine: Any, files: Path, name: str,
                                               data: bytes, message: str) -> None:  # fmt: skip
-    from crmqueue.errors import PermanentError
-
     with pytest.raises(PermanentError, match=message):
         do_import(engine, files, write(files, name, data))
 
@@ -778,3 +777,53 @@ def test_invalid_bytes_in_json_refuse_only_their_row(engine: Any, files: Path, f
     reason = "byte 0xF6 is not valid in the file's encoding"
     assert result["errors"] == [{"row": 2, "column": "first_name", "reason": reason}]
     assert [r[0] for r in stored(engine, "contacts", "first_name")] == ["Émile", "C"]
+
+
+# --------------------------------------------------------------------------- repeated headers
+
+REPEATED = [["email", "First Name", "email"], ["ann@x.com", "Ann", "ann@y.com"]]
+
+
+def write_repeated(files: Path, kind: str) -> str:
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        return write(files, f"r.{kind}", "\n".join(sep.join(r) for r in REPEATED) + "\n")
+    if kind == "ods":
+        write_ods(files / "r.ods", {"S": REPEATED})
+        return "r.ods"
+    book = xlsxwriter.Workbook(str(files / "r.xlsx"))
+    sheet = book.add_worksheet()
+    for number, record in enumerate(REPEATED):
+        sheet.write_row(number, 0, record)
+    book.close()
+    return "r.xlsx"
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "xlsx", "ods"])
+def test_a_repeated_header_in_use_is_refused_naming_its_columns(
+    engine: Any, files: Path, kind: str, xlsx_reader: str
+) -> None:
+    """`email,email`: which address? The import is refused before any row is stored; the
+    later copy can still be chosen by name in mapping_config."""
+    name = write_repeated(files, kind)
+    with pytest.raises(PermanentError) as info:
+        do_import(engine, files, name)
+    assert str(info.value) == (
+        "the header 'email' is on 2 columns (read as 'email', 'email_2'): which one to import"
+        " is ambiguous; rename the columns, or name one in mapping_config"
+    )
+    assert stored(engine, "contacts", "email") == []
+    with pytest.raises(PermanentError, match="the header 'email' is on 2 columns"):
+        do_import(engine, files, name, mapping_config={"email": "email"})
+    result = do_import(
+        engine, files, name, mapping_config={"email": "email_2", "first_name": "First Name"}
+    )
+    assert result["counts"]["new"] == 1
+    assert stored(engine, "contacts", "email", "first_name") == [("ann@y.com", "Ann")]
+
+
+def test_a_repeated_header_not_in_use_is_only_an_unused_column(engine: Any, files: Path) -> None:
+    name = write(files, "u.csv", "email,tag,tag\nann@x.com,a,b\n")
+    result = do_import(engine, files, name)
+    assert result["counts"]["new"] == 1
+    assert stored(engine, "contacts", "email") == [("ann@x.com",)]

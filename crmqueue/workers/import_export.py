@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -144,13 +144,18 @@ def _column_list(columns: list[str], limit: int = 50) -> str:
 
 
 def build_mapping(
-    entity: str, columns: list[str], mapping_config: dict[str, str]
+    entity: str,
+    columns: list[str],
+    mapping_config: dict[str, str],
+    repeated: Mapping[str, list[str]] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """(CRM field -> source column, source columns not used). Without `mapping_config` a
     column maps to the field its header names, ignoring case, white space, '.', '-' and
     '_' (crmqueue.crm.entities.header_field: "First Name", "firstName", "E-Mail"); two
-    columns naming one field are refused, as is a file whose columns name no field or
-    miss a required one (PermanentError listing the columns found)."""
+    columns naming one field are refused, as is a header given to several columns
+    (`repeated`, see Table.repeated) when it is used (``email,email``: which one?), and a
+    file whose columns name no field or miss a required one (PermanentError listing the
+    columns found). mapping_config may name a repeated header's later copy (``email_2``)."""
     fields = entity_fields(entity)
     if mapping_config:  # its fields were checked (and put in snake_case) by ImportPayload
         missing = [col for col in mapping_config.values() if col not in columns]
@@ -176,6 +181,17 @@ def build_mapping(
                 + ": rename or remove one, or pass mapping_config"
             )
         mapping = {field: cols[0] for field, cols in matches.items()}
+    ambiguous_headers = [
+        f"the header {text!r} is on {len(named)} columns (read as {', '.join(map(repr, named))})"
+        for text, named in (repeated or {}).items()
+        if text in mapping.values()
+    ]
+    if ambiguous_headers:
+        raise PermanentError(
+            "; ".join(ambiguous_headers)
+            + ": which one to import is ambiguous; rename the columns, or name one in"
+            " mapping_config"
+        )
     if not mapping:
         raise PermanentError(
             f"no column maps to a {entity} field (columns: {_column_list(columns)};"
@@ -260,7 +276,7 @@ class Importer:
         table = open_table(path, self.p.file_type, sheet)
         self.columns = table.columns
         self.mapping, unmapped = build_mapping(
-            self.p.entity_type, table.columns, self.p.mapping_config
+            self.p.entity_type, table.columns, self.p.mapping_config, table.repeated
         )
         self.source_for = {field: col for field, col in self.mapping.items()}
         self.used_columns = set(self.mapping.values())

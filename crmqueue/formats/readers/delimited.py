@@ -260,7 +260,7 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
     except csv.Error as exc:
         raw.close()
         raise PermanentError(f"{path.name}: row 1 (the header) is not readable: {exc}") from None
-    columns = header_names(header)
+    columns, repeated = header_names(header)
     width = len(columns)
     first_row = 2 if hint is None else 3
 
@@ -328,4 +328,4 @@ def read_delimited(path: Path, file_type: str = "csv") -> Table:
         except (OSError, ValueError):
             return 1.0
 
-    return Table(columns, rows(), notes, encoding, progress, delimiter=delimiter)
+    return Table(columns, rows(), notes, encoding, progress, delimiter=delimiter, repeated=repeated)

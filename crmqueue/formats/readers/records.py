@@ -94,7 +94,7 @@ def _finish(
         raw.close()
         raise
     keys = list(dict.fromkeys(key for _, row in peeked for key in row))
-    columns = header_names(keys)
+    columns, _ = header_names(keys)  # keys of a mapping never repeat
     if not columns and peeked:
         raw.close()
         raise PermanentError(f"{path.name}: the records have no fields")

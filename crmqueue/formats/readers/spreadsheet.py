@@ -358,7 +358,9 @@ def _rows(
         yield number, row
 
 
-def _header_row(records: Iterator[tuple[int, list[Any]]], path: Path, sheet: str) -> list[str]:
+def _header_row(
+    records: Iterator[tuple[int, list[Any]]], path: Path, sheet: str
+) -> tuple[list[str], dict[str, list[str]]]:
     for _number, values in records:
         if any(cell_text(value) for value in values):
             return header_names(values)
@@ -413,7 +415,7 @@ def _calamine(path: Path, file_type: str, sheet: str | None, info: XlsxInfo | No
             yield number, padding + values if padding else values
 
     records = numbered()
-    columns = _header_row(records, path, sheet)
+    columns, repeated = _header_row(records, path, sheet)
     date_system = 1900  # XLS: its DATEMODE record is not read (calamine applies it only
     # to date-formatted cells): serials in General cells are read in the 1900 system
     if info is not None:
@@ -432,6 +434,7 @@ def _calamine(path: Path, file_type: str, sheet: str | None, info: XlsxInfo | No
         None,
         lambda: min(1.0, state["row"] / total),
         date_system=date_system,
+        repeated=repeated,
     )
 
 
@@ -457,7 +460,7 @@ def _openpyxl(path: Path, info: XlsxInfo) -> Table:
 
     records = numbered()
     try:
-        columns = _header_row(records, path, info.sheet)
+        columns, repeated = _header_row(records, path, info.sheet)
     except PermanentError:
         book.close()
         raise
@@ -468,4 +471,5 @@ def _openpyxl(path: Path, info: XlsxInfo) -> Table:
         None,
         lambda: min(1.0, state["row"] / total) if total else None,
         date_system=info.date_system,
+        repeated=repeated,
     )

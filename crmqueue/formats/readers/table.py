@@ -50,6 +50,9 @@ class Table:
     _progress: Callable[[], float | None] | None = None
     date_system: int = 1900
     delimiter: str | None = None
+    # A header given to several columns: its text -> the column names they were given
+    # ("email", "email_2"); an import that uses one of them is ambiguous.
+    repeated: dict[str, list[str]] = field(default_factory=dict)
 
     def progress(self) -> float | None:
         """Fraction read so far (0-1), when the reader can tell."""
@@ -123,8 +126,12 @@ def printable(text: str) -> str:
     return _NOT_TEXT.sub("\ufffd", text) if not text.isascii() or "\x00" in text else text
 
 
-def header_names(names: list[Any]) -> list[str]:
+def header_names(names: list[Any]) -> tuple[list[str], dict[str, list[str]]]:
+    """(column names, repeated headers): a header cell's text, or ``column_<n>`` for an
+    empty one; a header that repeats an earlier one is named ``<header>_2``, ``_3``, and
+    listed under its text in the second value (see Table.repeated)."""
     columns: list[str] = []
+    given: dict[str, list[str]] = {}
     for index, raw in enumerate(names, start=1):
         name = cell_text(raw)
         name = printable(name) if name else f"column_{index}"
@@ -132,7 +139,8 @@ def header_names(names: list[Any]) -> list[str]:
         while name in columns:
             name, n = f"{base}_{n}", n + 1
         columns.append(name)
-    return columns
+        given.setdefault(base, []).append(name)
+    return columns, {text: named for text, named in given.items() if len(named) > 1}
 
 
 def cell_text(value: Any) -> str | None:
