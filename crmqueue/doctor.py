@@ -208,7 +208,7 @@ def _database(settings: Settings) -> Check:
 
     url = settings.database.url
     if not url.startswith("sqlite:"):
-        return Check("CRM database", "warn", f"{mask_url(url)}: checked once the CRM store exists")
+        return _postgresql(url)
     try:
         path = Path(sqlite_path(url)).resolve()
     except ValueError as exc:
@@ -220,6 +220,47 @@ def _database(settings: Settings) -> Check:
         return Check("CRM database", "FAIL", f"SQLite {path} is not writable")
     state = "exists" if path.exists() else "is created on first use"
     return Check("CRM database", "ok", f"SQLite {path} {state}; its directory is writable")
+
+
+def _postgresql(url: str) -> Check:
+    """Connects (3 s at most), reads the server's version and the CRM schema's."""
+    import sqlalchemy as sa
+
+    from crmqueue.crm import schema
+    from crmqueue.crm.store import create_engine, current_version
+
+    name, where = "CRM database", mask_url(url)
+    try:
+        engine = create_engine(url, connect_timeout=3)
+    except CrmQueueError as exc:
+        return Check(name, "FAIL", str(exc))
+    try:
+        with engine.connect() as conn:
+            server = conn.execute(sa.text("SHOW server_version")).scalar()
+            version = current_version(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc  # the driver's own message
+        return Check(name, "FAIL", f"{where}: cannot connect: {_one_line(cause)}")
+    finally:
+        engine.dispose()
+    found = f"PostgreSQL {server} at {where}"
+    if version == 0:
+        return Check(name, "warn", f"{found}; no CRM schema yet: run crmqueue db init")
+    if version < schema.SCHEMA_VERSION:
+        return Check(
+            name,
+            "warn",
+            f"{found}; schema version {version} of {schema.SCHEMA_VERSION}: upgraded on first"
+            " use, or run crmqueue db init",
+        )
+    if version > schema.SCHEMA_VERSION:
+        return Check(
+            name,
+            "FAIL",
+            f"{found}; schema version {version} is newer than this crmqueue"
+            f" ({schema.SCHEMA_VERSION}): upgrade crmqueue",
+        )
+    return Check(name, "ok", f"{found}; schema version {version}")
 
 
 # --------------------------------------------------------------------------- secrets

@@ -362,7 +362,7 @@ def test_doctor(cli: Cli, tmp_path: Path) -> None:
             "CRMQUEUE_STORAGE__CONNECT_TIMEOUT_SECONDS": "1",
             "CRMQUEUE_FILES__DIR": str(tmp_path / "not-a-dir" / "files"),
             "EMAIL_PROVIDER": "sendgrid",
-            "CRMQUEUE_DATABASE__URL": "postgresql+psycopg://crm:pg-secret@db/crm",
+            "CRMQUEUE_DATABASE__URL": "postgresql+psycopg://crm:pg-secret@127.0.0.1:1/crm",
         },
     )
     failed = broken("doctor", "--json")
@@ -376,8 +376,8 @@ def test_doctor(cli: Cli, tmp_path: Path) -> None:
         "check": "email provider sendgrid", "status": "FAIL",
         "detail": "not set: email.sendgrid.api_key (SENDGRID_API_KEY)",
     }  # fmt: skip
-    assert rows["CRM database"]["status"] == "warn"
-    assert "checked once the CRM store exists" in rows["CRM database"]["detail"]
+    assert rows["CRM database"]["status"] == "FAIL"
+    assert "127.0.0.1:1/crm: cannot connect" in rows["CRM database"]["detail"]
     table = broken("doctor")
     assert table.returncode == 1 and "FAIL" in table.stdout and "hunter2" not in table.stdout
 

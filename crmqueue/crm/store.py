@@ -36,8 +36,9 @@ def sqlalchemy_url(url: str) -> str:
     )
 
 
-def create_engine(url: str) -> Engine:
-    """A new engine for `url` (no schema work)."""
+def create_engine(url: str, connect_timeout: int = 10) -> Engine:
+    """A new engine for `url` (no schema work); PostgreSQL connects within
+    `connect_timeout` seconds."""
     target = sqlalchemy_url(url)
     if target.startswith("sqlite"):
         path = target[len("sqlite:///") :]
@@ -63,7 +64,7 @@ def create_engine(url: str) -> Engine:
         target,
         pool_pre_ping=True,
         connect_args={
-            "connect_timeout": 10,
+            "connect_timeout": connect_timeout,
             "prepare_threshold": None,
             "options": "-c timezone=UTC",
         },
