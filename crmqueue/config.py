@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -188,6 +189,71 @@ class EmailSettings(Section):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
 
 
+# Notification channels (issue #14); push and sms arrive as their own provider modules.
+NOTIFICATION_CHANNELS = ("in-app", "email", "push", "sms")
+NotificationChannel = Literal["in-app", "email", "push", "sms"]
+# A notification category: dotted lowercase words (lead.assigned, import.completed).
+_CATEGORY = r"[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*"
+CATEGORY_PATTERN = f"^{_CATEGORY}$"
+_TENANT = r"[A-Za-z0-9_.-]{1,64}"
+# "[tenant/]category=channel+channel": category "*" is every category of that tenant.
+_CHANNEL_RULE = re.compile(rf"(?:({_TENANT})/)?(\*|{_CATEGORY})=([a-z+-]*)")
+
+
+def _in_app() -> list[NotificationChannel]:
+    return ["in-app"]
+
+
+class NotificationSettings(Section):
+    # Days a stored in-app notification is kept (listed, counted) before it expires.
+    keep_days: PositiveInt = 90
+    # Channels on for a category nobody chose channels for.
+    default_channels: list[NotificationChannel] = Field(default_factory=lambda: _in_app())
+    # Defaults per category, for every tenant ("lead.assigned=in-app+email") or one
+    # tenant ("acme/lead.assigned=in-app", "acme/*=in-app+email"); a user's own choice
+    # goes first (crmqueue.notifications.channels_for).
+    channels: list[str] = Field(default_factory=list)
+
+    @field_validator("default_channels", "channels", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _valid_rules(cls, value: list[str]) -> list[str]:
+        for rule in value:
+            match = _CHANNEL_RULE.fullmatch(rule)
+            names = match.group(3).split("+") if match and match.group(3) else []
+            if match is None or any(name not in NOTIFICATION_CHANNELS for name in names):
+                raise ValueError(
+                    f"{rule!r}: expected [tenant/]category=channel+channel (category a"
+                    f" dotted lowercase name or *; channels {', '.join(NOTIFICATION_CHANNELS)})"
+                )
+        return value
+
+    def default_for(self, tenant_id: str, category: str) -> tuple[tuple[str, ...], str]:
+        """(channels on, the rule that says so) for a category of `tenant_id` when its
+        user chose nothing: the tenant's rule for the category, else the tenant's "*",
+        else the rule for every tenant, else its "*", else default_channels."""
+        found: dict[tuple[bool, str], tuple[tuple[str, ...], str]] = {}
+        for rule in self.channels:
+            match = _CHANNEL_RULE.fullmatch(rule)
+            assert match is not None  # checked by _valid_rules
+            tenant, name, names = match.groups()
+            if tenant in (None, tenant_id) and name in (category, "*"):
+                found[(tenant is not None, name)] = (
+                    tuple(names.split("+")) if names else (),
+                    f"notifications.channels {rule!r}",
+                )
+        for key in ((True, category), (True, "*"), (False, category), (False, "*")):
+            if key in found:
+                return found[key]
+        return tuple(self.default_channels), "notifications.default_channels"
+
+
 class RunnerSettings(Section):
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
     health_interval_seconds: PositiveFloat = 60.0
@@ -251,6 +317,7 @@ class Settings(Section):
     crm: CrmSettings = Field(default_factory=CrmSettings)
     queues: QueuesSettings = Field(default_factory=QueuesSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)

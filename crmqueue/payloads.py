@@ -432,12 +432,43 @@ class EventPayload(Payload):
     payload: dict[str, Any]
 
 
+Channel = Literal["in-app", "email", "push", "sms"]
+
+
 class NotificationPayload(Payload):
-    user_id: NonEmptyStr
-    type: Literal["in-app", "email", "push"]
+    """A notification for one user. Its channels: `channels`, else the original's `type`
+    (one channel), else none named and the user's preferences for `category` decide
+    (crmqueue.notifications.plan_channels). Giving both, `type` must be among `channels`."""
+
+    user_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    type: Channel | None = None
+    channels: Annotated[list[Channel], Field(min_length=1)] | None = None
+    category: Annotated[
+        str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$", max_length=100)
+    ] = "general"
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     message: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
     action_url: Annotated[str, AfterValidator(_action_url)] | None = None
+
+    @field_validator("channels")
+    @classmethod
+    def _type_among_channels(cls, value: list[str] | None, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        kind = info.data.get("type")
+        if kind is not None and kind not in value:
+            raise PydanticCustomError(
+                "type_not_in_channels",
+                "type {kind} is not among channels (give one of them, or both agreeing)",
+                {"kind": repr(kind)},
+            )
+        return list(dict.fromkeys(value))  # each channel once, in the order given
+
+    def requested(self) -> list[str] | None:
+        """The channels the producer named, or None to let the preferences decide."""
+        if self.channels is not None:
+            return list(self.channels)
+        return [self.type] if self.type is not None else None
 
 
 def validate_payload(model: type[P], data: Mapping[str, Any]) -> P:

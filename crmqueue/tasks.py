@@ -343,16 +343,22 @@ def send_notification(
     *,
     tenant_id: str,
     user_id: str,
-    type: str,
     title: str,
     message: str,
+    type: str | None = None,
     action_url: str | None = None,
+    channels: list[str] | None = None,
+    category: str | None = None,
     priority: int | None = None,
     delay: float | None = None,
     eta: dt.datetime | None = None,
 ) -> Job:
+    """Notify one user: `channels` (in-app, email, push, sms), else `type` (one of them,
+    as the original sent it), else the user's preferences for `category` choose. Priority
+    200 and above is urgent: it goes out during the user's quiet hours."""
     fields = {
         "tenant_id": tenant_id, "user_id": user_id, "type": type, "title": title,
-        "message": message, "action_url": action_url,
+        "message": message, "action_url": action_url, "channels": channels,
+        "category": category,
     }  # fmt: skip
     return _submit(KINDS["notification"]["send"], fields, priority, delay, eta)

@@ -72,6 +72,12 @@ users = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("email", sa.String(254), nullable=False),
     *_stamps(),
+    # _notifications: the user's IANA time zone and quiet hours ("HH:MM" local, start and
+    # end; a window past midnight when start > end), and a phone (E.164) for SMS.
+    sa.Column("time_zone", sa.String(64)),
+    sa.Column("phone", sa.String(20)),
+    sa.Column("quiet_start", sa.String(5)),
+    sa.Column("quiet_end", sa.String(5)),
     sa.UniqueConstraint("tenant_id", "user_id", name="uq_users_tenant_user"),
 )
 
@@ -175,12 +181,49 @@ notifications = sa.Table(
     sa.Column("action_url", sa.Text),
     sa.Column("read_at", UtcDateTime()),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    # _notifications: what it is about, the job's priority, when it expires, and the job
+    # that stored it (unique per tenant: a re-run job finds its notification stored).
+    sa.Column("category", sa.String(100), nullable=False, server_default="general"),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("expires_at", UtcDateTime()),
+    sa.Column("job_id", sa.String(64)),
 )
 sa.Index(
     "ix_notifications_tenant_user",
     notifications.c.tenant_id,
     notifications.c.user_id,
     notifications.c.read_at,
+)
+# _notifications: the inbox newest first (id order), the job's row, expiry sweeps.
+NOTIFICATION_INDEXES = (
+    sa.Index(
+        "ix_notifications_tenant_user_id",
+        notifications.c.tenant_id,
+        notifications.c.user_id,
+        notifications.c.id,
+    ),
+    sa.Index(
+        "uq_notifications_tenant_job", notifications.c.tenant_id, notifications.c.job_id,
+        unique=True,
+    ),
+    sa.Index("ix_notifications_tenant_expires", notifications.c.tenant_id,
+             notifications.c.expires_at),
+)  # fmt: skip
+
+# _notifications: a user's own choice of channels per category ("*": every category
+# without its own row); tenant defaults come from the config ([notifications]).
+notification_preferences = sa.Table(
+    "notification_preferences",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("category", sa.String(100), nullable=False),
+    sa.Column("channels", sa.JSON, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint(
+        "tenant_id", "user_id", "category", name="uq_notification_preferences_user_category"
+    ),
 )
 
 webhook_endpoints = sa.Table(
@@ -286,8 +329,54 @@ def _v3(conn: Connection) -> None:
     )
 
 
+# Days a notification stored before _notifications existed is kept (notifications.keep_days'
+# default): the step gives those rows an expiry.
+NOTIFICATION_KEEP_DAYS = 90
+_ADDED_DEFAULTS = {
+    "category": " NOT NULL DEFAULT 'general'",
+    "priority": " NOT NULL DEFAULT 0",
+}
+
+
+def _notifications(conn: Connection) -> None:
+    """Notifications get category, priority, expiry and job id; users get time zone,
+    phone and quiet hours; user preferences get their table. Columns present (a database
+    created by _v1 of this version) are left alone."""
+    for table, columns in (
+        (notifications, ("category", "priority", "expires_at", "job_id")),
+        (users, ("time_zone", "phone", "quiet_start", "quiet_end")),
+    ):
+        present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+        for name in columns:
+            if name not in present:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                # NOT NULL columns have a default: existing rows take it.
+                extra = _ADDED_DEFAULTS.get(name, "")
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{extra}"))
+    for index in NOTIFICATION_INDEXES:
+        names = ", ".join(column.name for column in index.columns)
+        unique = "UNIQUE " if index.unique else ""
+        conn.execute(
+            sa.text(f"CREATE {unique}INDEX IF NOT EXISTS {index.name} ON notifications ({names})")
+        )
+    metadata.create_all(conn, tables=[notification_preferences])
+    stored = conn.execute(
+        sa.select(notifications.c.id, notifications.c.created_at).where(
+            notifications.c.expires_at.is_(None)
+        )
+    ).all()
+    keep = dt.timedelta(days=NOTIFICATION_KEEP_DAYS)
+    for row in stored:
+        conn.execute(
+            notifications.update()
+            .where(notifications.c.id == row.id)
+            .values(expires_at=row.created_at + keep)
+        )
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _notifications]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 ENTITY_TABLES: dict[str, sa.Table] = {

@@ -62,6 +62,7 @@ BUILTIN_TEMPLATES = (
     "export-ready",
     "import-completed",
     "report-ready",
+    "notification",
 )
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

@@ -1,0 +1,512 @@
+"""Notifications, the domain service the notification queue's body, the command line and
+client code share: a user's in-app inbox and their notification preferences.
+
+Inbox: notifications are stored in the CRM store (``notifications``), listed newest
+first with cursor paging, counted unread, marked read one by one or all at once, and
+expire ``notifications.keep_days`` (90) days after they were stored. Every call names a
+tenant AND a user: nothing here reads or changes another user's notifications.
+
+Preferences (crmqueue.notifications.channels_for): for each category, which channels
+are on. A user's own choice for the category, else their choice for "*" (every
+category), else the tenant defaults of the configuration ([notifications]). Quiet hours
+per user, in the user's IANA time zone (``users.time_zone``), hold email (push and SMS
+later) until the window ends; in-app is never held (quiet_until).
+
+``crmqueue.notifications.list`` is list_notifications (the name the command line uses).
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from crmqueue.config import NOTIFICATION_CHANNELS, Settings
+from crmqueue.crm import schema
+from crmqueue.crm.users import check_hhmm, check_time_zone, get_user
+from crmqueue.errors import PayloadError
+
+__all__ = [
+    "CHANNELS",
+    "NOT_AVAILABLE",
+    "URGENT_PRIORITY",
+    "Notification",
+    "Page",
+    "Preferences",
+    "channels_for",
+    "get_preferences",
+    "list",
+    "list_notifications",
+    "mark_all_read",
+    "mark_read",
+    "plan_channels",
+    "purge_expired",
+    "quiet_until",
+    "set_preferences",
+    "set_quiet_hours",
+    "store",
+    "unread_count",
+]
+
+CHANNELS = NOTIFICATION_CHANNELS
+# Channels whose delivery exists; the others are recorded as skipped with this reason.
+BUILT_CHANNELS = ("in-app", "email")
+NOT_AVAILABLE = "channel not available yet"
+# A notification of this job priority or above is urgent: quiet hours do not hold it.
+URGENT_PRIORITY = 200
+# Channels quiet hours hold (in-app is always stored at once).
+HELD_CHANNELS = ("email", "push", "sms")
+MAX_PAGE = 200
+
+_n = schema.notifications
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) if now is None else now.astimezone(dt.UTC)
+
+
+def _settings(settings: Settings | None) -> Settings:
+    if settings is not None:
+        return settings
+    from crmqueue.engine.queues import get_broker
+
+    return get_broker().settings
+
+
+def _engine(engine: Engine | None, settings: Settings | None = None) -> Engine:
+    """`engine`, else the configured CRM database's (schema created or upgraded)."""
+    if engine is not None:
+        return engine
+    from crmqueue.crm.store import get_engine
+
+    return get_engine(_settings(settings).database.url)
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    category: str
+    title: str
+    message: str
+    action_url: str | None
+    priority: int
+    created_at: dt.datetime
+    read_at: dt.datetime | None
+    expires_at: dt.datetime | None
+
+    @property
+    def read(self) -> bool:
+        return self.read_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601 UTC."""
+        return {
+            "id": self.id, "category": self.category, "title": self.title,
+            "message": self.message, "action_url": self.action_url, "priority": self.priority,
+            "created_at": self.created_at.isoformat(), "read": self.read,
+            "read_at": self.read_at.isoformat() if self.read_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an inbox, newest first; `next_cursor` fetches the next (None: last)."""
+
+    items: tuple[Notification, ...]
+    next_cursor: str | None
+
+
+_COLUMNS = (
+    _n.c.id, _n.c.category, _n.c.title, _n.c.message, _n.c.action_url, _n.c.priority,
+    _n.c.created_at, _n.c.read_at, _n.c.expires_at,
+)  # fmt: skip
+
+
+def _mine(tenant_id: str, user_id: str, now: dt.datetime) -> sa.ColumnElement[bool]:
+    """The user's notifications that have not expired."""
+    return sa.and_(
+        _n.c.tenant_id == tenant_id,
+        _n.c.user_id == user_id,
+        sa.or_(_n.c.expires_at.is_(None), _n.c.expires_at > now),
+    )
+
+
+def store(
+    tenant_id: str,
+    user_id: str,
+    *,
+    title: str,
+    message: str,
+    action_url: str | None = None,
+    category: str = "general",
+    priority: int = 0,
+    job_id: str | None = None,
+    engine: Engine | None = None,
+    settings: Settings | None = None,
+    now: dt.datetime | None = None,
+) -> int:
+    """Store an in-app notification; returns its id. It expires keep_days after `now`.
+    With a `job_id`, storing again for the same job (a retried job) returns the first
+    one's id instead of a second notification."""
+    config = _settings(settings)
+    engine = _engine(engine, config)
+    stamp = _now(now)
+    row = {
+        "tenant_id": tenant_id, "user_id": user_id, "type": "in-app", "title": title,
+        "message": message, "action_url": action_url, "category": category,
+        "priority": priority, "job_id": job_id, "created_at": stamp,
+        "expires_at": stamp + dt.timedelta(days=config.notifications.keep_days),
+    }  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            key = conn.execute(_n.insert().values(**row)).inserted_primary_key
+            assert key is not None
+            return int(key[0])
+    except IntegrityError:
+        if job_id is None:
+            raise
+    with engine.connect() as conn:  # the job's notification, stored by an earlier run
+        found = conn.execute(
+            sa.select(_n.c.id).where(_n.c.tenant_id == tenant_id, _n.c.job_id == job_id)
+        ).scalar_one()
+    return int(found)
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise PayloadError([("cursor", f"{cursor!r} is not a cursor from an earlier page")])
+    return int(cursor)
+
+
+def list_notifications(
+    tenant_id: str,
+    user_id: str,
+    *,
+    unread_only: bool = False,
+    limit: int = 50,
+    cursor: str | None = None,
+    engine: Engine | None = None,
+    now: dt.datetime | None = None,
+) -> Page:
+    """The user's notifications that have not expired, newest first, `limit` (1-200) a
+    page; pass a page's `next_cursor` for the next one. Raises PayloadError for a bad
+    limit or cursor."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise PayloadError([("limit", f"must be 1-{MAX_PAGE}")])
+    before = _cursor(cursor)
+    query = sa.select(*_COLUMNS).where(_mine(tenant_id, user_id, _now(now)))
+    if unread_only:
+        query = query.where(_n.c.read_at.is_(None))
+    if before is not None:
+        query = query.where(_n.c.id < before)
+    query = query.order_by(_n.c.id.desc()).limit(limit + 1)
+    with _engine(engine).connect() as conn:
+        rows = conn.execute(query).all()
+    items = tuple(Notification(*row) for row in rows[:limit])
+    more = len(rows) > limit
+    return Page(items, str(items[-1].id) if more else None)
+
+
+list = list_notifications  # crmqueue.notifications.list, the CLI's name
+
+
+def unread_count(
+    tenant_id: str, user_id: str, *, engine: Engine | None = None, now: dt.datetime | None = None
+) -> int:
+    query = sa.select(sa.func.count()).where(
+        _mine(tenant_id, user_id, _now(now)), _n.c.read_at.is_(None)
+    )
+    with _engine(engine).connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def mark_read(
+    tenant_id: str,
+    user_id: str,
+    notification_id: int,
+    *,
+    engine: Engine | None = None,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Mark one of the user's notifications read; False when the user has no such
+    notification (unknown, expired, or another user's or tenant's: nothing changes).
+    Marking a read one again keeps its first read time."""
+    stamp = _now(now)
+    with _engine(engine).begin() as conn:
+        found = conn.execute(
+            sa.select(_n.c.read_at).where(
+                _mine(tenant_id, user_id, stamp), _n.c.id == notification_id
+            )
+        ).first()
+        if found is None:
+            return False
+        if found.read_at is None:
+            conn.execute(
+                _n.update()
+                .where(_n.c.tenant_id == tenant_id, _n.c.user_id == user_id)
+                .where(_n.c.id == notification_id, _n.c.read_at.is_(None))
+                .values(read_at=stamp)
+            )
+    return True
+
+
+def mark_all_read(
+    tenant_id: str, user_id: str, *, engine: Engine | None = None, now: dt.datetime | None = None
+) -> int:
+    """Mark every unread notification of the user read; returns how many."""
+    stamp = _now(now)
+    with _engine(engine).begin() as conn:
+        result = conn.execute(
+            _n.update()
+            .where(_mine(tenant_id, user_id, stamp), _n.c.read_at.is_(None))
+            .values(read_at=stamp)
+        )
+    return int(result.rowcount)
+
+
+def purge_expired(
+    tenant_id: str, *, engine: Engine | None = None, now: dt.datetime | None = None
+) -> int:
+    """Delete the tenant's expired notifications; returns how many. (They are hidden from
+    the moment they expire; this only reclaims the rows.)"""
+    with _engine(engine).begin() as conn:
+        result = conn.execute(
+            _n.delete().where(_n.c.tenant_id == tenant_id, _n.c.expires_at <= _now(now))
+        )
+    return int(result.rowcount)
+
+
+# --------------------------------------------------------------------------- preferences
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """A user's own choices: category (or "*") -> channels on, and quiet hours
+    ("HH:MM", "HH:MM") in `time_zone` (None: no quiet hours; a zone of None is UTC)."""
+
+    tenant_id: str
+    user_id: str
+    own: dict[str, tuple[str, ...]]
+    time_zone: str | None
+    quiet_hours: tuple[str, str] | None
+
+    def to_dict(
+        self, settings: Settings | None = None, categories: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """JSON-ready, with the channels in effect for `categories` (and "*")."""
+        effective = {}
+        for category in ("*", *categories, *(c for c in self.own if c != "*")):
+            channels, source = channels_for(self, category, _settings(settings))
+            effective[category] = {"channels": [*channels], "source": source}
+        return {
+            "tenant_id": self.tenant_id, "user_id": self.user_id,
+            "own": {key: [*value] for key, value in self.own.items()},
+            "effective": effective, "time_zone": self.time_zone,
+            "quiet_hours": [*self.quiet_hours] if self.quiet_hours else None,
+        }  # fmt: skip
+
+
+_p = schema.notification_preferences
+
+
+def _check_category(category: str, allow_all: bool = True) -> str:
+    import re
+
+    from crmqueue.config import CATEGORY_PATTERN
+
+    if (allow_all and category == "*") or (
+        len(category) <= 100 and re.fullmatch(CATEGORY_PATTERN, category)
+    ):
+        return category
+    raise PayloadError(
+        [("category", f"{category!r} is not a category (dotted lowercase words, or *)")]
+    )
+
+
+def get_preferences(tenant_id: str, user_id: str, *, engine: Engine | None = None) -> Preferences:
+    engine = _engine(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(_p.c.category, _p.c.channels).where(
+                _p.c.tenant_id == tenant_id, _p.c.user_id == user_id
+            )
+        ).all()
+    user = get_user(engine, tenant_id, user_id)
+    quiet = None
+    if user is not None and user.quiet_start and user.quiet_end:
+        quiet = (user.quiet_start, user.quiet_end)
+    return Preferences(
+        tenant_id, user_id, {row.category: tuple(row.channels) for row in rows},
+        user.time_zone if user else None, quiet,
+    )  # fmt: skip
+
+
+def set_preferences(
+    tenant_id: str,
+    user_id: str,
+    category: str,
+    channels: Sequence[str] | None,
+    *,
+    engine: Engine | None = None,
+) -> Preferences:
+    """The user's own channels for `category` ("*": every category without a choice of
+    its own); None removes the choice (the tenant defaults apply again). An empty list
+    turns every channel off. Raises PayloadError for an unknown category or channel."""
+    _check_category(category)
+    if channels is not None:
+        unknown = [name for name in channels if name not in CHANNELS]
+        if unknown:
+            raise PayloadError(
+                [("channels", f"unknown {', '.join(map(repr, unknown))} (channels:"
+                  f" {', '.join(CHANNELS)})")]
+            )  # fmt: skip
+    engine = _engine(engine)
+    where = (_p.c.tenant_id == tenant_id, _p.c.user_id == user_id, _p.c.category == category)
+    with engine.begin() as conn:
+        conn.execute(_p.delete().where(*where))
+        if channels is not None:
+            conn.execute(
+                _p.insert().values(
+                    tenant_id=tenant_id, user_id=user_id, category=category,
+                    channels=[*dict.fromkeys(channels)], updated_at=_now(None),
+                )
+            )  # fmt: skip
+    return get_preferences(tenant_id, user_id, engine=engine)
+
+
+def set_quiet_hours(
+    tenant_id: str,
+    user_id: str,
+    start: str | None,
+    end: str | None,
+    *,
+    time_zone: str | None = None,
+    engine: Engine | None = None,
+) -> Preferences:
+    """Quiet hours from `start` to `end` ("HH:MM", local time of the user's time zone; a
+    window past midnight when start > end); both None removes them. `time_zone` (IANA)
+    also sets the user's zone. The user must exist (crmqueue users add). Raises
+    PayloadError naming the bad field."""
+    engine = _engine(engine)
+    if (start is None) != (end is None):
+        raise PayloadError([("quiet_hours", "give both start and end, or neither")])
+    if start is not None and end is not None:
+        check_hhmm(start, "quiet_start")
+        check_hhmm(end, "quiet_end")
+        if start == end:
+            raise PayloadError([("quiet_hours", "start and end must differ")])
+    if time_zone is not None:
+        check_time_zone(time_zone)
+    values: dict[str, Any] = {"quiet_start": start, "quiet_end": end}
+    if time_zone is not None:
+        values["time_zone"] = time_zone
+    users = schema.users
+    with engine.begin() as conn:
+        changed = conn.execute(
+            users.update()
+            .where(users.c.tenant_id == tenant_id, users.c.user_id == user_id)
+            .values(**values)
+        ).rowcount
+    if not changed:
+        raise PayloadError(
+            [("user_id", f"tenant {tenant_id!r} has no user {user_id!r} (crmqueue users add)")]
+        )
+    return get_preferences(tenant_id, user_id, engine=engine)
+
+
+def channels_for(
+    preferences: Preferences, category: str, settings: Settings
+) -> tuple[tuple[str, ...], str]:
+    """(channels on for `category`, where that comes from): the user's own choice for
+    the category, else for "*", else the tenant defaults of the configuration
+    (NotificationSettings.default_for)."""
+    for key in (category, "*"):
+        if key in preferences.own:
+            return preferences.own[key], f"user's choice for {key}"
+    return settings.notifications.default_for(preferences.tenant_id, category)
+
+
+def plan_channels(
+    requested: Sequence[str] | None, preferences: Preferences, category: str, settings: Settings
+) -> tuple[builtins.list[str], dict[str, str]]:
+    """(channels to deliver, channel -> why it is skipped). Without `requested` channels
+    the preferences choose. Requested channels go out unless the user turned them off
+    (for the category or "*"): a tenant default never removes a channel the producer
+    asked for. Push and SMS are skipped as not available yet."""
+    enabled, _source = channels_for(preferences, category, settings)
+    user_chose = category in preferences.own or "*" in preferences.own
+    wanted = [*enabled] if requested is None else [*requested]
+    send: builtins.list[str] = []
+    skipped: dict[str, str] = {}
+    for channel in wanted:
+        if requested is not None and user_chose and channel not in enabled:
+            skipped[channel] = f"off in the user's preferences for {category}"
+        elif channel not in BUILT_CHANNELS:
+            skipped[channel] = NOT_AVAILABLE
+        else:
+            send.append(channel)
+    return send, skipped
+
+
+# --------------------------------------------------------------------------- quiet hours
+
+
+def _wall(instant: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    return instant.astimezone(zone).replace(tzinfo=None)
+
+
+def first_instant_at(day: dt.date, at: dt.time, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    """The first moment (UTC) at which the clocks of `zone` show `at` on `day` or later:
+    on a day that repeats an hour (DST ends) its first pass; on a day that skips it (DST
+    starts) the moment the clocks jump past it."""
+    wall = dt.datetime.combine(day, at)
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(dt.UTC)
+    if _wall(first, zone) == wall:
+        return first  # it exists (fold=0 is the earlier of two passes)
+    # In a gap: fold=1 reads it with the offset after the jump (too early), fold=0 with
+    # the one before (too late); the jump lies between. Find it to the second.
+    low = int(wall.replace(tzinfo=zone, fold=1).timestamp())
+    high = int(first.timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _wall(dt.datetime.fromtimestamp(middle, dt.UTC), zone) >= wall:
+            high = middle
+        else:
+            low = middle
+    return dt.datetime.fromtimestamp(high, dt.UTC)
+
+
+def quiet_until(
+    now: dt.datetime, zone: zoneinfo.ZoneInfo | str, start: str, end: str
+) -> dt.datetime | None:
+    """When the quiet hours `start`-`end` ("HH:MM" in `zone`) that `now` falls in end
+    (UTC), or None if `now` is outside them. A window with start > end runs past
+    midnight (22:00-07:00). Both ends are moments on the local clock, found across DST
+    changes (first_instant_at): the 07:00 that ends a night of a DST change is 07:00 in
+    the new offset, and a window that ended in a repeated hour does not start again."""
+    tz = zoneinfo.ZoneInfo(zone) if isinstance(zone, str) else zone
+    begin, finish = dt.time.fromisoformat(start), dt.time.fromisoformat(end)
+    moment = now.astimezone(dt.UTC)
+    today = moment.astimezone(tz).date()
+    for day in (today, today - dt.timedelta(days=1)):
+        opened = first_instant_at(day, begin, tz)
+        if opened > moment:
+            continue
+        # The latest window that opened at or before now: quiet while it has not closed.
+        close_day = day if begin < finish else day + dt.timedelta(days=1)
+        closes = first_instant_at(close_day, finish, tz)
+        return closes if moment < closes else None
+    return None

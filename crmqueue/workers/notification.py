@@ -1,0 +1,181 @@
+"""The notification queue's body: deliver one notification to one user on its channels.
+
+- in-app: stored in the CRM store at once (crmqueue.notifications.store), once per job
+  (a retried job finds its row by job id);
+- email: an email job on the email queue (template ``notification``) to the user's
+  address from ``users``, never sent here; its idempotency key comes from this job's id;
+- push, sms: not built yet, recorded as skipped ("channel not available yet").
+
+Quiet hours (crmqueue.notifications.quiet_until) hold email, push and SMS unless the job's
+priority is URGENT_PRIORITY (200) or more: the held channels go into a new notification
+job scheduled for the end of the window (its payload names only those channels, so
+in-app is not stored twice), and the preferences are read again when it runs.
+
+Follow-up jobs (the email, the held notification) get ids derived from this job's id: a
+re-run (lease lost, crash after enqueueing) finds the job it made instead of making a
+second one. The result names every channel's outcome; a job whose channels were all
+skipped completes as ``skipped`` with the reasons, not failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from crmqueue import notifications
+from crmqueue.config import Settings
+from crmqueue.crm.store import get_engine
+from crmqueue.crm.users import User, get_user
+from crmqueue.engine import current_job_id, get_broker, job, job_ran_before
+from crmqueue.engine.queues import EncodedPayload
+from crmqueue.payloads import EmailPayload, NotificationPayload, payload_json
+
+log = logging.getLogger(__name__)
+
+EMAIL_TEMPLATE = "notification"
+# Expired rows of a tenant are deleted at most this often per process (they are hidden
+# from the moment they expire; this only reclaims space).
+PURGE_INTERVAL_SECONDS = 3600.0
+_purged: dict[str, float] = {}
+_purge_lock = threading.Lock()
+
+
+def follow_up_id(job_id: str, what: str) -> str:
+    """The id of the `what` job a notification job makes: the same on every run."""
+    return hashlib.sha256(f"{job_id}:{what}".encode()).hexdigest()[:32]
+
+
+def _enqueue_once(
+    queue: str, kind: str, payload: EncodedPayload, job_id: str, **options: Any
+) -> str:
+    """Enqueue unless an earlier run of this job already did (then its id)."""
+    from crmqueue.tasks import KINDS
+
+    broker = get_broker()
+    if job_ran_before() and broker.find_job(job_id) is not None:
+        return job_id
+    name = KINDS[queue][kind].name
+    return broker.queue(queue).enqueue(name, payload, job_id=job_id, **options)
+
+
+def _job_priority(settings: Settings) -> int:
+    """The running job's priority (its record), else the queue's default."""
+    job_id = current_job_id()
+    if job_id is not None:
+        record = get_broker().queue("notification").store.get_job(job_id)
+        if record is not None and record.get("priority") is not None:
+            return int(record["priority"])
+    return settings.queues.notification.priority
+
+
+def _queue_email(payload: NotificationPayload, user: User | None, job_id: str) -> dict[str, Any]:
+    if user is None:
+        return {"status": "skipped", "reason": f"no user {payload.user_id!r} in the tenant"}
+    context: dict[str, Any] = {"title": payload.title, "message": payload.message}
+    first_name = (user.name.split() or [""])[0]
+    if first_name:
+        context["first_name"] = first_name
+    if payload.action_url:
+        context["action_url"] = payload.action_url
+    fields = {
+        "tenant_id": payload.tenant_id, "to": user.email, "template": EMAIL_TEMPLATE,
+        "context": context, "idempotency_key": f"notification-{job_id}",
+    }  # fmt: skip
+    email, encoded = payload_json(EmailPayload, fields)
+    email_id = _enqueue_once(
+        "email", "send", EncodedPayload(email.tenant_id, encoded), follow_up_id(job_id, "email")
+    )
+    return {"status": "queued", "job_id": email_id, "to": user.email, "template": EMAIL_TEMPLATE}
+
+
+def _hold(
+    payload: NotificationPayload,
+    channels: list[str],
+    until: dt.datetime,
+    job_id: str,
+    priority: int,
+) -> str:
+    """A notification job for the held `channels`, due when the quiet hours end."""
+    data = payload.model_dump(mode="json", exclude_none=True)
+    data.pop("type", None)
+    data["channels"] = channels
+    held, encoded = payload_json(NotificationPayload, data)
+    return _enqueue_once(
+        "notification", "send", EncodedPayload(held.tenant_id, encoded),
+        follow_up_id(job_id, "held"), eta=until, priority=priority,
+    )  # fmt: skip
+
+
+def _purge(engine: Any, tenant_id: str) -> None:
+    now = time.monotonic()
+    with _purge_lock:
+        if now - _purged.get(tenant_id, -PURGE_INTERVAL_SECONDS) < PURGE_INTERVAL_SECONDS:
+            return
+        _purged[tenant_id] = now
+    removed = notifications.purge_expired(tenant_id, engine=engine)
+    if removed:
+        log.info("removed %d expired notification(s) of tenant %s", removed, tenant_id)
+
+
+@job("notification", payload=NotificationPayload)
+def send_notification(payload: NotificationPayload) -> dict[str, Any]:
+    settings = get_broker().settings
+    engine = get_engine(settings.database.url)
+    job_id = current_job_id() or uuid.uuid4().hex
+    tenant, category = payload.tenant_id, payload.category
+    preferences = notifications.get_preferences(tenant, payload.user_id, engine=engine)
+    send, skipped = notifications.plan_channels(
+        payload.requested(), preferences, category, settings
+    )
+    priority = _job_priority(settings)
+    outcome: dict[str, dict[str, Any]] = {
+        channel: {"status": "skipped", "reason": reason} for channel, reason in skipped.items()
+    }
+    user = get_user(engine, tenant, payload.user_id) if "email" in send else None
+    quiet_end = None
+    held = [c for c in send if c in notifications.HELD_CHANNELS]
+    if held and priority < notifications.URGENT_PRIORITY and preferences.quiet_hours:
+        start, end = preferences.quiet_hours
+        zone = preferences.time_zone or "UTC"
+        quiet_end = notifications.quiet_until(dt.datetime.now(dt.UTC), zone, start, end)
+    notification_id = None
+    for channel in send:
+        if channel == "in-app":
+            notification_id = notifications.store(
+                tenant, payload.user_id, title=payload.title, message=payload.message,
+                action_url=payload.action_url, category=category, priority=priority,
+                job_id=job_id, engine=engine, settings=settings,
+            )  # fmt: skip
+            outcome[channel] = {"status": "stored", "id": notification_id}
+        elif channel == "email" and quiet_end is None:
+            outcome[channel] = _queue_email(payload, user, job_id)
+    if quiet_end is not None:
+        held_id = _hold(payload, held, quiet_end, job_id, priority)
+        for channel in held:
+            outcome[channel] = {"status": "held", "until": quiet_end.isoformat(),
+                                "job_id": held_id}  # fmt: skip
+    if notification_id is not None:
+        _purge(engine, tenant)
+    done = [c for c, o in outcome.items() if o["status"] in ("stored", "queued", "held")]
+    result: dict[str, Any] = {
+        "status": "delivered" if done else "skipped",
+        "category": category,
+        "channels": {channel: outcome[channel] for channel in _order(payload, outcome)},
+    }
+    if not done:
+        reasons = "; ".join(f"{c}: {o['reason']}" for c, o in result["channels"].items())
+        result["reason"] = f"no enabled channel ({reasons or 'none is on for ' + category})"
+    if "email" in outcome and outcome["email"].get("status") == "queued":
+        result["email_job_id"] = outcome["email"]["job_id"]
+    return result
+
+
+def _order(payload: NotificationPayload, outcome: dict[str, Any]) -> list[str]:
+    """The channels in the order the payload named them (else the planner's)."""
+    named = payload.requested() or []
+    return [*(c for c in named if c in outcome), *(c for c in outcome if c not in named)]
