@@ -193,7 +193,7 @@ class EmailSettings(Section):
 NOTIFICATION_CHANNELS = ("in-app", "email", "push", "sms")
 NotificationChannel = Literal["in-app", "email", "push", "sms"]
 # A notification category: dotted lowercase words (lead.assigned, import.completed).
-_CATEGORY = r"[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*"
+_CATEGORY = r"[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)*"
 CATEGORY_PATTERN = f"^{_CATEGORY}$"
 _TENANT = r"[A-Za-z0-9_.-]{1,64}"
 # "[tenant/]category=channel+channel": category "*" is every category of that tenant.

@@ -59,6 +59,7 @@ from crmqueue.formats.writers import ExportNotes, write_csv, write_xlsx
 from crmqueue.payloads import ExportPayload, ImportPayload
 from crmqueue.providers import http
 from crmqueue.url_rules import source_parts
+from crmqueue.workers.notification import notify_in_app
 
 log = logging.getLogger(__name__)
 
@@ -747,6 +748,12 @@ def import_records(payload: ImportPayload) -> dict[str, Any]:
     result["notified"] = notify_user(
         engine, payload.tenant_id, payload.user_id, "import-completed", context, job_id
     )
+    result["notification"] = notify_in_app(
+        payload.tenant_id, payload.user_id, category="import.completed",
+        title="Import checked (dry run)" if payload.dry_run else "Import completed",
+        message=f"{payload.entity_type}: {counts['new']} created, {counts['updated']} updated,"
+        f" {counts['skipped']} skipped, {counts['invalid']} failed",
+    )  # fmt: skip
     return result
 
 
@@ -770,4 +777,11 @@ def export_records(payload: ExportPayload) -> dict[str, Any]:
     result["notified"] = notify_user(
         engine, payload.tenant_id, payload.user_id, "export-ready", context, job_id
     )
+    result["notification"] = notify_in_app(
+        payload.tenant_id, payload.user_id, category="export.ready", title="Export ready",
+        message=f"Your {payload.entity_type} export ({result['rows']} rows,"
+        f" {payload.format.upper()}) is ready to download.",
+        # A link only where the CRM serves the files (else the URL is a path on disk).
+        action_url=result["download_url"] if settings.files.download_base_url else None,
+    )  # fmt: skip
     return result

@@ -33,6 +33,7 @@ from crmqueue.crm.store import get_engine
 from crmqueue.crm.users import User, get_user
 from crmqueue.engine import current_job_id, get_broker, job, job_ran_before
 from crmqueue.engine.queues import EncodedPayload
+from crmqueue.errors import CrmQueueError
 from crmqueue.payloads import EmailPayload, NotificationPayload, payload_json
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,11 @@ def follow_up_id(job_id: str, what: str) -> str:
     return hashlib.sha256(f"{job_id}:{what}".encode()).hexdigest()[:32]
 
 
-def _enqueue_once(
+def enqueue_once(
     queue: str, kind: str, payload: EncodedPayload, job_id: str, **options: Any
 ) -> str:
-    """Enqueue unless an earlier run of this job already did (then its id)."""
+    """Enqueue a follow-up job with the id `job_id` (follow_up_id) unless an earlier run
+    of the running job already did; returns the id."""
     from crmqueue.tasks import KINDS
 
     broker = get_broker()
@@ -61,6 +63,37 @@ def _enqueue_once(
         return job_id
     name = KINDS[queue][kind].name
     return broker.queue(queue).enqueue(name, payload, job_id=job_id, **options)
+
+
+def notify_in_app(
+    tenant_id: str,
+    user_id: str,
+    *,
+    title: str,
+    message: str,
+    category: str,
+    action_url: str | None = None,
+) -> dict[str, Any]:
+    """Queue an in-app notification for the user who started the running job (an import,
+    an export, a report), once per job. The job's own work has succeeded by now, so a
+    failure here is reported in the result, not raised."""
+    job_id = current_job_id() or uuid.uuid4().hex
+    fields = {
+        "tenant_id": tenant_id, "user_id": user_id, "channels": ["in-app"],
+        "category": category, "title": title, "message": message, "action_url": action_url,
+    }  # fmt: skip
+    try:
+        valid, encoded = payload_json(
+            NotificationPayload, {k: v for k, v in fields.items() if v is not None}
+        )
+        queued = enqueue_once(
+            "notification", "send", EncodedPayload(valid.tenant_id, encoded),
+            follow_up_id(job_id, "notification"),
+        )  # fmt: skip
+    except CrmQueueError as exc:
+        log.warning("%s notification for user %s not queued: %s", category, user_id, exc)
+        return {"job_id": None, "reason": str(exc)}
+    return {"job_id": queued, "category": category}
 
 
 def _job_priority(settings: Settings) -> int:
@@ -87,7 +120,7 @@ def _queue_email(payload: NotificationPayload, user: User | None, job_id: str) -
         "context": context, "idempotency_key": f"notification-{job_id}",
     }  # fmt: skip
     email, encoded = payload_json(EmailPayload, fields)
-    email_id = _enqueue_once(
+    email_id = enqueue_once(
         "email", "send", EncodedPayload(email.tenant_id, encoded), follow_up_id(job_id, "email")
     )
     return {"status": "queued", "job_id": email_id, "to": user.email, "template": EMAIL_TEMPLATE}
@@ -105,7 +138,7 @@ def _hold(
     data.pop("type", None)
     data["channels"] = channels
     held, encoded = payload_json(NotificationPayload, data)
-    return _enqueue_once(
+    return enqueue_once(
         "notification", "send", EncodedPayload(held.tenant_id, encoded),
         follow_up_id(job_id, "held"), eta=until, priority=priority,
     )  # fmt: skip
