@@ -6,7 +6,7 @@ queue and the CRM database initialised, ends in the state the file gives.
 - ``files`` of the JSON are written into the files directory (``[files] dir``): a relative
   ``fileUrl`` such as ``contacts.csv`` names a file there (the import worker resolves it
   under that directory and refuses anything outside it).
-- The report, webhook and notification queues have no job bodies yet: their examples
+- The report and webhook queues have no job bodies yet: their examples
   validate and then stay ``waiting`` (a consumer runs no worker for a queue without
   bodies). Once a queue's body module is in ``crmqueue.workers.BODY_MODULES`` the test
   expects the file's own end state for it instead (and its "then" clause still needs a
@@ -123,5 +123,15 @@ def test_original_example(name: str, make_broker: Any, start_consumer: Any, tmp_
         header = next(workbook.active.iter_rows(max_row=1, values_only=True))
         workbook.close()
         assert list(header) == payload["fields"] == ["id", "name", "email", "company", "status"]
+    elif example["queue"] == "notification":
+        # then: user-456 of tenant-123 has one unread notification titled 'New Lead'
+        from crmqueue import notifications
+
+        tenant, user = payload["tenantId"], payload["userId"]
+        assert notifications.unread_count(tenant, user, engine=crm) == 1
+        (stored,) = notifications.list(tenant, user, engine=crm).items
+        expected = ("New Lead", payload["message"], payload["actionUrl"], False)
+        assert (stored.title, stored.message, stored.action_url, stored.read) == expected
+        assert info.result["channels"] == {"in-app": {"status": "stored", "id": stored.id}}
     elif example["queue"] == "webhook":
         assert "webhook-789" in info.errors[-1]["message"]
