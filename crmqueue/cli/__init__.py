@@ -17,8 +17,10 @@ from crmqueue.cli import (
     enqueue,
     jobs,
     monitor,
+    notifications,
     serve,
     transfer,
+    users,
 )
 from crmqueue.cli.common import group
 from crmqueue.cli.serve import SIGNAL_ECHO_SECONDS
@@ -39,6 +41,19 @@ def main() -> None:
     """crmqueue: the background-job system of a CRM."""
 
 
-for _module in (serve, enqueue, monitor, jobs, dlq, configuration, db, transfer, deploy, email):
+for _module in (
+    serve,
+    enqueue,
+    monitor,
+    jobs,
+    dlq,
+    configuration,
+    db,
+    transfer,
+    deploy,
+    email,
+    notifications,
+    users,
+):
     for _command in _module.COMMANDS:
         main.add_command(_command)

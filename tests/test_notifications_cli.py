@@ -1,0 +1,84 @@
+"""``crmqueue users add|list`` and ``crmqueue notifications list|read|prefs`` as a user runs
+them: the inbox of one user only, one-line errors, preferences shown with their source."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from crmqueue import notifications
+from crmqueue.config import load_settings
+from crmqueue.crm.store import create_engine, init_db
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMQUEUE_", "REDIS_"))}
+    env["CRMQUEUE_DATABASE__URL"] = f"sqlite:///{tmp_path}/crm.db"
+    return subprocess.run(
+        [sys.executable, "-m", "crmqueue", *args], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_users_and_notifications_commands(tmp_path: Path) -> None:
+    added = _cli(tmp_path, "users", "add", "--tenant", "t1", "--user", "ann", "--name", "Ann Lee",
+                 "--email", "ann@example.com", "--time-zone", "Europe/Berlin")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "added user ann of tenant t1\n"
+    bad = _cli(tmp_path, "users", "add", "--tenant", "t1", "--user", "bob", "--name", "Bob",
+               "--email", "bob@example.com", "--time-zone", "Mars/Base")  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "time_zone: 'Mars/Base' is not an IANA time zone" in bad.stderr
+    listed = json.loads(_cli(tmp_path, "users", "list", "--tenant", "t1", "--json").stdout)
+    assert [(u["user_id"], u["email"], u["time_zone"]) for u in listed] == [
+        ("ann", "ann@example.com", "Europe/Berlin")
+    ]
+
+    engine = create_engine(f"sqlite:///{tmp_path}/crm.db")
+    init_db(engine)
+    settings = load_settings(environ={})
+    ids = [notifications.store("t1", "ann", title=f"n{i}", message="m", engine=engine,
+                               settings=settings) for i in range(3)]  # fmt: skip
+    other = notifications.store("t1", "bob", title="bob's", message="m", engine=engine,
+                                settings=settings)  # fmt: skip
+    engine.dispose()
+
+    page = json.loads(_cli(tmp_path, "notifications", "list", "--tenant", "t1", "--user", "ann",
+                           "--limit", "2", "--json").stdout)  # fmt: skip
+    assert [n["title"] for n in page["items"]] == ["n2", "n1"] and page["unread"] == 3
+    rest = json.loads(_cli(tmp_path, "notifications", "list", "--tenant", "t1", "--user", "ann",
+                           "--cursor", page["next_cursor"], "--json").stdout)  # fmt: skip
+    assert [n["title"] for n in rest["items"]] == ["n0"] and rest["next_cursor"] is None
+
+    read = _cli(tmp_path, "notifications", "read", "--tenant", "t1", "--user", "ann",
+                str(ids[0]))  # fmt: skip
+    assert read.returncode == 0 and read.stdout == "marked 1 notification(s) read\n"
+    foreign = _cli(tmp_path, "notifications", "read", "--tenant", "t1", "--user", "ann",
+                   str(other))  # fmt: skip
+    assert foreign.returncode == 1
+    assert (
+        foreign.stderr
+        == f"crmqueue: error: user 'ann' of tenant 't1' has no notification {other}\n"
+    )
+    table = _cli(tmp_path, "notifications", "list", "--tenant", "t1", "--user", "ann")
+    assert "n2" in table.stdout and "bob's" not in table.stdout
+    assert table.stdout.endswith("2 unread\n")
+    everything = _cli(tmp_path, "notifications", "read", "--tenant", "t1", "--user", "ann", "--all")
+    assert everything.stdout == "marked 2 notification(s) read\n"
+
+    prefs = _cli(tmp_path, "notifications", "prefs", "--tenant", "t1", "--user", "ann", "--set",
+                 "lead.assigned=in-app+email", "--quiet", "22:00-07:00", "--json")  # fmt: skip
+    assert prefs.returncode == 0, prefs.stderr
+    data = json.loads(prefs.stdout)
+    assert data["effective"]["lead.assigned"] == {
+        "channels": ["in-app", "email"],
+        "source": "user's choice for lead.assigned",
+    }
+    assert data["effective"]["*"]["source"] == "notifications.default_channels"
+    assert (data["quiet_hours"], data["time_zone"]) == (["22:00", "07:00"], "Europe/Berlin")
+    wrong = _cli(tmp_path, "notifications", "prefs", "--tenant", "t1", "--user", "ann",
+                 "--set", "lead.assigned=fax")  # fmt: skip
+    assert wrong.returncode == 1 and "channels: unknown 'fax'" in wrong.stderr
