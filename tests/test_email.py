@@ -61,6 +61,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "report_name": EVIL,
         "download_url": "https://crm.example.com/r/1",
     },
+    "notification": {
+        "first_name": "Ann",
+        "title": "New lead",
+        "message": EVIL,
+        "action_url": "https://crm.example.com/leads/7",
+    },
 }
 
 

@@ -1005,7 +1005,7 @@ def test_payload_errors_enqueue_nothing(broker: Broker) -> None:
     ]
     assert fields(
         lambda: tasks.send_notification(
-            tenant_id="t1", user_id="u1", type="sms", title="Hi", message="Hello"
+            tenant_id="t1", user_id="u1", type="fax", title="Hi", message="Hello"
         )
     ) == ["type"]
     assert fields(
