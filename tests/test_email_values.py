@@ -31,6 +31,7 @@ REQUIRED = {
     "export-ready": {"entity_type": "contacts", "download_url": "/files/x.csv"},
     "import-completed": {"entity_type": "contacts", "created": 3},
     "report-ready": {"report_name": "Q1", "download_url": "https://x.example/q1.pdf"},
+    "notification": {"title": "New lead", "message": "Acme wants a demo"},
 }
 
 # JSON values of every shape a producer could send.
