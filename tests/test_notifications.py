@@ -127,10 +127,10 @@ def test_storing_again_for_the_same_job_keeps_one_notification(crm_engine: Any) 
     assert notifications.unread_count("t1", "u1", engine=crm_engine, now=T0) == 1
 
 
-def test_schema_step_upgrades_a_database_keeping_its_notifications(tmp_path: Path) -> None:
+def test_schema_step_upgrades_a_database_keeping_its_notifications(crm_url: str) -> None:
     from crmqueue.crm.store import create_engine, current_version
 
-    engine = create_engine(f"sqlite:///{tmp_path}/old.db")
+    engine = create_engine(crm_url)
     before = schema.MIGRATIONS.index(schema._notifications)
     # A database of the version before the step, made by the steps of that time: drop
     # what this version's _v1 already creates, as the old _v1 never did.
@@ -441,6 +441,10 @@ def test_quiet_hours_hold_email_but_not_in_app_and_urgent_bypasses(running: Any)
     assert later.payload["channels"] == ["email"] and later.payload["title"] == "Lead"
     assert "email_job_id" not in info.result
     assert jobs.stats("email")["waiting"] + jobs.stats("email")["completed"] == 0
+
+    only_email = tasks.send_notification(**{**fields, "channels": ["email"]}).wait(15)
+    assert only_email.result["status"] == "held", only_email.result
+    assert only_email.result["channels"]["email"]["until"] == until.isoformat()
 
     urgent = tasks.send_notification(**fields, priority=200).wait(15)
     assert urgent.state == "completed", urgent.errors

@@ -13,8 +13,9 @@ in-app is not stored twice), and the preferences are read again when it runs.
 
 Follow-up jobs (the email, the held notification) get ids derived from this job's id: a
 re-run (lease lost, crash after enqueueing) finds the job it made instead of making a
-second one. The result names every channel's outcome; a job whose channels were all
-skipped completes as ``skipped`` with the reasons, not failed.
+second one. The result names every channel's outcome and a status: ``delivered`` (stored
+or queued on a channel), ``held`` (only held for quiet hours) or ``skipped`` (with the
+reasons: no channel was on or available), never a failure for those.
 """
 
 from __future__ import annotations
@@ -195,8 +196,9 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
     if notification_id is not None:
         _purge(engine, tenant)
     done = [c for c, o in outcome.items() if o["status"] in ("stored", "queued", "held")]
+    delivered = any(o["status"] in ("stored", "queued") for o in outcome.values())
     result: dict[str, Any] = {
-        "status": "delivered" if done else "skipped",
+        "status": "delivered" if delivered else "held" if done else "skipped",
         "category": category,
         "channels": {channel: outcome[channel] for channel in _order(payload, outcome)},
     }
