@@ -509,3 +509,24 @@ def test_users_add_checks_and_updates(crm_engine: Any) -> None:
         add_user(crm_engine, "t1", "u2", name="", email="nope", time_zone="Nowhere/City",
                  phone="0301234")  # fmt: skip
     assert [field for field, _ in info.value.errors] == ["name", "email", "time_zone", "phone"]
+
+
+def test_follow_up_jobs_are_made_once_per_job(broker: Any) -> None:
+    """A re-run of a notification job (lease lost, crash after enqueueing) finds the email
+    or held job it made: their ids derive from its own."""
+    from crmqueue.engine.queues import EncodedPayload
+    from crmqueue.payloads import NotificationPayload, payload_json
+    from crmqueue.workers.notification import enqueue_once, follow_up_id
+
+    valid, encoded = payload_json(
+        NotificationPayload, {"tenant_id": "t1", "user_id": "u1", "title": "T", "message": "m"}
+    )
+    data = EncodedPayload(valid.tenant_id, encoded)
+    held = follow_up_id("job-1", "held")
+    assert held == follow_up_id("job-1", "held") != follow_up_id("job-2", "held")
+    assert held != follow_up_id("job-1", "email") and len(held) == 32
+    # Outside a running job nothing is known of earlier runs: it looks, as a re-run does.
+    assert enqueue_once("notification", "send", data, held) == held
+    assert enqueue_once("notification", "send", data, held) == held
+    assert jobs.stats("notification")["waiting"] == 1
+    assert jobs.get(held).payload["title"] == "T"
