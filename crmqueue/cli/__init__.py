@@ -17,6 +17,7 @@ from crmqueue.cli import (
     enqueue,
     jobs,
     monitor,
+    report,
     serve,
     transfer,
 )
@@ -39,6 +40,18 @@ def main() -> None:
     """crmqueue: the background-job system of a CRM."""
 
 
-for _module in (serve, enqueue, monitor, jobs, dlq, configuration, db, transfer, deploy, email):
+for _module in (
+    serve,
+    enqueue,
+    monitor,
+    jobs,
+    dlq,
+    configuration,
+    db,
+    transfer,
+    report,
+    deploy,
+    email,
+):
     for _command in _module.COMMANDS:
         main.add_command(_command)

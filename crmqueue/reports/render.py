@@ -27,7 +27,7 @@ import datetime as dt
 import functools
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -171,11 +171,14 @@ def _context(data: ReportData) -> dict[str, Any]:
 # --------------------------------------------------------------------------- HTML
 
 
-def render_html(data: ReportData) -> bytes:
-    """The report as one self-contained UTF-8 HTML document (see the module docstring)."""
+def render_html(data: ReportData, charted: Callable[[], None] | None = None) -> bytes:
+    """The report as one self-contained UTF-8 HTML document (see the module docstring).
+    `charted()` is called once the charts are drawn (a job reports it as a step)."""
     context = _context(data)
     # Markup: renderSVG escapes every text it writes (see crmqueue.reports.charts)
     context["charts"] = [] if data.empty else [Markup(charts.svg(c)) for c in data.charts]
+    if charted is not None:
+        charted()
     return _environment().get_template("report.html.j2").render(context).encode("utf-8")
 
 
@@ -228,11 +231,14 @@ def pdf_source(data: ReportData) -> str:
     return _environment().get_template("report.pdf.j2").render(context)
 
 
-def render_pdf(data: ReportData, path: Path) -> int:
+def render_pdf(data: ReportData, path: Path, charted: Callable[[], None] | None = None) -> int:
     """Write the report as a PDF to `path` (see the module docstring); returns its size in
-    bytes. Raises PermanentError when xhtml2pdf reports errors."""
+    bytes. Raises PermanentError when xhtml2pdf reports errors. `charted()` is called once
+    the charts are drawn."""
     _register_chart_tag()
     drawings = [] if data.empty else [charts.drawing(chart) for chart in data.charts]
+    if charted is not None:
+        charted()
     source = pdf_source(data)
     buffer = io.BytesIO()
     token = _drawings.set(drawings)
@@ -354,9 +360,9 @@ def _write_table(book: Any, formats: _Formats, name: str, table: Table) -> None:
     _fit(sheet, widths)
 
 
-def render_xlsx(data: ReportData, path: Path) -> int:
+def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None = None) -> int:
     """Write the report as an XLSX workbook to `path` (see the module docstring); returns
-    its size in bytes."""
+    its size in bytes. `charted()` is called once the charts are added."""
     import xlsxwriter  # type: ignore[import-untyped]
 
     book = xlsxwriter.Workbook(
@@ -404,6 +410,8 @@ def render_xlsx(data: ReportData, path: Path) -> int:
             if native is not None:
                 summary.insert_chart(row, 0, native)
                 row += 16  # 300 px at the default 20 px a row
+        if charted is not None:
+            charted()
         data_sheet.set_column(0, 0, min(_MAX_WIDTH, widest + 2))
         data_sheet.set_column(1, 20, 14)
         for name, table in zip(_sheet_names(data.tables), data.tables, strict=True):
