@@ -181,6 +181,86 @@ def contact_update(changes: dict[str, Any]) -> dict[str, Any]:
     return complete_names(values)
 
 
+# --------------------------------------------------------------------------- leads
+
+
+def last_lead_id(conn: Connection) -> int:
+    """The highest lead id visible now (every tenant's): leads inserted afterwards have
+    higher ones (record_new_leads)."""
+    return int(conn.execute(sa.select(sa.func.max(schema.leads.c.id))).scalar() or 0)
+
+
+def record_new_leads(conn: Connection, tenant_id: str, after_id: int, created_at: Any) -> None:
+    """The stage-history creation rows (pipeline.stage_changed from nothing) of the leads
+    of `tenant_id` inserted with `created_at` and an id above `after_id`
+    (last_lead_id before the insert): one INSERT ... SELECT, so a bulk insert (COPY
+    included) needs no ids back."""
+    leads, history = schema.leads, schema.lead_stage_history
+    conn.execute(
+        history.insert().from_select(
+            ["tenant_id", "lead_id", "to_stage", "to_status", "changed_at"],
+            sa.select(
+                leads.c.tenant_id, leads.c.id, leads.c.stage, leads.c.status, leads.c.created_at
+            ).where(
+                leads.c.id > after_id,
+                leads.c.tenant_id == tenant_id,
+                leads.c.created_at == created_at,
+            ),
+        )
+    )
+
+
+def record_stage_change(
+    conn: Connection, tenant_id: str, lead_id: int, changes: dict[str, Any], at: dt.datetime
+) -> None:
+    """Before `changes` (values of None are not applied) update lead `lead_id`: a
+    stage-history row (pipeline.stage_changed) when they change its stage or status, from
+    the stored ones to the new ones, at `at`."""
+    stage, status = changes.get("stage"), changes.get("status")
+    if stage is None and status is None:
+        return
+    leads, history = schema.leads, schema.lead_stage_history
+    new_stage = sa.literal(stage, sa.String) if stage is not None else leads.c.stage
+    new_status = sa.literal(status, sa.String) if status is not None else leads.c.status
+    conn.execute(
+        history.insert().from_select(
+            ["tenant_id", "lead_id", "from_stage", "to_stage", "from_status", "to_status",
+             "changed_at"],
+            sa.select(
+                leads.c.tenant_id, leads.c.id, leads.c.stage, new_stage, leads.c.status,
+                new_status, sa.literal(at, schema.UtcDateTime()),
+            ).where(
+                leads.c.id == lead_id,
+                leads.c.tenant_id == tenant_id,
+                sa.or_(leads.c.stage.is_distinct_from(new_stage), leads.c.status != new_status),
+            ),
+        )
+    )  # fmt: skip
+
+
+def update_lead(
+    conn: Connection,
+    tenant_id: str,
+    lead_id: int,
+    changes: dict[str, Any],
+    at: dt.datetime | None = None,
+) -> int:
+    """The store's update path of one lead: its fields set to `changes` (values of None
+    left as they are), updated_at to `at` (default now), and a stage change recorded in
+    the stage history (record_stage_change). Returns the rows updated (0: no such lead
+    in this tenant)."""
+    stamp = at or now()
+    values = {key: value for key, value in changes.items() if value is not None}
+    record_stage_change(conn, tenant_id, lead_id, values, stamp)
+    leads = schema.leads
+    result = conn.execute(
+        leads.update()
+        .where(leads.c.id == lead_id, leads.c.tenant_id == tenant_id)
+        .values(**values, updated_at=stamp)
+    )
+    return int(result.rowcount)
+
+
 # --------------------------------------------------------------------------- seeding
 
 FIRST = [
