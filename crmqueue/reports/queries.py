@@ -159,21 +159,25 @@ def utc_offsets(
     def offset(at: dt.datetime) -> dt.timedelta:
         return at.astimezone(zone).utcoffset() or dt.timedelta()
 
-    moment = start_at - dt.timedelta(days=1)
-    stop = end_at + dt.timedelta(days=1)
-    current = offset(moment)
+    def instant(seconds: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+    day = 86400
+    moment = int(start_at.timestamp()) - day
+    stop = int(end_at.timestamp()) + day
+    current = offset(instant(moment))
     segments: list[tuple[dt.datetime, dt.timedelta]] = []
     while moment < stop:
-        following = min(moment + dt.timedelta(days=1), stop)
-        if offset(following) != current:
-            low, high = moment, following
-            while high - low > dt.timedelta(seconds=1):
-                middle = low + (high - low) / 2
-                low, high = (middle, high) if offset(middle) == current else (low, middle)
-            segments.append((high, current))
-            current = offset(high)
+        following = min(moment + day, stop)
+        if offset(instant(following)) != current:
+            low, high = moment, following  # offset(low) is current, offset(high) is not
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (middle, high) if offset(instant(middle)) == current else (low, middle)
+            segments.append((instant(high), current))
+            current = offset(instant(high))
         moment = following
-    segments.append((stop, current))
+    segments.append((instant(stop), current))
     return segments
 
 
@@ -992,7 +996,9 @@ def _activity(scope: Scope) -> Built:
                         if s in by_status))
         )  # fmt: skip
     types = [row.k for row in by_type]
-    per_period_type = {(row.k, row.t): int(row.n) for row in grouped(bucket, A.c.type.label("t"))}
+    per_period_type = {
+        (row.k, row.kind): int(row.n) for row in grouped(bucket, A.c.type.label("kind"))
+    }
     charts = [
         Chart("activities_by_type", "Activities by type", "bar", tuple(types),
               (Series("Activities", tuple(int(row.n) for row in by_type)),),
