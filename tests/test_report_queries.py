@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from crmqueue.config import Settings
 from crmqueue.crm import schema
-from crmqueue.crm.store import create_engine, init_db, update_lead
+from crmqueue.crm.store import create_engine, init_db, seed, update_lead
 from crmqueue.payloads import ImportPayload, ReportPayload
 from crmqueue.reports.model import ReportData, Table
 from crmqueue.reports.queries import build_report, period_label, periods, utc_offsets
@@ -267,7 +267,7 @@ def test_sales_figures(engine: Any) -> None:
         dt.date(2025, 10, 1),
         dt.date(2025, 12, 31),
     )
-    assert data.dimensions == ("month", "owner") or data.dimensions == ("month",)
+    assert data.dimensions == ("month",)
     assert not data.empty
     # Closed in range: L1 L2 L3 L5 L8 won, L4 L9 lost (L6 closes Jan 1 in Tokyo, L7 later).
     assert figures(data) == [
@@ -634,3 +634,63 @@ def test_import_records_new_leads_and_stage_changes(crm_engine: Any, tmp_path: P
 
 crm_url = crm_db.crm_url
 crm_engine = crm_db.crm_engine
+
+
+# --------------------------------------------------------------------------- seed
+
+
+def test_seed_gives_every_report_a_history(crm_engine: Any) -> None:
+    """Issue #13 item 5: 24 months of contacts, deals and activities that grow, with stage
+    history, won and lost deals in two currencies or more, several owners."""
+    counts = seed(crm_engine, "t1", 1000)
+    assert counts["leads"] == 200 and counts["activities"] == 200
+    today = dt.datetime.now(dt.UTC).date()
+    first = today.replace(day=1)
+    for _ in range(23):
+        first = (first - dt.timedelta(days=1)).replace(day=1)
+    span = {"start": first.isoformat(), "end": today.isoformat(), "timeZone": "UTC"}
+    settings = Settings()
+
+    def run(kind: str, **fields: Any) -> ReportData:
+        data = {"tenantId": "t1", "userId": "u1", "reportType": kind, "format": "html",
+                "dateRange": {"startDate": span["start"], "endDate": span["end"]},
+                "timeZone": "UTC", **fields}  # fmt: skip
+        payload = ReportPayload.model_validate(data, context=CONTEXT)
+        return build_report(settings, payload, engine=crm_engine)
+
+    growth = run("contact-growth")
+    new = [r[1] for r in rows(growth, "growth_by_period")]
+    assert len(new) == 24 and sum(new) == 1000 and min(new[:-1]) > 0
+    assert sum(new[12:]) > 1.3 * sum(new[:12])  # growth
+    sales = run("sales")
+    won = [r for r in rows(sales, "revenue_by_period") if r[3]]
+    assert len({r[0] for r in won}) >= 18 and len({r[1] for r in won}) >= 2
+    win_rate = dict((k, v) for k, v, _ in figures(sales))["win_rate"]
+    assert D("0.1") < win_rate < D("0.5")
+    assert len({r[0] for r in rows(sales, "revenue_by_owner")}) == 5
+    pipeline = run("pipeline")
+    reached = [r[2] for r in rows(pipeline, "stage_conversion")] + [
+        rows(pipeline, "stage_conversion")[-1][3]
+    ]
+    assert reached == sorted(reached, reverse=True) and reached[-1] > 0
+    assert [r[0] for r in rows(pipeline, "days_in_stage")] == [
+        "prospecting", "qualification", "proposal", "negotiation"]  # fmt: skip
+    assert sum(1 for _, moved in rows(pipeline, "moved_by_period") if moved) >= 18
+    activity = run("activity")
+    numbers = {k: v for k, v, _ in figures(activity)}
+    assert numbers["completed"] > numbers["overdue"] > 0
+    # Each deal's history starts when it was created and ends in its stage and status.
+    h, lead = schema.lead_stage_history.c, schema.leads.c
+    with crm_engine.connect() as conn:
+        last: dict[int, tuple[str, str]] = {}
+        history = sa.select(h.lead_id, h.from_status, h.to_stage, h.to_status).order_by(
+            h.lead_id, h.changed_at, h.id
+        )
+        for row in conn.execute(history):
+            if row.lead_id not in last:
+                assert row.from_status is None
+            last[row.lead_id] = (row.to_stage, row.to_status)
+        leads = sa.select(lead.id, lead.stage, lead.status)
+        current = {r.id: (r.stage, r.status) for r in conn.execute(leads)}
+    assert last == current
+    assert {status for _, status in current.values()} == {"open", "won", "lost"}
