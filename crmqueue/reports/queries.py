@@ -400,6 +400,32 @@ def _key_label(scope: Scope, dimension: str, names: Mapping[str, str]) -> Callab
 # --------------------------------------------------------------------------- sales
 
 
+@dataclass(frozen=True)
+class _Closed:
+    """One group of closed deals: its keys, currency and additive measures."""
+
+    keys: tuple[Any, ...]
+    currency: str
+    won_cents: int
+    won: int
+    won_priced: int
+    closed: int
+
+    @staticmethod
+    def merge(
+        groups: Iterable[_Closed], key: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    ) -> list[_Closed]:
+        """`groups` summed by (key(keys), currency), in first-seen order."""
+        sums: dict[tuple[tuple[Any, ...], str], list[int]] = {}
+        for group in groups:
+            total = sums.setdefault((key(group.keys), group.currency), [0, 0, 0, 0])
+            for index, value in enumerate(
+                (group.won_cents, group.won, group.won_priced, group.closed)
+            ):
+                total[index] += value
+        return [_Closed(keys, currency, *values) for (keys, currency), values in sums.items()]
+
+
 def _sales(scope: Scope) -> Built:
     closed_on = sa.func.coalesce(L.c.close_date, scope.day(L.c.updated_at), type_=sa.Date)
     won = L.c.status == "won"
@@ -417,20 +443,25 @@ def _sales(scope: Scope) -> Built:
     ]
     source = _lead_from(scope, dimensions)
 
-    def grouped(key: sa.ColumnElement[Any] | None) -> list[sa.Row[Any]]:
-        keys = [] if key is None else [key.label("k")]
+    def grouped(*keys: sa.Label[Any]) -> list[_Closed]:
         query = (
             sa.select(*keys, _currency().label("currency"), *measures)
             .select_from(source)
             .where(*base)
-            .group_by(*(["k"] if keys else []), "currency")
+            .group_by(*[key.name for key in keys], "currency")
         )
-        return list(scope.conn.execute(query))
+        return [
+            _Closed(tuple(row[: len(keys)]), row.currency, int(row.won_cents or 0), int(row.won),
+                    int(row.won_priced), int(row.closed))
+            for row in scope.conn.execute(query)
+        ]  # fmt: skip
 
-    totals = grouped(None)
+    # One scan for the totals, the periods and the owners: summed up here from its groups.
+    by_period_owner = grouped(scope.bucket(closed_on).label("k"), L.c.owner.label("o"))
+    totals = _Closed.merge(by_period_owner, lambda keys: ())
     currencies = sorted(row.currency for row in totals)
-    won_count = sum(int(row.won) for row in totals)
-    closed_count = sum(int(row.closed) for row in totals)
+    won_count = sum(row.won for row in totals)
+    closed_count = sum(row.closed for row in totals)
     figures = [
         *[
             Figure("won_revenue", f"Won revenue ({row.currency})", money(row.won_cents), "money",
@@ -440,7 +471,7 @@ def _sales(scope: Scope) -> Built:
         Figure("won_deals", "Won deals", won_count, "int"),
         *[
             Figure("average_deal", f"Average deal size ({row.currency})",
-                   _average(row.won_cents, int(row.won_priced)), "money", row.currency)
+                   _average(row.won_cents, row.won_priced), "money", row.currency)
             for row in sorted(totals, key=lambda r: r.currency)
         ],
         Figure("win_rate", "Win rate (won / closed deals)", fraction(won_count, closed_count),
@@ -454,17 +485,20 @@ def _sales(scope: Scope) -> Built:
         Column("win_rate", "Win rate", "percent"),
     )
 
-    def row_values(row: Any) -> tuple[Any, ...]:
+    def row_values(row: _Closed) -> tuple[Any, ...]:
         return (
             row.currency,
             money(row.won_cents),
-            int(row.won),
-            _average(row.won_cents, int(row.won_priced)),
-            fraction(int(row.won), int(row.closed)),
+            row.won,
+            _average(row.won_cents, row.won_priced),
+            fraction(row.won, row.closed),
         )
 
     # By period: every period of the range, each with every currency (zeros included).
-    found = {(row.k, row.currency): row for row in grouped(scope.bucket(closed_on))}
+    found = {
+        (row.keys[0], row.currency): row
+        for row in _Closed.merge(by_period_owner, lambda keys: keys[:1])
+    }
     labels = [period_label(scope.period, first) for first in periods(scope.period, scope.start,
                                                                      scope.end)]  # fmt: skip
     firsts = periods(scope.period, scope.start, scope.end)
@@ -491,9 +525,12 @@ def _sales(scope: Scope) -> Built:
     names = _owner_names(scope)
     for dimension in dimensions:
         label_of = _key_label(scope, dimension, names)
-        rows = grouped(_lead_dimension(scope, dimension))
-        ordered = sorted(rows, key=lambda r: (-int(r.won_cents or 0), label_of(r.k), r.currency))
-        table_rows = tuple((label_of(row.k), *row_values(row)) for row in ordered)
+        if dimension == "owner":
+            rows = _Closed.merge(by_period_owner, lambda keys: keys[1:])
+        else:
+            rows = grouped(_lead_dimension(scope, dimension).label("k"))
+        ordered = sorted(rows, key=lambda r: (-r.won_cents, label_of(r.keys[0]), r.currency))
+        table_rows = tuple((label_of(row.keys[0]), *row_values(row)) for row in ordered)
         title = f"Won revenue by {dimension}"
         tables.append(
             Table(f"revenue_by_{dimension}", title,
@@ -509,7 +546,7 @@ def _sales(scope: Scope) -> Built:
                             for c in currencies),
                       x_title="Owner", y_title="Won revenue")
             )  # fmt: skip
-    tables.append(_top_deals(scope, closed_on, base, source, names))
+    tables.append(_top_deals(scope, closed_on, base, source, names, currencies))
     return figures, tables, charts, closed_count == 0
 
 
@@ -519,33 +556,29 @@ def _top_deals(
     base: list[sa.ColumnElement[bool]],
     source: sa.FromClause,
     names: Mapping[str, str],
+    currencies: Sequence[str],
 ) -> Table:
-    rank = (
-        sa.func.row_number()
-        .over(partition_by=_currency(), order_by=(L.c.amount.desc(), L.c.id))
-        .label("rank")
-    )
-    ranked = (
-        sa.select(
-            rank, L.c.title, L.c.owner, closed_on.label("closed_on"),
-            _currency().label("currency"), _cents(L.c.amount).label("cents"),
-        )
-        .select_from(source)
-        .where(*base, L.c.status == "won", L.c.amount.is_not(None))
-        .subquery()
-    )  # fmt: skip
-    query = (
-        sa.select(ranked)
-        .where(ranked.c.rank <= scope.reports.top_deals)
-        .order_by(ranked.c.currency, ranked.c.rank)
-    )
-    rows = tuple(
-        (
-            int(row.rank), row.title, names.get(row.owner, _label(row.owner)),
-            _as_date(row.closed_on), row.currency, money(row.cents),
-        )
-        for row in scope.conn.execute(query)
-    )  # fmt: skip
+    # Per currency, ORDER BY ... LIMIT: a top-N sort each, where a window over every won
+    # deal would sort them all.
+    rows = []
+    for currency in currencies:
+        query = (
+            sa.select(
+                L.c.title, L.c.owner, closed_on.label("closed_on"),
+                _cents(L.c.amount).label("cents"),
+            )
+            .select_from(source)
+            .where(*base, L.c.status == "won", L.c.amount.is_not(None), _currency() == currency)
+            .order_by(L.c.amount.desc(), L.c.id)
+            .limit(scope.reports.top_deals)
+        )  # fmt: skip
+        rows += [
+            (
+                rank, row.title, names.get(row.owner, _label(row.owner)),
+                _as_date(row.closed_on), currency, money(row.cents),
+            )
+            for rank, row in enumerate(scope.conn.execute(query), 1)
+        ]  # fmt: skip
     columns = (
         Column("rank", "#", "int"),
         Column("deal", "Deal", "text"),
@@ -555,7 +588,7 @@ def _top_deals(
         Column("amount", "Amount", "money"),
     )
     top = scope.reports.top_deals
-    return Table("top_deals", f"Top {top} won deals per currency", columns, rows)
+    return Table("top_deals", f"Top {top} won deals per currency", columns, tuple(rows))
 
 
 def _as_date(value: Any) -> dt.date | None:
