@@ -128,6 +128,7 @@ def test_empty_period_and_the_command_line(
 ) -> None:
     import crmqueue.workers.email
     import crmqueue.workers.report  # noqa: F401
+    from crmqueue import tasks
     from crmqueue.cli import main
 
     broker = make_broker()
@@ -141,6 +142,10 @@ def test_empty_period_and_the_command_line(
     assert info.result["empty"] is True
     page = (settings.files.dir / info.result["path"]).read_text(encoding="utf-8")
     assert "No data in this period." in page
+    # without files.download_base_url the email links the file by its absolute path
+    assert info.result["download_url"] == info.result["file"]
+    mail = tasks.Job(info.result["notified"]["email"]["job_id"], "email").wait(30)
+    assert mail.state == "completed", mail.errors
 
     config = tmp_path / "cli.toml"
     config.write_text(
