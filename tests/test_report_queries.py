@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from crmqueue.config import Settings
 from crmqueue.crm import schema
 from crmqueue.crm.store import create_engine, init_db, seed, update_lead
+from crmqueue.errors import PermanentError
 from crmqueue.payloads import ImportPayload, ReportPayload
 from crmqueue.reports.model import ReportData, Table
 from crmqueue.reports.queries import build_report, period_label, periods, utc_offsets
@@ -472,6 +473,9 @@ def test_contact_growth_figures(engine: Any) -> None:
         ("2025-10", "2025-11", "2025-12"),
         {"(none)": (0, 0, 1), "referral": (1, 0, 0), "web": (1, 0, 0)},
     )
+    renamed = Settings.model_validate({"crm": {"contact_statuses": ["Lead", "Client"]}})
+    with pytest.raises(PermanentError, match=r"filters\.status: 'customer': not a status"):
+        report(engine, "contact-growth", settings=renamed, filters={"status": "customer"})
     leads_only = report(engine, "contact-growth", filters={"status": "LEAD"})
     assert figures(leads_only) == [("new_contacts", 2, None), ("total_contacts", 2, None),
                                    ("growth_rate", None, None)]  # fmt: skip

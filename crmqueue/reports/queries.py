@@ -47,6 +47,7 @@ from sqlalchemy.engine import Connection, Engine
 from crmqueue.config import ReportsSettings, Settings
 from crmqueue.crm import schema
 from crmqueue.crm.store import get_engine
+from crmqueue.errors import PermanentError
 from crmqueue.payloads import ReportPayload
 from crmqueue.reports.model import Chart, Column, Figure, ReportData, Series, Table
 from crmqueue.reports.options import ReportFilters, check_dimensions, check_filters
@@ -276,8 +277,8 @@ def build_report(
 ) -> ReportData:
     """The figures, tables and charts of `payload`'s report, from the CRM database of
     `settings` (or `engine`), for its tenant only. `generated_at` (aware; default now)
-    is when "overdue" is judged. Raises ValueError for filters or dimensions the
-    payload's validation would refuse."""
+    is when "overdue" is judged. Raises PermanentError for filters or dimensions the
+    payload's validation would refuse now (crm.contact_statuses changed since enqueue)."""
     zone_name = payload.time_zone or settings.reports.zone_for(payload.tenant_id)
     zone = zoneinfo.ZoneInfo(zone_name)
     report_type = payload.report_type
@@ -285,8 +286,13 @@ def build_report(
     filters, filter_errors = check_filters(
         report_type, payload.filters, settings.crm.contact_statuses
     )
-    if dimension_errors or filter_errors:
-        raise ValueError(f"report options refused: {dimension_errors + filter_errors}")
+    errors = [(f"dimensions.{i}", reason) for i, reason in dimension_errors] + [
+        (f"filters.{key}", reason) for key, reason in filter_errors
+    ]
+    if errors:  # checked at enqueue; the configured contact statuses may have changed since
+        raise PermanentError(
+            "report options refused: " + "; ".join(f"{field}: {why}" for field, why in errors)
+        )
     start, end = payload.date_range.start_date, payload.date_range.end_date
     stamp = (generated_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     engine = engine or get_engine(settings.database.url)
