@@ -18,9 +18,15 @@ import pytest
 from openpyxl import load_workbook
 from pypdf import PdfReader
 
-from crmqueue.reports import charts
+from crmqueue.reports import charts, render
 from crmqueue.reports.model import Chart, Column, Figure, ReportData, Series, Table
-from crmqueue.reports.render import format_value, render_html, render_pdf, render_xlsx
+from crmqueue.reports.render import (
+    MAX_PDF_TABLE_ROWS,
+    format_value,
+    render_html,
+    render_pdf,
+    render_xlsx,
+)
 
 MONTHS = tuple(f"2025-{m:02d}" for m in range(1, 13))
 
@@ -155,11 +161,14 @@ def test_format_value() -> None:
 
 
 def test_pdf_cover_pages_headers_and_vector_charts(
-    tmp_path: Path, trap: tuple[str, list[str]]
+    tmp_path: Path, trap: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base, hits = trap
     path = tmp_path / "r.pdf"
-    size = render_pdf(sample(base, rows=120), path)
+    cap = 80  # MAX_PDF_TABLE_ROWS, smaller: the test stays fast
+    assert cap < MAX_PDF_TABLE_ROWS
+    monkeypatch.setattr(render, "MAX_PDF_TABLE_ROWS", cap)
+    size = render_pdf(sample(base, rows=cap + 10), path)
     assert size == path.stat().st_size > 0
     reader = PdfReader(path)
     pages = _pdf_text(path)
@@ -175,14 +184,17 @@ def test_pdf_cover_pages_headers_and_vector_charts(
     # the charts are vectors: their labels are text, and no page holds an image
     assert "Revenue by month" in cover and "2025-07" in cover and "Alice Novak" in cover
     assert all(not page.images for page in reader.pages)
-    # the 120-row table runs over pages, its title and header row on each of them
+    # the long table runs over pages, its title and header row on each of them
     deal_pages = [text for text in pages if "Deal 1" in text]
     assert len(deal_pages) >= 2
     for text in deal_pages:
         assert re.search(
             r"Top deals\s+Deal\s+Owner\s+Currency\s+Amount\s+Closed\s+Days\s+open", text
         )
-    assert "Deal 119" in pages[-1]
+    # cut at MAX_PDF_TABLE_ROWS rows, saying so
+    last = cap - 1
+    assert f"Deal {last}\n" in pages[-1] and f"Deal {last + 1}\n" not in pages[-1]
+    assert "… and 10 more rows, left out of the PDF" in pages[-1].replace("\n", " ")
     # tenant values are text, not markup; nothing was fetched
     whole = "\n".join(pages)
     assert '<img src="file:///etc/passwd">' in whole.replace("\n", "")

@@ -50,6 +50,11 @@ _SHEET_CHARS = 31
 _SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
 _CURRENCY_CODE = re.compile(r"[A-Z]{3}")
 _MAX_WIDTH = 60  # characters: a wider column wraps in the spreadsheet program
+# Rows of one table in the PDF. xhtml2pdf takes about 5 ms a cell on this machine, and
+# longer with every page a table runs over (a year by day is 730 rows in two currencies:
+# 20 s); a report is read, not searched, and its HTML and XLSX hold every row. The PDF
+# says how many rows it leaves out.
+MAX_PDF_TABLE_ROWS = 250
 
 
 # --------------------------------------------------------------------------- values
@@ -150,7 +155,10 @@ def _widths(table: Table, rows: Sequence[Sequence[tuple[str, bool]]]) -> list[fl
     return [round(100 * w / total, 1) for w in want]
 
 
-def _context(data: ReportData) -> dict[str, Any]:
+def _context(data: ReportData, max_rows: int | None = None) -> dict[str, Any]:
+    """What the templates read; tables cut to `max_rows` rows each when given (the PDF:
+    `MAX_PDF_TABLE_ROWS`), with `omitted` saying how many rows each left out."""
+    tables = [(table, list(_table_rows(table))) for table in data.tables]
     return {
         "data": data,
         "cover": _cover(data),
@@ -160,10 +168,9 @@ def _context(data: ReportData) -> dict[str, Any]:
             for figure in data.figures
         ],
         "tables": [
-            (table, rows, _widths(table, rows))
-            for table in data.tables
-            for rows in [list(_table_rows(table))]
+            (table, rows[:max_rows], _widths(table, rows[:max_rows])) for table, rows in tables
         ],
+        "omitted": [max(0, len(rows) - max_rows) if max_rows else 0 for _, rows in tables],
         "font_family": FONT_FAMILY,
     }
 
@@ -226,7 +233,7 @@ def _register_chart_tag() -> None:
 
 def pdf_source(data: ReportData) -> str:
     """The XHTML xhtml2pdf renders (charts as `<crmqueuechart>` placeholders)."""
-    context = _context(data)
+    context = _context(data, MAX_PDF_TABLE_ROWS)
     context["charts"] = [] if data.empty else [chart.title for chart in data.charts]
     return _environment().get_template("report.pdf.j2").render(context)
 
