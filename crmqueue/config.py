@@ -257,9 +257,12 @@ DEFAULT_STAGE_PROBABILITIES = (
 
 
 def _pairs(value: Any) -> Any:
-    """A list of "key=value" texts: a list, or one comma-separated text (environment)."""
+    """A list of "key=value" texts: a list, one comma-separated text (environment), or a
+    TOML table (its keys in order)."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Mapping):
+        return [f"{key}={item}" for key, item in value.items()]
     return value
 
 

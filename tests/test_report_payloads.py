@@ -222,6 +222,14 @@ def test_reports_settings(tmp_path: Path) -> None:
     assert settings.reports.zone_for("acme") == "Asia/Tokyo"
     assert settings.reports.zone_for("other") == "UTC"
     assert settings.reports.probabilities() == {"lead": Decimal("0.2"), "deal": Decimal("0.9")}
+    table = tmp_path / "reports.toml"
+    table.write_text(
+        '[reports.tenant_time_zones]\nacme = "Asia/Tokyo"\n'
+        "[reports.stage_probabilities]\nlead = 0.2\ndeal = 0.9\n"
+    )
+    from_table = load_settings(config_file=table, environ={}).reports
+    assert from_table.tenant_time_zones == ["acme=Asia/Tokyo"]
+    assert from_table.probabilities() == {"lead": Decimal("0.2"), "deal": Decimal("0.9")}
     for key, value, reason in [
         ("TIME_ZONE", "Nowhere/Land", "reports.time_zone"),
         ("TENANT_TIME_ZONES", "acme", "reports.tenant_time_zones"),
