@@ -324,3 +324,17 @@ def test_empty_report_says_so_everywhere(tmp_path: Path) -> None:
 def test_chart_without_categories_draws_a_note() -> None:
     empty = Chart("x", "Nothing", "line", (), ())
     assert "No data in this period" in charts.svg(empty)
+
+
+def test_a_bar_chart_of_very_many_categories_is_drawn_as_lines() -> None:
+    categories = tuple(f"d{i}" for i in range(charts.MAX_BARS + 1))
+    chart = Chart("d", "By day", "bar", categories, (Series("USD", tuple(range(121))),))
+    assert charts.drawn_kind(chart) == "line"
+    assert charts.drawn_kind(Chart("s", "S", "stacked_bar", categories, chart.series)) == (
+        "stacked_bar"
+    )
+    svg = charts.svg(chart)
+    # every 6th category labelled (at most 24 labels), no bar drawn
+    assert ">d0<" in svg and ">d6<" in svg and ">d5<" not in svg
+    assert svg.count("<text") < 40
+    assert "<polyline" in svg or "<path" in svg
