@@ -698,3 +698,32 @@ def test_seed_gives_every_report_a_history(crm_engine: Any) -> None:
         current = {r.id: (r.stage, r.status) for r in conn.execute(leads)}
     assert last == current
     assert {status for _, status in current.values()} == {"open", "won", "lost"}
+
+
+def test_stage_history_step_upgrades_a_database_with_leads(crm_url: str) -> None:
+    """The step from the version before it: existing leads get their creation row; run
+    again on a database that has the table already (steps of parallel branches are ordered
+    at merge), it adds nothing twice."""
+    step = schema.MIGRATIONS.index(schema._stage_history) + 1
+    engine = create_engine(crm_url)
+    try:
+        init_db(engine, target=step - 1)
+        assert not sa.inspect(engine).has_table("lead_stage_history")
+        stamp = utc(2024, 5, 1, 12)
+        with engine.begin() as conn:
+            conn.execute(schema.leads.insert(), [
+                {"tenant_id": "t1", "title": "A", "status": "open", "stage": "proposal",
+                 "created_at": stamp, "updated_at": stamp},
+                {"tenant_id": "t2", "title": "B", "status": "won", "stage": None,
+                 "created_at": stamp, "updated_at": stamp},
+            ])  # fmt: skip
+        assert init_db(engine) == (step - 1, schema.SCHEMA_VERSION)
+        h = schema.lead_stage_history.c
+        query = sa.select(h.tenant_id, h.from_stage, h.to_stage, h.to_status, h.changed_at)
+        with engine.begin() as conn:
+            rows = sorted(conn.execute(query).all())
+            schema._stage_history(conn)  # present already: nothing added
+            assert sorted(conn.execute(query).all()) == rows
+        assert rows == [("t1", None, "proposal", "open", stamp), ("t2", None, None, "won", stamp)]
+    finally:
+        engine.dispose()
