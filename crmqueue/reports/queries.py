@@ -66,8 +66,6 @@ TITLES = {
 _CENT = Decimal("0.01")
 _FRACTION = Decimal("0.0001")
 _TENTH = Decimal("0.1")
-_PERIOD_TITLES = {"day": "day", "week": "week", "month": "month", "quarter": "quarter",
-                  "year": "year"}  # fmt: skip
 _DIMENSION_TITLES = {"owner": "Owner", "stage": "Stage", "source": "Source",
                      "company": "Company", "status": "Status"}  # fmt: skip
 
@@ -517,7 +515,7 @@ def _sales(scope: Scope) -> Built:
             period_rows.append((label, *values))
     tables = [
         Table("revenue_by_period", f"Won revenue by {scope.period}",
-              (Column("period", _PERIOD_TITLES[scope.period].capitalize(), "text"), *columns),
+              (Column("period", scope.period.capitalize(), "text"), *columns),
               tuple(period_rows)),
     ]  # fmt: skip
     revenue_chart = Chart(
@@ -526,7 +524,7 @@ def _sales(scope: Scope) -> Built:
             Series(currency, tuple(r[2] for r in period_rows if r[1] == currency))
             for currency in currencies
         ),
-        x_title=_PERIOD_TITLES[scope.period].capitalize(), y_title="Won revenue",
+        x_title=scope.period.capitalize(), y_title="Won revenue",
     )  # fmt: skip
     charts = [revenue_chart]
     names = _owner_names(scope)
