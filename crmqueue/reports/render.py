@@ -27,6 +27,7 @@ import datetime as dt
 import functools
 import io
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -36,7 +37,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from markupsafe import Markup
 
-from crmqueue.formats.pdf import FONT_FAMILY, html_to_pdf
+from crmqueue.formats.pdf import FONT_FAMILY, html_to_pdf, missing_glyphs, register_fonts
 from crmqueue.formats.writers import escape_cell
 from crmqueue.reports import charts
 from crmqueue.reports.model import ColumnKind, ReportData, Table
@@ -55,6 +56,10 @@ _MAX_WIDTH = 60  # characters: a wider column wraps in the spreadsheet program
 # 20 s); a report is read, not searched, and its HTML and XLSX hold every row. The PDF
 # says how many rows it leaves out.
 MAX_PDF_TABLE_ROWS = 250
+# The PDF template's page: A4 less 1.4 cm a side, cells of 8.5 pt text padded 4 pt a side.
+_PDF_FRAME_WIDTH = 595.3 - 2 * 39.7
+_PDF_FONT_PT = 8.5
+_PDF_CELL_PADDING = 10.0
 
 
 # --------------------------------------------------------------------------- values
@@ -119,8 +124,23 @@ def _currency_index(table: Table) -> int | None:
     return None
 
 
+def _pdf_text(value: Any) -> Any:
+    """What the PDF prints for a text: NFC (ReportLab places no combining marks), and a
+    character no bundled font draws (Thai, Devanagari, control characters) as U+FFFD, as
+    PDF exports print it (crmqueue.formats.pdf), rather than a blank or a box."""
+    if not isinstance(value, str) or (value.isascii() and value.isprintable()):
+        return value
+    text = unicodedata.normalize("NFC", value)
+    lacking = missing_glyphs(text)
+    if not lacking:
+        return text
+    return "".join((" " if ch.isspace() else "\ufffd") if ch in lacking else ch for ch in text)
+
+
 @functools.cache
-def _environment() -> jinja2.Environment:
+def _environment(pdf: bool = False) -> jinja2.Environment:
+    """The report templates' Jinja2 environment (autoescaped); for the PDF, every value
+    printed passes `_pdf_text` first."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         autoescape=True,
@@ -128,6 +148,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,
+        finalize=_pdf_text if pdf else None,
     )
     env.globals["format_value"] = format_value
     env.globals["numeric"] = _numeric
@@ -145,14 +166,30 @@ def _table_rows(table: Table) -> Iterator[list[tuple[str, bool]]]:
 
 
 def _widths(table: Table, rows: Sequence[Sequence[tuple[str, bool]]]) -> list[float]:
-    """Column widths (percent of the page) for the PDF: each column's longest text (its
-    title, its cells up to 40 characters: a longer text wraps), as a share of them all."""
-    want = [max(4, len(column.title)) for column in table.columns]
-    for row in rows:
-        for index, (text, _) in enumerate(row[: len(want)]):
-            want[index] = max(want[index], min(40, len(text)))
-    total = sum(want) or 1
-    return [round(100 * w / total, 1) for w in want]
+    """Column widths (percent of the frame) for the PDF, from the texts' printed widths:
+    numbers, dates and codes never wrap (their columns get their widest text), and text
+    columns share the rest in proportion to their widest text (up to 60 characters)."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth  # type: ignore[import-untyped]
+
+    register_fonts()
+    need = []
+    for index, column in enumerate(table.columns):
+        widest = stringWidth(column.title, "DejaVuSans-Bold", _PDF_FONT_PT)
+        for row in rows:
+            if index < len(row):
+                text = row[index][0][:60]
+                widest = max(widest, stringWidth(text, "DejaVuSans", _PDF_FONT_PT))
+        need.append(widest + _PDF_CELL_PADDING)
+    fixed = [column.kind != "text" or column.key == "currency" for column in table.columns]
+    room = _PDF_FRAME_WIDTH
+    if sum(need) > room:
+        rest = room - sum(w for w, f in zip(need, fixed, strict=True) if f)
+        wanted = sum(w for w, f in zip(need, fixed, strict=True) if not f) or 1.0
+        share = max(rest, 0.3 * room) / wanted
+        # a short text (a name, an id: up to 80 pt) keeps its width; long ones wrap
+        need = [w if f else max(min(w, 80.0), w * share) for w, f in zip(need, fixed, strict=True)]
+    total = sum(need) or 1.0
+    return [round(100 * w / total, 2) for w in need]
 
 
 def _context(data: ReportData, max_rows: int | None = None) -> dict[str, Any]:
@@ -235,7 +272,7 @@ def pdf_source(data: ReportData) -> str:
     """The XHTML xhtml2pdf renders (charts as `<crmqueuechart>` placeholders)."""
     context = _context(data, MAX_PDF_TABLE_ROWS)
     context["charts"] = [] if data.empty else [chart.title for chart in data.charts]
-    return _environment().get_template("report.pdf.j2").render(context)
+    return _environment(pdf=True).get_template("report.pdf.j2").render(context)
 
 
 def render_pdf(data: ReportData, path: Path, charted: Callable[[], None] | None = None) -> int:
