@@ -176,6 +176,8 @@ def test_empty_period_and_the_command_line(
     produced = settings.files.dir / "reports" / "t1" / f"sales-2025-01-01-2025-12-31-{job_id}.xlsx"
     assert produced.is_file()
     assert f"Sales report ({produced.stat().st_size:,} bytes): {produced}" in run.stdout
+    # the three won deals of 2025 (any amount): 60,000.00 + 75,000.50 + 1,000.00
+    assert "136,000.50 USD" in run.stdout
 
     bad = CliRunner().invoke(
         main,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
@@ -26,6 +27,24 @@ def _filters(items: tuple[str, ...]) -> dict[str, str]:
     return filters
 
 
+def _shown(value: Any, kind: str) -> str:
+    """A headline figure of the job's result (Decimal figures are exact text there) as
+    the report prints it: 1,234.50 / 1,234 / 37.5 %."""
+    if value is None:
+        return "–"
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return str(value)
+    if kind == "percent":
+        return f"{number * 100:,.1f} %"
+    if kind in ("money", "decimal"):
+        return f"{number:,.2f}"
+    if kind == "days":
+        return f"{number:,.1f}"
+    return f"{number:,}"
+
+
 def _finish(info: Any) -> None:
     click.echo(describe_job(info), err=True)
     if info.state != "completed":
@@ -36,10 +55,8 @@ def _finish(info: Any) -> None:
     if result.get("empty"):
         click.echo("no data in this period")
     for figure in result.get("figures", []):
-        value = figure["value"]
-        shown = "–" if value is None else str(value)
         unit = f" {figure['currency']}" if figure.get("currency") else ""
-        click.echo(f"  {figure['label']}: {shown}{unit}")
+        click.echo(f"  {figure['label']}: {_shown(figure['value'], figure['kind'])}{unit}")
 
 
 @command("report")
