@@ -26,7 +26,7 @@ from bench.common import machine, median, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks.md"
-PARTS = ("engine", "tasks", "latency", "email", "scaleout", "memory", "import-export")
+PARTS = ("engine", "tasks", "latency", "email", "scaleout", "memory", "import-export", "report")
 
 
 def measure(module: str, args: list[str]) -> dict[str, Any]:
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--task-jobs", type=int, default=5_000, help="enqueues per tasks case")
     parser.add_argument("--idle", type=float, default=25.0)
     parser.add_argument("--ie-rows", type=int, default=1_000_000)
+    parser.add_argument("--report-leads", type=int, default=100_000)
     parser.add_argument(
         "--ie-runs", type=int, default=1, help="runs of the million-row part (~3 min each)"
     )
@@ -287,6 +288,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="crmqueue-bench-") as workdir:
             results = import_export.collect(args.ie_runs, args.ie_rows, Path(workdir))
         sections += import_export.section(results, args.ie_runs)
+    if "report" in parts:
+        from bench import report
+
+        with tempfile.TemporaryDirectory(prefix="crmqueue-bench-") as workdir:
+            figures = report.collect(args.runs, args.report_leads, Path(workdir))
+        sections += report.section(figures, args.runs, args.report_leads)
     ie = "import-export" in parts
     command = f".venv/bin/python -m bench.run --parts {','.join(parts)} --runs {args.runs}"
     if ie:

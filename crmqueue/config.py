@@ -10,7 +10,9 @@ import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -310,11 +312,111 @@ class OutboundSettings(Section):
         return tuple(ipaddress.ip_network(text) for text in self.allowed_networks)
 
 
+# The original system's deal stages in pipeline order, each with the chance that a deal in
+# it is won: `reports.stage_probabilities` replaces it.
+DEFAULT_STAGE_PROBABILITIES = (
+    "prospecting=0.1",
+    "qualification=0.25",
+    "proposal=0.5",
+    "negotiation=0.75",
+)
+
+
+def _pairs(value: Any) -> Any:
+    """A list of "key=value" texts: a list, one comma-separated text (environment), or a
+    TOML table (its keys in order)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Mapping):
+        return [f"{key}={item}" for key, item in value.items()]
+    return value
+
+
+class ReportsSettings(Section):
+    # Longest date range of a report, in days (inclusive of both ends).
+    max_range_days: PositiveInt = 3660
+    # IANA time zone of report periods for tenants not in tenant_time_zones.
+    time_zone: str = "UTC"
+    # "tenant=Area/City" entries: a tenant's own time zone (a payload's time_zone wins).
+    tenant_time_zones: list[str] = Field(default_factory=list)
+    # "stage=probability" entries in pipeline order: the stages of the conversion funnel
+    # and each stage's weight in the weighted pipeline value (an unlisted stage weighs 0).
+    stage_probabilities: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STAGE_PROBABILITIES)
+    )
+    # Deals listed in a sales report's top deals, per currency.
+    top_deals: PositiveInt = 10
+
+    @field_validator("tenant_time_zones", "stage_probabilities", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return _pairs(value)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+    @field_validator("tenant_time_zones")
+    @classmethod
+    def _tenant_zones(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for entry in value:
+            tenant, sep, zone = (part.strip() for part in entry.partition("="))
+            if not sep or not tenant or not zone:
+                raise ValueError(f"{entry!r}: expected tenant=Area/City")
+            if tenant in seen:
+                raise ValueError(f"tenant {tenant!r} is listed twice")
+            seen.add(tenant)
+            check_time_zone(zone)
+        return value
+
+    @field_validator("stage_probabilities")
+    @classmethod
+    def _probabilities(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for entry in value:
+            stage, sep, text = (part.strip() for part in entry.rpartition("="))
+            try:
+                probability = Decimal(text)
+            except ArithmeticError:
+                probability = Decimal(-1)
+            if not sep or not stage or not Decimal(0) <= probability <= Decimal(1):
+                raise ValueError(f"{entry!r}: expected stage=probability, 0 to 1")
+            if stage.casefold() in seen:
+                raise ValueError(f"stage {stage!r} is listed twice")
+            seen.add(stage.casefold())
+        return value
+
+    def zone_for(self, tenant_id: str) -> str:
+        """The tenant's time zone: its tenant_time_zones entry, else time_zone."""
+        for entry in self.tenant_time_zones:
+            tenant, _, zone = (part.strip() for part in entry.partition("="))
+            if tenant == tenant_id:
+                return zone
+        return self.time_zone
+
+    def probabilities(self) -> dict[str, Decimal]:
+        """Stage -> probability, in pipeline order."""
+        pairs = (entry.rpartition("=") for entry in self.stage_probabilities)
+        return {stage.strip(): Decimal(text.strip()) for stage, _, text in pairs}
+
+
+def check_time_zone(name: str) -> str:
+    """`name` if it is an IANA time zone this system knows; ValueError otherwise."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
+    return name
+
+
 class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
     crm: CrmSettings = Field(default_factory=CrmSettings)
+    reports: ReportsSettings = Field(default_factory=ReportsSettings)
     queues: QueuesSettings = Field(default_factory=QueuesSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)

@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError, PydanticSerializationError
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticSerializationError
 
 from crmqueue import email_rules
 from crmqueue.errors import PayloadError
@@ -412,13 +412,98 @@ class DateRange(BaseModel):
         return value
 
 
+def _report_settings() -> tuple[int, tuple[str, ...]]:
+    """(reports.max_range_days, crm.contact_statuses) of this process's settings."""
+    from crmqueue.engine.queues import get_broker
+
+    settings = get_broker().settings
+    return settings.reports.max_range_days, tuple(settings.crm.contact_statuses)
+
+
+def _nested_errors(errors: list[tuple[str | int, str]], value: Any) -> ValidationError:
+    """One error per (key or index, reason), reported under the field being validated
+    (``filters.minAmount``, ``dimensions.1``)."""
+    return ValidationError.from_exception_data(
+        "report",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("report_option", "{reason}", {"reason": reason}),
+                loc=(where,),
+                input=value,
+            )
+            for where, reason in errors
+        ],
+    )
+
+
+def _time_zone(value: str) -> str:
+    from crmqueue.config import check_time_zone
+
+    try:
+        return check_time_zone(value)
+    except ValueError as exc:
+        raise PydanticCustomError("time_zone", "{reason}", {"reason": str(exc)}) from None
+
+
 class ReportPayload(Payload):
+    """A report job (issue #13). `filters` and `dimensions` are checked against the report
+    type (crmqueue.reports.options) and kept as given (the report's cover shows them so);
+    the date range may span at most `reports.max_range_days` days. `time_zone` (IANA)
+    overrides the tenant's (reports.tenant_time_zones, else reports.time_zone); left
+    out of the job's JSON when not given. Validation context: `max_range_days`,
+    `contact_statuses`, else the configured ones."""
+
     user_id: NonEmptyStr
     report_type: Literal["sales", "pipeline", "contact-growth", "activity"]
     format: Literal["pdf", "xlsx", "html"]
     date_range: DateRange
     filters: dict[str, Any] = Field(default_factory=dict)
     dimensions: list[str] = Field(default_factory=list)
+    time_zone: Annotated[str, AfterValidator(_time_zone)] | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+
+    @field_validator("date_range")
+    @classmethod
+    def _range_length(cls, value: DateRange, info: ValidationInfo) -> DateRange:
+        limit = (info.context or {}).get("max_range_days") or _report_settings()[0]
+        days = (value.end_date - value.start_date).days + 1
+        if days > limit:
+            raise PydanticCustomError(
+                "range_too_long",
+                "spans {days} days; at most {limit} (reports.max_range_days)",
+                {"days": days, "limit": limit},
+            )
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        report_type = info.data.get("report_type")
+        if report_type is None or not value:  # a bad type is reported on report_type
+            return value
+        from crmqueue.reports.options import check_filters
+
+        statuses = (info.context or {}).get("contact_statuses")
+        if report_type == "contact-growth" and not statuses:
+            statuses = _report_settings()[1]
+        _, errors = check_filters(report_type, value, statuses or ())
+        if errors:
+            raise _nested_errors(list(errors), value)
+        return value
+
+    @field_validator("dimensions")
+    @classmethod
+    def _known_dimensions(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        report_type = info.data.get("report_type")
+        if report_type is None or not value:
+            return value
+        from crmqueue.reports.options import check_dimensions
+
+        _, errors = check_dimensions(report_type, value)
+        if errors:
+            raise _nested_errors(list(errors), value)
+        return value
 
 
 class WebhookDeliveryPayload(Payload):

@@ -297,6 +297,7 @@ def generate_report(
     date_range: Mapping[str, Any],
     filters: Mapping[str, Any] | None = None,
     dimensions: list[str] | None = None,
+    time_zone: str | None = None,
     priority: int | None = None,
     delay: float | None = None,
     eta: dt.datetime | None = None,
@@ -304,7 +305,7 @@ def generate_report(
     fields = {
         "tenant_id": tenant_id, "user_id": user_id, "report_type": report_type,
         "format": format, "date_range": date_range, "filters": filters,
-        "dimensions": dimensions,
+        "dimensions": dimensions, "time_zone": time_zone,
     }  # fmt: skip
     return _submit(KINDS["report"]["generate"], fields, priority, delay, eta)
 

@@ -97,7 +97,8 @@ def test_upgrade_from_version_2_adds_name_and_status_keeping_data(crm_url: str) 
         assert [r["first_name"] for r in got] == ["Jane", " Li ", None, None]  # untouched
         indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("contacts")}
         assert "ix_contacts_tenant_status" in indexes
-        assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)  # nothing left
+        # nothing left to do
+        assert init_db(engine) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
     finally:
         engine.dispose()
 

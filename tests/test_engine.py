@@ -938,19 +938,25 @@ def test_body_with_payload_model(broker: Broker, start_consumer: Callable[..., A
 
 
 def test_queue_without_bodies_keeps_its_jobs_waiting(
-    broker: Broker, start_consumer: Callable[..., Any]
+    broker: Broker, start_consumer: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from crmqueue.engine import queues as engine_queues
+
+    # Every queue has bodies now: a deployment whose notification bodies are not loaded
+    # (not in its runner imports, say) is what this looks like.
+    for name, body in list(engine_queues.BODIES.items()):
+        if body.queue == "notification":
+            monkeypatch.delitem(engine_queues.BODIES, name)
     start_consumer(broker, QUEUES, workers={"email": 1})
-    job = tasks.generate_report(
-        tenant_id="t1", user_id="u1", report_type="sales", format="pdf",
-        date_range={"start_date": "2024-01-01", "end_date": "2024-01-31"},
-    )  # fmt: skip
+    job = tasks.send_notification(
+        tenant_id="t1", user_id="u1", type="in-app", title="Hi", message="Hello"
+    )
     probe = enqueue("noop")
     wait_state(probe.id, "completed")  # the consumer is up and fetching
     assert jobs.get(job.id).state == "waiting"
-    report = jobs.stats("report")
-    assert (report["waiting"], report["workers"], report["consumers"]) == (1, 0, 1)
-    assert report["healthy"] is False  # stranded: waiting jobs and nobody to run them
+    stranded = jobs.stats("notification")
+    assert (stranded["waiting"], stranded["workers"], stranded["consumers"]) == (1, 0, 1)
+    assert stranded["healthy"] is False  # stranded: waiting jobs and nobody to run them
     assert jobs.health()["status"] == "degraded"
 
 

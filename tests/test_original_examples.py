@@ -6,7 +6,7 @@ queue and the CRM database initialised, ends in the state the file gives.
 - ``files`` of the JSON are written into the files directory (``[files] dir``): a relative
   ``fileUrl`` such as ``contacts.csv`` names a file there (the import worker resolves it
   under that directory and refuses anything outside it).
-- The report and webhook queues have no job bodies yet: their examples
+- The webhook queue has no job bodies yet: its example
   validate and then stay ``waiting`` (a consumer runs no worker for a queue without
   bodies). Once a queue's body module is in ``crmqueue.workers.BODY_MODULES`` the test
   expects the file's own end state for it instead (and its "then" clause still needs a
@@ -133,5 +133,16 @@ def test_original_example(name: str, make_broker: Any, start_consumer: Any, tmp_
         expected = ("New Lead", payload["message"], payload["actionUrl"], False)
         assert (stored.title, stored.message, stored.action_url, stored.read) == expected
         assert info.result["channels"] == {"in-app": {"status": "stored", "id": stored.id}}
+    elif example["queue"] == "report":
+        # a PDF under the files directory, named by type, range and job id
+        from pypdf import PdfReader
+
+        path = files_dir / info.result["path"]
+        start, end = payload["dateRange"]["startDate"], payload["dateRange"]["endDate"]
+        assert info.result["path"] == (
+            f"reports/{payload['tenantId']}/{payload['reportType']}-{start}-{end}-{job.id}.pdf"
+        )
+        text = "".join(page.extract_text() for page in PdfReader(path).pages)
+        assert "Sales report" in text and "closed-won" in text and "Page 1 of" in text
     elif example["queue"] == "webhook":
         assert "webhook-789" in info.errors[-1]["message"]

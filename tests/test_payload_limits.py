@@ -34,7 +34,7 @@ TYPED: list[tuple[Callable[..., Any], dict[str, Any], str | None]] = [
      {"tenant_id": "t1", "user_id": "u1", "entity_type": "leads", "format": "xlsx"}, None),
     (tasks.generate_report,
      {"tenant_id": "t1", "user_id": "u1", "report_type": "pipeline", "format": "pdf",
-      "date_range": {"start_date": "2026-01-01", "end_date": "2026-03-31"}}, "filters"),
+      "date_range": {"start_date": "2026-01-01", "end_date": "2026-03-31"}}, None),
     (tasks.deliver_webhook,
      {"tenant_id": "t1", "webhook_id": "wh1", "event_type": "lead.won", "payload": {}},
      "payload"),

@@ -18,6 +18,7 @@ from crmqueue.cli import (
     jobs,
     monitor,
     notifications,
+    report,
     serve,
     transfer,
     users,
@@ -54,6 +55,7 @@ for _module in (
     email,
     notifications,
     users,
+    report,
 ):
     for _command in _module.COMMANDS:
         main.add_command(_command)

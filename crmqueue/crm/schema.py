@@ -278,6 +278,33 @@ import_checkpoints = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 
+# The stage-history step: one row per `pipeline.stage_changed`, a lead entering a stage or
+# status (from_* NULL: the lead was created in to_*). Pipeline reports read stage-to-stage
+# conversion and days in stage from it (crmqueue.reports.queries).
+lead_stage_history = sa.Table(
+    "lead_stage_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("lead_id", sa.Integer, sa.ForeignKey("leads.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("from_stage", sa.String(50)),
+    sa.Column("to_stage", sa.String(50)),
+    sa.Column("from_status", sa.String(20)),
+    sa.Column("to_status", sa.String(20), nullable=False),
+    sa.Column("changed_at", UtcDateTime(), nullable=False),
+)
+sa.Index(
+    "ix_lead_stage_history_tenant_lead",
+    lead_stage_history.c.tenant_id,
+    lead_stage_history.c.lead_id,
+    lead_stage_history.c.changed_at,
+)
+sa.Index(
+    "ix_lead_stage_history_tenant_changed",
+    lead_stage_history.c.tenant_id,
+    lead_stage_history.c.changed_at,
+)
+
 V1_TABLES = [
     users,
     companies,
@@ -375,8 +402,31 @@ def _notifications(conn: Connection) -> None:
         )
 
 
+def _stage_history(conn: Connection) -> None:
+    """The lead stage-history table, if not there yet (the steps of parallel branches are
+    ordered at merge, so this one checks what is present); each lead that has no history
+    gets its creation row (its current stage and status since created_at)."""
+    if not sa.inspect(conn).has_table(lead_stage_history.name):
+        metadata.create_all(conn, tables=[lead_stage_history])
+    history = lead_stage_history
+    conn.execute(
+        history.insert().from_select(
+            ["tenant_id", "lead_id", "to_stage", "to_status", "changed_at"],
+            sa.select(
+                leads.c.tenant_id, leads.c.id, leads.c.stage, leads.c.status, leads.c.created_at
+            ).where(~sa.exists().where(history.c.lead_id == leads.c.id)),
+        )
+    )
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _notifications]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1,
+    _v2,
+    _v3,
+    _stage_history,
+    _notifications,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 ENTITY_TABLES: dict[str, sa.Table] = {

@@ -182,6 +182,86 @@ def contact_update(changes: dict[str, Any]) -> dict[str, Any]:
     return complete_names(values)
 
 
+# --------------------------------------------------------------------------- leads
+
+
+def last_lead_id(conn: Connection) -> int:
+    """The highest lead id visible now (every tenant's): leads inserted afterwards have
+    higher ones (record_new_leads)."""
+    return int(conn.execute(sa.select(sa.func.max(schema.leads.c.id))).scalar() or 0)
+
+
+def record_new_leads(conn: Connection, tenant_id: str, after_id: int, created_at: Any) -> None:
+    """The stage-history creation rows (pipeline.stage_changed from nothing) of the leads
+    of `tenant_id` inserted with `created_at` and an id above `after_id`
+    (last_lead_id before the insert): one INSERT ... SELECT, so a bulk insert (COPY
+    included) needs no ids back."""
+    leads, history = schema.leads, schema.lead_stage_history
+    conn.execute(
+        history.insert().from_select(
+            ["tenant_id", "lead_id", "to_stage", "to_status", "changed_at"],
+            sa.select(
+                leads.c.tenant_id, leads.c.id, leads.c.stage, leads.c.status, leads.c.created_at
+            ).where(
+                leads.c.id > after_id,
+                leads.c.tenant_id == tenant_id,
+                leads.c.created_at == created_at,
+            ),
+        )
+    )
+
+
+def record_stage_change(
+    conn: Connection, tenant_id: str, lead_id: int, changes: dict[str, Any], at: dt.datetime
+) -> None:
+    """Before `changes` (values of None are not applied) update lead `lead_id`: a
+    stage-history row (pipeline.stage_changed) when they change its stage or status, from
+    the stored ones to the new ones, at `at`."""
+    stage, status = changes.get("stage"), changes.get("status")
+    if stage is None and status is None:
+        return
+    leads, history = schema.leads, schema.lead_stage_history
+    new_stage = sa.literal(stage, sa.String) if stage is not None else leads.c.stage
+    new_status = sa.literal(status, sa.String) if status is not None else leads.c.status
+    conn.execute(
+        history.insert().from_select(
+            ["tenant_id", "lead_id", "from_stage", "to_stage", "from_status", "to_status",
+             "changed_at"],
+            sa.select(
+                leads.c.tenant_id, leads.c.id, leads.c.stage, new_stage, leads.c.status,
+                new_status, sa.literal(at, schema.UtcDateTime()),
+            ).where(
+                leads.c.id == lead_id,
+                leads.c.tenant_id == tenant_id,
+                sa.or_(leads.c.stage.is_distinct_from(new_stage), leads.c.status != new_status),
+            ),
+        )
+    )  # fmt: skip
+
+
+def update_lead(
+    conn: Connection,
+    tenant_id: str,
+    lead_id: int,
+    changes: dict[str, Any],
+    at: dt.datetime | None = None,
+) -> int:
+    """The store's update path of one lead: its fields set to `changes` (values of None
+    left as they are), updated_at to `at` (default now), and a stage change recorded in
+    the stage history (record_stage_change). Returns the rows updated (0: no such lead
+    in this tenant)."""
+    stamp = at or now()
+    values = {key: value for key, value in changes.items() if value is not None}
+    record_stage_change(conn, tenant_id, lead_id, values, stamp)
+    leads = schema.leads
+    result = conn.execute(
+        leads.update()
+        .where(leads.c.id == lead_id, leads.c.tenant_id == tenant_id)
+        .values(**values, updated_at=stamp)
+    )
+    return int(result.rowcount)
+
+
 # --------------------------------------------------------------------------- seeding
 
 FIRST = [
@@ -254,7 +334,70 @@ CITIES = (("Berlin", "DE"), ("Paris", "FR"), ("New York", "US"), ("London", "GB"
 TITLES = ("CEO", "CTO", "Sales Manager", "Engineer", "Buyer", "Head of Marketing")
 SOURCES = ("web", "referral", "event", "import", "cold-call")
 STAGES = ("prospecting", "qualification", "proposal", "negotiation", "closed")
+# The open stages a seeded deal walks through (reports.stage_probabilities' defaults), with
+# the chance to move on from each and the mean days spent in it.
+PIPELINE = (("prospecting", 0.8, 12.0), ("qualification", 0.7, 18.0),
+            ("proposal", 0.65, 21.0), ("negotiation", 0.65, 14.0))  # fmt: skip
 ACTIVITY_TYPES = ("call", "email", "meeting", "task", "note")
+# How busy each calendar month is (January first): summer and December dips.
+SEASON = (0.9, 1.0, 1.15, 1.1, 1.05, 1.0, 0.8, 0.7, 1.1, 1.2, 1.15, 0.75)
+HISTORY_MONTHS = 24
+MONTHLY_GROWTH = 1.04
+# Seeded users u1..u5: how many deals each owns and how often each wins.
+OWNER_WEIGHTS = (0.3, 0.25, 0.2, 0.15, 0.1)
+OWNER_SKILL = (1.1, 1.0, 1.0, 0.9, 0.8)
+CURRENCIES = (("EUR", 0.75), ("USD", 0.2), ("GBP", 0.05))
+
+
+class _Calendar:
+    """Moments over the past HISTORY_MONTHS months, drawn with growth (MONTHLY_GROWTH a
+    month) and seasonality (SEASON), never after `end`."""
+
+    def __init__(self, end: dt.datetime) -> None:
+        first = dt.datetime(end.year, end.month, 1, tzinfo=dt.UTC)
+        starts = [first]
+        for _ in range(HISTORY_MONTHS - 1):
+            before = starts[0] - dt.timedelta(days=1)
+            starts.insert(0, before.replace(day=1))
+        self.spans = [
+            (start, (starts[i + 1] if i + 1 < len(starts) else end) - start)
+            for i, start in enumerate(starts)
+        ]
+        self.weights = [
+            MONTHLY_GROWTH**i * SEASON[start.month - 1] for i, (start, _) in enumerate(self.spans)
+        ]
+        self.end = end
+
+    def moment(self, rng: random.Random) -> dt.datetime:
+        start, length = rng.choices(self.spans, self.weights)[0]
+        return start + length * rng.random()
+
+
+def _deal_history(
+    rng: random.Random, created: dt.datetime, skill: float, end: dt.datetime
+) -> tuple[str, str, list[tuple[str | None, str, str | None, str, dt.datetime]]]:
+    """(stage, status, stage-history rows) of a deal created at `created`: it walks the
+    PIPELINE, sometimes skipping a stage, until it is lost, won after negotiation, or
+    `end` comes first (still open)."""
+    index, at = 0, created
+    stage = PIPELINE[0][0]
+    rows: list[tuple[str | None, str, str | None, str, dt.datetime]] = [
+        (None, stage, None, "open", created)
+    ]
+    while True:
+        _, advance, mean_days = PIPELINE[index]
+        at = at + dt.timedelta(days=rng.expovariate(1 / mean_days))
+        if at >= end:
+            return stage, "open", rows
+        if rng.random() >= min(0.95, advance * skill):
+            rows.append((stage, stage, "open", "lost", at))
+            return stage, "lost", rows
+        if index == len(PIPELINE) - 1:
+            rows.append((stage, stage, "open", "won", at))
+            return stage, "won", rows
+        index += 2 if index < len(PIPELINE) - 2 and rng.random() < 0.1 else 1
+        rows.append((stage, PIPELINE[index][0], "open", "open", at))
+        stage = PIPELINE[index][0]
 
 
 def _ascii(text: str) -> str:
@@ -272,12 +415,19 @@ def seed(
 ) -> dict[str, int]:
     """Realistic demo data for one tenant: users, companies (1 per 20 contacts), contacts
     (full and first/last names, a status from `contact_statuses`), leads (1 per 5
-    contacts) and activities (1 per 5 contacts), bulk-inserted."""
+    contacts) and activities (1 per 5 contacts), bulk-inserted. Contacts, deals and
+    activities spread over the past 24 months, growing about 4 % a month with seasonal
+    dips (SEASON); deals in EUR, USD and GBP walk the pipeline with their stage history
+    (won or lost by owner skill, a few skipping a stage; the recent ones still open), and
+    activities due in the past are mostly completed, some overdue."""
     rng = random.Random(rng_seed)
     # Statuses from a generator of their own: the other values stay those of earlier seeds.
     status_rng = random.Random(-rng_seed)
+    # Time stamps, outcomes and currencies from one more generator of their own.
+    history_rng = random.Random(rng_seed + 1_000_003)
     statuses = tuple(contact_statuses)
     stamp = now()
+    calendar = _Calendar(stamp)
     counts = {"users": 5, "companies": max(1, contacts // 20), "contacts": contacts}
     counts["leads"] = contacts // 5
     counts["activities"] = contacts // 5
@@ -329,7 +479,7 @@ def seed(
                 status = status_rng.choice(statuses)
                 company_id, company_name = rng.choice(company_ids)
                 city, country = rng.choice(CITIES)
-                created = stamp - dt.timedelta(days=rng.randint(0, 730), minutes=n % 1440)
+                created = calendar.moment(history_rng)
                 rows.append(
                     {
                         "tenant_id": tenant_id, "name": f"{first} {last}",
@@ -342,31 +492,83 @@ def seed(
                     }
                 )  # fmt: skip
             conn.execute(schema.contacts.insert(), rows)
-        lead_rows = []
+        contact_rows = list(
+            conn.execute(
+                sa.select(schema.contacts.c.id, schema.contacts.c.company_id)
+                .where(schema.contacts.c.tenant_id == tenant_id)
+                .order_by(schema.contacts.c.id.desc())
+                .limit(contacts)
+            )
+        )
+        lead_rows: list[dict[str, Any]] = []
+        journeys: dict[str, list[tuple[str | None, str, str | None, str, dt.datetime]]] = {}
+        codes = [code for code, _ in CURRENCIES]
+        shares = [share for _, share in CURRENCIES]
         for n in range(counts["leads"]):
-            stage = rng.choice(STAGES)
-            status = rng.choice(("won", "lost")) if stage == "closed" else "open"
+            owner = history_rng.choices(range(1, 6), OWNER_WEIGHTS)[0]
+            created = calendar.moment(history_rng)
+            stage, status, journey = _deal_history(
+                history_rng, created, OWNER_SKILL[owner - 1], stamp
+            )
+            closed_at = journey[-1][4]
+            close_date = (
+                closed_at.date()
+                if status != "open"
+                else (created + dt.timedelta(days=history_rng.randint(30, 120))).date()
+            )
+            contact_id, company_id = (
+                history_rng.choice(contact_rows) if contact_rows else (None, None)
+            )
+            external_id = f"L-{start + n}"
+            journeys[external_id] = journey
             lead_rows.append(
                 {
-                    "tenant_id": tenant_id, "external_id": f"L-{start + n}",
+                    "tenant_id": tenant_id, "external_id": external_id,
                     "title": f"{rng.choice(WORDS)} deal {start + n}",
-                    "amount": Decimal(rng.randint(500, 250_000)), "currency": "EUR",
-                    "status": status, "stage": stage, "owner": f"u{rng.randint(1, 5)}",
-                    "close_date": (stamp + dt.timedelta(days=rng.randint(-180, 180))).date(),
-                    "created_at": stamp, "updated_at": stamp,
+                    "amount": Decimal(rng.randint(500, 250_000)),
+                    "currency": history_rng.choices(codes, shares)[0],
+                    "status": status, "stage": stage, "owner": f"u{owner}",
+                    "close_date": close_date, "contact_id": contact_id,
+                    "company_id": company_id, "created_at": created, "updated_at": closed_at,
                 }
             )  # fmt: skip
+        after_id = last_lead_id(conn)
         for offset in range(0, len(lead_rows), chunk):
             conn.execute(schema.leads.insert(), lead_rows[offset : offset + chunk])
-        activity_rows = [
+        leads = schema.leads.c
+        new_ids = conn.execute(
+            sa.select(leads.external_id, leads.id).where(
+                leads.id > after_id, leads.tenant_id == tenant_id
+            )
+        )
+        history_rows = [
             {
-                "tenant_id": tenant_id, "type": rng.choice(ACTIVITY_TYPES),
-                "subject": f"Follow-up {start + n}", "owner": f"u{rng.randint(1, 5)}",
-                "due_at": stamp + dt.timedelta(days=rng.randint(-30, 30)),
-                "created_at": stamp, "updated_at": stamp,
+                "tenant_id": tenant_id, "lead_id": lead_id, "from_stage": from_stage,
+                "to_stage": to_stage, "from_status": from_status, "to_status": to_status,
+                "changed_at": at,
             }
-            for n in range(counts["activities"])
+            for external_id, lead_id in new_ids
+            for from_stage, to_stage, from_status, to_status, at in journeys.get(external_id, ())
         ]  # fmt: skip
+        for offset in range(0, len(history_rows), chunk):
+            conn.execute(schema.lead_stage_history.insert(), history_rows[offset : offset + chunk])
+        activity_rows = []
+        for n in range(counts["activities"]):
+            created = calendar.moment(history_rng)
+            due = created + dt.timedelta(days=history_rng.randint(0, 21), hours=9)
+            completed = None
+            if due < stamp and history_rng.random() < 0.8:
+                completed = min(stamp, due + dt.timedelta(hours=history_rng.randint(-48, 72)))
+            activity_rows.append(
+                {
+                    "tenant_id": tenant_id, "type": rng.choice(ACTIVITY_TYPES),
+                    "subject": f"Follow-up {start + n}",
+                    "owner": f"u{history_rng.choices(range(1, 6), OWNER_WEIGHTS)[0]}",
+                    "due_at": due, "completed_at": completed,
+                    "contact_id": history_rng.choice(contact_rows)[0] if contact_rows else None,
+                    "created_at": created, "updated_at": completed or created,
+                }
+            )  # fmt: skip
         for offset in range(0, len(activity_rows), chunk):
             conn.execute(schema.activities.insert(), activity_rows[offset : offset + chunk])
     return counts

@@ -6,4 +6,5 @@ BODY_MODULES: tuple[str, ...] = (
     "crmqueue.workers.email",
     "crmqueue.workers.import_export",
     "crmqueue.workers.notification",
+    "crmqueue.workers.report",
 )

@@ -39,7 +39,15 @@ from crmqueue.crm.entities import (
     number_style,
     row_key,
 )
-from crmqueue.crm.store import contact_update, filter_conditions, get_engine, now
+from crmqueue.crm.store import (
+    contact_update,
+    filter_conditions,
+    get_engine,
+    last_lead_id,
+    now,
+    record_new_leads,
+    record_stage_change,
+)
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import CrmQueueError, PermanentError
@@ -239,6 +247,8 @@ class Importer:
             {"contact_statuses": contact_statuses} if contact_statuses else None
         )
         self.is_contacts = payload.entity_type == "contacts"
+        # Leads record their stage changes (pipeline.stage_changed) in the stage history.
+        self.is_leads = payload.entity_type == "leads"
         self.engine = engine
         self.files_dir = files_dir
         self.job_id = job_id
@@ -514,6 +524,10 @@ class Importer:
                         changes = {k: v for k, v in values.items() if v is not None}
                         if self.is_contacts:
                             changes = contact_update(changes)
+                        if self.is_leads:
+                            record_stage_change(
+                                conn, self.p.tenant_id, existing[key], changes, stamp
+                            )
                         conn.execute(
                             self.table_def.update()
                             .where(
@@ -534,7 +548,10 @@ class Importer:
                     )  # fmt: skip
             if self.p.dry_run:
                 return
+            after_id = last_lead_id(conn) if self.is_leads and inserts else 0
             self._insert(conn, inserts)
+            if self.is_leads and inserts:
+                record_new_leads(conn, self.p.tenant_id, after_id, stamp)
             self._save_checkpoint(conn, index)
         self.inserted += len(inserts)
         self._refresh_statistics()

@@ -1,0 +1,77 @@
+"""What a report is, independent of its format: headline figures, tables and chart
+descriptions. `crmqueue.reports.queries.build_report` computes one; the renderers draw
+it as HTML, PDF or XLSX."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+__all__ = ["Chart", "Column", "ColumnKind", "Figure", "ReportData", "Series", "Table"]
+
+ColumnKind = Literal["text", "int", "money", "decimal", "percent", "date", "days"]
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    kind: ColumnKind
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str  # "revenue_by_period"
+    title: str  # "Won revenue by month"
+    columns: tuple[Column, ...]
+    # str | int | Decimal | date | None per column kind; money is Decimal with a
+    # "currency" text column beside it; percent is a Decimal fraction (0.25 = 25 %).
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A headline figure."""
+
+    key: str
+    label: str
+    value: Decimal | int | None
+    kind: ColumnKind
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    values: tuple[Decimal | int, ...]
+
+
+@dataclass(frozen=True)
+class Chart:
+    key: str
+    title: str
+    kind: Literal["bar", "stacked_bar", "line"]
+    categories: tuple[str, ...]  # x labels ("2025-01", "Qualified", ...)
+    series: tuple[Series, ...]  # one per currency / source / type ...
+    x_title: str = ""
+    y_title: str = ""
+
+
+@dataclass(frozen=True)
+class ReportData:
+    report_type: str  # sales | pipeline | contact-growth | activity
+    title: str  # "Sales report"
+    tenant_id: str
+    start: date  # inclusive, in time_zone
+    end: date  # inclusive, in time_zone
+    time_zone: str  # IANA name
+    generated_at: datetime  # aware, UTC
+    filters: Mapping[str, str]  # as the user gave them, for the cover
+    dimensions: tuple[str, ...]
+    figures: tuple[Figure, ...]
+    tables: tuple[Table, ...]
+    charts: tuple[Chart, ...]
+    empty: bool  # no data in this period: renderers say so

@@ -1,0 +1,137 @@
+"""The report queue: sales, pipeline, contact-growth and activity reports as PDF, XLSX or
+HTML (issue #13).
+
+A job runs four steps, each reported as progress: the query (SQL aggregates,
+crmqueue.reports.queries.build_report: 5 -> 40), the charts (-> 60), the rendering
+(-> 90) and the write (-> 100). The file lands under the files directory as
+``reports/<tenant>/<type>-<start>-<end>-<job id>.<ext>``, written beside its final name
+and renamed into place, so a reader never sees half a report and a retried job
+overwrites its own file. Then the user who asked gets the ``report-ready`` email through
+the email queue, as imports and exports tell theirs.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from crmqueue.config import Settings
+from crmqueue.crm.store import get_engine
+from crmqueue.engine.queues import get_broker, job
+from crmqueue.engine.runner import current_job_id, report_progress
+from crmqueue.errors import PermanentError
+from crmqueue.payloads import ReportPayload
+from crmqueue.reports.model import ReportData
+from crmqueue.workers.import_export import download_url, notify_user
+
+Progress = Callable[[float], None]
+
+
+def _job_progress(percent: float) -> None:
+    if current_job_id() is not None:
+        report_progress(percent)
+
+
+def report_path(files_dir: Path, payload: ReportPayload, job_id: str) -> Path:
+    """Where a report lands (see the module docstring). The tenant id is one path segment
+    by its payload pattern (letters, digits, '_', '.', '-'); '.' and '..' are refused."""
+    if payload.tenant_id in (".", ".."):
+        raise PermanentError(f"tenant_id {payload.tenant_id!r} cannot name a directory")
+    rng = payload.date_range
+    name = (
+        f"{payload.report_type}-{rng.start_date.isoformat()}-{rng.end_date.isoformat()}"
+        f"-{job_id}.{payload.format}"
+    )
+    return files_dir.resolve() / "reports" / payload.tenant_id / name
+
+
+def _json_value(value: Decimal | int | None) -> str | int | None:
+    """A figure in the job's result: Decimal as its exact text (JSON numbers are floats)."""
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def headline(data: ReportData) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": figure.key,
+            "label": figure.label,
+            "value": _json_value(figure.value),
+            "kind": figure.kind,
+            **({"currency": figure.currency} if figure.currency else {}),
+        }
+        for figure in data.figures
+    ]
+
+
+def run_report(
+    payload: ReportPayload,
+    settings: Settings,
+    job_id: str | None,
+    progress: Progress = _job_progress,
+) -> dict[str, Any]:
+    """Query, chart, render and write one report; returns the job's result (path under the
+    files directory, absolute file, size in bytes, headline figures, whether the period
+    had no data)."""
+    from crmqueue.reports.queries import build_report
+    from crmqueue.reports.render import render_html, render_pdf, render_xlsx
+
+    progress(5)
+    try:
+        data = build_report(settings, payload)
+    except ValueError as exc:  # a filter or dimension validation would refuse (older job)
+        raise PermanentError(str(exc)) from None
+    progress(40)
+    final = report_path(settings.files.dir, payload, job_id or uuid.uuid4().hex)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{final.name}.partial")
+
+    def charted() -> None:
+        progress(60)
+
+    try:
+        if payload.format == "html":
+            partial.write_bytes(render_html(data, charted))
+        elif payload.format == "pdf":
+            render_pdf(data, partial, charted)
+        else:
+            render_xlsx(data, partial, charted)
+        progress(90)
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    progress(100)
+    files_dir = settings.files.dir.resolve()
+    return {
+        "report_type": payload.report_type,
+        "format": payload.format,
+        "title": data.title,
+        "start_date": data.start.isoformat(),
+        "end_date": data.end.isoformat(),
+        "time_zone": data.time_zone,
+        "path": final.relative_to(files_dir).as_posix(),
+        "file": str(final),
+        "size": final.stat().st_size,
+        "empty": data.empty,
+        "figures": headline(data),
+    }
+
+
+@job("report", payload=ReportPayload)
+def generate_report(payload: ReportPayload) -> dict[str, Any]:
+    """Generate a report file under the files directory (see the module docstring), then
+    email the user who asked for it a link."""
+    settings = get_broker().settings
+    job_id = current_job_id()
+    result = run_report(payload, settings, job_id)
+    result["download_url"] = download_url(settings, result["path"])
+    name = f"{result['title']} {result['start_date']} – {result['end_date']}"
+    context = {"report_name": name, "download_url": result["download_url"]}
+    engine = get_engine(settings.database.url)
+    result["notified"] = notify_user(
+        engine, payload.tenant_id, payload.user_id, "report-ready", context, job_id
+    )
+    return result

@@ -1,0 +1,240 @@
+"""Report jobs refused at enqueue (issue #13 item 7), each refusal naming its field; the
+original system's report call validating as written; the [reports] settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmqueue import jobs, tasks
+from crmqueue.config import ReportsSettings, load_settings
+from crmqueue.errors import ConfigError, PayloadError
+from crmqueue.payloads import ReportPayload, payload_json, validate_payload
+from crmqueue.reports.options import ReportFilters, check_dimensions, check_filters
+
+EXAMPLES = Path(__file__).parent / "data" / "original-examples.json"
+CONTEXT = {"max_range_days": 3660, "contact_statuses": ["lead", "prospect", "customer"]}
+
+
+def _report(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "tenantId": "t1",
+        "userId": "u1",
+        "reportType": "sales",
+        "format": "pdf",
+        "dateRange": {"startDate": "2025-01-01", "endDate": "2025-12-31"},
+    }
+    data.update(overrides)
+    return data
+
+
+def _valid(data: dict[str, Any], context: dict[str, Any] | None = None) -> ReportPayload:
+    return ReportPayload.model_validate(data, context=context or CONTEXT)
+
+
+def _errors(data: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, str]:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        _valid(data, context)
+    return {".".join(map(str, e["loc"])): e["msg"] for e in info.value.errors()}
+
+
+def test_the_original_sales_call_validates_as_written() -> None:
+    examples = json.loads(EXAMPLES.read_text())["examples"]
+    (payload,) = [e["payload"] for e in examples if e["queue"] == "report"]
+    job = _valid(payload)
+    assert job.report_type == "sales" and job.format == "pdf"
+    assert job.date_range.start_date == date(2025, 1, 1)
+    assert job.date_range.end_date == date(2025, 12, 31)
+    # Kept as given (the report's cover shows them so), read in stored terms.
+    assert job.filters == {"status": "closed-won", "minAmount": 50000}
+    checked, errors = check_filters("sales", job.filters, ())
+    assert errors == []
+    assert checked == ReportFilters(status=("won",), min_amount=Decimal(50000))
+    # No time zone given: none in the job's JSON (the tenant's applies).
+    assert "time_zone" not in job.model_dump(mode="json")
+
+
+def test_snake_case_and_camel_case_alike() -> None:
+    snake = _valid(
+        {
+            "tenant_id": "t1", "user_id": "u1", "report_type": "pipeline", "format": "xlsx",
+            "date_range": {"start_date": "2025-01-01", "end_date": "2025-03-31"},
+            "filters": {"min_amount": "10.50", "max_amount": 99}, "dimensions": ["week"],
+            "time_zone": "Asia/Tokyo",
+        }
+    )  # fmt: skip
+    camel = _valid(
+        _report(
+            reportType="pipeline", format="xlsx",
+            dateRange={"startDate": "2025-01-01", "endDate": "2025-03-31"},
+            filters={"min_amount": "10.50", "max_amount": 99}, dimensions=["week"],
+            timeZone="Asia/Tokyo",
+        )
+    )  # fmt: skip
+    assert snake == camel
+    assert camel.time_zone == "Asia/Tokyo"
+    assert camel.model_dump(mode="json")["time_zone"] == "Asia/Tokyo"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (
+            {"dateRange": {"startDate": "2025-02-01", "endDate": "2025-01-31"}},
+            "date_range.end_date",
+        ),
+        ({"reportType": "forecast"}, "report_type"),
+        ({"format": "docx"}, "format"),
+        ({"filters": {"bogus": 1}}, "filters.bogus"),
+        ({"dimensions": ["month", "bogus"]}, "dimensions.1"),
+        ({"dateRange": {"startDate": "2015-01-01", "endDate": "2025-12-31"}}, "date_range"),
+        ({"timeZone": "Mars/Olympus"}, "time_zone"),
+    ],
+)
+def test_item_7_refusals_name_their_field(overrides: dict[str, Any], field: str) -> None:
+    errors = _errors(_report(**overrides))
+    assert list(errors) == [field], errors
+
+
+def test_range_limit_is_inclusive_and_configurable() -> None:
+    # 3,660 days, both ends included: allowed; one more day refused.
+    ok = {"startDate": "2016-01-08", "endDate": "2026-01-14"}
+    assert (date(2026, 1, 14) - date(2016, 1, 8)).days + 1 == 3660
+    _valid(_report(dateRange=ok))
+    errors = _errors(_report(dateRange={**ok, "startDate": "2016-01-07"}))
+    assert errors == {"date_range": "spans 3661 days; at most 3660 (reports.max_range_days)"}
+    short = {**CONTEXT, "max_range_days": 31}
+    assert list(_errors(_report(), short)) == ["date_range"]
+    _valid(_report(dateRange={"startDate": "2025-01-01", "endDate": "2025-01-31"}), short)
+
+
+def test_every_bad_filter_and_dimension_is_named() -> None:
+    errors = _errors(
+        _report(
+            reportType="contact-growth",
+            filters={"owner": "u1", "minAmount": 5, "status": "Customer", "source": ["web", 3],
+                     "nonsense": "x"},
+            dimensions=["month", "week", "stage", "source", "source", "nope"],
+        )
+    )  # fmt: skip
+    assert set(errors) == {
+        "filters.owner", "filters.minAmount", "filters.source", "filters.nonsense",
+        "dimensions.1", "dimensions.2", "dimensions.4", "dimensions.5",
+    }  # fmt: skip
+    assert "not a filter of contact-growth reports" in errors["filters.owner"]
+    assert errors["filters.nonsense"] == "unknown filter (filters: status, source)"
+    assert "a second period" in errors["dimensions.1"]
+    assert "not a dimension of contact-growth reports" in errors["dimensions.2"]
+    assert errors["dimensions.4"] == "given twice"
+    assert errors["dimensions.5"].startswith("unknown dimension")
+
+
+@pytest.mark.parametrize(
+    ("filters", "field", "reason"),
+    [
+        ({"status": "pending"}, "filters.status", "not a status"),
+        ({"minAmount": -1}, "filters.minAmount", "from 0"),
+        ({"minAmount": True}, "filters.minAmount", "a number"),
+        ({"maxAmount": "lots"}, "filters.maxAmount", "a number"),
+        ({"minAmount": "1.005"}, "filters.minAmount", "2 decimal places"),
+        ({"minAmount": 10, "maxAmount": 5}, "filters.maxAmount", "below min_amount"),
+        ({"min_amount": 1, "minAmount": 2}, "filters.minAmount", "given twice"),
+        ({"currency": "EURO"}, "filters.currency", "3 letters"),
+        ({"owner": []}, "filters.owner", "empty list"),
+        ({"stage": "x" * 51}, "filters.stage", "longer than 50"),
+    ],
+)
+def test_bad_filter_values(filters: dict[str, Any], field: str, reason: str) -> None:
+    errors = _errors(_report(filters=filters))
+    assert list(errors) == [field], errors
+    assert reason in errors[field]
+
+
+def test_status_vocabularies_per_report_type() -> None:
+    lead, _ = check_filters("pipeline", {"status": ["Closed-Lost", "open", "closed"]}, ())
+    assert lead.status == ("lost", "open", "won")
+    contact, _ = check_filters("contact-growth", {"status": "CUSTOMER"}, ["Lead", "Customer"])
+    assert contact.status == ("Customer",)
+    _, errors = check_filters("activity", {"status": ["overdue", "won"]}, ())
+    assert errors and errors[0][0] == "status" and "'won'" in errors[0][1]
+    currency, _ = check_filters("sales", {"currency": ["eur", "USD", "EUR"]}, ())
+    assert currency.currency == ("EUR", "USD")
+    assert check_dimensions("activity", []) == (("month", ()), [])
+    assert check_dimensions("sales", ["owner", "quarter"]) == (("quarter", ("owner",)), [])
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_contact_statuses_come_from_settings_without_context(broker: Any) -> None:
+    data = _report(reportType="contact-growth", filters={"status": "prospect"})
+    assert validate_payload(ReportPayload, data).filters == {"status": "prospect"}
+    with pytest.raises(PayloadError) as info:
+        validate_payload(ReportPayload, {**data, "filters": {"status": "closed-won"}})
+    assert [field for field, _ in info.value.errors] == ["filters.status"]
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_generate_report_refuses_at_enqueue_and_stores_nothing(broker: Any) -> None:
+    with pytest.raises(PayloadError) as info:
+        tasks.generate_report(
+            tenant_id="t1", user_id="u1", report_type="sales", format="pdf",
+            date_range={"startDate": "2025-01-31", "endDate": "2025-01-01"},
+            filters={"color": "red"}, dimensions=["hour"],
+        )  # fmt: skip
+    assert {field for field, _ in info.value.errors} == {
+        "date_range.end_date",
+        "filters.color",
+        "dimensions.0",
+    }
+    assert jobs.list_jobs("report", "waiting") == []
+    job = tasks.generate_report(
+        tenant_id="t1", user_id="u1", report_type="sales", format="html",
+        date_range={"startDate": "2025-01-01", "endDate": "2025-01-31"},
+        filters={"status": "closed-won", "minAmount": 50000}, time_zone="Europe/Berlin",
+    )  # fmt: skip
+    stored = jobs.get(job.id).payload
+    assert stored["filters"] == {"status": "closed-won", "minAmount": 50000}
+    assert stored["time_zone"] == "Europe/Berlin"
+    _, encoded = payload_json(ReportPayload, stored)
+    assert json.loads(encoded) == stored
+
+
+def test_reports_settings(tmp_path: Path) -> None:
+    defaults = ReportsSettings()
+    assert defaults.max_range_days == 3660 and defaults.zone_for("t1") == "UTC"
+    assert list(defaults.probabilities().items())[:2] == [
+        ("prospecting", Decimal("0.1")),
+        ("qualification", Decimal("0.25")),
+    ]
+    settings = load_settings(
+        config_file=None,
+        environ={
+            "CRMQUEUE_REPORTS__TENANT_TIME_ZONES": "acme=Asia/Tokyo, b=America/New_York",
+            "CRMQUEUE_REPORTS__STAGE_PROBABILITIES": "lead=0.2,deal=0.9",
+        },
+    )
+    assert settings.reports.zone_for("acme") == "Asia/Tokyo"
+    assert settings.reports.zone_for("other") == "UTC"
+    assert settings.reports.probabilities() == {"lead": Decimal("0.2"), "deal": Decimal("0.9")}
+    table = tmp_path / "reports.toml"
+    table.write_text(
+        '[reports.tenant_time_zones]\nacme = "Asia/Tokyo"\n'
+        "[reports.stage_probabilities]\nlead = 0.2\ndeal = 0.9\n"
+    )
+    from_table = load_settings(config_file=table, environ={}).reports
+    assert from_table.tenant_time_zones == ["acme=Asia/Tokyo"]
+    assert from_table.probabilities() == {"lead": Decimal("0.2"), "deal": Decimal("0.9")}
+    for key, value, reason in [
+        ("TIME_ZONE", "Nowhere/Land", "reports.time_zone"),
+        ("TENANT_TIME_ZONES", "acme", "reports.tenant_time_zones"),
+        ("STAGE_PROBABILITIES", "lead=1.5", "reports.stage_probabilities"),
+        ("MAX_RANGE_DAYS", "0", "reports.max_range_days"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            load_settings(config_file=None, environ={f"CRMQUEUE_REPORTS__{key}": value})
