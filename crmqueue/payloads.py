@@ -33,6 +33,7 @@ from crmqueue.json_text import (
     suspect_dump,
     text_problems,
 )
+from crmqueue.tenancy import TENANT_ID, TENANT_ID_RULE
 from crmqueue.url_rules import IPNetwork, source_problem
 
 __all__ = [
@@ -127,12 +128,13 @@ def _action_url(value: str) -> str:
     raise PydanticCustomError("action_url", "must be an http(s) URL or a path starting with '/'")
 
 
-TenantId = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
-    ),
-]
+def _tenant_id(value: str) -> str:
+    if TENANT_ID.match(value) is None:
+        raise PydanticCustomError("tenant_id", TENANT_ID_RULE)
+    return value
+
+
+TenantId = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_tenant_id)]
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Tag = Annotated[str, AfterValidator(_tag)]
 # Resend's Idempotency-Key takes at most 256 characters.

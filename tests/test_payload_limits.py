@@ -18,6 +18,8 @@ from crmqueue import jobs, tasks
 from crmqueue.engine.queues import MAX_DELAY, Broker
 from crmqueue.errors import PayloadError
 from crmqueue.json_text import MAX_DEPTH
+from crmqueue.payloads import EmailPayload, ReportPayload, validate_payload
+from crmqueue.tenancy import TENANT_ID_RULE
 from tests.test_cli import _make_cli
 
 SQLITE = pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
@@ -248,9 +250,7 @@ def test_cli_enqueue_refuses_a_bad_delay_or_priority_naming_it(
     ("tenant", "reason"),
     [(5, "must be text (a tenant id), not int"), (None, "field required"),
      (["t1"], "must be text (a tenant id), not list"),
-     ("", "must be 1-64 of A-Z a-z 0-9 _ . - (a tenant id)"),
-     ("a b", "must be 1-64 of A-Z a-z 0-9 _ . - (a tenant id)"),
-     ("x" * 65, "must be 1-64 of A-Z a-z 0-9 _ . - (a tenant id)")],
+     *((bad, TENANT_ID_RULE) for bad in ("", "a b", "x" * 65, ".", "..", "../t1", "t1/x"))],
 )  # fmt: skip
 def test_by_name_a_wrong_tenant_id_is_named_for_what_it_is(
     broker: Broker, tenant: Any, reason: str
@@ -262,6 +262,18 @@ def test_by_name_a_wrong_tenant_id_is_named_for_what_it_is(
     with pytest.raises(PayloadError) as caught:
         tasks.enqueue_many("webhook", [{"tenant_id": "t1"}, payload], kind="myjobs.ping")
     assert caught.value.errors == [("1.tenant_id", reason)]
+
+
+@pytest.mark.parametrize("tenant", ["", "a b", "x" * 65, ".", "..", "../t1", "t1/x", "é"])
+def test_a_typed_payload_refuses_the_same_tenant_ids(tenant: str) -> None:
+    for model, fields in (
+        (EmailPayload, {"to": "a@example.com", "template": "welcome"}),
+        (ReportPayload, {"user_id": "u1", "report_type": "sales", "format": "pdf",
+                         "date_range": {"start_date": "2025-01-01", "end_date": "2025-01-31"}}),
+    ):  # fmt: skip
+        with pytest.raises(PayloadError) as caught:
+            validate_payload(model, {"tenant_id": tenant, **fields})
+        assert ("tenant_id", TENANT_ID_RULE) in caught.value.errors
 
 
 # --------------------------------------------------------------------------- signatures

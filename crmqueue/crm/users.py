@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from crmqueue.crm import schema
 from crmqueue.errors import PayloadError
 from crmqueue.fields import AddressError, parse_address
+from crmqueue.tenancy import tenant_problem
 
 __all__ = [
     "User",
@@ -30,7 +31,6 @@ __all__ = [
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 _USER_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
-_TENANT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,9 @@ def add_user(
     PayloadError naming each bad field (email as local@domain, an IANA time zone, an
     E.164 phone)."""
     errors: list[tuple[str, str]] = []
-    if not _TENANT_ID.fullmatch(tenant_id):
-        errors.append(("tenant_id", "must be 1-64 of A-Z a-z 0-9 _ . - (a tenant id)"))
+    problem = tenant_problem(tenant_id)
+    if problem is not None:
+        errors.append(("tenant_id", problem))
     if not _USER_ID.fullmatch(user_id):
         errors.append(("user_id", "must be 1-64 characters without spaces or controls"))
     if not name.strip() or len(name) > 200:

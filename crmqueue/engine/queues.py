@@ -11,7 +11,6 @@ import datetime as dt
 import functools
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from crmqueue import json_text
 from crmqueue.config import QUEUE_NAMES, QueueSettings, Settings, load_settings
 from crmqueue.engine.storage import JobStore, NewJob, open_store
 from crmqueue.errors import ConfigError, PayloadError, PermanentError
+from crmqueue.tenancy import tenant_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -145,15 +145,6 @@ MAX_DELAY = 10 * 366 * 86400.0  # seconds, ten years: a longer delay (or eta) is
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 # A tenant id as the payload models take it (crmqueue.payloads.TenantId): checked here for
 # payloads enqueued by name, which no model validates before the worker.
-_TENANT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def _tenant_problem(tenant: object) -> str:
-    if tenant is None:
-        return "field required"
-    if not isinstance(tenant, str):
-        return f"must be text (a tenant id), not {type(tenant).__name__}"
-    return "must be 1-64 of A-Z a-z 0-9 _ . - (a tenant id)"
 
 
 def run_at(delay: object, eta: object) -> float | None:
@@ -228,9 +219,10 @@ class Queue:
             tenant = payload.tenant_id
         else:
             given = payload.get("tenant_id")
-            if not isinstance(given, str) or not _TENANT_ID.fullmatch(given):
-                raise PayloadError([("tenant_id", _tenant_problem(given))])
-            tenant = given
+            problem = tenant_problem(given)
+            if problem is not None:
+                raise PayloadError([("tenant_id", problem)])
+            tenant = str(given)
         priority = self.spec.priority if priority is None else priority
         if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise PayloadError(
