@@ -711,6 +711,20 @@ def test_idn_through_the_outbox(tmp_path: Path) -> None:
     assert_idn_mime(path.read_bytes())
 
 
+def test_the_outbox_writes_one_message_per_idempotency_key(tmp_path: Path) -> None:
+    """A job re-run after a crash between the send and its recorded completion (a kill)
+    sends again with the same key: the outbox, like Resend, writes it once."""
+    from crmqueue.providers.email import get_provider
+
+    provider = get_provider(settings_for("outbox", **{"email.outbox_dir": str(tmp_path)}).email)
+    first = provider.send(idn_email(idempotency_key="job-1"))
+    again = provider.send(idn_email(idempotency_key="job-1"))
+    assert again.message_id == first.message_id
+    assert len(list(tmp_path.glob("*.eml"))) == 1
+    provider.send(idn_email(idempotency_key="job-2"))
+    assert len(list(tmp_path.glob("*.eml"))) == 2
+
+
 def test_an_idn_sender_email_completes_end_to_end(
     broker: Any, start_consumer: Any, tmp_path: Path
 ) -> None:
