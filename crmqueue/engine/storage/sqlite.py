@@ -26,6 +26,7 @@ from crmqueue.engine.storage.contract import (
     NewJob,
     error_record,
     key_text,
+    postponed_errors,
 )
 from crmqueue.errors import InvalidJobState, JobNotFound, StorageUnavailable
 
@@ -401,6 +402,23 @@ class SqliteJobStore(JobStore):
             )
             self._bump_stats(conn, "failed", now)
         return state
+
+    def postpone(self, claim: Claim, delay: float, reason: str) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "select errors from jobs where id = ? and state = 'active' and lease_token = ?",
+                (claim.id, claim.token),
+            ).fetchone()
+            if row is None:
+                return False
+            errors = postponed_errors(json.loads(row["errors"]), reason, now)
+            conn.execute(
+                "update jobs set state = 'delayed', run_at = ?, attempts = attempts - 1,"
+                " errors = ?, lease_until = null, lease_token = null where id = ?",
+                (now + delay, json.dumps(errors), claim.id),
+            )
+        return True
 
     def release(self, claim: Claim) -> bool:
         with self._tx() as conn:
