@@ -194,9 +194,20 @@ webhook_endpoints = sa.Table(
     sa.Column("event_types", sa.JSON, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     *_stamps(),
+    # Version 4 (_webhook_endpoints): description, why it was disabled, the rotated-out
+    # secret that still signs until previous_secret_until, and the circuit breaker.
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("disabled_reason", sa.Text),
+    sa.Column("previous_secret", sa.String(200)),
+    sa.Column("previous_secret_until", UtcDateTime()),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failing_since", UtcDateTime()),
+    sa.Column("probe_at", UtcDateTime()),
     sa.UniqueConstraint("tenant_id", "webhook_id", name="uq_webhook_endpoints_tenant_id"),
 )
 
+# Version 4: the delivery log, one row per attempt (crmqueue.webhooks.Delivery). It
+# replaces version 1's one-row-per-delivery table, which nothing ever wrote.
 webhook_deliveries = sa.Table(
     "webhook_deliveries",
     metadata,
@@ -208,21 +219,41 @@ webhook_deliveries = sa.Table(
         sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
         nullable=False,
     ),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False),
     sa.Column("event_type", sa.String(100), nullable=False),
-    sa.Column("payload", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("response_status", sa.Integer),
+    sa.Column("job_id", sa.String(64)),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("succeeded", sa.Boolean, nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("response_excerpt", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("delivered_at", UtcDateTime()),
 )
 sa.Index(
-    "ix_webhook_deliveries_tenant_endpoint",
+    "ix_webhook_deliveries_tenant_endpoint_log",
     webhook_deliveries.c.tenant_id,
     webhook_deliveries.c.endpoint_id,
-    webhook_deliveries.c.created_at,
+    webhook_deliveries.c.id,
 )
+sa.Index("ix_webhook_deliveries_at", webhook_deliveries.c.at)
+
+# Version 4: each event message as first sent, so a replay re-sends the same id, type,
+# time and data (webhook-id stays stable across retries and replays).
+webhook_messages = sa.Table(
+    "webhook_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(100), nullable=False),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("tenant_id", "message_id", name="uq_webhook_messages_tenant_message"),
+)
+sa.Index("ix_webhook_messages_created", webhook_messages.c.created_at)
 
 # Version 2: the import checkpoint, written in the same transaction as each batch.
 import_checkpoints = sa.Table(
@@ -286,8 +317,32 @@ def _v3(conn: Connection) -> None:
     )
 
 
+def _webhook_endpoints(conn: Connection) -> None:
+    """Webhooks (issue #12): the endpoint's new columns, the per-attempt delivery log in
+    place of version 1's unused webhook_deliveries, and webhook_messages. Each part is
+    checked first, so the step runs in any order with other teams' steps and on a
+    database whose tables version 1 already created in their current shape."""
+    inspector = sa.inspect(conn)
+    present = {column["name"] for column in inspector.get_columns("webhook_endpoints")}
+    # Existing rows get these values; the other new columns start empty (NULL).
+    not_null = {"description": "''", "consecutive_failures": "0"}
+    for column in webhook_endpoints.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=conn.dialect)
+        default = f" NOT NULL DEFAULT {not_null[column.name]}" if column.name in not_null else ""
+        conn.execute(
+            sa.text(f"ALTER TABLE webhook_endpoints ADD COLUMN {column.name} {kind}{default}")
+        )
+    if inspector.has_table("webhook_deliveries"):
+        logged = {column["name"] for column in inspector.get_columns("webhook_deliveries")}
+        if "message_id" not in logged:
+            conn.execute(sa.text("DROP TABLE webhook_deliveries"))
+    metadata.create_all(conn, tables=[webhook_deliveries, webhook_messages])
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _webhook_endpoints]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 ENTITY_TABLES: dict[str, sa.Table] = {

@@ -1,0 +1,816 @@
+"""Webhook endpoints of each tenant, Standard Webhooks signing, the delivery log and the
+per-endpoint circuit breaker (issue #12; REFERENCE "Standard Webhooks").
+
+Signing (Standard Webhooks v1): a secret is ``whsec_`` + base64 of 24-64 random bytes;
+the signature of one attempt is ``v1,`` + base64 HMAC-SHA256, keyed with the secret's
+decoded bytes, of ``{webhook-id}.{webhook-timestamp}.{body}``. During a rotation's grace
+period the header carries one signature per secret, space-separated, new first.
+
+The store is the CRM database (crmqueue.crm.schema: webhook_endpoints,
+webhook_deliveries, webhook_messages); every query is scoped by tenant_id, so another
+tenant's ids are simply not found.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import secrets as random_secrets
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from crmqueue.config import Settings
+from crmqueue.crm import schema
+from crmqueue.crm.store import get_engine
+from crmqueue.errors import PayloadError, PermanentError, RetryableError
+from crmqueue.providers.http import check_url
+
+__all__ = [
+    "SECRET_PREFIX",
+    "Attempt",
+    "BreakerState",
+    "Delivery",
+    "DeliveryNotFound",
+    "Endpoint",
+    "EndpointDisabled",
+    "EndpointNotFound",
+    "Message",
+    "MessageNotFound",
+    "WebhookService",
+    "event_body",
+    "filter_problem",
+    "new_secret",
+    "secret_key",
+    "service",
+    "sign",
+    "signature_header",
+    "subscribed",
+]
+
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_BYTES = 24
+MAX_SECRET_BYTES = 64
+# A tenant's own ids ("webhook-789") and the generated ones share one shape.
+WEBHOOK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# Event types: lower-case dotted names (as crmqueue.payloads.EventType); a filter may end
+# in ".*" after one or more segments, or be "*" alone.
+_SEGMENTS = r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*"
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+$")
+_WILDCARD = re.compile(rf"^{_SEGMENTS}\.\*$")
+MAX_EVENT_TYPE = 100  # webhook_deliveries.event_type
+MAX_URL = 2048
+MAX_DESCRIPTION = 1000
+MAX_FILTERS = 100
+EXCERPT_CHARS = 1024  # the log keeps the first 1 KB of a response body
+MAX_ERROR_CHARS = 2000
+MAX_LIMIT = 1000
+
+_endpoints = schema.webhook_endpoints
+_log = schema.webhook_deliveries
+_messages = schema.webhook_messages
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def new_secret(size: int = 32) -> str:
+    """A new endpoint secret: ``whsec_`` + base64 of `size` random bytes (24-64, the
+    Standard Webhooks range); ValueError outside it."""
+    if not MIN_SECRET_BYTES <= size <= MAX_SECRET_BYTES:
+        raise ValueError(f"secret size must be {MIN_SECRET_BYTES}-{MAX_SECRET_BYTES} bytes")
+    return SECRET_PREFIX + base64.b64encode(random_secrets.token_bytes(size)).decode("ascii")
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of `secret`: its base64 part decoded (the ``whsec_`` prefix is optional,
+    as in the reference library). ValueError naming the problem, never the secret."""
+    text = secret.removeprefix(SECRET_PREFIX)
+    if not text:
+        raise ValueError("secret is empty")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"secret is not {SECRET_PREFIX} followed by base64") from None
+    if not key:
+        raise ValueError("secret is empty")
+    return key
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{message_id}.{timestamp}.{body}">`` (Standard Webhooks;
+    `timestamp` in integer Unix seconds)."""
+    signed = f"{message_id}.{int(timestamp)}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_header(secrets: Sequence[str], message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: one v1 entry per secret, space-separated, in the
+    given order (Endpoint.signing_secrets: new first, then the rotated-out one)."""
+    if not secrets:
+        raise ValueError("no secret to sign with")
+    return " ".join(sign(secret, message_id, timestamp, body) for secret in secrets)
+
+
+def _utc(stamp: dt.datetime) -> dt.datetime:
+    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+
+
+def iso_timestamp(stamp: dt.datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and "Z" (a naive `stamp` is taken as UTC)."""
+    utc = _utc(stamp)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def event_body(event_type: str, timestamp: dt.datetime, data: Mapping[str, Any]) -> bytes:
+    """The request body: compact UTF-8 JSON ``{"type", "timestamp", "data"}`` (Standard
+    Webhooks convention). Deterministic: `data`'s keys are sorted, so the bytes of a
+    retry or a replay (data read back from the database) are those of the first attempt.
+    ValueError/TypeError for data JSON cannot hold (NaN, non-JSON values)."""
+    head = json.dumps({"type": event_type, "timestamp": iso_timestamp(timestamp)},
+                      separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    payload = json.dumps(
+        dict(data), separators=(",", ":"), ensure_ascii=False, sort_keys=True, allow_nan=False
+    )
+    return (head[:-1] + ',"data":' + payload + "}").encode("utf-8")
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def filter_problem(value: str) -> str | None:
+    """Why `value` is not an event-type filter, or None. Filters: ``*`` (every event), an
+    exact lower-case dotted name (``contact.created``) or a prefix wildcard
+    (``contact.*``: every type starting with ``contact.``)."""
+    if not isinstance(value, str):
+        return "must be text"
+    if value == "*":
+        return None
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_EVENT_TYPE:
+        return f"at most {MAX_EVENT_TYPE} characters"
+    if value.endswith("*"):
+        if _WILDCARD.match(value):
+            return None
+        return f"{value!r}: a wildcard is '*' alone or a dotted prefix ending in '.*'"
+    if _EVENT_TYPE.match(value):
+        return None
+    return f"{value!r} is not a lower-case dotted event type such as contact.created"
+
+
+def subscribed(event_type: str, filters: Sequence[str]) -> bool:
+    """Whether an endpoint with `filters` receives `event_type`: ``*``, an exact match, or
+    ``prefix.*`` matching every type that starts with ``prefix.``."""
+    for item in filters:
+        if item == "*" or item == event_type:
+            return True
+        if item.endswith(".*") and event_type.startswith(item[:-1]):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- records
+
+
+class EndpointNotFound(PermanentError):
+    """No such endpoint for that tenant (another tenant's ids are never found)."""
+
+    def __init__(self, tenant_id: str, webhook_id: str) -> None:
+        super().__init__(f"webhook endpoint {webhook_id!r} not found for tenant {tenant_id!r}")
+        self.tenant_id = tenant_id
+        self.webhook_id = webhook_id
+
+
+class EndpointDisabled(PermanentError):
+    """The endpoint exists but is disabled; the message gives the recorded reason."""
+
+    def __init__(self, tenant_id: str, webhook_id: str, reason: str | None) -> None:
+        super().__init__(
+            f"webhook endpoint {webhook_id!r} of tenant {tenant_id!r} is disabled"
+            f" ({reason or 'no reason recorded'})"
+        )
+        self.tenant_id = tenant_id
+        self.webhook_id = webhook_id
+        self.reason = reason
+
+
+class MessageNotFound(PermanentError):
+    """No stored message with that id for that tenant (trimmed after keep_days)."""
+
+
+class DeliveryNotFound(PermanentError):
+    """No logged delivery attempt with that id for that tenant."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of one tenant. `secret` and `previous_secret` never appear in repr."""
+
+    tenant_id: str
+    webhook_id: str
+    url: str
+    event_types: tuple[str, ...]
+    enabled: bool
+    description: str
+    disabled_reason: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    secret: str = field(repr=False)
+    previous_secret: str | None = field(repr=False)
+    previous_secret_until: dt.datetime | None
+    consecutive_failures: int
+    failing_since: dt.datetime | None
+    probe_at: dt.datetime | None
+
+    def signing_secrets(self, now: dt.datetime) -> list[str]:
+        """[secret], or [secret, previous_secret] while the rotation's grace lasts."""
+        if (
+            self.previous_secret
+            and self.previous_secret_until is not None
+            and _utc(now) < self.previous_secret_until
+        ):
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+    def breaker_open(self, now: dt.datetime) -> bool:
+        """Deliveries wait: the breaker tripped and its next probe is not due yet."""
+        return self.probe_at is not None and _utc(now) < self.probe_at
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one delivery attempt reports to the log. `error` never holds the secret or
+    the signature header; `response_excerpt` is cut to 1 KB again when stored."""
+
+    message_id: str
+    event_type: str
+    job_id: str | None
+    attempt: int
+    succeeded: bool
+    status_code: int | None
+    latency_ms: int
+    response_excerpt: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One logged attempt (webhook_deliveries row)."""
+
+    id: int
+    tenant_id: str
+    webhook_id: str
+    message_id: str
+    event_type: str
+    job_id: str | None
+    attempt: int
+    at: dt.datetime
+    succeeded: bool
+    status_code: int | None
+    latency_ms: int
+    response_excerpt: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Message:
+    """An event message as first sent; a replay re-sends the same id, type, time and data."""
+
+    tenant_id: str
+    message_id: str
+    event_type: str
+    timestamp: dt.datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """The endpoint's breaker after record_attempt. `tripped`: this failure opened the
+    breaker; `disabled`: this failure disabled the endpoint (disable_after_days)."""
+
+    consecutive_failures: int
+    failing_since: dt.datetime | None
+    probe_at: dt.datetime | None
+    tripped: bool
+    disabled: bool
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(
+        tenant_id=row.tenant_id,
+        webhook_id=row.webhook_id,
+        url=row.url,
+        event_types=tuple(row.event_types),
+        enabled=bool(row.active),
+        description=row.description or "",
+        disabled_reason=row.disabled_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        secret=row.secret,
+        previous_secret=row.previous_secret,
+        previous_secret_until=row.previous_secret_until,
+        consecutive_failures=int(row.consecutive_failures or 0),
+        failing_since=row.failing_since,
+        probe_at=row.probe_at,
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=int(row.id),
+        tenant_id=row.tenant_id,
+        webhook_id=row.webhook_id,
+        message_id=row.message_id,
+        event_type=row.event_type,
+        job_id=row.job_id,
+        attempt=int(row.attempt),
+        at=row.at,
+        succeeded=bool(row.succeeded),
+        status_code=row.status_code,
+        latency_ms=int(row.latency_ms),
+        response_excerpt=row.response_excerpt,
+        error=row.error,
+    )
+
+
+def _tenant_problem(tenant_id: Any) -> str | None:
+    if not isinstance(tenant_id, str) or not tenant_id.strip():
+        return "must not be empty"
+    if len(tenant_id) > schema.TENANT:
+        return f"at most {schema.TENANT} characters"
+    return None
+
+
+def _event_types(value: Any) -> tuple[str, ...]:
+    """The filters, de-duplicated in order; PayloadError on event_types."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not items:
+        raise PayloadError([("event_types", "must list at least one event type, or '*'")])
+    if len(items) > MAX_FILTERS:
+        raise PayloadError([("event_types", f"at most {MAX_FILTERS} filters")])
+    errors = [(f"event_types[{i}]", why) for i, item in enumerate(items)
+              if (why := filter_problem(item)) is not None]  # fmt: skip
+    if errors:
+        raise PayloadError(errors)
+    return tuple(dict.fromkeys(items))
+
+
+def _scrub(text: str, secrets: Sequence[str | None]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***").replace(secret.removeprefix(SECRET_PREFIX), "***")
+    return text
+
+
+class WebhookService:
+    """Endpoints, messages and the delivery log in the CRM store of `settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: Engine = get_engine(settings.database.url)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _check_url(self, given: Any) -> str:
+        if not isinstance(given, str) or not given.strip():
+            raise PayloadError([("url", "must not be empty")])
+        url = given.strip()
+        if len(url) > MAX_URL:
+            raise PayloadError([("url", f"at most {MAX_URL} characters")])
+        try:
+            check_url(url, allowed_networks=self.settings.outbound.networks(), what="url")
+        except (PermanentError, RetryableError) as exc:
+            raise PayloadError([("url", str(exc).removeprefix("url: "))]) from None
+        return url
+
+    @staticmethod
+    def _check_tenant(tenant_id: Any) -> None:
+        if (why := _tenant_problem(tenant_id)) is not None:
+            raise PayloadError([("tenant_id", why)])
+
+    @staticmethod
+    def _check_description(description: Any) -> str:
+        if not isinstance(description, str):
+            raise PayloadError([("description", "must be text")])
+        if len(description) > MAX_DESCRIPTION:
+            raise PayloadError([("description", f"at most {MAX_DESCRIPTION} characters")])
+        return description
+
+    def _row(self, conn: Connection, tenant_id: str, webhook_id: str) -> Any:
+        row = conn.execute(
+            sa.select(_endpoints).where(
+                _endpoints.c.tenant_id == tenant_id, _endpoints.c.webhook_id == webhook_id
+            )
+        ).first()
+        if row is None:
+            raise EndpointNotFound(tenant_id, webhook_id)
+        return row
+
+    def add(
+        self,
+        tenant_id: str,
+        url: str,
+        event_types: Sequence[str] = ("*",),
+        *,
+        webhook_id: str | None = None,
+        description: str = "",
+        secret: str | None = None,
+    ) -> tuple[Endpoint, str]:
+        """Add an enabled endpoint; returns it and its secret (shown once: the Endpoint's
+        repr never shows it). `webhook_id` is the tenant's own (``webhook-789``), else
+        generated. PayloadError naming the field: tenant_id, url (the SSRF guard's reason;
+        ``[outbound] allowed_networks`` lets a network in), event_types, webhook_id
+        (pattern, or already exists for this tenant), description, secret (24-64 bytes)."""
+        self._check_tenant(tenant_id)
+        clean_url = self._check_url(url)
+        filters = _event_types(event_types)
+        description = self._check_description(description)
+        if webhook_id is None:
+            webhook_id = "webhook-" + random_secrets.token_hex(8)
+        elif not isinstance(webhook_id, str) or not WEBHOOK_ID.match(webhook_id):
+            raise PayloadError([("webhook_id", "1-64 letters, digits, '-', '_', '.' or ':',"
+                                 " starting with a letter or digit")])  # fmt: skip
+        if secret is None:
+            secret = new_secret(self.settings.webhooks.secret_bytes)
+        else:
+            try:
+                size = len(secret_key(secret))
+            except ValueError as exc:
+                raise PayloadError([("secret", str(exc))]) from None
+            if not MIN_SECRET_BYTES <= size <= MAX_SECRET_BYTES:
+                raise PayloadError([("secret", f"must decode to {MIN_SECRET_BYTES}-"
+                                     f"{MAX_SECRET_BYTES} bytes, not {size}")])  # fmt: skip
+            if not secret.startswith(SECRET_PREFIX):
+                secret = SECRET_PREFIX + secret
+        now = _now()
+        values = {
+            "tenant_id": tenant_id, "webhook_id": webhook_id, "url": clean_url,
+            "secret": secret, "event_types": list(filters), "active": True,
+            "description": description, "consecutive_failures": 0,
+            "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        exists = PayloadError([("webhook_id", f"{webhook_id!r} already exists for this tenant")])
+        try:
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    sa.select(_endpoints.c.id).where(
+                        _endpoints.c.tenant_id == tenant_id,
+                        _endpoints.c.webhook_id == webhook_id,
+                    )
+                ).first()
+                if taken is not None:
+                    raise exists
+                conn.execute(_endpoints.insert().values(**values))
+                endpoint = _endpoint(self._row(conn, tenant_id, webhook_id))
+        except sa.exc.IntegrityError:  # a concurrent add of the same id won
+            raise exists from None
+        return endpoint, secret
+
+    def list(self, tenant_id: str) -> list[Endpoint]:
+        """The tenant's endpoints, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_endpoints)
+                .where(_endpoints.c.tenant_id == tenant_id)
+                .order_by(_endpoints.c.id)
+            ).all()
+        return [_endpoint(row) for row in rows]
+
+    def get(self, tenant_id: str, webhook_id: str) -> Endpoint:
+        """The endpoint; EndpointNotFound (also for another tenant's id)."""
+        with self.engine.connect() as conn:
+            return _endpoint(self._row(conn, tenant_id, webhook_id))
+
+    def _change(self, tenant_id: str, webhook_id: str, **values: Any) -> Endpoint:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                _endpoints.update()
+                .where(_endpoints.c.tenant_id == tenant_id, _endpoints.c.webhook_id == webhook_id)
+                .values(updated_at=_now(), **values)
+            )
+            if result.rowcount == 0:
+                raise EndpointNotFound(tenant_id, webhook_id)
+            return _endpoint(self._row(conn, tenant_id, webhook_id))
+
+    def update(
+        self,
+        tenant_id: str,
+        webhook_id: str,
+        *,
+        url: str | None = None,
+        event_types: Sequence[str] | None = None,
+        description: str | None = None,
+    ) -> Endpoint:
+        """Change the URL (checked again by the SSRF guard), filters or description; None
+        keeps a value. PayloadError as for add; EndpointNotFound."""
+        values: dict[str, Any] = {}
+        if url is not None:
+            values["url"] = self._check_url(url)
+        if event_types is not None:
+            values["event_types"] = list(_event_types(event_types))
+        if description is not None:
+            values["description"] = self._check_description(description)
+        if not values:
+            return self.get(tenant_id, webhook_id)
+        return self._change(tenant_id, webhook_id, **values)
+
+    def enable(self, tenant_id: str, webhook_id: str) -> Endpoint:
+        """Enable the endpoint, clearing the disabled reason and resetting its breaker."""
+        return self._change(
+            tenant_id, webhook_id, active=True, disabled_reason=None,
+            consecutive_failures=0, failing_since=None, probe_at=None,
+        )  # fmt: skip
+
+    def disable(
+        self, tenant_id: str, webhook_id: str, reason: str = "disabled by an operator"
+    ) -> Endpoint:
+        """Disable the endpoint with `reason` (shown by show/list and in EndpointDisabled)."""
+        reason = (reason or "disabled by an operator")[:MAX_DESCRIPTION]
+        return self._change(tenant_id, webhook_id, active=False, disabled_reason=reason)
+
+    def rotate(self, tenant_id: str, webhook_id: str, *, grace_seconds: float | None = None) -> str:
+        """A new secret, returned once. The current one keeps signing beside it for
+        `grace_seconds` (default webhooks.rotation_grace_hours; 0 = stop at once); a still
+        older one stops now."""
+        grace = (
+            self.settings.webhooks.rotation_grace_hours * 3600.0
+            if grace_seconds is None
+            else grace_seconds
+        )
+        if grace < 0:
+            raise PayloadError([("grace_seconds", "must not be negative")])
+        fresh = new_secret(self.settings.webhooks.secret_bytes)
+        now = _now()
+        with self.engine.begin() as conn:
+            current = self._row(conn, tenant_id, webhook_id)
+            conn.execute(
+                _endpoints.update()
+                .where(_endpoints.c.id == current.id)
+                .values(
+                    secret=fresh,
+                    previous_secret=current.secret if grace > 0 else None,
+                    previous_secret_until=now + dt.timedelta(seconds=grace) if grace > 0 else None,
+                    updated_at=now,
+                )
+            )
+        return fresh
+
+    def remove(self, tenant_id: str, webhook_id: str) -> None:
+        """Delete the endpoint and its delivery log; EndpointNotFound."""
+        with self.engine.begin() as conn:
+            row = self._row(conn, tenant_id, webhook_id)
+            conn.execute(_log.delete().where(_log.c.endpoint_id == row.id))
+            conn.execute(_endpoints.delete().where(_endpoints.c.id == row.id))
+
+    def subscribers(self, tenant_id: str, event_type: str) -> builtins.list[Endpoint]:
+        """The tenant's enabled endpoints whose filters match `event_type`, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_endpoints)
+                .where(_endpoints.c.tenant_id == tenant_id, _endpoints.c.active == sa.true())
+                .order_by(_endpoints.c.id)
+            ).all()
+        return [_endpoint(row) for row in rows if subscribed(event_type, row.event_types)]
+
+    # ------------------------------------------------------------------ messages
+
+    def save_message(self, message: Message) -> None:
+        """Store `message` for replay; a second save of the same (tenant, message_id)
+        changes nothing (the first one is what was signed and sent)."""
+        self._check_tenant(message.tenant_id)
+        if not message.message_id or len(message.message_id) > 64:
+            raise PayloadError([("message_id", "1-64 characters")])
+        values = {
+            "tenant_id": message.tenant_id, "message_id": message.message_id,
+            "event_type": message.event_type, "occurred_at": _utc(message.timestamp),
+            "data": dict(message.data), "created_at": _now(),
+        }  # fmt: skip
+        insert = (
+            postgresql.insert(_messages)
+            if self.engine.dialect.name == "postgresql"
+            else sqlite.insert(_messages)
+        )
+        statement = insert.values(**values).on_conflict_do_nothing(
+            index_elements=["tenant_id", "message_id"]
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+
+    def message(self, tenant_id: str, message_id: str) -> Message:
+        """The stored message; MessageNotFound (also once trimmed after keep_days)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_messages).where(
+                    _messages.c.tenant_id == tenant_id, _messages.c.message_id == message_id
+                )
+            ).first()
+        if row is None:
+            raise MessageNotFound(
+                f"webhook message {message_id!r} not found for tenant {tenant_id!r}"
+                f" (messages are kept {self.settings.webhooks.keep_days:g} days)"
+            )
+        return Message(
+            tenant_id=row.tenant_id,
+            message_id=row.message_id,
+            event_type=row.event_type,
+            timestamp=row.occurred_at,
+            data=dict(row.data),
+        )
+
+    # ------------------------------------------------------------------ log and breaker
+
+    def record_attempt(
+        self, endpoint: Endpoint, attempt: Attempt, now: dt.datetime | None = None
+    ) -> BreakerState:
+        """Log `attempt` and update the endpoint's breaker in ONE transaction.
+
+        Success resets the breaker. A failure counts (an atomic increment, so concurrent
+        workers never lose one); from webhooks.breaker_failures consecutive failures on,
+        probe_at = now + webhooks.breaker_probe_seconds (`tripped` on the failure that
+        reaches the count); once failing_since is webhooks.disable_after_days old the
+        endpoint is disabled with a reason (`disabled` for the one caller that did it).
+        The excerpt is cut to 1 KB and the error to 2,000 characters, and the endpoint's
+        secrets are masked in both. EndpointNotFound when the endpoint was removed."""
+        at = _utc(now) if now is not None else _now()
+        rules = self.settings.webhooks
+        where = sa.and_(
+            _endpoints.c.tenant_id == endpoint.tenant_id,
+            _endpoints.c.webhook_id == endpoint.webhook_id,
+        )
+        failures = _endpoints.c.consecutive_failures
+        if attempt.succeeded:
+            values: dict[str, Any] = {
+                "consecutive_failures": 0, "failing_since": None, "probe_at": None
+            }  # fmt: skip
+        else:
+            values = {
+                "consecutive_failures": failures + 1,
+                "failing_since": sa.func.coalesce(_endpoints.c.failing_since, at),
+                "probe_at": sa.case(
+                    (
+                        failures + 1 >= rules.breaker_failures,
+                        sa.literal(at + dt.timedelta(seconds=rules.breaker_probe_seconds),
+                                   schema.UtcDateTime()),
+                    ),
+                    else_=_endpoints.c.probe_at,
+                ),
+            }  # fmt: skip
+        hidden = (endpoint.secret, endpoint.previous_secret)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                _endpoints.update()
+                .where(where)
+                .values(**values)
+                .returning(
+                    _endpoints.c.id, failures, _endpoints.c.failing_since, _endpoints.c.probe_at
+                )
+            ).first()
+            if row is None:
+                raise EndpointNotFound(endpoint.tenant_id, endpoint.webhook_id)
+            conn.execute(
+                _log.insert().values(
+                    tenant_id=endpoint.tenant_id,
+                    endpoint_id=row.id,
+                    webhook_id=endpoint.webhook_id,
+                    message_id=attempt.message_id[:64],
+                    event_type=attempt.event_type[:MAX_EVENT_TYPE],
+                    job_id=attempt.job_id[:64] if attempt.job_id else None,
+                    attempt=attempt.attempt,
+                    at=at,
+                    succeeded=attempt.succeeded,
+                    status_code=attempt.status_code,
+                    latency_ms=max(0, int(attempt.latency_ms)),
+                    response_excerpt=_scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
+                    error=(
+                        _scrub(attempt.error[:MAX_ERROR_CHARS], hidden)
+                        if attempt.error is not None
+                        else None
+                    ),
+                )
+            )
+            count = int(row.consecutive_failures)
+            tripped = not attempt.succeeded and count == rules.breaker_failures
+            disabled = False
+            since = row.failing_since
+            if since is not None and at - since >= dt.timedelta(days=rules.disable_after_days):
+                reason = (
+                    f"every delivery failed since {iso_timestamp(since)}"
+                    f" ({count} attempts in a row; webhooks.disable_after_days ="
+                    f" {rules.disable_after_days:g})"
+                )
+                disabled = (
+                    conn.execute(
+                        _endpoints.update()
+                        .where(_endpoints.c.id == row.id, _endpoints.c.active == sa.true())
+                        .values(active=False, disabled_reason=reason, updated_at=at)
+                    ).rowcount
+                    == 1
+                )
+        return BreakerState(
+            consecutive_failures=count,
+            failing_since=since,
+            probe_at=row.probe_at,
+            tripped=tripped,
+            disabled=disabled,
+        )
+
+    def claim_probe(
+        self, endpoint: Endpoint, hold_seconds: float, now: dt.datetime | None = None
+    ) -> bool:
+        """Compare-and-set in SQL: True for exactly one caller once the endpoint's probe_at
+        has passed; it moves probe_at to now + `hold_seconds`, so the others keep waiting
+        while the probe runs (its record_attempt then resets or re-arms the breaker). A
+        single UPDATE: PostgreSQL re-checks the condition on the row a concurrent winner
+        changed, SQLite runs writers one at a time. False when the breaker is closed."""
+        at = _utc(now) if now is not None else _now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                _endpoints.update()
+                .where(
+                    _endpoints.c.tenant_id == endpoint.tenant_id,
+                    _endpoints.c.webhook_id == endpoint.webhook_id,
+                    _endpoints.c.probe_at.is_not(None),
+                    _endpoints.c.probe_at <= at,
+                )
+                .values(probe_at=at + dt.timedelta(seconds=max(0.0, hold_seconds)))
+            )
+            return result.rowcount == 1
+
+    def deliveries(
+        self, tenant_id: str, webhook_id: str, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """The endpoint's logged attempts, newest first, at most `limit` (1-1000);
+        EndpointNotFound."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise PayloadError([("limit", f"must be 1-{MAX_LIMIT}")])
+        with self.engine.connect() as conn:
+            endpoint = self._row(conn, tenant_id, webhook_id)
+            rows = conn.execute(
+                sa.select(_log)
+                .where(_log.c.tenant_id == tenant_id, _log.c.endpoint_id == endpoint.id)
+                .order_by(_log.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [_delivery(row) for row in rows]
+
+    def delivery(self, tenant_id: str, delivery_id: int) -> Delivery:
+        """One logged attempt by its id; DeliveryNotFound (also for another tenant's)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_log).where(_log.c.tenant_id == tenant_id, _log.c.id == delivery_id)
+            ).first()
+        if row is None:
+            raise DeliveryNotFound(
+                f"webhook delivery {delivery_id} not found for tenant {tenant_id!r}"
+            )
+        return _delivery(row)
+
+    def trim(self, now: dt.datetime | None = None) -> int:
+        """Delete log rows and stored messages older than webhooks.keep_days (every
+        tenant: a retention sweep); returns how many rows went."""
+        cutoff = (_utc(now) if now is not None else _now()) - dt.timedelta(
+            days=self.settings.webhooks.keep_days
+        )
+        with self.engine.begin() as conn:
+            logged = conn.execute(_log.delete().where(_log.c.at < cutoff)).rowcount
+            kept = conn.execute(_messages.delete().where(_messages.c.created_at < cutoff)).rowcount
+        return int(logged) + int(kept)
+
+
+_services: dict[str, WebhookService] = {}
+_services_lock = threading.Lock()
+
+
+def service(settings: Settings | None = None) -> WebhookService:
+    """The WebhookService of `settings` (default: the process broker's settings), cached
+    per database URL; a service built from different settings replaces it."""
+    if settings is None:
+        from crmqueue.engine.queues import get_broker  # the engine imports job bodies
+
+        settings = get_broker().settings
+    url = settings.database.url
+    with _services_lock:
+        cached = _services.get(url)
+        if cached is None or not (cached.settings is settings or cached.settings == settings):
+            cached = _services[url] = WebhookService(settings)
+        return cached
