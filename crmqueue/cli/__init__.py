@@ -19,6 +19,7 @@ from crmqueue.cli import (
     monitor,
     serve,
     transfer,
+    webhooks,
 )
 from crmqueue.cli.common import group
 from crmqueue.cli.serve import SIGNAL_ECHO_SECONDS
@@ -39,6 +40,18 @@ def main() -> None:
     """crmqueue: the background-job system of a CRM."""
 
 
-for _module in (serve, enqueue, monitor, jobs, dlq, configuration, db, transfer, deploy, email):
+for _module in (
+    serve,
+    enqueue,
+    monitor,
+    jobs,
+    dlq,
+    configuration,
+    db,
+    transfer,
+    deploy,
+    email,
+    webhooks,
+):
     for _command in _module.COMMANDS:
         main.add_command(_command)
