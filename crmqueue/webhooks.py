@@ -561,18 +561,15 @@ class WebhookService:
             raise PayloadError([("grace_seconds", "must not be negative")])
         fresh = new_secret(self.settings.webhooks.secret_bytes)
         now = _now()
-        with self.engine.begin() as conn:
-            current = self._row(conn, tenant_id, webhook_id)
-            conn.execute(
-                _endpoints.update()
-                .where(_endpoints.c.id == current.id)
-                .values(
-                    secret=fresh,
-                    previous_secret=current.secret if grace > 0 else None,
-                    previous_secret_until=now + dt.timedelta(seconds=grace) if grace > 0 else None,
-                    updated_at=now,
-                )
-            )
+        # One statement: the right-hand sides read the row as it was, so two concurrent
+        # rotations cannot both keep the same old secret and lose the first new one.
+        self._change(
+            tenant_id,
+            webhook_id,
+            secret=fresh,
+            previous_secret=_endpoints.c.secret if grace > 0 else None,
+            previous_secret_until=now + dt.timedelta(seconds=grace) if grace > 0 else None,
+        )
         return fresh
 
     def remove(self, tenant_id: str, webhook_id: str) -> None:
@@ -653,65 +650,85 @@ class WebhookService:
         secrets are masked in both. EndpointNotFound when the endpoint was removed."""
         at = _utc(now) if now is not None else _now()
         rules = self.settings.webhooks
-        where = sa.and_(
+        mine = sa.and_(
             _endpoints.c.tenant_id == endpoint.tenant_id,
             _endpoints.c.webhook_id == endpoint.webhook_id,
         )
-        failures = _endpoints.c.consecutive_failures
-        if attempt.succeeded:
-            values: dict[str, Any] = {
-                "consecutive_failures": 0, "failing_since": None, "probe_at": None
-            }  # fmt: skip
-        else:
-            values = {
-                "consecutive_failures": failures + 1,
-                "failing_since": sa.func.coalesce(_endpoints.c.failing_since, at),
-                "probe_at": sa.case(
-                    (
-                        failures + 1 >= rules.breaker_failures,
-                        sa.literal(at + dt.timedelta(seconds=rules.breaker_probe_seconds),
-                                   schema.UtcDateTime()),
-                    ),
-                    else_=_endpoints.c.probe_at,
-                ),
-            }  # fmt: skip
         hidden = (endpoint.secret, endpoint.previous_secret)
+        error = attempt.error
+        logged = {
+            "tenant_id": endpoint.tenant_id,
+            "webhook_id": endpoint.webhook_id,
+            "message_id": attempt.message_id[:64],
+            "event_type": attempt.event_type[:MAX_EVENT_TYPE],
+            "job_id": attempt.job_id[:64] if attempt.job_id else None,
+            "attempt": attempt.attempt,
+            "at": at,
+            "succeeded": attempt.succeeded,
+            "status_code": attempt.status_code,
+            "latency_ms": max(0, int(attempt.latency_ms)),
+            "response_excerpt": _scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
+            "error": None if error is None else _scrub(error[:MAX_ERROR_CHARS], hidden),
+        }
+        failures = _endpoints.c.consecutive_failures
         with self.engine.begin() as conn:
+            if attempt.succeeded:
+                # The log row first, its endpoint id read in the same statement; the reset
+                # then touches the row only when there is something to reset, so healthy
+                # deliveries to one endpoint never queue on its row lock.
+                names = list(logged)
+                inserted = conn.execute(
+                    _log.insert()
+                    .from_select(
+                        ["endpoint_id", *names],
+                        sa.select(
+                            _endpoints.c.id,
+                            *(sa.literal(logged[name], _log.c[name].type) for name in names),
+                        ).where(mine),
+                    )
+                    .returning(_log.c.id)
+                ).first()
+                if inserted is None:
+                    raise EndpointNotFound(endpoint.tenant_id, endpoint.webhook_id)
+                conn.execute(
+                    _endpoints.update()
+                    .where(
+                        mine,
+                        sa.or_(
+                            failures != 0,
+                            _endpoints.c.failing_since.is_not(None),
+                            _endpoints.c.probe_at.is_not(None),
+                        ),
+                    )
+                    .values(consecutive_failures=0, failing_since=None, probe_at=None)
+                )
+                return BreakerState(0, None, None, tripped=False, disabled=False)
+            # A failure: an atomic increment (the right-hand sides read the old row).
+            probe_at = at + dt.timedelta(seconds=rules.breaker_probe_seconds)
             row = conn.execute(
                 _endpoints.update()
-                .where(where)
-                .values(**values)
+                .where(mine)
+                .values(
+                    consecutive_failures=failures + 1,
+                    failing_since=sa.func.coalesce(_endpoints.c.failing_since, at),
+                    probe_at=sa.case(
+                        (
+                            failures + 1 >= rules.breaker_failures,
+                            sa.literal(probe_at, schema.UtcDateTime()),
+                        ),
+                        else_=_endpoints.c.probe_at,
+                    ),
+                )
                 .returning(
                     _endpoints.c.id, failures, _endpoints.c.failing_since, _endpoints.c.probe_at
                 )
             ).first()
             if row is None:
                 raise EndpointNotFound(endpoint.tenant_id, endpoint.webhook_id)
-            conn.execute(
-                _log.insert().values(
-                    tenant_id=endpoint.tenant_id,
-                    endpoint_id=row.id,
-                    webhook_id=endpoint.webhook_id,
-                    message_id=attempt.message_id[:64],
-                    event_type=attempt.event_type[:MAX_EVENT_TYPE],
-                    job_id=attempt.job_id[:64] if attempt.job_id else None,
-                    attempt=attempt.attempt,
-                    at=at,
-                    succeeded=attempt.succeeded,
-                    status_code=attempt.status_code,
-                    latency_ms=max(0, int(attempt.latency_ms)),
-                    response_excerpt=_scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
-                    error=(
-                        _scrub(attempt.error[:MAX_ERROR_CHARS], hidden)
-                        if attempt.error is not None
-                        else None
-                    ),
-                )
-            )
+            conn.execute(_log.insert().values(endpoint_id=row.id, **logged))
             count = int(row.consecutive_failures)
-            tripped = not attempt.succeeded and count == rules.breaker_failures
-            disabled = False
             since = row.failing_since
+            disabled = False
             if since is not None and at - since >= dt.timedelta(days=rules.disable_after_days):
                 reason = (
                     f"every delivery failed since {iso_timestamp(since)}"
@@ -730,7 +747,7 @@ class WebhookService:
             consecutive_failures=count,
             failing_since=since,
             probe_at=row.probe_at,
-            tripped=tripped,
+            tripped=count == rules.breaker_failures,
             disabled=disabled,
         )
 

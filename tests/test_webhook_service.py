@@ -471,6 +471,25 @@ def test_rotation_grace_defaults_to_the_setting_and_zero_stops_the_old_secret(
     assert now_rotated.signing_secrets(dt.datetime.now(dt.UTC)) == [newest]
 
 
+def test_concurrent_rotations_keep_both_new_secrets_valid(svc: WebhookService) -> None:
+    svc.add("t1", HOOK, webhook_id="webhook-1")
+    fresh: list[str] = []
+    gate = threading.Barrier(2)
+
+    def rotate() -> None:
+        gate.wait()
+        fresh.append(svc.rotate("t1", "webhook-1"))
+
+    threads = [threading.Thread(target=rotate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rotated = svc.get("t1", "webhook-1")
+    # the later one signs, the earlier one is its rotated-out secret: neither was lost
+    assert sorted(rotated.signing_secrets(dt.datetime.now(dt.UTC))) == sorted(fresh)
+
+
 # --------------------------------------------------------------------------- breaker
 
 
