@@ -706,6 +706,11 @@ def test_the_schema_step_upgrades_the_previous_version_keeping_endpoints(crm_url
                 tenant_id="t1", webhook_id="webhook-789", url=HOOK, secret=VECTOR_SECRET,
                 event_types=["contact.*"], active=True, created_at=T0, updated_at=T0,
             ))  # fmt: skip
+            conn.execute(OLD_DELIVERIES.insert().values(
+                tenant_id="t1", endpoint_id=1, event_type="contact.created", payload={"id": 1},
+                status="failed", attempts=3, response_status=502, error="HTTP 502",
+                created_at=T0,
+            ))  # fmt: skip
         assert not sa.inspect(engine).has_table("webhook_messages")
         assert init_db(engine) == (step - 1, schema.SCHEMA_VERSION)
         with engine.connect() as conn:
@@ -728,6 +733,15 @@ def test_the_schema_step_upgrades_the_previous_version_keeping_endpoints(crm_url
     )  # fmt: skip
     assert (kept.description, kept.disabled_reason, kept.consecutive_failures) == ("", None, 0)
     assert kept.created_at == T0 and kept.previous_secret is None and kept.probe_at is None
+    [carried] = svc.deliveries("t1", "webhook-789")
+    assert (carried.message_id, carried.attempt, carried.at, carried.succeeded) == (
+        "legacy_1", 3, T0, False
+    )  # fmt: skip
+    assert (carried.status_code, carried.error, carried.webhook_id) == (
+        502,
+        "HTTP 502",
+        kept.webhook_id,
+    )
     svc.record_attempt(kept, failed())
     assert svc.deliveries("t1", "webhook-789")[0].status_code == 500
     assert [e.webhook_id for e in svc.subscribers("t1", "contact.updated")] == ["webhook-789"]

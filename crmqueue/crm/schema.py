@@ -319,7 +319,8 @@ def _v3(conn: Connection) -> None:
 
 def _webhook_endpoints(conn: Connection) -> None:
     """Webhooks (issue #12): the endpoint's new columns, the per-attempt delivery log in
-    place of version 1's unused webhook_deliveries, and webhook_messages. Each part is
+    place of version 1's webhook_deliveries (which crmqueue never wrote; any rows are
+    carried over as one attempt each), and webhook_messages. Each part is
     checked first, so the step runs in any order with other teams' steps and on a
     database whose tables version 1 already created in their current shape."""
     inspector = sa.inspect(conn)
@@ -334,11 +335,41 @@ def _webhook_endpoints(conn: Connection) -> None:
         conn.execute(
             sa.text(f"ALTER TABLE webhook_endpoints ADD COLUMN {column.name} {kind}{default}")
         )
+    legacy: list[dict[str, Any]] = []
     if inspector.has_table("webhook_deliveries"):
         logged = {column["name"] for column in inspector.get_columns("webhook_deliveries")}
         if "message_id" not in logged:
+            # Version 1's shape (one row per delivery): its rows, should anyone have
+            # written some, become one logged attempt each.
+            legacy = [
+                {
+                    "tenant_id": row.tenant_id,
+                    "endpoint_id": row.endpoint_id,
+                    "webhook_id": row.webhook_id,
+                    "message_id": f"legacy_{row.id}",
+                    "event_type": row.event_type,
+                    "job_id": None,
+                    "attempt": max(1, row.attempts or 1),
+                    "at": row.delivered_at or row.created_at,
+                    "succeeded": row.status == "delivered",
+                    "status_code": row.response_status,
+                    "latency_ms": 0,
+                    "response_excerpt": "",
+                    "error": row.error,
+                }
+                for row in conn.execute(
+                    sa.text(
+                        "SELECT d.id, d.tenant_id, d.endpoint_id, e.webhook_id, d.event_type,"
+                        " d.status, d.attempts, d.response_status, d.error, d.created_at,"
+                        " d.delivered_at FROM webhook_deliveries d JOIN webhook_endpoints e"
+                        " ON e.id = d.endpoint_id ORDER BY d.id"
+                    ).columns(created_at=UtcDateTime(), delivered_at=UtcDateTime())
+                )
+            ]
             conn.execute(sa.text("DROP TABLE webhook_deliveries"))
     metadata.create_all(conn, tables=[webhook_deliveries, webhook_messages])
+    if legacy:
+        conn.execute(webhook_deliveries.insert(), legacy)
 
 
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
