@@ -23,6 +23,7 @@ import json
 import re
 import secrets as random_secrets
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "WebhookService",
     "event_body",
     "filter_problem",
+    "iso_timestamp",
     "new_secret",
     "secret_key",
     "service",
@@ -76,6 +78,7 @@ MAX_FILTERS = 100
 EXCERPT_CHARS = 1024  # the log keeps the first 1 KB of a response body
 MAX_ERROR_CHARS = 2000
 MAX_LIMIT = 1000
+TRIM_INTERVAL = 3600.0
 
 _endpoints = schema.webhook_endpoints
 _log = schema.webhook_deliveries
@@ -388,6 +391,10 @@ class WebhookService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: Engine = get_engine(settings.database.url)
+        # record_attempt trims the log every TRIM_INTERVAL seconds of a process's life,
+        # so keep_days holds with no scheduler; the first trim waits one interval.
+        self._trim_lock = threading.Lock()
+        self._next_trim = time.monotonic() + TRIM_INTERVAL
 
     # ------------------------------------------------------------------ endpoints
 
@@ -647,8 +654,18 @@ class WebhookService:
         reaches the count); once failing_since is webhooks.disable_after_days old the
         endpoint is disabled with a reason (`disabled` for the one caller that did it).
         The excerpt is cut to 1 KB and the error to 2,000 characters, and the endpoint's
-        secrets are masked in both. EndpointNotFound when the endpoint was removed."""
-        at = _utc(now) if now is not None else _now()
+        secrets are masked in both. EndpointNotFound when the endpoint was removed.
+        About once an hour it also trims the log (see trim)."""
+        state = self._record(endpoint, attempt, _utc(now) if now is not None else _now())
+        if time.monotonic() >= self._next_trim and self._trim_lock.acquire(blocking=False):
+            try:
+                self._next_trim = time.monotonic() + TRIM_INTERVAL
+                self.trim()
+            finally:
+                self._trim_lock.release()
+        return state
+
+    def _record(self, endpoint: Endpoint, attempt: Attempt, at: dt.datetime) -> BreakerState:
         rules = self.settings.webhooks
         mine = sa.and_(
             _endpoints.c.tenant_id == endpoint.tenant_id,

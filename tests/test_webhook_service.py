@@ -659,6 +659,18 @@ def test_trim_drops_log_rows_and_messages_older_than_keep_days(crm_url: str) -> 
     assert svc.get("t1", "webhook-1").enabled  # endpoints are never trimmed
 
 
+def test_record_attempt_trims_the_log_once_an_interval(lite: WebhookService) -> None:
+    endpoint, _ = lite.add("t1", HOOK, webhook_id="webhook-1")
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    lite.record_attempt(endpoint, failed("msg_old"), now=old)
+    lite.record_attempt(endpoint, failed("msg_old2"), now=old)
+    assert len(lite.deliveries("t1", "webhook-1")) == 2  # not due in a new service's first hour
+    lite._next_trim = time.monotonic()  # an hour on
+    lite.record_attempt(endpoint, ok("msg_new"))
+    assert [d.message_id for d in lite.deliveries("t1", "webhook-1")] == ["msg_new"]
+    assert lite._next_trim > time.monotonic() + webhooks.TRIM_INTERVAL - 60
+
+
 # --------------------------------------------------------------------------- schema, settings
 
 
