@@ -583,8 +583,14 @@ class WebhookService:
         """Delete the endpoint and its delivery log; EndpointNotFound."""
         with self.engine.begin() as conn:
             row = self._row(conn, tenant_id, webhook_id)
-            conn.execute(_log.delete().where(_log.c.endpoint_id == row.id))
-            conn.execute(_endpoints.delete().where(_endpoints.c.id == row.id))
+            conn.execute(
+                _log.delete().where(_log.c.tenant_id == tenant_id, _log.c.endpoint_id == row.id)
+            )
+            conn.execute(
+                _endpoints.delete().where(
+                    _endpoints.c.tenant_id == tenant_id, _endpoints.c.id == row.id
+                )
+            )
 
     def subscribers(self, tenant_id: str, event_type: str) -> builtins.list[Endpoint]:
         """The tenant's enabled endpoints whose filters match `event_type`, oldest first."""
@@ -755,7 +761,7 @@ class WebhookService:
                 disabled = (
                     conn.execute(
                         _endpoints.update()
-                        .where(_endpoints.c.id == row.id, _endpoints.c.active == sa.true())
+                        .where(mine, _endpoints.c.id == row.id, _endpoints.c.active == sa.true())
                         .values(active=False, disabled_reason=reason, updated_at=at)
                     ).rowcount
                     == 1
