@@ -113,7 +113,10 @@ class JobStore(BaseStorage):  # type: ignore[misc]
         self.flush_all()
 
     # The crmqueue interface, implemented by each backend.
-    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
+        """Store new jobs in one step. `skip_existing`: a job whose id is already stored
+        (in any state) is left as it is and this one dropped, so a producer that runs
+        again with deterministic ids (a fan-out re-run) adds nothing twice."""
         raise NotImplementedError
 
     def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:

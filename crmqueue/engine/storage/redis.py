@@ -104,10 +104,10 @@ class RedisJobStore(JobStore):
         with self._guard():
             self.conn.ping()
 
-    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
         for start in range(0, len(jobs), 500):
             chunk = jobs[start : start + 500]
-            args: list[Any] = [len(chunk)]
+            args: list[Any] = [len(chunk), 1 if skip_existing else 0]
             for job in chunk:
                 args += [
                     job.id, job.name, job.tenant, job.priority, job.max_attempts, job.message,

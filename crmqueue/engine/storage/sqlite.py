@@ -249,7 +249,7 @@ class SqliteJobStore(JobStore):
     def ping(self) -> None:
         self._read("select 1")
 
-    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
         now = time.time()
         rows = []
         for job in jobs:
@@ -262,8 +262,11 @@ class SqliteJobStore(JobStore):
                     job.max_attempts, job.message, now,
                 )
             )  # fmt: skip
-        added = Counter((row[1], row[4]) for row in rows)
         with self._tx() as conn:
+            if skip_existing:
+                taken = self._existing(conn, [row[0] for row in rows])
+                rows = [row for row in rows if row[0] not in taken]
+            added = Counter((row[1], row[4]) for row in rows)
             conn.executemany(
                 "insert into jobs (id, queue, name, tenant, state, priority, order_key, run_at,"
                 " max_attempts, message, created_at) values (?,?,?,?,?,?,?,?,?,?,?)",
@@ -275,6 +278,16 @@ class SqliteJobStore(JobStore):
                 [(queue, state, n) for (queue, state), n in added.items()],
             )
         self._watcher.bump()
+
+    @staticmethod
+    def _existing(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        taken: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found = conn.execute(f"select id from jobs where id in ({marks})", chunk)
+            taken.update(row[0] for row in found)
+        return taken
 
     def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
         now = time.time()
