@@ -2,4 +2,8 @@
 executable cannot discover modules at run time); a queue without a module has no
 bodies yet and its jobs wait."""
 
-BODY_MODULES: tuple[str, ...] = ("crmqueue.workers.email", "crmqueue.workers.import_export")
+BODY_MODULES: tuple[str, ...] = (
+    "crmqueue.workers.email",
+    "crmqueue.workers.import_export",
+    "crmqueue.workers.webhook",
+)
