@@ -321,13 +321,13 @@ def webhooks_replay(delivery_id: int, tenant: str) -> None:
             f" enable it first (crmqueue webhooks enable {endpoint.webhook_id} --tenant {tenant})"
         )
     open_broker()
-    same: dict[str, Any] = {"message_id": message.message_id, "timestamp": message.timestamp}
     job = tasks.deliver_webhook(
         tenant_id=tenant,
         webhook_id=delivery.webhook_id,
         event_type=message.event_type,
         payload=message.data,
-        **same,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
     )
     click.echo(
         f"delivery {delivery_id} replayed as job {job.id}"
