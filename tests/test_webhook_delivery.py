@@ -249,6 +249,50 @@ def test_gone_and_disable_turn_the_endpoint_off_and_tell_the_other_endpoints(
     assert len(receiver.received("/gone")) == 1
 
 
+def test_an_endpoint_failing_for_disable_after_days_is_disabled_and_announced(
+    setup: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    # 1e-5 days: under a second of nothing but failures
+    setup(
+        {
+            "webhooks.disable_after_days": 1e-5,
+            "webhooks.breaker_failures": 1000,
+            "queues.webhook.attempts": 1000,
+        }
+    )
+    receiver.endpoint("/down", add(receiver.url("/down"), "down"), Plan(500, body=b"oops"))
+    ops = receiver.endpoint("/ops", add(receiver.url("/ops"), "ops", event_types=("webhook.*",)))
+    info = finished(deliver("down"))
+    assert info.state == "dead" and info.attempts > 1
+    endpoint = service().get(TENANT, "down")
+    assert not endpoint.enabled and "every delivery failed since" in (
+        endpoint.disabled_reason or ""
+    )
+    assert "endpoint disabled: every delivery failed since" in info.errors[-1]["message"]
+    (notice,) = receiver.wait_for(1, "/ops")
+    assert notice.verified and notice.json()["data"]["webhookId"] == "down"
+    assert notice.json()["data"]["failingSince"] is not None
+    assert len(ops.received()) == 1
+    assert len(log_rows("down")) == info.attempts
+
+
+def test_secrets_and_signatures_are_never_quoted_from_an_answer(
+    setup: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    setup()
+    secret = add(receiver.url("/echo"), "echo")
+    answer = f"bad request; our secret is {secret} ({secret.removeprefix('whsec_')})"
+    receiver.endpoint("/echo", secret, Plan(400, body=answer.encode() + b"x" * 3000))
+    info = finished(deliver("echo"))
+    assert info.state == "dead"
+    (row,) = log_rows("echo")
+    stored = [info.errors[-1]["message"], row.response_excerpt, row.error or ""]
+    key = secret.removeprefix("whsec_")
+    assert all(key not in text for text in stored), stored
+    assert "our secret is ***" in row.response_excerpt
+    assert len(row.response_excerpt) <= 1024 and row.response_excerpt.endswith("x")
+
+
 def test_a_timeout_is_retried(setup: Callable[..., Broker], receiver: WebhookReceiver) -> None:
     setup({"webhooks.read_timeout_seconds": 0.5})
     secret = add(receiver.url("/slow"), "slow")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -54,10 +55,12 @@ from crmqueue.config import QueueSettings, Settings
 from crmqueue.engine import current_attempt, current_job_id, get_broker, job
 from crmqueue.engine.queues import EncodedPayload, Enqueue
 from crmqueue.engine.retry import backoff_delay
-from crmqueue.errors import PermanentError, Postpone, RetryableError
+from crmqueue.errors import CrmQueueError, PermanentError, Postpone, RetryableError
 from crmqueue.payloads import EventPayload, WebhookDeliveryPayload
 from crmqueue.providers.http import Response, guarded_request, retry_after
 from crmqueue.url_rules import IPNetwork
+
+log = logging.getLogger(__name__)
 
 QUEUE = "webhook"
 USER_AGENT = f"crmqueue/{__version__}"
@@ -156,11 +159,12 @@ class EndpointSlots:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._inflight: dict[tuple[str, str], list[float]] = {}
+        self._inflight: dict[tuple[str, str, str], list[float]] = {}
 
     @contextmanager
-    def hold(self, key: tuple[str, str], share: int, hang_seconds: float) -> Iterator[None]:
-        """Take a slot of endpoint `key` for the body of the with-block; Postpone when
+    def hold(self, key: tuple[str, str, str], share: int, hang_seconds: float) -> Iterator[None]:
+        """Take a slot of endpoint `key` (database URL, tenant, webhook id) for the body of
+        the with-block; Postpone when
         none frees within SLOT_PATIENCE_SECONDS. `hang_seconds` (an attempt's longest
         run) sets how long the postponement lasts."""
         start = time.monotonic()
@@ -175,7 +179,7 @@ class EndpointSlots:
                     # A slot frees when the oldest attempt ends: at the latest its timeout.
                     free_in = min(started) + hang_seconds - now
                     raise Postpone(
-                        f"webhook endpoint {key[1]!r}: {len(started)} attempt(s) to it already"
+                        f"webhook endpoint {key[2]!r}: {len(started)} attempt(s) to it already"
                         " under way in this worker process (its share of the workers)",
                         _jitter(max(free_in, 0.5)),
                     )
@@ -192,7 +196,7 @@ class EndpointSlots:
                     del self._inflight[key]
                 self._changed.notify_all()
 
-    def in_flight(self, key: tuple[str, str]) -> int:
+    def in_flight(self, key: tuple[str, str, str]) -> int:
         with self._changed:
             return len(self._inflight.get(key, ()))
 
@@ -353,18 +357,26 @@ def _announce_disabled(endpoint: webhooks.Endpoint, reason: str) -> None:
     The URL stays out: it may hold credentials."""
     from crmqueue.tasks import publish_event
 
-    publish_event(
-        tenant_id=endpoint.tenant_id,
-        event_type=DISABLED_EVENT,
-        payload={
-            "webhookId": endpoint.webhook_id,
-            "reason": reason,
-            "disabledAt": webhooks.iso_timestamp(dt.datetime.now(dt.UTC)),
-            "failingSince": (
-                webhooks.iso_timestamp(endpoint.failing_since) if endpoint.failing_since else None
-            ),
-        },
-    )
+    try:
+        publish_event(
+            tenant_id=endpoint.tenant_id,
+            event_type=DISABLED_EVENT,
+            payload={
+                "webhookId": endpoint.webhook_id,
+                "reason": reason,
+                "disabledAt": webhooks.iso_timestamp(dt.datetime.now(dt.UTC)),
+                "failingSince": (
+                    webhooks.iso_timestamp(endpoint.failing_since)
+                    if endpoint.failing_since
+                    else None
+                ),
+            },
+        )
+    except CrmQueueError as exc:  # the endpoint is disabled all the same; say so
+        log.error(
+            "webhook %s of tenant %s disabled (%s); announcing it failed: %s",
+            endpoint.webhook_id, endpoint.tenant_id, reason, exc,
+        )  # fmt: skip
 
 
 def _post(
@@ -384,7 +396,11 @@ def _post(
         "webhook-timestamp": str(sent_at),
         "webhook-signature": signature,
     }
+    # Never quoted from an answer: the signatures sent, the secrets (a receiver knows them).
     hidden = [entry.split(",", 1)[-1] for entry in signature.split()]
+    for secret in (endpoint.secret, endpoint.previous_secret):
+        if secret:
+            hidden += [secret, secret.removeprefix(webhooks.SECRET_PREFIX)]
     started = time.monotonic()
     try:
         response = guarded_request(
@@ -417,7 +433,6 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
             endpoint.tenant_id, endpoint.webhook_id, endpoint.disabled_reason
         )
     hold = rules.longest + LOG_MARGIN_SECONDS
-    _breaker_gate(service, endpoint, hold)
     message = webhooks.Message(
         tenant_id=payload.tenant_id,
         message_id=_message_id(payload.message_id),
@@ -426,7 +441,10 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
         data=payload.payload,
     )
     attempt, max_attempts = current_attempt()
-    with SLOTS.hold((endpoint.tenant_id, endpoint.webhook_id), rules.share, hold):
+    slot = (rules.settings.database.url, endpoint.tenant_id, endpoint.webhook_id)
+    with SLOTS.hold(slot, rules.share, hold):
+        # Inside the slot: a probe won here is never lost to a full share.
+        _breaker_gate(service, endpoint, hold)
         SAVED.save(service, message)
         outcome, latency_ms = _post(endpoint, message, rules)
     logged = webhooks.Attempt(
@@ -462,6 +480,8 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
             "latency_ms": latency_ms,
         }
     error = outcome.error or f"webhook {endpoint.webhook_id}: failed"
+    if disabled_reason is not None and outcome.disable is None:
+        error += f"; endpoint disabled: {disabled_reason}"
     if outcome.action == "retry" and disabled_reason is None:
         delay = outcome.delay
         if delay is None:
