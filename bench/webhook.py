@@ -356,10 +356,13 @@ class Round:
         from crmqueue.tasks import enqueue_many
 
         self.store.flush_all()
+        # With an event time, as tasks.deliver_webhook sends (one call per job would time
+        # the producer too); the message id defaults to msg_<job id>.
+        at = dt.datetime.now(dt.UTC).isoformat()
         enqueue_many(
             "webhook",
             [{"tenant_id": TENANT, "webhook_id": str(i % ENDPOINTS), "event_type": EVENT,
-              "payload": event_data(i)} for i in range(self.deliveries)],
+              "payload": event_data(i), "timestamp": at} for i in range(self.deliveries)],
             kind="deliver",
         )  # fmt: skip
         self.receiver.reset()
