@@ -153,6 +153,13 @@ def _data(
     """What the engine stores: a payload model's JSON (validated and checked once), or, by
     name, the mapping itself (the engine checks it as it encodes it)."""
     if model is not None and issubclass(model, Payload):
+        if (
+            model in _WEBHOOK_PAYLOADS
+            and isinstance(payload, Mapping)
+            and "timestamp" not in payload
+        ):
+            # The event's time, fixed now: every attempt and replay sends the same body.
+            payload = {**payload, "timestamp": dt.datetime.now(dt.UTC)}
         valid, encoded = payload_json(model, payload)
         _check_size(model, encoded)
         return EncodedPayload(valid.tenant_id, encoded)
