@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,6 +167,22 @@ def test_a_stale_claim_cannot_postpone(broker: Broker) -> None:
     assert record is not None
     assert record["state"] == "delayed"
     assert [e["message"] for e in record["errors"]] == ["ok"]
+
+
+def test_jobs_show_prints_the_reason(broker: Broker, storage_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from crmqueue.cli import main
+
+    store = broker.queue("email").store
+    job_ = enqueue("postpone_then_done", {"key": "cli", "times": 1})
+    assert store.postpone(claim_one(store), 600, "tenant share used up")
+    config = tmp_path / "crmqueue.toml"
+    config.write_text(f'[storage]\nurl = "{storage_url}"\n')
+    shown = CliRunner().invoke(main, ["jobs", "show", job_.id, "--config", str(config)])
+    assert shown.exit_code == 0, shown.output
+    assert "delayed" in shown.output
+    assert "Postponed: tenant share used up" in shown.output
 
 
 def test_current_attempt_outside_a_job() -> None:
