@@ -521,6 +521,53 @@ def test_attempt_timeouts_stay_inside_the_queue_time_limit() -> None:
 # --------------------------------------------------------------------------- breaker
 
 
+def test_an_endpoint_gets_at_most_its_share_of_a_process_workers() -> None:
+    import threading
+
+    from crmqueue.errors import Postpone
+
+    slots = worker.EndpointSlots()
+    key = ("db", TENANT, "busy")
+    outcomes: list[str] = []
+
+    def holder(entered: threading.Event, leave: threading.Event) -> None:
+        try:
+            with slots.hold(key, 2, hang_seconds=30):
+                entered.set()
+                leave.wait(10)
+            outcomes.append("ran")
+        except Postpone:
+            outcomes.append("postponed")
+
+    def start() -> tuple[threading.Thread, threading.Event]:
+        entered, leave = threading.Event(), threading.Event()
+        thread = threading.Thread(target=holder, args=(entered, leave))
+        thread.start()
+        assert entered.wait(5)
+        return thread, leave
+
+    # Two attempts in flight that answer quickly: a third waits for a slot, then runs.
+    (first, leave_first), (second, leave_second) = start(), start()
+    threading.Timer(0.02, leave_first.set).start()
+    third, leave_third = start()
+    assert slots.in_flight(key) == 2
+    first.join(5)
+    # Two attempts that hang (older than the patience): a third is postponed, not held.
+    time.sleep(worker.SLOT_PATIENCE_SECONDS)  # let them age past the patience
+    began = time.monotonic()
+    with pytest.raises(Postpone) as caught, slots.hold(key, 2, 30):
+        pytest.fail("a third attempt ran")
+    assert time.monotonic() - began < 0.05  # no wait for an endpoint that hangs
+    assert 0.5 <= caught.value.delay <= 1.6 and "'busy'" in caught.value.reason
+    with slots.hold(("db", TENANT, "other"), 2, 30):  # other endpoints go on
+        assert slots.in_flight(("db", TENANT, "other")) == 1
+    leave_second.set()
+    leave_third.set()
+    for thread in (second, third):
+        thread.join(5)
+    assert outcomes == ["ran", "ran", "ran"] and slots.in_flight(key) == 0
+
+
 def test_an_open_breaker_postpones_without_spending_attempts_and_one_probe_closes_it(
     setup: Callable[..., Broker], receiver: WebhookReceiver
 ) -> None:

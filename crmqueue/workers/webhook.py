@@ -164,9 +164,9 @@ class EndpointSlots:
     @contextmanager
     def hold(self, key: tuple[str, str, str], share: int, hang_seconds: float) -> Iterator[None]:
         """Take a slot of endpoint `key` (database URL, tenant, webhook id) for the body of
-        the with-block; Postpone when
-        none frees within SLOT_PATIENCE_SECONDS. `hang_seconds` (an attempt's longest
-        run) sets how long the postponement lasts."""
+        the with-block; Postpone when none frees within SLOT_PATIENCE_SECONDS, for about
+        as long as the oldest attempt has run, at most until its end (`hang_seconds`, an
+        attempt's longest run), at least half a second."""
         start = time.monotonic()
         with self._changed:
             while True:
@@ -176,12 +176,14 @@ class EndpointSlots:
                 now = time.monotonic()
                 wait = min(start, min(started)) + SLOT_PATIENCE_SECONDS - now
                 if wait <= 0:
-                    # A slot frees when the oldest attempt ends: at the latest its timeout.
-                    free_in = min(started) + hang_seconds - now
+                    # A slot frees when the oldest attempt ends, at the latest at its
+                    # timeout; look again after about as long as it has run so far.
+                    age = now - min(started)
+                    free_in = hang_seconds - age
                     raise Postpone(
                         f"webhook endpoint {key[2]!r}: {len(started)} attempt(s) to it already"
                         " under way in this worker process (its share of the workers)",
-                        _jitter(max(free_in, 0.5)),
+                        _jitter(max(min(age, free_in), 0.5)),
                     )
                 self._changed.wait(wait)
             mine = time.monotonic()
