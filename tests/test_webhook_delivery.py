@@ -321,7 +321,7 @@ def test_a_timeout_is_retried(setup: Callable[..., Broker], receiver: WebhookRec
     assert "timed out" in info.errors[0]["message"]
     first, second = log_rows("slow")
     assert (first.succeeded, first.status_code) == (False, None)
-    assert "timed out" in (first.error or "") and 400 <= first.latency_ms < 2000
+    assert "timed out" in (first.error or "") and 400 <= first.latency_ms < 5000
     assert second.succeeded and len(hook.received()) == 2
 
 
@@ -553,11 +553,12 @@ def test_an_endpoint_gets_at_most_its_share_of_a_process_workers() -> None:
     assert slots.in_flight(key) == 2
     first.join(5)
     # Two attempts that hang (older than the patience): a third is postponed, not held.
-    time.sleep(worker.SLOT_PATIENCE_SECONDS)  # let them age past the patience
+    time.sleep(2 * worker.SLOT_PATIENCE_SECONDS)  # let them age past the patience
     began = time.monotonic()
     with pytest.raises(Postpone) as caught, slots.hold(key, 2, 30):
         pytest.fail("a third attempt ran")
-    assert time.monotonic() - began < 0.05  # no wait for an endpoint that hangs
+    # no wait (it would last SLOT_PATIENCE_SECONDS) for an endpoint that hangs
+    assert time.monotonic() - began < worker.SLOT_PATIENCE_SECONDS
     assert 0.5 <= caught.value.delay <= 1.6 and "'busy'" in caught.value.reason
     with slots.hold(("db", TENANT, "other"), 2, 30):  # other endpoints go on
         assert slots.in_flight(("db", TENANT, "other")) == 1
