@@ -446,6 +446,16 @@ def test_a_fanout_run_again_enqueues_nothing_twice(
     for delivery_id in first["jobs"]:
         assert finished(jobs.Job(delivery_id, "webhook")).state == "completed"
     assert sorted(r.path for r in receiver.received()) == ["/a", "/b", "/c"]
+    token = _current.set(ActiveJob(claim, queue, "c1"))
+    try:
+        third = worker.publish_event(payload)  # once more, after they were delivered
+    finally:
+        _current.reset(token)
+    assert third == first
+    counts = queue.store.counts()
+    assert (counts["waiting"], counts["delayed"], counts["completed"]) == (0, 0, 3)
+    assert [jobs.get(i).state for i in first["jobs"]] == ["completed"] * 3
+    assert len(receiver.received()) == 3
 
 
 def test_payloads_over_the_limit_are_refused_at_enqueue(setup: Callable[..., Broker]) -> None:
