@@ -84,6 +84,85 @@ _endpoints = schema.webhook_endpoints
 _log = schema.webhook_deliveries
 _messages = schema.webhook_messages
 
+# The statements of a delivery's hot path, built once with bound parameters: building a
+# Core statement per call (and generating its cache key) cost more CPU than running it.
+# A statement object is reused, so SQLAlchemy's compiled cache finds it without work.
+_LOGGED = (
+    "tenant_id", "webhook_id", "message_id", "event_type", "job_id", "attempt", "at",
+    "succeeded", "status_code", "latency_ms", "response_excerpt", "error",
+)  # fmt: skip
+_ONE_ENDPOINT = sa.and_(
+    _endpoints.c.tenant_id == sa.bindparam("p_tenant_id"),
+    _endpoints.c.webhook_id == sa.bindparam("p_webhook_id"),
+)
+_GET_ENDPOINT = sa.select(_endpoints).where(_ONE_ENDPOINT)
+# A success: the log row with its endpoint id read in the same statement (none: removed).
+_LOG_SUCCESS = (
+    _log.insert()
+    .from_select(
+        ["endpoint_id", *_LOGGED],
+        sa.select(
+            _endpoints.c.id,
+            *(sa.bindparam(f"p_{name}", type_=_log.c[name].type) for name in _LOGGED),
+        ).where(_ONE_ENDPOINT),
+    )
+    .returning(_log.c.id)
+)
+# ... then the breaker reset, touching the row only when there is something to reset, so
+# healthy deliveries to one endpoint never queue on its row lock.
+_RESET_BREAKER = (
+    _endpoints.update()
+    .where(
+        _ONE_ENDPOINT,
+        sa.or_(
+            _endpoints.c.consecutive_failures != 0,
+            _endpoints.c.failing_since.is_not(None),
+            _endpoints.c.probe_at.is_not(None),
+        ),
+    )
+    .values(consecutive_failures=0, failing_since=None, probe_at=None)
+)
+# A failure: an atomic increment (the right-hand sides read the old row).
+_COUNT_FAILURE = (
+    _endpoints.update()
+    .where(_ONE_ENDPOINT)
+    .values(
+        consecutive_failures=_endpoints.c.consecutive_failures + 1,
+        failing_since=sa.func.coalesce(
+            _endpoints.c.failing_since, sa.bindparam("p_at", type_=schema.UtcDateTime())
+        ),
+        probe_at=sa.case(
+            (
+                _endpoints.c.consecutive_failures + 1 >= sa.bindparam("p_breaker_failures"),
+                sa.bindparam("p_probe_at", type_=schema.UtcDateTime()),
+            ),
+            else_=_endpoints.c.probe_at,
+        ),
+    )
+    .returning(
+        _endpoints.c.id,
+        _endpoints.c.consecutive_failures,
+        _endpoints.c.failing_since,
+        _endpoints.c.probe_at,
+    )
+)
+_LOG_ROW = _log.insert()
+_MESSAGE_COLUMNS = ("tenant_id", "message_id", "event_type", "occurred_at", "data", "created_at")
+
+
+def _save_message_statement(dialect: str) -> Any:
+    """INSERT of a message that leaves a stored one as it is (ON CONFLICT DO NOTHING)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(_messages)
+        .values({name: sa.bindparam(f"p_{name}", type_=_messages.c[name].type)
+                 for name in _MESSAGE_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["tenant_id", "message_id"])
+    )  # fmt: skip
+
+
+_SAVE_MESSAGE = {name: _save_message_statement(name) for name in ("postgresql", "sqlite")}
+
 
 # --------------------------------------------------------------------------- signing
 
@@ -425,9 +504,7 @@ class WebhookService:
 
     def _row(self, conn: Connection, tenant_id: str, webhook_id: str) -> Any:
         row = conn.execute(
-            sa.select(_endpoints).where(
-                _endpoints.c.tenant_id == tenant_id, _endpoints.c.webhook_id == webhook_id
-            )
+            _GET_ENDPOINT, {"p_tenant_id": tenant_id, "p_webhook_id": webhook_id}
         ).first()
         if row is None:
             raise EndpointNotFound(tenant_id, webhook_id)
@@ -607,24 +684,20 @@ class WebhookService:
     def save_message(self, message: Message) -> None:
         """Store `message` for replay; a second save of the same (tenant, message_id)
         changes nothing (the first one is what was signed and sent)."""
+        values = self._message_values(message)
+        with self.engine.begin() as conn:
+            conn.execute(_SAVE_MESSAGE[self.engine.dialect.name], values)
+
+    def _message_values(self, message: Message) -> dict[str, Any]:
+        """The bound parameters of _SAVE_MESSAGE; PayloadError on tenant_id, message_id."""
         self._check_tenant(message.tenant_id)
         if not message.message_id or len(message.message_id) > 64:
             raise PayloadError([("message_id", "1-64 characters")])
-        values = {
-            "tenant_id": message.tenant_id, "message_id": message.message_id,
-            "event_type": message.event_type, "occurred_at": _utc(message.timestamp),
-            "data": dict(message.data), "created_at": _now(),
+        return {
+            "p_tenant_id": message.tenant_id, "p_message_id": message.message_id,
+            "p_event_type": message.event_type, "p_occurred_at": _utc(message.timestamp),
+            "p_data": dict(message.data), "p_created_at": _now(),
         }  # fmt: skip
-        insert = (
-            postgresql.insert(_messages)
-            if self.engine.dialect.name == "postgresql"
-            else sqlite.insert(_messages)
-        )
-        statement = insert.values(**values).on_conflict_do_nothing(
-            index_elements=["tenant_id", "message_id"]
-        )
-        with self.engine.begin() as conn:
-            conn.execute(statement)
 
     def message(self, tenant_id: str, message_id: str) -> Message:
         """The stored message; MessageNotFound (also once trimmed after keep_days)."""
@@ -650,7 +723,12 @@ class WebhookService:
     # ------------------------------------------------------------------ log and breaker
 
     def record_attempt(
-        self, endpoint: Endpoint, attempt: Attempt, now: dt.datetime | None = None
+        self,
+        endpoint: Endpoint,
+        attempt: Attempt,
+        now: dt.datetime | None = None,
+        *,
+        message: Message | None = None,
     ) -> BreakerState:
         """Log `attempt` and update the endpoint's breaker in ONE transaction.
 
@@ -661,8 +739,13 @@ class WebhookService:
         endpoint is disabled with a reason (`disabled` for the one caller that did it).
         The excerpt is cut to 1 KB and the error to 2,000 characters, and the endpoint's
         secrets are masked in both. EndpointNotFound when the endpoint was removed.
-        About once an hour it also trims the log (see trim)."""
-        state = self._record(endpoint, attempt, _utc(now) if now is not None else _now())
+        About once an hour it also trims the log (see trim).
+
+        `message`, when given, is stored for replay (as save_message) in the same
+        transaction: a delivery's first attempt stores its message and its log row with
+        one commit."""
+        saved = self._message_values(message) if message is not None else None
+        state = self._record(endpoint, attempt, _utc(now) if now is not None else _now(), saved)
         if time.monotonic() >= self._next_trim and self._trim_lock.acquire(blocking=False):
             try:
                 self._next_trim = time.monotonic() + TRIM_INTERVAL
@@ -671,12 +754,14 @@ class WebhookService:
                 self._trim_lock.release()
         return state
 
-    def _record(self, endpoint: Endpoint, attempt: Attempt, at: dt.datetime) -> BreakerState:
+    def _record(
+        self,
+        endpoint: Endpoint,
+        attempt: Attempt,
+        at: dt.datetime,
+        message: dict[str, Any] | None,
+    ) -> BreakerState:
         rules = self.settings.webhooks
-        mine = sa.and_(
-            _endpoints.c.tenant_id == endpoint.tenant_id,
-            _endpoints.c.webhook_id == endpoint.webhook_id,
-        )
         hidden = (endpoint.secret, endpoint.previous_secret)
         error = attempt.error
         logged = {
@@ -693,62 +778,30 @@ class WebhookService:
             "response_excerpt": _scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
             "error": None if error is None else _scrub(error[:MAX_ERROR_CHARS], hidden),
         }
-        failures = _endpoints.c.consecutive_failures
+        mine = {"p_tenant_id": endpoint.tenant_id, "p_webhook_id": endpoint.webhook_id}
         with self.engine.begin() as conn:
+            if message is not None:
+                conn.execute(_SAVE_MESSAGE[self.engine.dialect.name], message)
             if attempt.succeeded:
-                # The log row first, its endpoint id read in the same statement; the reset
-                # then touches the row only when there is something to reset, so healthy
-                # deliveries to one endpoint never queue on its row lock.
-                names = list(logged)
                 inserted = conn.execute(
-                    _log.insert()
-                    .from_select(
-                        ["endpoint_id", *names],
-                        sa.select(
-                            _endpoints.c.id,
-                            *(sa.literal(logged[name], _log.c[name].type) for name in names),
-                        ).where(mine),
-                    )
-                    .returning(_log.c.id)
+                    _LOG_SUCCESS, {f"p_{name}": value for name, value in logged.items()}
                 ).first()
                 if inserted is None:
                     raise EndpointNotFound(endpoint.tenant_id, endpoint.webhook_id)
-                conn.execute(
-                    _endpoints.update()
-                    .where(
-                        mine,
-                        sa.or_(
-                            failures != 0,
-                            _endpoints.c.failing_since.is_not(None),
-                            _endpoints.c.probe_at.is_not(None),
-                        ),
-                    )
-                    .values(consecutive_failures=0, failing_since=None, probe_at=None)
-                )
+                conn.execute(_RESET_BREAKER, mine)
                 return BreakerState(0, None, None, tripped=False, disabled=False)
-            # A failure: an atomic increment (the right-hand sides read the old row).
-            probe_at = at + dt.timedelta(seconds=rules.breaker_probe_seconds)
             row = conn.execute(
-                _endpoints.update()
-                .where(mine)
-                .values(
-                    consecutive_failures=failures + 1,
-                    failing_since=sa.func.coalesce(_endpoints.c.failing_since, at),
-                    probe_at=sa.case(
-                        (
-                            failures + 1 >= rules.breaker_failures,
-                            sa.literal(probe_at, schema.UtcDateTime()),
-                        ),
-                        else_=_endpoints.c.probe_at,
-                    ),
-                )
-                .returning(
-                    _endpoints.c.id, failures, _endpoints.c.failing_since, _endpoints.c.probe_at
-                )
+                _COUNT_FAILURE,
+                {
+                    **mine,
+                    "p_at": at,
+                    "p_breaker_failures": rules.breaker_failures,
+                    "p_probe_at": at + dt.timedelta(seconds=rules.breaker_probe_seconds),
+                },
             ).first()
             if row is None:
                 raise EndpointNotFound(endpoint.tenant_id, endpoint.webhook_id)
-            conn.execute(_log.insert().values(endpoint_id=row.id, **logged))
+            conn.execute(_LOG_ROW, {"endpoint_id": row.id, **logged})
             count = int(row.consecutive_failures)
             since = row.failing_since
             disabled = False
@@ -761,7 +814,12 @@ class WebhookService:
                 disabled = (
                     conn.execute(
                         _endpoints.update()
-                        .where(mine, _endpoints.c.id == row.id, _endpoints.c.active == sa.true())
+                        .where(
+                            _endpoints.c.tenant_id == endpoint.tenant_id,
+                            _endpoints.c.webhook_id == endpoint.webhook_id,
+                            _endpoints.c.id == row.id,
+                            _endpoints.c.active == sa.true(),
+                        )
                         .values(active=False, disabled_reason=reason, updated_at=at)
                     ).rowcount
                     == 1

@@ -21,7 +21,8 @@ A delivery attempt, in order:
    ``webhooks.retry_statuses`` (408, 429), timeouts and connection errors retry after
    Retry-After (capped at an hour) or the schedule (``webhooks.schedule``); anything else
    (3xx, other 4xx, a refused URL) is permanent;
-6. one delivery-log row and the breaker's update (WebhookService.record_attempt); an
+6. one delivery-log row and the breaker's update (WebhookService.record_attempt), with
+   the message stored for replay on its first attempt, all in one transaction; an
    endpoint disabled automatically is announced to the tenant's other endpoints as a
    ``webhook.endpoint_disabled`` event.
 
@@ -211,24 +212,37 @@ SLOTS = EndpointSlots()
 
 class _SavedMessages:
     """Messages this process stored lately: the deliveries of one fan-out store their
-    message once (the publish body does), not once each."""
+    message once (the publish body does), and a retry does not store it again."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
         self._keys: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def save(self, service: webhooks.WebhookService, message: webhooks.Message) -> None:
-        key = (service.settings.database.url, message.tenant_id, message.message_id)
+    @staticmethod
+    def _key(service: webhooks.WebhookService, message: webhooks.Message) -> tuple[str, str, str]:
+        return (service.settings.database.url, message.tenant_id, message.message_id)
+
+    def known(self, service: webhooks.WebhookService, message: webhooks.Message) -> bool:
+        """Whether this process stored `message` lately."""
+        key = self._key(service, message)
         with self._lock:
             if key in self._keys:
                 self._keys.move_to_end(key)
-                return
-        service.save_message(message)
+                return True
+        return False
+
+    def mark(self, service: webhooks.WebhookService, message: webhooks.Message) -> None:
+        """Remember that `message` is stored."""
         with self._lock:
-            self._keys[key] = None
+            self._keys[self._key(service, message)] = None
             while len(self._keys) > self._size:
                 self._keys.popitem(last=False)
+
+    def save(self, service: webhooks.WebhookService, message: webhooks.Message) -> None:
+        if not self.known(service, message):
+            service.save_message(message)
+            self.mark(service, message)
 
 
 SAVED = _SavedMessages()
@@ -447,7 +461,6 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     with SLOTS.hold(slot, rules.share, hold):
         # Inside the slot: a probe won here is never lost to a full share.
         _breaker_gate(service, endpoint, hold)
-        SAVED.save(service, message)
         outcome, latency_ms = _post(endpoint, message, rules)
     logged = webhooks.Attempt(
         message_id=message.message_id,
@@ -460,8 +473,12 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
         response_excerpt=outcome.excerpt,
         error=outcome.error,
     )
+    # The message (for replay) is stored with the attempt's log row, in one transaction.
+    unsaved = None if SAVED.known(service, message) else message
     try:
-        breaker = service.record_attempt(endpoint, logged)
+        breaker = service.record_attempt(endpoint, logged, message=unsaved)
+        if unsaved is not None:
+            SAVED.mark(service, message)
     except webhooks.EndpointNotFound:
         if outcome.action != "ok":  # removed while this attempt ran: nothing to retry for
             raise
