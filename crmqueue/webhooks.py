@@ -79,6 +79,10 @@ EXCERPT_CHARS = 1024  # the log keeps the first 1 KB of a response body
 MAX_ERROR_CHARS = 2000
 MAX_LIMIT = 1000
 TRIM_INTERVAL = 3600.0
+# How long a delivery may use an endpoint read by this process (WebhookService.recent):
+# a change made by another process (CLI, API, another worker) applies within this time.
+ENDPOINT_CACHE_SECONDS = 1.0
+ENDPOINT_CACHE_SIZE = 10_000
 
 _endpoints = schema.webhook_endpoints
 _log = schema.webhook_deliveries
@@ -585,7 +589,26 @@ class WebhookService:
         with self.engine.connect() as conn:
             return _endpoint(self._row(conn, tenant_id, webhook_id))
 
+    def recent(
+        self, tenant_id: str, webhook_id: str, max_age: float = ENDPOINT_CACHE_SECONDS
+    ) -> Endpoint:
+        """`get`, answered from this process's read of the endpoint when that is at most
+        `max_age` seconds old (the delivery path: one read per endpoint and second, not
+        per delivery). Only an enabled endpoint with a closed, clean breaker is kept, and
+        any change this process makes to the endpoint (update, enable, disable, rotate,
+        remove, a failed attempt, a probe) drops it at once; a change by another process
+        applies within `max_age`. EndpointNotFound."""
+        return _RECENT.get(self, tenant_id, webhook_id, max_age)
+
     def _change(self, tenant_id: str, webhook_id: str, **values: Any) -> Endpoint:
+        # Dropped before and after: a read between the two may predate the commit.
+        _RECENT.forget(self, tenant_id, webhook_id)
+        try:
+            return self._write(tenant_id, webhook_id, values)
+        finally:
+            _RECENT.forget(self, tenant_id, webhook_id)
+
+    def _write(self, tenant_id: str, webhook_id: str, values: dict[str, Any]) -> Endpoint:
         with self.engine.begin() as conn:
             result = conn.execute(
                 _endpoints.update()
@@ -658,6 +681,7 @@ class WebhookService:
 
     def remove(self, tenant_id: str, webhook_id: str) -> None:
         """Delete the endpoint and its delivery log; EndpointNotFound."""
+        _RECENT.forget(self, tenant_id, webhook_id)
         with self.engine.begin() as conn:
             row = self._row(conn, tenant_id, webhook_id)
             conn.execute(
@@ -668,6 +692,7 @@ class WebhookService:
                     _endpoints.c.tenant_id == tenant_id, _endpoints.c.id == row.id
                 )
             )
+        _RECENT.forget(self, tenant_id, webhook_id)
 
     def subscribers(self, tenant_id: str, event_type: str) -> builtins.list[Endpoint]:
         """The tenant's enabled endpoints whose filters match `event_type`, oldest first."""
@@ -745,7 +770,11 @@ class WebhookService:
         transaction: a delivery's first attempt stores its message and its log row with
         one commit."""
         saved = self._message_values(message) if message is not None else None
-        state = self._record(endpoint, attempt, _utc(now) if now is not None else _now(), saved)
+        try:
+            state = self._record(endpoint, attempt, _utc(now) if now is not None else _now(), saved)
+        finally:
+            if not attempt.succeeded:  # and after the commit (see _change)
+                _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
         if time.monotonic() >= self._next_trim and self._trim_lock.acquire(blocking=False):
             try:
                 self._next_trim = time.monotonic() + TRIM_INTERVAL
@@ -779,6 +808,8 @@ class WebhookService:
             "error": None if error is None else _scrub(error[:MAX_ERROR_CHARS], hidden),
         }
         mine = {"p_tenant_id": endpoint.tenant_id, "p_webhook_id": endpoint.webhook_id}
+        if not attempt.succeeded:  # the breaker changes: deliveries read it afresh
+            _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
         with self.engine.begin() as conn:
             if message is not None:
                 conn.execute(_SAVE_MESSAGE[self.engine.dialect.name], message)
@@ -841,6 +872,7 @@ class WebhookService:
         single UPDATE: PostgreSQL re-checks the condition on the row a concurrent winner
         changed, SQLite runs writers one at a time. False when the breaker is closed."""
         at = _utc(now) if now is not None else _now()
+        _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
         with self.engine.begin() as conn:
             result = conn.execute(
                 _endpoints.update()
@@ -852,7 +884,8 @@ class WebhookService:
                 )
                 .values(probe_at=at + dt.timedelta(seconds=max(0.0, hold_seconds)))
             )
-            return result.rowcount == 1
+        _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
+        return result.rowcount == 1
 
     def deliveries(
         self, tenant_id: str, webhook_id: str, *, limit: int = 50
@@ -894,6 +927,50 @@ class WebhookService:
             kept = conn.execute(_messages.delete().where(_messages.c.created_at < cutoff)).rowcount
         return int(logged) + int(kept)
 
+
+class _RecentEndpoints:
+    """Endpoints read lately by this process, per CRM database, for WebhookService.recent.
+    A generation counter, moved on by every change, keeps a read that raced with a change
+    from being kept (it may predate the change)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._kept: dict[tuple[str, str, str], tuple[float, Endpoint]] = {}
+
+    def get(
+        self, service: WebhookService, tenant_id: str, webhook_id: str, max_age: float
+    ) -> Endpoint:
+        key = (service.settings.database.url, tenant_id, webhook_id)
+        with self._lock:
+            kept = self._kept.get(key)
+            generation = self._generation
+        now = time.monotonic()
+        if kept is not None and now - kept[0] <= max_age:
+            return kept[1]
+        endpoint = service.get(tenant_id, webhook_id)
+        clean = (
+            endpoint.enabled
+            and endpoint.probe_at is None
+            and endpoint.failing_since is None
+            and endpoint.consecutive_failures == 0
+        )
+        with self._lock:
+            if clean and generation == self._generation:
+                if len(self._kept) >= ENDPOINT_CACHE_SIZE:
+                    self._kept.clear()
+                self._kept[key] = (now, endpoint)
+            else:
+                self._kept.pop(key, None)
+        return endpoint
+
+    def forget(self, service: WebhookService, tenant_id: str, webhook_id: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._kept.pop((service.settings.database.url, tenant_id, webhook_id), None)
+
+
+_RECENT = _RecentEndpoints()
 
 _services: dict[str, WebhookService] = {}
 _services_lock = threading.Lock()

@@ -3,7 +3,9 @@ out to every subscribed endpoint of its tenant (issue #12; REFERENCE "Standard W
 
 A delivery attempt, in order:
 
-1. the endpoint (crmqueue.webhooks): unknown or disabled is permanent, naming it;
+1. the endpoint (crmqueue.webhooks; WebhookService.recent: a read at most a second old,
+   so a change made elsewhere applies within a second): unknown or disabled is
+   permanent, naming it;
 2. its circuit breaker: open, the job is postponed (crmqueue.errors.Postpone: no attempt
    spent) until the next probe; once due, one delivery wins the probe (claim_probe) and
    the others wait for its outcome;
@@ -443,7 +445,8 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     """Deliver one event to one endpoint: one attempt per run (see the module)."""
     rules = _rules()
     service = webhooks.service(rules.settings)
-    endpoint = service.get(payload.tenant_id, payload.webhook_id)  # EndpointNotFound
+    # Read at most ENDPOINT_CACHE_SECONDS ago (EndpointNotFound).
+    endpoint = service.recent(payload.tenant_id, payload.webhook_id)
     if not endpoint.enabled:
         raise webhooks.EndpointDisabled(
             endpoint.tenant_id, endpoint.webhook_id, endpoint.disabled_reason
