@@ -20,6 +20,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
+import queue
 import re
 import secrets as random_secrets
 import threading
@@ -111,6 +113,14 @@ _LOG_SUCCESS = (
         ).where(_ONE_ENDPOINT),
     )
     .returning(_log.c.id)
+)
+# The same for a batch of successes (executemany; no RETURNING: the row count tells).
+_LOG_SUCCESSES = _log.insert().from_select(
+    ["endpoint_id", *_LOGGED],
+    sa.select(
+        _endpoints.c.id,
+        *(sa.bindparam(f"p_{name}", type_=_log.c[name].type) for name in _LOGGED),
+    ).where(_ONE_ENDPOINT),
 )
 # ... then the breaker reset, touching the row only when there is something to reset, so
 # healthy deliveries to one endpoint never queue on its row lock.
@@ -478,6 +488,7 @@ class WebhookService:
         # so keep_days holds with no scheduler; the first trim waits one interval.
         self._trim_lock = threading.Lock()
         self._next_trim = time.monotonic() + TRIM_INTERVAL
+        self._log_writer = _LogWriter(self)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -807,20 +818,15 @@ class WebhookService:
             "response_excerpt": _scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
             "error": None if error is None else _scrub(error[:MAX_ERROR_CHARS], hidden),
         }
+        if attempt.succeeded:
+            self._log_writer.write(_Success(logged, message))
+            return BreakerState(0, None, None, tripped=False, disabled=False)
         mine = {"p_tenant_id": endpoint.tenant_id, "p_webhook_id": endpoint.webhook_id}
-        if not attempt.succeeded:  # the breaker changes: deliveries read it afresh
-            _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
+        # The breaker changes: deliveries read the endpoint afresh.
+        _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
         with self.engine.begin() as conn:
             if message is not None:
                 conn.execute(_SAVE_MESSAGE[self.engine.dialect.name], message)
-            if attempt.succeeded:
-                inserted = conn.execute(
-                    _LOG_SUCCESS, {f"p_{name}": value for name, value in logged.items()}
-                ).first()
-                if inserted is None:
-                    raise EndpointNotFound(endpoint.tenant_id, endpoint.webhook_id)
-                conn.execute(_RESET_BREAKER, mine)
-                return BreakerState(0, None, None, tripped=False, disabled=False)
             row = conn.execute(
                 _COUNT_FAILURE,
                 {
@@ -862,6 +868,59 @@ class WebhookService:
             tripped=count == rules.breaker_failures,
             disabled=disabled,
         )
+
+    def _log_successes(self, batch: builtins.list[_Success]) -> None:
+        """One transaction for a batch of successful attempts (see _LogWriter): their
+        messages, their log rows (each with its endpoint id read in the INSERT) and the
+        breaker resets. When an endpoint is gone (fewer rows than attempts) it is rolled
+        back and every attempt is written alone, so that only the ones of the removed
+        endpoint fail (EndpointNotFound)."""
+        messages = [item.message for item in batch if item.message is not None]
+        rows = [{f"p_{name}": value for name, value in item.logged.items()} for item in batch]
+        endpoints = {(row["p_tenant_id"], row["p_webhook_id"]) for row in rows}
+        try:
+            with self.engine.begin() as conn:
+                if messages:
+                    conn.execute(_SAVE_MESSAGE[self.engine.dialect.name], messages)
+                count = conn.execute(_LOG_SUCCESSES, rows).rowcount
+                if count < 0:  # psycopg's executemany does not count: look the ids up
+                    found = conn.execute(
+                        sa.select(_endpoints.c.tenant_id, _endpoints.c.webhook_id).where(
+                            sa.tuple_(_endpoints.c.tenant_id, _endpoints.c.webhook_id).in_(
+                                sorted(endpoints)
+                            )
+                        )
+                    ).all()
+                    # An endpoint removed since the INSERT took its log with it.
+                    count = len(rows) if len(found) == len(endpoints) else -1
+                if count != len(rows):
+                    raise _EndpointGone
+                conn.execute(
+                    _RESET_BREAKER,
+                    [{"p_tenant_id": tenant, "p_webhook_id": webhook}
+                     for tenant, webhook in sorted(endpoints)],
+                )  # fmt: skip
+            return
+        except _EndpointGone:
+            pass
+        for item in batch:
+            try:
+                self._log_success(item)
+            except Exception as exc:
+                item.error = exc
+
+    def _log_success(self, item: _Success) -> None:
+        logged = item.logged
+        mine = {"p_tenant_id": logged["tenant_id"], "p_webhook_id": logged["webhook_id"]}
+        with self.engine.begin() as conn:
+            if item.message is not None:
+                conn.execute(_SAVE_MESSAGE[self.engine.dialect.name], item.message)
+            inserted = conn.execute(
+                _LOG_SUCCESS, {f"p_{name}": value for name, value in logged.items()}
+            ).first()
+            if inserted is None:
+                raise EndpointNotFound(logged["tenant_id"], logged["webhook_id"])
+            conn.execute(_RESET_BREAKER, mine)
 
     def claim_probe(
         self, endpoint: Endpoint, hold_seconds: float, now: dt.datetime | None = None
@@ -926,6 +985,76 @@ class WebhookService:
             logged = conn.execute(_log.delete().where(_log.c.at < cutoff)).rowcount
             kept = conn.execute(_messages.delete().where(_messages.c.created_at < cutoff)).rowcount
         return int(logged) + int(kept)
+
+
+class _EndpointGone(Exception):
+    """A batch of successes named an endpoint that no longer exists."""
+
+
+@dataclass
+class _Success:
+    """A successful attempt waiting for the log writer: its row, its message (or None)."""
+
+    logged: dict[str, Any]
+    message: dict[str, Any] | None
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+
+
+class _LogWriter:
+    """Group commit of successful attempts: the worker threads of a process hand their
+    log rows to one writer thread, which writes every row waiting in one transaction
+    (executemany) and then wakes their threads. A caller returns only once its row is
+    committed, so a job's outcome is never recorded before its attempt's log row (a crash
+    loses no logged attempt of a completed job). With one delivery at a time the batch is
+    one row; under load, one commit serves many. The thread ends after IDLE_SECONDS with
+    nothing to write and starts again on demand (also in a forked child)."""
+
+    BATCH = 256
+    IDLE_SECONDS = 5.0
+
+    def __init__(self, service: WebhookService) -> None:
+        self._service = service
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[_Success] | None = None
+        self._pid = 0
+
+    def write(self, item: _Success) -> None:
+        """Log `item`; raises what writing it raised (EndpointNotFound, database errors)."""
+        with self._lock:  # put under the lock: the thread cannot end in between
+            if self._inbox is None or self._pid != os.getpid():
+                self._inbox, self._pid = queue.SimpleQueue(), os.getpid()
+                threading.Thread(
+                    target=self._run, args=(self._inbox,), name="webhook-log", daemon=True
+                ).start()
+            self._inbox.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def _run(self, inbox: queue.SimpleQueue[_Success]) -> None:
+        while True:
+            try:
+                batch = [inbox.get(timeout=self.IDLE_SECONDS)]
+            except queue.Empty:
+                with self._lock:
+                    if inbox.empty():
+                        if self._inbox is inbox:
+                            self._inbox = None
+                        return
+                continue
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._service._log_successes(batch)
+            except Exception as exc:  # the transaction failed: every caller learns it
+                for item in batch:
+                    item.error = exc
+            for item in batch:
+                item.done.set()
 
 
 class _RecentEndpoints:

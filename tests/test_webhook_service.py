@@ -785,3 +785,88 @@ def test_service_is_cached_per_database_url(tmp_path: Path) -> None:
     changed = settings_for(f"sqlite:///{tmp_path}/crm.db", keep_days=1)
     assert webhooks.service(changed) is not first
     assert webhooks.service(changed).settings.webhooks.keep_days == 1
+
+
+# --------------------------------------------------------------------------- delivery path
+
+
+def test_concurrent_successes_are_all_logged_with_their_messages(svc: WebhookService) -> None:
+    """Successes from many threads share commits (the log writer): every attempt is logged
+    with its message once record_attempt returns, and one to a removed endpoint fails
+    alone (EndpointNotFound) while the others in its batch are logged."""
+    endpoint, _ = svc.add("t1", HOOK, webhook_id="busy")
+    doomed, _ = svc.add("t1", HOOK, webhook_id="doomed")
+    svc.record_attempt(doomed, failed("msg_before"), now=T0)
+    svc.remove("t1", "doomed")
+    errors: list[Exception] = []
+    start = threading.Barrier(8)
+
+    def deliver(worker: int) -> None:
+        start.wait()
+        for n in range(10):
+            message = Message("t1", f"msg_{worker}_{n}", "contact.created", T0, {"n": n})
+            target = doomed if (worker, n) == (3, 5) else endpoint
+            try:
+                svc.record_attempt(target, ok(message.message_id), message=message)
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [type(e) for e in errors] == [EndpointNotFound]
+    logged = svc.deliveries("t1", "busy", limit=1000)
+    assert sorted(d.message_id for d in logged) == sorted(
+        f"msg_{w}_{n}" for w in range(8) for n in range(10) if (w, n) != (3, 5)
+    )
+    assert all(d.succeeded and d.status_code == 200 for d in logged)
+    assert svc.message("t1", "msg_7_9").data == {"n": 9}
+    assert svc.get("t1", "busy").consecutive_failures == 0
+
+
+def test_a_success_resets_a_breaker_set_by_another_process(svc: WebhookService) -> None:
+    endpoint, _ = svc.add("t1", HOOK, webhook_id="w")
+    for second in range(3):
+        svc.record_attempt(endpoint, failed(), now=T0 + dt.timedelta(seconds=second))
+    assert svc.get("t1", "w").probe_at is not None
+    svc.record_attempt(endpoint, ok("msg_2"))
+    state = svc.get("t1", "w")
+    assert (state.consecutive_failures, state.failing_since, state.probe_at) == (0, None, None)
+
+
+def test_recent_endpoint_reads(svc: WebhookService) -> None:
+    """recent() answers from this process's read for max_age seconds; a change this
+    process makes applies at once, one made elsewhere (here: straight SQL) within max_age;
+    an endpoint with a tripped breaker is never kept."""
+    svc.add("t1", HOOK, webhook_id="w")
+    first = svc.recent("t1", "w", max_age=60)
+    assert first.enabled
+    svc.disable("t1", "w", "by this process")
+    assert svc.recent("t1", "w", max_age=60).disabled_reason == "by this process"
+    svc.enable("t1", "w")
+    assert svc.recent("t1", "w", max_age=60).enabled
+    with svc.engine.begin() as conn:  # another process disables it
+        conn.execute(
+            sa.update(schema.webhook_endpoints)
+            .where(schema.webhook_endpoints.c.tenant_id == "t1")
+            .values(active=False, disabled_reason="elsewhere")
+        )
+    assert svc.recent("t1", "w", max_age=60).enabled  # the process's read, still young
+    assert svc.recent("t1", "w", max_age=0.0).disabled_reason == "elsewhere"
+    with pytest.raises(EndpointNotFound):
+        svc.recent("t2", "w")
+    svc.enable("t1", "w")
+    endpoint = svc.recent("t1", "w", max_age=60)
+    for second in range(3):
+        svc.record_attempt(endpoint, failed(), now=T0 + dt.timedelta(seconds=second))
+    tripped = svc.recent("t1", "w", max_age=60)
+    assert tripped.probe_at is not None
+    with svc.engine.begin() as conn:  # another process changes the failing endpoint
+        conn.execute(
+            sa.update(schema.webhook_endpoints)
+            .where(schema.webhook_endpoints.c.tenant_id == "t1")
+            .values(disabled_reason="seen at once")
+        )
+    assert svc.recent("t1", "w", max_age=60).disabled_reason == "seen at once"
