@@ -645,3 +645,41 @@ def test_a_hanging_endpoint_cannot_take_the_queue(setup: Callable[..., Broker]) 
     assert sick_tries >= 3  # it was tried (and retried), then held back by its breaker
     assert sick_tries < 60
     assert service().get(TENANT, "sick").probe_at is not None
+
+
+def test_a_process_reuses_its_url_check_for_seconds_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """guarded_request(check_max_age=...) resolves and checks a URL once per max_age: the
+    connection goes to the checked address; a refusal is never kept, and other allowed
+    networks (or another URL) are checked afresh."""
+    import ipaddress
+    import socket
+
+    from crmqueue.errors import PermanentError
+    from crmqueue.providers import http
+
+    resolved: list[str] = []
+    real = socket.getaddrinfo
+
+    def counting(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "localhost":  # not the connections to the checked address literal
+            resolved.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    with WebhookReceiver(verify=False) as receiver:
+        receiver.endpoint("/kept")
+        url = f"http://localhost:{receiver.port}/kept"
+        for _ in range(3):
+            answer = http.guarded_request(
+                "POST", url, allowed_networks=loopback, body=b"{}", check_max_age=60
+            )
+            assert answer.status == 200
+        assert resolved == ["localhost"]  # one resolution for three requests
+        for _ in range(2):  # not allowed: refused every time, never kept
+            with pytest.raises(PermanentError, match="loopback"):
+                http.guarded_request("POST", url, body=b"{}", check_max_age=60)
+        assert resolved == ["localhost"] * 3
+        http.guarded_request("POST", url, allowed_networks=loopback, body=b"{}", check_max_age=0)
+        assert resolved == ["localhost"] * 4  # no max age: checked at this request
+        assert len(receiver.requests) == 4

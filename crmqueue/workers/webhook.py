@@ -14,9 +14,10 @@ A delivery attempt, in order:
    and never the whole queue; a job over the share waits briefly for a slot while the
    endpoint answers quickly, else it is postponed;
 4. the POST through the SSRF guard (``[outbound] allowed_networks``, checked again at
-   every attempt), Standard Webhooks headers signed with the endpoint's secrets (both
-   during a rotation's grace), timeouts from ``[webhooks]`` kept inside the queue's time
-   limit; redirects never followed;
+   every attempt; a process reuses its check of a URL for URL_CHECK_SECONDS, always
+   connecting to an address that was checked), Standard Webhooks headers signed with
+   the endpoint's secrets (both during a rotation's grace), timeouts from ``[webhooks]``
+   kept inside the queue's time limit; redirects never followed;
 5. the answer: 2xx success; 410 Gone and ``webhook-delivery: disable`` disable the
    endpoint (the latter after a 2xx too, the delivery counting as done);
    ``webhook-delivery: abort-message`` stops this message's retries; 5xx,
@@ -77,6 +78,9 @@ ERROR_EXCERPT = 200  # characters of the answer quoted in a job's error
 # Waiting for a slot of a busy endpoint is worth it only while it answers quickly.
 SLOT_PATIENCE_SECONDS = 0.1
 LOG_MARGIN_SECONDS = 2.0  # of the queue's time limit, kept for logging the attempt
+# The SSRF check of an endpoint's URL (resolution included) is reused this long by a
+# process; the connection still goes to an address that was checked (providers.http).
+URL_CHECK_SECONDS = 5.0
 
 
 # --------------------------------------------------------------------------- settings
@@ -430,6 +434,7 @@ def _post(
             timeout=rules.timeout,
             what=f"webhook {endpoint.webhook_id}",
             max_response_bytes=READ_BYTES,
+            check_max_age=URL_CHECK_SECONDS,
         )
     except RetryableError as exc:  # timeouts, refused or reset connections
         outcome = Outcome("retry", None, "", str(exc))
