@@ -621,13 +621,16 @@ def webhook_section(r: dict[str, float], deliveries: int, publishes: int) -> lis
         ),
         "",
         "CPU per delivery sets a process's ceiling (with the GIL, about 1 s ÷ CPU per"
-        f" delivery). Of crmqueue's {r['crmqueue_cpu_ms']:.2f} ms on SQLite, the CRM-store"
-        " calls of a successful delivery, measured alone, take"
-        f" {r['service_get_us']:.0f} µs (endpoint read),"
-        f" {r['service_save_message_us']:.0f} µs (message saved for replay) and"
-        f" {r['service_record_attempt_us']:.0f} µs (log row and breaker, one transaction);"
-        " the two writes also queue for SQLite's single write lock across every worker"
-        " thread and process.",
+        f" delivery). Of crmqueue's {r['crmqueue_cpu_ms']:.2f} ms on SQLite, a delivery"
+        " reads its endpoint at most once a second per process (`WebhookService.recent`:"
+        " a change made by another process applies within a second), checks its URL once"
+        " per 5 s per process (connecting to an address that was checked), and hands its"
+        " log row (with the message, on a first attempt) to a per-process writer thread"
+        " that commits every row waiting in one transaction before the jobs' outcomes are"
+        " recorded. Measured alone in one thread (no batching): a fresh endpoint read"
+        f" {r['service_get_us']:.0f} µs, a message save"
+        f" {r['service_save_message_us']:.0f} µs, a logged success with its breaker reset"
+        f" {r['service_record_attempt_us']:.0f} µs.",
         "",
     ]
 
