@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run                    # every part, 3 runs each
     .venv/bin/python -m bench.run --parts latency    # one part
     .venv/bin/python -m bench.run --parts tasks      # the producers' enqueue, about a minute
+    .venv/bin/python -m bench.run --parts webhook    # webhook deliveries and fan-out
 
 A run of some parts rewrites only their sections of docs/benchmarks.md (each section says
 when and how it was measured); the others are kept. Each figure is the median of --runs
@@ -26,7 +27,17 @@ from bench.common import machine, median, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks.md"
-PARTS = ("engine", "tasks", "latency", "email", "scaleout", "memory", "import-export", "report")
+PARTS = (
+    "engine",
+    "tasks",
+    "latency",
+    "email",
+    "webhook",
+    "scaleout",
+    "memory",
+    "import-export",
+    "report",
+)
 
 
 def measure(module: str, args: list[str]) -> dict[str, Any]:
@@ -276,6 +287,15 @@ def main() -> None:
                 print(f"run {run + 1}/{args.runs} email: {figures}", flush=True)
                 samples.append(figures)
             sections += email_section(medians(samples), 5000)
+        if "webhook" in parts:
+            from bench import webhook
+
+            samples = []
+            for run in range(args.runs):
+                figures = measure("bench.webhook", ["round", "--url", url])
+                print(f"run {run + 1}/{args.runs} webhook: {figures}", flush=True)
+                samples.append(figures)
+            sections += webhook.webhook_section(webhook.medians(samples), 5000, 1000)
         if "scaleout" in parts:
             sections += scaleout_section(
                 collect_consumers("scaleout", args.runs, url, 10_000), 10_000

@@ -411,6 +411,57 @@ def check_time_zone(name: str) -> str:
     return name
 
 
+class WebhookSettings(Section):
+    """The webhook queue's delivery rules (issue #12, REFERENCE "Standard Webhooks"); the
+    queue's workers, attempts and job timeout stay in [queues.webhook]."""
+
+    # Largest event payload (its JSON) accepted at enqueue, in bytes.
+    max_payload_bytes: PositiveInt = 262_144
+    connect_timeout_seconds: PositiveFloat = 5.0
+    read_timeout_seconds: PositiveFloat = 30.0
+    # "exponential" (the queue's backoff, full jitter), "svix" (Svix's fixed schedule) or
+    # the delays in seconds after each failed attempt (the last one repeats).
+    schedule: Literal["exponential", "svix"] | list[NonNegativeFloat] = "exponential"
+    # Non-2xx answers worth retrying besides 5xx; every other non-2xx is permanent.
+    retry_statuses: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [408, 429]
+    )
+    # Hours the previous secret keeps signing (beside the new one) after a rotation.
+    rotation_grace_hours: NonNegativeFloat = 24.0
+    # Days delivery log rows and stored messages are kept.
+    keep_days: PositiveFloat = 30.0
+    # Consecutive failed attempts that open an endpoint's circuit breaker.
+    breaker_failures: PositiveInt = 5
+    # Seconds an open breaker waits before one probe delivery is let through.
+    breaker_probe_seconds: PositiveFloat = 30.0
+    # Days of nothing but failures after which an endpoint is disabled.
+    disable_after_days: PositiveFloat = 5.0
+    # Random bytes of a new endpoint secret (the Standard Webhooks range is 24-64).
+    secret_bytes: Annotated[int, Field(ge=24, le=64)] = 32
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_list(cls, value: Any) -> Any:
+        # CRMQUEUE_WEBHOOKS__SCHEDULE="1,5,30": the environment spells a list with commas.
+        if isinstance(value, str) and value.strip().lower() not in ("exponential", "svix"):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("must list at least one delay")
+        return value
+
+    @field_validator("retry_statuses", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -423,6 +474,7 @@ class Settings(Section):
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def public_dict(self) -> dict[str, Any]:

@@ -48,3 +48,17 @@ class RetryableError(CrmQueueError):
 class TimeLimitExceeded(CrmQueueError):
     """Raised inside a job body that ran past its queue's timeout_seconds; it counts as a
     failed attempt (retried or dead per the queue's policy)."""
+
+
+class Postpone(CrmQueueError):
+    """Raised by a job body: not now, try again in `delay` seconds. Not a failed attempt:
+    the job goes to `delayed` with its attempt given back, nothing counts as a failure in
+    the stats, and `reason` is shown in the job's record (an entry of type ``Postponed``
+    among its errors; consecutive postponements share one entry with a count). Used when
+    the work cannot start yet (an endpoint's circuit breaker is open, a tenant's share is
+    used up), as opposed to RetryableError for work that was tried and failed."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay

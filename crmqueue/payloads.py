@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -508,15 +508,33 @@ class ReportPayload(Payload):
         return value
 
 
+# A webhook message id (the `webhook-id` header): header-safe, at most 64 characters.
+MessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+
+
 class WebhookDeliveryPayload(Payload):
+    """One event to one endpoint. `message_id` and `timestamp` (the event's time, in the
+    body) are set by publish_event and replay so that every attempt and replay sends the
+    same id and body; absent, the body uses ``msg_<job id>`` and the time the job was
+    enqueued. The payload's JSON must fit ``webhooks.max_payload_bytes`` (checked by
+    crmqueue.tasks at enqueue)."""
+
     webhook_id: NonEmptyStr
     event_type: EventType
     payload: dict[str, Any]
+    message_id: MessageId | None = None
+    timestamp: datetime | None = None
 
 
 class EventPayload(Payload):
+    """One event for every subscribed endpoint of the tenant. `message_id` (else
+    ``msg_<job id>``) and `timestamp` (else the time the job was enqueued) are what every
+    delivery of it sends."""
+
     event_type: EventType
     payload: dict[str, Any]
+    message_id: MessageId | None = None
+    timestamp: datetime | None = None
 
 
 Channel = Literal["in-app", "email", "push", "sms"]

@@ -126,13 +126,42 @@ def _resolve(queue: str, kind: str | None) -> tuple[str, type[BaseModel] | None]
     )
 
 
+# Payloads whose JSON must fit webhooks.max_payload_bytes (the body a receiver gets).
+_WEBHOOK_PAYLOADS = (WebhookDeliveryPayload, EventPayload)
+
+
+def _check_size(model: type[BaseModel], encoded: bytes) -> None:
+    """PayloadError on `payload` when a webhook payload's JSON is over
+    ``webhooks.max_payload_bytes`` (its size is known: no extra encoding)."""
+    if model in _WEBHOOK_PAYLOADS:
+        limit = get_broker().settings.webhooks.max_payload_bytes
+        if len(encoded) > limit:
+            raise PayloadError(
+                [
+                    (
+                        "payload",
+                        f"{len(encoded):,} bytes of JSON, over the limit of {limit:,}"
+                        " (webhooks.max_payload_bytes)",
+                    )
+                ]
+            )
+
+
 def _data(
     model: type[BaseModel] | None, payload: Mapping[str, Any]
 ) -> dict[str, Any] | EncodedPayload:
     """What the engine stores: a payload model's JSON (validated and checked once), or, by
     name, the mapping itself (the engine checks it as it encodes it)."""
     if model is not None and issubclass(model, Payload):
+        if (
+            model in _WEBHOOK_PAYLOADS
+            and isinstance(payload, Mapping)
+            and "timestamp" not in payload
+        ):
+            # The event's time, fixed now: every attempt and replay sends the same body.
+            payload = {**payload, "timestamp": dt.datetime.now(dt.UTC)}
         valid, encoded = payload_json(model, payload)
+        _check_size(model, encoded)
         return EncodedPayload(valid.tenant_id, encoded)
     if model is not None:  # a custom body's model: its config may write NaN as null
         data: dict[str, Any] = validate_payload(model, payload).model_dump(mode="json")
@@ -202,6 +231,7 @@ def _submit(
 ) -> Job:
     data = {key: value for key, value in fields.items() if value is not None}
     valid, encoded = payload_json(kind.payload, data)
+    _check_size(kind.payload, encoded)
     payload = EncodedPayload(valid.tenant_id, encoded)
     queue = get_broker().queue(kind.queue)
     job_id = queue.enqueue(kind.name, payload, priority=priority, delay=delay, eta=eta)
@@ -316,13 +346,21 @@ def deliver_webhook(
     webhook_id: str,
     event_type: str,
     payload: Mapping[str, Any],
+    message_id: str | None = None,
+    timestamp: dt.datetime | None = None,
     priority: int | None = None,
     delay: float | None = None,
     eta: dt.datetime | None = None,
 ) -> Job:
+    """Deliver one event to one endpoint of the tenant (crmqueue.webhooks). `message_id`
+    (the ``webhook-id`` every attempt sends; default ``msg_<job id>``) and `timestamp`
+    (the event's time in the body; default now) are given by a replay. PayloadError also
+    when the payload's JSON is over ``webhooks.max_payload_bytes``; an unknown or
+    disabled endpoint is known only in the worker (the job goes dead naming it)."""
     fields = {
         "tenant_id": tenant_id, "webhook_id": webhook_id, "event_type": event_type,
-        "payload": payload,
+        "payload": payload, "message_id": message_id,
+        "timestamp": timestamp or dt.datetime.now(dt.UTC),
     }  # fmt: skip
     return _submit(KINDS["webhook"]["deliver"], fields, priority, delay, eta)
 
@@ -332,11 +370,20 @@ def publish_event(
     tenant_id: str,
     event_type: str,
     payload: Mapping[str, Any],
+    message_id: str | None = None,
+    timestamp: dt.datetime | None = None,
     priority: int | None = None,
     delay: float | None = None,
     eta: dt.datetime | None = None,
 ) -> Job:
-    fields = {"tenant_id": tenant_id, "event_type": event_type, "payload": payload}
+    """Deliver an event to every enabled endpoint of the tenant subscribed to its type:
+    the job enqueues one delivery job per endpoint, all with the same message id (default
+    ``msg_<job id>``) and timestamp (the event's time; default now). PayloadError also
+    when the payload's JSON is over ``webhooks.max_payload_bytes``."""
+    fields = {
+        "tenant_id": tenant_id, "event_type": event_type, "payload": payload,
+        "message_id": message_id, "timestamp": timestamp or dt.datetime.now(dt.UTC),
+    }  # fmt: skip
     return _submit(KINDS["webhook"]["publish"], fields, priority, delay, eta)
 
 

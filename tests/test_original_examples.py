@@ -6,7 +6,7 @@ queue and the CRM database initialised, ends in the state the file gives.
 - ``files`` of the JSON are written into the files directory (``[files] dir``): a relative
   ``fileUrl`` such as ``contacts.csv`` names a file there (the import worker resolves it
   under that directory and refuses anything outside it).
-- The webhook queue has no job bodies yet: its example
+- A queue without job bodies would keep its examples: they
   validate and then stay ``waiting`` (a consumer runs no worker for a queue without
   bodies). Once a queue's body module is in ``crmqueue.workers.BODY_MODULES`` the test
   expects the file's own end state for it instead (and its "then" clause still needs a
@@ -62,7 +62,9 @@ def test_original_example(name: str, make_broker: Any, start_consumer: Any, tmp_
     from crmqueue.crm import schema
     from crmqueue.crm.store import get_engine, init_db
 
-    broker = make_broker()
+    # The webhook example ends at a loopback receiver: allowed only through [outbound].
+    loopback = {"outbound.allowed_networks": ["127.0.0.0/8"]}
+    broker = make_broker(loopback if example["queue"] == "webhook" else None)
     settings = broker.settings
     files_dir = Path(settings.files.dir)
     files_dir.mkdir(parents=True, exist_ok=True)
@@ -145,4 +147,27 @@ def test_original_example(name: str, make_broker: Any, start_consumer: Any, tmp_
         text = "".join(page.extract_text() for page in PdfReader(path).pages)
         assert "Sales report" in text and "closed-won" in text and "Page 1 of" in text
     elif example["queue"] == "webhook":
-        assert "webhook-789" in info.errors[-1]["message"]
+        # dead while tenant-123 has no endpoint webhook-789, naming it; then completed once
+        # that endpoint exists and a (loopback) receiver answers 2xx
+        assert info.attempts == 1
+        assert "'webhook-789' not found for tenant 'tenant-123'" in info.errors[-1]["message"]
+        _deliver_once_the_endpoint_exists(example)
+
+
+def _deliver_once_the_endpoint_exists(example: dict[str, Any]) -> None:
+    from crmqueue import tasks, webhooks
+    from tests.webhook_receiver import WebhookReceiver
+
+    payload = example["payload"]
+    with WebhookReceiver() as receiver:
+        _, secret = webhooks.service().add(
+            payload["tenantId"], receiver.url("/hook"), webhook_id=payload["webhookId"]
+        )
+        receiver.endpoint("/hook", secret)
+        job = tasks.enqueue(example["queue"], payload, kind=example.get("kind"))
+        info = job.wait(60)
+        assert info.state == "completed", info.errors
+        (request,) = receiver.received("/hook")
+        assert request.verified, request.failures
+        body = request.json()
+        assert (body["type"], body["data"]) == (payload["eventType"], payload["payload"])

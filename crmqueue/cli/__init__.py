@@ -22,6 +22,7 @@ from crmqueue.cli import (
     serve,
     transfer,
     users,
+    webhooks,
 )
 from crmqueue.cli.common import group
 from crmqueue.cli.serve import SIGNAL_ECHO_SECONDS
@@ -56,6 +57,7 @@ for _module in (
     notifications,
     users,
     report,
+    webhooks,
 ):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -237,9 +237,20 @@ webhook_endpoints = sa.Table(
     sa.Column("event_types", sa.JSON, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     *_stamps(),
+    # Version 4 (_webhook_endpoints): description, why it was disabled, the rotated-out
+    # secret that still signs until previous_secret_until, and the circuit breaker.
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("disabled_reason", sa.Text),
+    sa.Column("previous_secret", sa.String(200)),
+    sa.Column("previous_secret_until", UtcDateTime()),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failing_since", UtcDateTime()),
+    sa.Column("probe_at", UtcDateTime()),
     sa.UniqueConstraint("tenant_id", "webhook_id", name="uq_webhook_endpoints_tenant_id"),
 )
 
+# Version 4: the delivery log, one row per attempt (crmqueue.webhooks.Delivery). It
+# replaces version 1's one-row-per-delivery table, which nothing ever wrote.
 webhook_deliveries = sa.Table(
     "webhook_deliveries",
     metadata,
@@ -251,21 +262,41 @@ webhook_deliveries = sa.Table(
         sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
         nullable=False,
     ),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=False),
     sa.Column("event_type", sa.String(100), nullable=False),
-    sa.Column("payload", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("response_status", sa.Integer),
+    sa.Column("job_id", sa.String(64)),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("succeeded", sa.Boolean, nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("latency_ms", sa.Integer, nullable=False),
+    sa.Column("response_excerpt", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("delivered_at", UtcDateTime()),
 )
 sa.Index(
-    "ix_webhook_deliveries_tenant_endpoint",
+    "ix_webhook_deliveries_tenant_endpoint_log",
     webhook_deliveries.c.tenant_id,
     webhook_deliveries.c.endpoint_id,
-    webhook_deliveries.c.created_at,
+    webhook_deliveries.c.id,
 )
+sa.Index("ix_webhook_deliveries_at", webhook_deliveries.c.at)
+
+# Version 4: each event message as first sent, so a replay re-sends the same id, type,
+# time and data (webhook-id stays stable across retries and replays).
+webhook_messages = sa.Table(
+    "webhook_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(100), nullable=False),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("tenant_id", "message_id", name="uq_webhook_messages_tenant_message"),
+)
+sa.Index("ix_webhook_messages_created", webhook_messages.c.created_at)
 
 # Version 2: the import checkpoint, written in the same transaction as each batch.
 import_checkpoints = sa.Table(
@@ -419,6 +450,61 @@ def _stage_history(conn: Connection) -> None:
     )
 
 
+def _webhook_endpoints(conn: Connection) -> None:
+    """Webhooks (issue #12): the endpoint's new columns, the per-attempt delivery log in
+    place of version 1's webhook_deliveries (which crmqueue never wrote; any rows are
+    carried over as one attempt each), and webhook_messages. Each part is
+    checked first, so the step runs in any order with other teams' steps and on a
+    database whose tables version 1 already created in their current shape."""
+    inspector = sa.inspect(conn)
+    present = {column["name"] for column in inspector.get_columns("webhook_endpoints")}
+    # Existing rows get these values; the other new columns start empty (NULL).
+    not_null = {"description": "''", "consecutive_failures": "0"}
+    for column in webhook_endpoints.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=conn.dialect)
+        default = f" NOT NULL DEFAULT {not_null[column.name]}" if column.name in not_null else ""
+        conn.execute(
+            sa.text(f"ALTER TABLE webhook_endpoints ADD COLUMN {column.name} {kind}{default}")
+        )
+    legacy: list[dict[str, Any]] = []
+    if inspector.has_table("webhook_deliveries"):
+        logged = {column["name"] for column in inspector.get_columns("webhook_deliveries")}
+        if "message_id" not in logged:
+            # Version 1's shape (one row per delivery): its rows, should anyone have
+            # written some, become one logged attempt each.
+            legacy = [
+                {
+                    "tenant_id": row.tenant_id,
+                    "endpoint_id": row.endpoint_id,
+                    "webhook_id": row.webhook_id,
+                    "message_id": f"legacy_{row.id}",
+                    "event_type": row.event_type,
+                    "job_id": None,
+                    "attempt": max(1, row.attempts or 1),
+                    "at": row.delivered_at or row.created_at,
+                    "succeeded": row.status == "delivered",
+                    "status_code": row.response_status,
+                    "latency_ms": 0,
+                    "response_excerpt": "",
+                    "error": row.error,
+                }
+                for row in conn.execute(
+                    sa.text(
+                        "SELECT d.id, d.tenant_id, d.endpoint_id, e.webhook_id, d.event_type,"
+                        " d.status, d.attempts, d.response_status, d.error, d.created_at,"
+                        " d.delivered_at FROM webhook_deliveries d JOIN webhook_endpoints e"
+                        " ON e.id = d.endpoint_id ORDER BY d.id"
+                    ).columns(created_at=UtcDateTime(), delivered_at=UtcDateTime())
+                )
+            ]
+            conn.execute(sa.text("DROP TABLE webhook_deliveries"))
+    metadata.create_all(conn, tables=[webhook_deliveries, webhook_messages])
+    if legacy:
+        conn.execute(webhook_deliveries.insert(), legacy)
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
@@ -426,6 +512,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v3,
     _stage_history,
     _notifications,
+    _webhook_endpoints,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

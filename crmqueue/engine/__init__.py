@@ -3,6 +3,7 @@
 from crmqueue.engine.queues import Broker, Queue, configure, get_broker, job
 from crmqueue.engine.runner import (
     Consumer,
+    current_attempt,
     current_job_id,
     job_ran_before,
     record_with_completion,
@@ -14,6 +15,7 @@ __all__ = [
     "Consumer",
     "Queue",
     "configure",
+    "current_attempt",
     "current_job_id",
     "get_broker",
     "job",

@@ -258,10 +258,11 @@ class Queue:
         self.store.enqueue_jobs((new,))
         return new.id
 
-    def enqueue_many(self, items: Sequence[Enqueue]) -> list[str]:
+    def enqueue_many(self, items: Sequence[Enqueue], *, skip_existing: bool = False) -> list[str]:
         """Store many jobs in one round trip per batch; returns their ids in order. Nothing
         is stored if any item is refused (PayloadError: each field path starts with the
-        item's index)."""
+        item's index). `skip_existing`: an item whose job_id is stored already is not
+        stored again (see JobStore.enqueue_jobs)."""
         jobs, errors = [], []
         for index, item in enumerate(items):
             try:
@@ -270,7 +271,10 @@ class Queue:
                 errors += [(f"{index}.{field}", reason) for field, reason in exc.errors]
         if errors:
             raise PayloadError(errors)
-        self.store.enqueue_jobs(jobs)
+        if skip_existing:
+            self.store.enqueue_jobs(jobs, skip_existing=True)
+        else:
+            self.store.enqueue_jobs(jobs)
         return [j.id for j in jobs]
 
 

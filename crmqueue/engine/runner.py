@@ -10,6 +10,7 @@ import contextvars
 import functools
 import json
 import logging
+import math
 import os
 import queue as stdqueue
 import socket
@@ -23,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from crmqueue.engine.limits import TimeLimiter
-from crmqueue.engine.queues import Broker, Queue
+from crmqueue.engine.queues import MAX_DELAY, Broker, Queue
 from crmqueue.engine.retry import next_delay
 from crmqueue.engine.storage import Claim, KeptRecord, error_record
-from crmqueue.errors import CrmQueueError, StorageUnavailable
+from crmqueue.errors import CrmQueueError, Postpone, StorageUnavailable
 
 log = logging.getLogger("crmqueue.runner")
 T = TypeVar("T")
@@ -65,6 +66,16 @@ def report_progress(percent: float) -> None:
 def current_job_id() -> str | None:
     active = _current.get()
     return active.claim.id if active else None
+
+
+def current_attempt() -> tuple[int, int]:
+    """(attempt number, max attempts) of the running job: 1-based, postponements not
+    counted (see crmqueue.errors.Postpone). Outside a running job (a body called
+    directly): (1, 1), a single attempt."""
+    active = _current.get()
+    if active is None:
+        return 1, 1
+    return active.claim.attempts, active.claim.max_attempts
 
 
 def job_ran_before() -> bool:
@@ -196,7 +207,7 @@ class QueueRunner:
         self._handoff = threading.Lock()
         self.inflight: dict[str, ActiveJob] = {}
         self._slots = threading.Semaphore(self.workers)
-        self._inbox: stdqueue.SimpleQueue[Claim | None] = stdqueue.SimpleQueue()
+        self._inbox: stdqueue.SimpleQueue[ActiveJob | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.recorder = CompletionRecorder(self)
 
@@ -247,8 +258,9 @@ class QueueRunner:
                     self._hand_back(result.jobs)
                     return
                 for claim in result.jobs:
-                    self.inflight[claim.id] = ActiveJob(claim, self.queue, self.consumer)
-                    self._inbox.put(claim)
+                    active = ActiveJob(claim, self.queue, self.consumer)
+                    self.inflight[claim.id] = active
+                    self._inbox.put(active)
             if not result.jobs:
                 timeout = 1.0
                 if result.next_due is not None:
@@ -272,19 +284,23 @@ class QueueRunner:
 
     def _work_loop(self) -> None:
         while True:
-            claim = self._inbox.get()
-            if claim is None:
+            active = self._inbox.get()
+            if active is None:
                 return
             try:
-                self._execute(claim)
+                self._execute(active)
             except Exception:
-                log.exception("job %s: could not record its outcome", claim.id)
+                log.exception("job %s: could not record its outcome", active.claim.id)
             finally:
-                self.inflight.pop(claim.id, None)
+                # A job due again at once (retried or postponed with no delay) may be
+                # claimed anew before this line: that newer entry is not ours to drop.
+                with self._handoff:
+                    if self.inflight.get(active.claim.id) is active:
+                        del self.inflight[active.claim.id]
                 self._slots.release()
 
-    def _execute(self, claim: Claim) -> None:
-        active = self.inflight[claim.id]
+    def _execute(self, active: ActiveJob) -> None:
+        claim = active.claim
         started = time.monotonic()
         token = _current.set(active)
         tenant = "-"
@@ -299,6 +315,8 @@ class QueueRunner:
             try:
                 with self.limiter.limit(self.queue.spec.timeout_seconds):
                     result = task.execute()
+            except Postpone as exc:
+                outcome = self._record_postpone(claim, exc)
             except Exception as exc:
                 outcome = self._record_failure(claim, exc)
             else:
@@ -320,6 +338,14 @@ class QueueRunner:
         if state == "delayed":
             return f"retry-in-{delay:.1f}s"
         return state or "lease-lost"
+
+    def _record_postpone(self, claim: Claim, postpone: Postpone) -> str:
+        # NaN, negative or absurd delays would leave the job unrunnable or spinning.
+        delay = postpone.delay if math.isfinite(postpone.delay) else 0.0
+        delay = min(max(delay, 0.0), MAX_DELAY)
+        store = self.queue.store
+        owned = self._persist(lambda: store.postpone(claim, delay, postpone.reason))
+        return f"postponed-{delay:.1f}s" if owned else "lease-lost"
 
     def _record_poison(self, claim: Claim, exc: Exception) -> None:
         raw = claim.message[:500].decode("utf-8", "backslashreplace")

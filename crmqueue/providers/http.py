@@ -23,6 +23,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,39 @@ def check_url(
     )
 
 
+class _CheckedTargets:
+    """check_url's answers of this process, reused for a few seconds (guarded_request's
+    `check_max_age`): a tenant's URL is then resolved and checked once per few seconds
+    instead of once per request. This does not weaken the guard: a reused Target holds
+    the addresses that were checked, and the connection goes to one of them (never to a
+    fresh DNS answer), so a rebinding DNS server gains nothing; on expiry the host is
+    resolved and checked again. Only successful checks are kept, keyed by the URL and the
+    allowed networks (a change of either checks afresh)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[str, tuple[IPNetwork, ...]], tuple[float, Target]] = {}
+
+    def check(self, url: str, allowed: tuple[IPNetwork, ...], what: str, max_age: float) -> Target:
+        key = (url, allowed)
+        now = time.monotonic()
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None and now - kept[0] <= max_age:
+            return kept[1]
+        target = check_url(url, allowed_networks=allowed, what=what)
+        with self._lock:
+            if len(self._kept) >= self.SIZE:
+                self._kept.clear()
+            self._kept[key] = (now, target)
+        return target
+
+
+_CHECKED = _CheckedTargets()
+
+
 def _open(
     target: Target,
     method: str,
@@ -339,11 +373,16 @@ def guarded_request(
     what: str = "request",
     max_response_bytes: int = MAX_RESPONSE_BYTES,
     ca_certs: str | None = None,
+    check_max_age: float = 0.0,
 ) -> Response:
     """`request` for a tenant-supplied URL (see `check_url`). Only the first
     `max_response_bytes` of the answer are read: a receiver cannot make the worker hold
-    an unbounded body."""
-    target = check_url(url, allowed_networks=allowed_networks, what=what)
+    an unbounded body. `check_max_age` > 0 reuses this process's check of the same URL
+    for that many seconds (see _CheckedTargets: still to a checked address)."""
+    if check_max_age > 0:
+        target = _CHECKED.check(url, tuple(allowed_networks), what, check_max_age)
+    else:
+        target = check_url(url, allowed_networks=allowed_networks, what=what)
     response = _open(
         target, method, headers=headers, body=body, timeout=timeout, what=what, ca_certs=ca_certs
     )

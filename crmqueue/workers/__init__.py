@@ -7,4 +7,5 @@ BODY_MODULES: tuple[str, ...] = (
     "crmqueue.workers.import_export",
     "crmqueue.workers.notification",
     "crmqueue.workers.report",
+    "crmqueue.workers.webhook",
 )

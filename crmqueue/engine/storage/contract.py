@@ -113,7 +113,10 @@ class JobStore(BaseStorage):  # type: ignore[misc]
         self.flush_all()
 
     # The crmqueue interface, implemented by each backend.
-    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
+        """Store new jobs in one step. `skip_existing`: a job whose id is already stored
+        (in any state) is left as it is and this one dropped, so a producer that runs
+        again with deterministic ids (a fan-out re-run) adds nothing twice."""
         raise NotImplementedError
 
     def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
@@ -147,6 +150,13 @@ class JobStore(BaseStorage):  # type: ignore[misc]
 
         Returns the new state, or None when the lease was no longer ours.
         """
+        raise NotImplementedError
+
+    def postpone(self, claim: Claim, delay: float, reason: str) -> bool:
+        """Put a claimed job off for `delay` seconds without spending an attempt: to
+        `delayed`, its attempt count back as before the claim, no failure counted, and
+        `reason` noted in its errors (see postponed_errors). False when the lease was no
+        longer ours."""
         raise NotImplementedError
 
     def release(self, claim: Claim) -> bool:
@@ -203,6 +213,18 @@ class JobStore(BaseStorage):  # type: ignore[misc]
 
 def error_record(exc_type: str, message: str, traceback_excerpt: str = "") -> dict[str, Any]:
     return {"type": exc_type, "message": message, "traceback": traceback_excerpt, "at": time.time()}
+
+
+def postponed_errors(errors: list[dict[str, Any]], reason: str, now: float) -> list[dict[str, Any]]:
+    """A job's error history with a postponement noted: an entry of type ``Postponed``
+    with a `count`; consecutive postponements update the last entry instead of pushing
+    real errors out of the kept history (the Redis script postpone.lua does the same)."""
+    count = 1
+    if errors and errors[-1].get("type") == "Postponed":
+        count = int(errors[-1].get("count", 1)) + 1
+        errors = errors[:-1]
+    entry = {"type": "Postponed", "message": reason, "traceback": "", "at": now, "count": count}
+    return [*errors, entry][-MAX_ERRORS_KEPT:]
 
 
 def key_text(key: str | bytes) -> str:

@@ -81,6 +81,7 @@ class RedisJobStore(JobStore):
         self._claim = script("claim")
         self._complete = script("complete")
         self._fail = script("fail")
+        self._postpone = script("postpone")
         self._release = script("release")
         self._touch = script("touch")
         self._reap = script("reap")
@@ -103,10 +104,10 @@ class RedisJobStore(JobStore):
         with self._guard():
             self.conn.ping()
 
-    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
         for start in range(0, len(jobs), 500):
             chunk = jobs[start : start + 500]
-            args: list[Any] = [len(chunk)]
+            args: list[Any] = [len(chunk), 1 if skip_existing else 0]
             for job in chunk:
                 args += [
                     job.id, job.name, job.tenant, job.priority, job.max_attempts, job.message,
@@ -164,6 +165,12 @@ class RedisJobStore(JobStore):
                 keys=self._keys, args=[claim.id, claim.token, json.dumps(error), delay]
             )
         return state.decode() if state else None
+
+    def postpone(self, claim: Claim, delay: float, reason: str) -> bool:
+        with self._guard():
+            return bool(
+                self._postpone(keys=self._keys, args=[claim.id, claim.token, reason, repr(delay)])
+            )
 
     def release(self, claim: Claim) -> bool:
         with self._guard():
@@ -417,8 +424,8 @@ def _call(pool: redis.ConnectionPool, command: tuple[Any, ...]) -> Any:
 
 
 LUA_SCRIPTS = (
-    "enqueue", "claim", "complete", "fail", "release", "touch", "reap", "retry", "remove",
-    "sweep", "lock",
+    "enqueue", "claim", "complete", "fail", "postpone", "release", "touch", "reap", "retry",
+    "remove", "sweep", "lock",
 )  # fmt: skip
 
 

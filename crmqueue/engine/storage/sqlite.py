@@ -26,6 +26,7 @@ from crmqueue.engine.storage.contract import (
     NewJob,
     error_record,
     key_text,
+    postponed_errors,
 )
 from crmqueue.errors import InvalidJobState, JobNotFound, StorageUnavailable
 
@@ -248,7 +249,7 @@ class SqliteJobStore(JobStore):
     def ping(self) -> None:
         self._read("select 1")
 
-    def enqueue_jobs(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
         now = time.time()
         rows = []
         for job in jobs:
@@ -261,8 +262,11 @@ class SqliteJobStore(JobStore):
                     job.max_attempts, job.message, now,
                 )
             )  # fmt: skip
-        added = Counter((row[1], row[4]) for row in rows)
         with self._tx() as conn:
+            if skip_existing:
+                taken = self._existing(conn, [row[0] for row in rows])
+                rows = [row for row in rows if row[0] not in taken]
+            added = Counter((row[1], row[4]) for row in rows)
             conn.executemany(
                 "insert into jobs (id, queue, name, tenant, state, priority, order_key, run_at,"
                 " max_attempts, message, created_at) values (?,?,?,?,?,?,?,?,?,?,?)",
@@ -274,6 +278,16 @@ class SqliteJobStore(JobStore):
                 [(queue, state, n) for (queue, state), n in added.items()],
             )
         self._watcher.bump()
+
+    @staticmethod
+    def _existing(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        taken: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found = conn.execute(f"select id from jobs where id in ({marks})", chunk)
+            taken.update(row[0] for row in found)
+        return taken
 
     def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
         now = time.time()
@@ -401,6 +415,23 @@ class SqliteJobStore(JobStore):
             )
             self._bump_stats(conn, "failed", now)
         return state
+
+    def postpone(self, claim: Claim, delay: float, reason: str) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "select errors from jobs where id = ? and state = 'active' and lease_token = ?",
+                (claim.id, claim.token),
+            ).fetchone()
+            if row is None:
+                return False
+            errors = postponed_errors(json.loads(row["errors"]), reason, now)
+            conn.execute(
+                "update jobs set state = 'delayed', run_at = ?, attempts = attempts - 1,"
+                " errors = ?, lease_until = null, lease_token = null where id = ?",
+                (now + delay, json.dumps(errors), claim.id),
+            )
+        return True
 
     def release(self, claim: Claim) -> bool:
         with self._tx() as conn:

@@ -1,34 +1,38 @@
--- ARGV: count, then per job id, name, tenant, priority, max_attempts, message,
+-- ARGV: count, skip_existing ('1': a job whose id is stored already is left as it is and
+-- this one dropped), then per job id, name, tenant, priority, max_attempts, message,
 -- run_at ('' = now).
 local now = now_seconds()
 local n = tonumber(ARGV[1])
-local woke = 0
+local skip_existing = ARGV[2] == '1'
+local added = 0
 -- One sequence step and one ZADD for the whole batch (in order), not one per job.
 local seq = redis.call('INCRBY', queue_key('seq'), n) - n
 local waiting = {}
 for i = 0, n - 1 do
-  local b = 2 + i * 7
+  local b = 3 + i * 7
   local id, priority, run_at = ARGV[b], tonumber(ARGV[b + 3]), ARGV[b + 6]
   local jk = job_key(id)
-  local state = 'waiting'
-  if run_at ~= '' and tonumber(run_at) > now then state = 'scheduled' end
-  -- progress, attempts, stalls and errors start absent: readers take them as 0 and [].
-  redis.call('HSET', jk, 'id', id, 'queue', KEYS[3], 'name', ARGV[b + 1],
-    'tenant', ARGV[b + 2], 'state', state, 'priority', priority,
-    'max_attempts', ARGV[b + 4], 'message', ARGV[b + 5], 'created_at', now)
-  if state == 'scheduled' then
-    redis.call('HSET', jk, 'run_at', run_at)
-    redis.call('ZADD', queue_key('scheduled'), tonumber(run_at), id)
-  else
-    waiting[#waiting + 1] = waiting_score(priority, seq + i + 1)
-    waiting[#waiting + 1] = id
+  if not (skip_existing and redis.call('EXISTS', jk) == 1) then
+    local state = 'waiting'
+    if run_at ~= '' and tonumber(run_at) > now then state = 'scheduled' end
+    -- progress, attempts, stalls and errors start absent: readers take them as 0 and [].
+    redis.call('HSET', jk, 'id', id, 'queue', KEYS[3], 'name', ARGV[b + 1],
+      'tenant', ARGV[b + 2], 'state', state, 'priority', priority,
+      'max_attempts', ARGV[b + 4], 'message', ARGV[b + 5], 'created_at', now)
+    if state == 'scheduled' then
+      redis.call('HSET', jk, 'run_at', run_at)
+      redis.call('ZADD', queue_key('scheduled'), tonumber(run_at), id)
+    else
+      waiting[#waiting + 1] = waiting_score(priority, seq + i + 1)
+      waiting[#waiting + 1] = id
+    end
+    added = added + 1
   end
-  woke = woke + 1
 end
 if #waiting > 0 then redis.call('ZADD', queue_key('waiting'), unpack(waiting)) end
 -- Scheduled jobs wake a consumer too: it learns the new due time instead of sleeping on.
 -- The wake list is kept short; LPUSH returns its length, so it is trimmed only when long.
-if woke > 0 and redis.call('LPUSH', queue_key('wake'), '1') > 64 then
+if added > 0 and redis.call('LPUSH', queue_key('wake'), '1') > 64 then
   redis.call('LTRIM', queue_key('wake'), 0, 63)
 end
-return n
+return added
