@@ -3,9 +3,10 @@
 # hosts of this architecture with no Python installed). Creates .venv if needed and
 # installs crmqueue with the "build" extra. PyInstaller's cache in build/work is kept, so
 # a re-run with unchanged sources skips the analysis. Extra arguments go to pyinstaller.
+# CRMQUEUE_BUILD_SKIP_SETUP=1 skips the install (scripts/test.sh has done it already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh build
+[ "${CRMQUEUE_BUILD_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh build
 
 # The git commit `crmqueue --version` shows, written before PyInstaller runs. The file
 # is rewritten only when the commit changes: a new mtime would void PyInstaller's cache.
