@@ -64,6 +64,8 @@ URGENT_PRIORITY = 200
 # Channels quiet hours hold (in-app is always stored at once).
 HELD_CHANNELS = ("email", "push", "sms")
 MAX_PAGE = 200
+# Notification ids are SQL BIGINT (SQLite INTEGER): an id past this names no notification.
+MAX_ID = 2**63 - 1
 
 _n = schema.notifications
 
@@ -186,7 +188,8 @@ def store(
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    # ASCII digits only: str.isdigit also takes "²" and "٣", which int() refuses or reads.
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise PayloadError([("cursor", f"{cursor!r} is not a cursor from an earlier page")])
     return int(cursor)
 
@@ -243,7 +246,10 @@ def mark_read(
 ) -> bool:
     """Mark one of the user's notifications read; False when the user has no such
     notification (unknown, expired, or another user's or tenant's: nothing changes).
-    Marking a read one again keeps its first read time."""
+    Marking a read one again keeps its first read time. An id that is not a positive
+    BIGINT (MAX_ID) names no notification: False, not an overflow in the driver."""
+    if isinstance(notification_id, bool) or not 0 < notification_id <= MAX_ID:
+        return False
     stamp = _now(now)
     with _engine(engine).begin() as conn:
         found = conn.execute(

@@ -76,6 +76,12 @@ def test_inbox_lists_newest_first_pages_counts_and_marks_read(crm_engine: Any) -
         notifications.list("t1", "u1", cursor="abc", **kw)
     with pytest.raises(PayloadError, match="limit"):
         notifications.list("t1", "u1", limit=0, **kw)
+    for cursor in ("²", "٣٠٠٠"):  # digits to str.isdigit, not ASCII: refused, not guessed
+        with pytest.raises(PayloadError, match="cursor"):
+            notifications.list("t1", "u1", cursor=cursor, **kw)
+    # past BIGINT: no such notification, not an OverflowError from the driver
+    assert notifications.mark_read("t1", "u1", 2**70, **kw) is False
+    assert notifications.mark_read("t1", "u1", -1, **kw) is False
 
 
 def test_no_call_reaches_another_users_or_tenants_notifications(crm_engine: Any) -> None:

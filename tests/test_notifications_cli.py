@@ -82,3 +82,26 @@ def test_users_and_notifications_commands(tmp_path: Path) -> None:
     wrong = _cli(tmp_path, "notifications", "prefs", "--tenant", "t1", "--user", "ann",
                  "--set", "lead.assigned=fax")  # fmt: skip
     assert wrong.returncode == 1 and "channels: unknown 'fax'" in wrong.stderr
+
+
+def test_bad_numbers_are_one_line_errors_not_tracebacks(tmp_path: Path) -> None:
+    """A cursor, id or limit in other digits than ASCII, or past BIGINT, is refused
+    on one line (or, for an id, names no notification), never a traceback or a guess."""
+    base = ("--tenant", "nt", "--user", "nb")
+    for cursor in ("²", "٣٠٠٠", "99999999999999999999999"):
+        out = _cli(tmp_path, "notifications", "list", *base, "--cursor", cursor)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr == (
+            f"crmqueue: error: payload invalid: cursor: {cursor!r}"
+            " is not a cursor from an earlier page\n"
+        )
+    huge = _cli(tmp_path, "notifications", "read", *base, "99999999999999999999")
+    assert huge.returncode == 1 and "Traceback" not in huge.stderr
+    assert huge.stderr == (
+        "crmqueue: error: user 'nb' of tenant 'nt' has no notification 99999999999999999999\n"
+    )
+    arabic = _cli(tmp_path, "notifications", "read", *base, "٣")
+    assert arabic.returncode == 1
+    assert arabic.stderr == "crmqueue: error: '٣' is not a notification id (a number)\n"
+    limit = _cli(tmp_path, "notifications", "list", *base, "--limit", "٢")
+    assert limit.returncode == 2 and "is not a whole number in ASCII digits" in limit.stderr
