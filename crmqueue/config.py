@@ -207,8 +207,9 @@ def _in_app() -> list[NotificationChannel]:
 
 
 class NotificationSettings(Section):
-    # Days a stored in-app notification is kept (listed, counted) before it expires.
-    keep_days: PositiveInt = 90
+    # Days a stored in-app notification is kept (listed, counted) before it expires;
+    # at most 36500 (100 years): a date past year 9999 cannot be stored.
+    keep_days: Annotated[int, Field(gt=0, le=36_500)] = 90
     # Channels on for a category nobody chose channels for.
     default_channels: list[NotificationChannel] = Field(default_factory=lambda: _in_app())
     # Defaults per category, for every tenant ("lead.assigned=in-app+email") or one

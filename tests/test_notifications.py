@@ -223,6 +223,15 @@ def test_config_channel_rules_are_checked() -> None:
 
     with pytest.raises(ConfigError, match=r"notifications\.channels"):
         load_settings(environ={}, overrides={"notifications.channels": ["lead=fax"]})
+    # keep_days is bounded: 100000000 days past now is no date, and every store() failed
+    with pytest.raises(ConfigError, match=r"notifications\.keep_days"):
+        load_settings(environ={"CRMQUEUE_NOTIFICATIONS__KEEP_DAYS": "100000000"})
+    assert (
+        load_settings(
+            environ={"CRMQUEUE_NOTIFICATIONS__KEEP_DAYS": "36500"}
+        ).notifications.keep_days
+        == 36500
+    )
     settings = load_settings(environ={"CRMQUEUE_NOTIFICATIONS__CHANNELS": "a=email,t9/*="})
     assert settings.notifications.default_for("t9", "a") == ((), "notifications.channels 't9/*='")
 
