@@ -545,3 +545,27 @@ def test_follow_up_jobs_are_made_once_per_job(broker: Any) -> None:
     assert enqueue_once("notification", "send", data, held) == held
     assert jobs.stats("notification")["waiting"] == 1
     assert jobs.get(held).payload["title"] == "T"
+
+
+@pytest.mark.parametrize(
+    "zone", ["localtime", "Factory", "posixrules", "EST5EDT", "CET", "posix/Europe/Berlin",
+             "right/UTC", "Mars/Base", ""],
+)  # fmt: skip
+def test_only_iana_area_location_zones_or_utc_are_accepted(crm_engine: Any, zone: str) -> None:
+    """localtime follows the host, Factory/posixrules are database files, posix/ and right/
+    are copies, EST5EDT and CET changed meaning in tzdata 2024b: all refused, by users add
+    and by set_quiet_hours alike (one rule, crmqueue.zones)."""
+    from crmqueue.zones import time_zone_problem
+
+    assert time_zone_problem(zone) is not None
+    with pytest.raises(PayloadError) as info:
+        add_user(crm_engine, "t1", "u1", name="Ann", email="ann@example.com", time_zone=zone)
+    assert info.value.errors == [("time_zone", time_zone_problem(zone))]
+    add_user(crm_engine, "t1", "u1", name="Ann", email="ann@example.com")
+    with pytest.raises(PayloadError, match="time_zone"):
+        notifications.set_quiet_hours("t1", "u1", "22:00", "07:00", time_zone=zone,
+                                      engine=crm_engine)  # fmt: skip
+    for good in ("UTC", "Etc/GMT+5", "America/New_York"):
+        notifications.set_quiet_hours("t1", "u1", "22:00", "07:00", time_zone=good,
+                                      engine=crm_engine)  # fmt: skip
+        assert notifications.get_preferences("t1", "u1", engine=crm_engine).time_zone == good

@@ -32,6 +32,9 @@ def test_users_and_notifications_commands(tmp_path: Path) -> None:
                "--email", "bob@example.com", "--time-zone", "Mars/Base")  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert "time_zone: 'Mars/Base' is not an IANA time zone" in bad.stderr
+    host = _cli(tmp_path, "users", "add", "--tenant", "t1", "--user", "bob", "--name", "Bob",
+                "--email", "bob@example.com", "--time-zone", "localtime")  # fmt: skip
+    assert host.returncode == 1 and "time_zone: 'localtime' is not an IANA" in host.stderr
     listed = json.loads(_cli(tmp_path, "users", "list", "--tenant", "t1", "--json").stdout)
     assert [(u["user_id"], u["email"], u["time_zone"]) for u in listed] == [
         ("ann", "ann@example.com", "Europe/Berlin")

@@ -16,6 +16,7 @@ from crmqueue.crm import schema
 from crmqueue.errors import PayloadError
 from crmqueue.fields import AddressError, parse_address
 from crmqueue.tenancy import tenant_problem
+from crmqueue.zones import time_zone_problem
 
 __all__ = [
     "User",
@@ -50,13 +51,12 @@ class User:
 
 
 def check_time_zone(name: str, field: str = "time_zone") -> str:
-    """`name` if it is an IANA time zone this system knows (zoneinfo), else PayloadError."""
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise PayloadError(
-            [(field, f"{name!r} is not an IANA time zone (e.g. Europe/Berlin, America/New_York)")]
-        ) from None
+    """`name` if it is an IANA Area/Location time zone or UTC (the rule of
+    crmqueue.zones: not localtime, Factory or a legacy name like EST5EDT), else
+    PayloadError naming `field`."""
+    problem = time_zone_problem(name)
+    if problem is not None:
+        raise PayloadError([(field, problem)])
     return name
 
 
