@@ -33,7 +33,7 @@ from crmqueue.json_text import (
     suspect_dump,
     text_problems,
 )
-from crmqueue.tenancy import TENANT_ID, TENANT_ID_RULE
+from crmqueue.tenancy import TENANT_ID, TENANT_ID_RULE, user_id_problem
 from crmqueue.url_rules import IPNetwork, source_problem
 
 __all__ = [
@@ -135,6 +135,17 @@ def _tenant_id(value: str) -> str:
 
 
 TenantId = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_tenant_id)]
+
+
+def _user_id(value: str) -> str:
+    problem = user_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("user_id", problem)
+    return value
+
+
+# crmqueue.tenancy's user id rule (as `users add` and crmqueue.notifications apply it).
+UserId = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_user_id)]
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Tag = Annotated[str, AfterValidator(_tag)]
 # Resend's Idempotency-Key takes at most 256 characters.
@@ -527,7 +538,7 @@ class NotificationPayload(Payload):
     (one channel), else none named and the user's preferences for `category` decide
     (crmqueue.notifications.plan_channels). Giving both, `type` must be among `channels`."""
 
-    user_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    user_id: UserId
     type: Channel | None = None
     channels: Annotated[list[Channel], Field(min_length=1)] | None = None
     category: Annotated[

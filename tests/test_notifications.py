@@ -174,6 +174,7 @@ def test_preferences_user_choice_over_tenant_defaults(crm_engine: Any) -> None:
     settings = load_settings(environ={}, overrides={"notifications.channels": [
         "lead.assigned=in-app+email", "acme/*=email", "acme/import.completed=in-app"]})  # fmt: skip
     plan = notifications.plan_channels
+    add_user(crm_engine, "t1", "u1", name="Ann", email="ann@example.com")
 
     def prefs(tenant: str = "t1") -> notifications.Preferences:
         return notifications.get_preferences(tenant, "u1", engine=crm_engine)
@@ -340,6 +341,9 @@ def test_in_app_notification_is_stored_at_once(running: Any) -> None:
         "status": "delivered",
         "category": "general",
         "channels": {"in-app": {"status": "stored", "id": stored.id}},
+        # stored for a user the CRM may add later, but not silently
+        "warning": "user 'user-456' is not in the users table of tenant 'tenant-123'"
+        " (crmqueue users add): only the tenant defaults applied",
     }
     assert (stored.title, stored.action_url, stored.priority) == (
         "New Lead",
@@ -401,6 +405,7 @@ def test_email_channel_enqueues_an_email_job_delivered_through_the_outbox(runnin
 
 def test_without_an_enabled_channel_the_job_completes_as_skipped(running: Any) -> None:
     engine = get_engine(running.settings.database.url)
+    add_user(engine, "t1", "u1", name="Ann", email="ann@example.com")
     only_push = tasks.send_notification(tenant_id="t1", user_id="u1", type="push", title="T",
                                         message="m").wait(15)  # fmt: skip
     assert only_push.state == "completed", only_push.errors
@@ -569,3 +574,42 @@ def test_only_iana_area_location_zones_or_utc_are_accepted(crm_engine: Any, zone
         notifications.set_quiet_hours("t1", "u1", "22:00", "07:00", time_zone=good,
                                       engine=crm_engine)  # fmt: skip
         assert notifications.get_preferences("t1", "u1", engine=crm_engine).time_zone == good
+
+
+def test_one_user_id_rule_and_normalisation_everywhere(crm_engine: Any) -> None:
+    """Enqueue, users add and every crmqueue.notifications call strip surrounding
+    whitespace and refuse controls and inner spaces alike; setting preferences, like
+    quiet hours, needs a user in the users table."""
+    from crmqueue.payloads import NotificationPayload, validate_payload
+
+    base = {"tenant_id": "nt", "title": "T", "message": "m"}
+    for bad in ("na\x01", "n a", "", "  ", "x" * 65, "na\x7f"):
+        with pytest.raises(PayloadError) as info:
+            validate_payload(NotificationPayload, {**base, "user_id": bad})
+        assert [field for field, _ in info.value.errors] == ["user_id"], bad
+        with pytest.raises(PayloadError, match="user_id"):
+            add_user(crm_engine, "nt", bad, name="N", email="n@example.com")
+        with pytest.raises(PayloadError, match="user_id"):
+            notifications.store("nt", bad, title="T", message="m", engine=crm_engine,
+                                settings=load_settings(environ={}))  # fmt: skip
+        with pytest.raises(PayloadError, match="user_id"):
+            notifications.list("nt", bad, engine=crm_engine)
+    assert validate_payload(NotificationPayload, {**base, "userId": "  nb  "}).user_id == "nb"
+    user, _ = add_user(crm_engine, "nt", " nb ", name="Nb", email="nb@example.com")
+    assert user.user_id == "nb" and get_user(crm_engine, "nt", "nb\t") == user
+    first = _store(crm_engine, "nt", "  nb  ", "hello")
+    for spaced in ("nb", " nb", "nb  "):
+        assert [n.id for n in notifications.list("nt", spaced, engine=crm_engine).items] == [first]
+        assert notifications.unread_count("nt", spaced, engine=crm_engine) == 1
+    assert notifications.mark_read("nt", " nb", first, engine=crm_engine) is True
+    assert notifications.mark_all_read("nt", "nb ", engine=crm_engine) == 0
+    notifications.set_preferences("nt", " nb", "general", ["email"], engine=crm_engine)
+    prefs = notifications.get_preferences("nt", "nb", engine=crm_engine)
+    assert prefs.known and prefs.own == {"general": ("email",)}
+
+    with pytest.raises(PayloadError, match="tenant 'nt' has no user 'ghost'"):
+        notifications.set_preferences("nt", "ghost", "general", ["email"], engine=crm_engine)
+    with pytest.raises(PayloadError, match="tenant 'nt' has no user 'ghost'"):
+        notifications.set_quiet_hours("nt", "ghost", "22:00", "07:00", engine=crm_engine)
+    ghost = notifications.get_preferences("nt", "ghost", engine=crm_engine)
+    assert (ghost.known, ghost.own) == (False, {})

@@ -108,3 +108,27 @@ def test_bad_numbers_are_one_line_errors_not_tracebacks(tmp_path: Path) -> None:
     assert arabic.stderr == "crmqueue: error: '٣' is not a notification id (a number)\n"
     limit = _cli(tmp_path, "notifications", "list", *base, "--limit", "٢")
     assert limit.returncode == 2 and "is not a whole number in ASCII digits" in limit.stderr
+
+
+def test_user_ids_are_stripped_and_unknown_users_have_no_preferences(tmp_path: Path) -> None:
+    added = _cli(tmp_path, "users", "add", "--tenant", "nt", "--user", " nb ", "--name", "Nb",
+                 "--email", "nb@example.com")  # fmt: skip
+    assert added.returncode == 0 and added.stdout == "added user nb of tenant nt\n"
+    engine = create_engine(f"sqlite:///{tmp_path}/crm.db")
+    init_db(engine)
+    notifications.store("nt", "nb", title="hi", message="m", engine=engine,
+                        settings=load_settings(environ={}))  # fmt: skip
+    engine.dispose()
+    page = _cli(tmp_path, "notifications", "list", "--tenant", "nt", "--user", " nb", "--json")
+    assert [n["title"] for n in json.loads(page.stdout)["items"]] == ["hi"]
+    nobody = _cli(tmp_path, "notifications", "prefs", "--tenant", "nt", "--user", "nobody")
+    assert nobody.returncode == 1
+    assert nobody.stderr == (
+        "crmqueue: error: tenant 'nt' has no user 'nobody' (crmqueue users add)\n"
+    )
+    ghost = _cli(tmp_path, "notifications", "prefs", "--tenant", "nt", "--user", "ghost",
+                 "--set", "general=email")  # fmt: skip
+    assert ghost.returncode == 1 and "tenant 'nt' has no user 'ghost'" in ghost.stderr
+    control = _cli(tmp_path, "notifications", "list", "--tenant", "nt", "--user", "n\x01b")
+    assert control.returncode == 1 and control.stderr.count("\n") == 1
+    assert "user_id: must be 1-64 characters without spaces" in control.stderr

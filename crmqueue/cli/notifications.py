@@ -121,6 +121,7 @@ def notifications_prefs(
 ) -> None:  # fmt: skip
     """Show the user's notification preferences; change them with the options."""
     from crmqueue import notifications
+    from crmqueue.errors import CrmQueueError
 
     settings, engine = _engine()
     for item in set_:
@@ -146,11 +147,13 @@ def notifications_prefs(
             tenant, user_id, start, end, time_zone=time_zone, engine=engine
         )
     prefs = notifications.get_preferences(tenant, user_id, engine=engine)
+    if not prefs.known:  # as --set and --quiet refuse: preferences belong to a user
+        raise CrmQueueError(f"tenant {tenant!r} has no user {prefs.user_id!r} (crmqueue users add)")
     data = prefs.to_dict(settings, categories)
     if as_json:
         emit_json(data)
         return
-    table = Table(title=f"notification preferences of {user_id} ({tenant})")
+    table = Table(title=f"notification preferences of {prefs.user_id} ({tenant})")
     for column in ("category", "channels", "from"):
         table.add_column(column)
     for category, entry in data["effective"].items():

@@ -15,7 +15,9 @@ Follow-up jobs (the email, the held notification) get ids derived from this job'
 re-run (lease lost, crash after enqueueing) finds the job it made instead of making a
 second one. The result names every channel's outcome and a status: ``delivered`` (stored
 or queued on a channel), ``held`` (only held for quiet hours) or ``skipped`` (with the
-reasons: no channel was on or available), never a failure for those.
+reasons: no channel was on or available), never a failure for those. A user who is not
+in the tenant's ``users`` table still gets in-app (the CRM may add them later), and the
+result says so (``warning``); email needs the user's address and is skipped.
 """
 
 from __future__ import annotations
@@ -205,6 +207,13 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
     if not done:
         reasons = "; ".join(f"{c}: {o['reason']}" for c, o in result["channels"].items())
         result["reason"] = f"no enabled channel ({reasons or 'none is on for ' + category})"
+    if not preferences.known:
+        # Stored all the same (the CRM may add the user later), but said: a typo in a
+        # producer's user id would otherwise pass as delivered.
+        result["warning"] = (
+            f"user {payload.user_id!r} is not in the users table of tenant {tenant!r}"
+            " (crmqueue users add): only the tenant defaults applied"
+        )
     if "email" in outcome and outcome["email"].get("status") == "queued":
         result["email_job_id"] = outcome["email"]["job_id"]
     return result
