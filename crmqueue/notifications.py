@@ -163,8 +163,15 @@ def store(
     """Store an in-app notification; returns its id. It expires keep_days after `now`.
     With a `job_id`, storing again for the same job (a retried job) returns the first
     one's id instead of a second notification. The user need not be in ``users`` (the
-    CRM may add them later)."""
+    CRM may add them later). Raises PayloadError for a bad user id or `action_url` (as
+    at enqueue: crmqueue.payloads.action_url_problem)."""
     user_id = check_user_id(user_id)
+    if action_url is not None:
+        from crmqueue.payloads import action_url_problem
+
+        problem = action_url_problem(action_url)
+        if problem is not None:
+            raise PayloadError([("action_url", problem)])
     config = _settings(settings)
     engine = _engine(engine, config)
     stamp = _now(now)

@@ -118,14 +118,32 @@ def _tag(value: str) -> str:
     return value
 
 
-def _action_url(value: str) -> str:
-    parts = urlsplit(value)
+def action_url_problem(value: str) -> str | None:
+    """Why `value` is not a notification's action URL, or None: an http(s) URL without
+    user info, or a path starting with '/' (the CRM app's own; an email joins it to
+    ``notifications.app_base_url``). User info is refused because a reader takes
+    ``https://crm.example.com@evil.com/`` for the CRM while it opens evil.com."""
+    try:
+        parts = urlsplit(value)
+        has_userinfo = "@" in parts.netloc
+        parts.port  # noqa: B018 - a bad port raises ValueError here
+    except ValueError:
+        return "must be an http(s) URL or a path starting with '/'"
+    if has_userinfo:
+        return "must not hold user info (user@ or user:password@ before the host)"
     if not any(ch.isspace() or ch == "\\" for ch in value) and (
-        (parts.scheme in ("http", "https") and parts.netloc)
+        (parts.scheme in ("http", "https") and parts.hostname)
         or (value.startswith("/") and not value.startswith("//"))
     ):
-        return value
-    raise PydanticCustomError("action_url", "must be an http(s) URL or a path starting with '/'")
+        return None
+    return "must be an http(s) URL or a path starting with '/'"
+
+
+def _action_url(value: str) -> str:
+    problem = action_url_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("action_url", problem)
+    return value
 
 
 def _tenant_id(value: str) -> str:

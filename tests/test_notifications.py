@@ -613,3 +613,50 @@ def test_one_user_id_rule_and_normalisation_everywhere(crm_engine: Any) -> None:
         notifications.set_quiet_hours("nt", "ghost", "22:00", "07:00", engine=crm_engine)
     ghost = notifications.get_preferences("nt", "ghost", engine=crm_engine)
     assert (ghost.known, ghost.own) == (False, {})
+
+
+def test_action_urls_refuse_user_info_and_emails_join_paths_to_the_app(
+    make_broker: Any, start_consumer: Any
+) -> None:
+    """https://crm.example.com@evil.com/ opens evil.com: refused at enqueue and by store();
+    a path ("/leads/7") reaches an email joined to notifications.app_base_url, and without
+    it the email has no button (a bare path is a dead link in a mail client)."""
+    from crmqueue.payloads import NotificationPayload, validate_payload
+    from crmqueue.workers.notification import email_action_url
+
+    base = {"tenant_id": "t1", "user_id": "u1", "title": "T", "message": "m"}
+    for bad in ("https://crm.example.com@evil.com/", "https://user:pw@crm.example.com/x",
+                "http://@crm.example.com/", "https://crm.example.com:99999/"):  # fmt: skip
+        with pytest.raises(PayloadError) as info:
+            validate_payload(NotificationPayload, {**base, "actionUrl": bad})
+        assert [field for field, _ in info.value.errors] == ["action_url"], bad
+    with pytest.raises(PayloadError, match="must not hold user info"):
+        validate_payload(NotificationPayload,
+                         {**base, "action_url": "https://crm.example.com@evil.com/"})  # fmt: skip
+    ok = "https://crm.example.com/leads/7?tab=a@b"  # an @ in the query is no user info
+    assert validate_payload(NotificationPayload, {**base, "action_url": ok}).action_url == ok
+
+    plain = load_settings(environ={})
+    assert email_action_url("/leads/7", plain) is None
+    assert email_action_url(ok, plain) == ok
+    from crmqueue.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="app_base_url"):
+        load_settings(environ={}, overrides={"notifications.app_base_url": "https://a@b.com"})
+
+    broker = make_broker({"notifications.app_base_url": "https://crm.example.com/app/"})
+    engine = get_engine(broker.settings.database.url)
+    init_db(engine)
+    with pytest.raises(PayloadError, match="action_url"):
+        notifications.store("t1", "u1", title="T", message="m", engine=engine,
+                            action_url="https://crm.example.com@evil.com/",
+                            settings=broker.settings)  # fmt: skip
+    add_user(engine, "t1", "u1", name="Ann Lee", email="ann@example.com")
+    start_consumer(broker, ["notification"])
+    info = tasks.send_notification(**base, channels=["in-app", "email"],
+                                   action_url="/leads/7").wait(15)  # fmt: skip
+    assert info.state == "completed", info.errors
+    email = jobs.get(info.result["email_job_id"])
+    assert email.payload["context"]["action_url"] == "https://crm.example.com/app/leads/7"
+    (stored,) = notifications.list("t1", "u1", engine=engine).items
+    assert stored.action_url == "/leads/7"  # the app itself resolves its own paths
