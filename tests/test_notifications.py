@@ -660,3 +660,23 @@ def test_action_urls_refuse_user_info_and_emails_join_paths_to_the_app(
     assert email.payload["context"]["action_url"] == "https://crm.example.com/app/leads/7"
     (stored,) = notifications.list("t1", "u1", engine=engine).items
     assert stored.action_url == "/leads/7"  # the app itself resolves its own paths
+
+
+def test_readme_says_priority_is_a_job_option_that_exists() -> None:
+    """A new user put "priority": 200 in the JSON and was refused: the README says how to
+    give it, and what it says exists (the --priority option, the priority= argument)."""
+    import inspect
+
+    from crmqueue.cli.enqueue import COMMANDS
+    from crmqueue.payloads import NotificationPayload, validate_payload
+
+    with pytest.raises(PayloadError, match="priority"):
+        validate_payload(NotificationPayload, {"tenant_id": "t1", "user_id": "u1", "title": "T",
+                                               "message": "m", "priority": 200})  # fmt: skip
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    assert "`crmqueue enqueue notification --priority 200 ...`" in section
+    assert "`tasks.send_notification(..., priority=200)`" in section
+    assert "priority" in inspect.signature(tasks.send_notification).parameters
+    options = {opt for command in COMMANDS for p in command.params for opt in p.opts}
+    assert "--priority" in options
