@@ -207,14 +207,36 @@ def _in_app() -> list[NotificationChannel]:
 
 
 class NotificationSettings(Section):
-    # Days a stored in-app notification is kept (listed, counted) before it expires.
-    keep_days: PositiveInt = 90
+    # Days a stored in-app notification is kept (listed, counted) before it expires;
+    # at most 36500 (100 years): a date past year 9999 cannot be stored.
+    keep_days: Annotated[int, Field(gt=0, le=36_500)] = 90
     # Channels on for a category nobody chose channels for.
     default_channels: list[NotificationChannel] = Field(default_factory=lambda: _in_app())
     # Defaults per category, for every tenant ("lead.assigned=in-app+email") or one
     # tenant ("acme/lead.assigned=in-app", "acme/*=in-app+email"); a user's own choice
     # goes first (crmqueue.notifications.channels_for).
     channels: list[str] = Field(default_factory=list)
+    # The CRM app's address (https://crm.example.com): an action URL given as a path
+    # ("/leads/7") is joined to it in emails; without it such an email has no button.
+    app_base_url: str | None = None
+
+    @field_validator("app_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc
+            or parts.query or parts.fragment or any(ch.isspace() for ch in value)
+        ):  # fmt: skip
+            raise ValueError(
+                f"{value!r}: expected an http(s) URL without user info, query or fragment"
+                " (https://crm.example.com)"
+            )
+        return value.rstrip("/")
 
     @field_validator("default_channels", "channels", mode="before")
     @classmethod

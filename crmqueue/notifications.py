@@ -4,7 +4,9 @@ client code share: a user's in-app inbox and their notification preferences.
 Inbox: notifications are stored in the CRM store (``notifications``), listed newest
 first with cursor paging, counted unread, marked read one by one or all at once, and
 expire ``notifications.keep_days`` (90) days after they were stored. Every call names a
-tenant AND a user: nothing here reads or changes another user's notifications.
+tenant AND a user: nothing here reads or changes another user's notifications. A user
+id is stripped of surrounding whitespace and checked (crmqueue.crm.users.check_user_id,
+the rule a notification payload's user_id follows at enqueue) by every call.
 
 Preferences (crmqueue.notifications.channels_for): for each category, which channels
 are on. A user's own choice for the category, else their choice for "*" (every
@@ -30,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from crmqueue.config import NOTIFICATION_CHANNELS, Settings
 from crmqueue.crm import schema
-from crmqueue.crm.users import check_hhmm, check_time_zone, get_user
+from crmqueue.crm.users import check_hhmm, check_time_zone, check_user_id, get_user
 from crmqueue.errors import PayloadError
 
 __all__ = [
@@ -64,6 +66,8 @@ URGENT_PRIORITY = 200
 # Channels quiet hours hold (in-app is always stored at once).
 HELD_CHANNELS = ("email", "push", "sms")
 MAX_PAGE = 200
+# Notification ids are SQL BIGINT (SQLite INTEGER): an id past this names no notification.
+MAX_ID = 2**63 - 1
 
 _n = schema.notifications
 
@@ -158,7 +162,16 @@ def store(
 ) -> int:
     """Store an in-app notification; returns its id. It expires keep_days after `now`.
     With a `job_id`, storing again for the same job (a retried job) returns the first
-    one's id instead of a second notification."""
+    one's id instead of a second notification. The user need not be in ``users`` (the
+    CRM may add them later). Raises PayloadError for a bad user id or `action_url` (as
+    at enqueue: crmqueue.payloads.action_url_problem)."""
+    user_id = check_user_id(user_id)
+    if action_url is not None:
+        from crmqueue.payloads import action_url_problem
+
+        problem = action_url_problem(action_url)
+        if problem is not None:
+            raise PayloadError([("action_url", problem)])
     config = _settings(settings)
     engine = _engine(engine, config)
     stamp = _now(now)
@@ -186,7 +199,8 @@ def store(
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    # ASCII digits only: str.isdigit also takes "²" and "٣", which int() refuses or reads.
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise PayloadError([("cursor", f"{cursor!r} is not a cursor from an earlier page")])
     return int(cursor)
 
@@ -203,7 +217,8 @@ def list_notifications(
 ) -> Page:
     """The user's notifications that have not expired, newest first, `limit` (1-200) a
     page; pass a page's `next_cursor` for the next one. Raises PayloadError for a bad
-    limit or cursor."""
+    limit, cursor or user id."""
+    user_id = check_user_id(user_id)
     if not 1 <= limit <= MAX_PAGE:
         raise PayloadError([("limit", f"must be 1-{MAX_PAGE}")])
     before = _cursor(cursor)
@@ -226,6 +241,7 @@ list = list_notifications  # crmqueue.notifications.list, the CLI's name
 def unread_count(
     tenant_id: str, user_id: str, *, engine: Engine | None = None, now: dt.datetime | None = None
 ) -> int:
+    user_id = check_user_id(user_id)
     query = sa.select(sa.func.count()).where(
         _mine(tenant_id, user_id, _now(now)), _n.c.read_at.is_(None)
     )
@@ -243,7 +259,11 @@ def mark_read(
 ) -> bool:
     """Mark one of the user's notifications read; False when the user has no such
     notification (unknown, expired, or another user's or tenant's: nothing changes).
-    Marking a read one again keeps its first read time."""
+    Marking a read one again keeps its first read time. An id that is not a positive
+    BIGINT (MAX_ID) names no notification: False, not an overflow in the driver."""
+    user_id = check_user_id(user_id)
+    if isinstance(notification_id, bool) or not 0 < notification_id <= MAX_ID:
+        return False
     stamp = _now(now)
     with _engine(engine).begin() as conn:
         found = conn.execute(
@@ -267,6 +287,7 @@ def mark_all_read(
     tenant_id: str, user_id: str, *, engine: Engine | None = None, now: dt.datetime | None = None
 ) -> int:
     """Mark every unread notification of the user read; returns how many."""
+    user_id = check_user_id(user_id)
     stamp = _now(now)
     with _engine(engine).begin() as conn:
         result = conn.execute(
@@ -295,13 +316,16 @@ def purge_expired(
 @dataclass(frozen=True)
 class Preferences:
     """A user's own choices: category (or "*") -> channels on, and quiet hours
-    ("HH:MM", "HH:MM") in `time_zone` (None: no quiet hours; a zone of None is UTC)."""
+    ("HH:MM", "HH:MM") in `time_zone` (None: no quiet hours; a zone of None is UTC).
+    `known`: the user is in the tenant's ``users`` table (without it, only the tenant
+    defaults apply and nothing can be set)."""
 
     tenant_id: str
     user_id: str
     own: dict[str, tuple[str, ...]]
     time_zone: str | None
     quiet_hours: tuple[str, str] | None
+    known: bool = True
 
     def to_dict(
         self, settings: Settings | None = None, categories: Iterable[str] = ()
@@ -316,6 +340,7 @@ class Preferences:
             "own": {key: [*value] for key, value in self.own.items()},
             "effective": effective, "time_zone": self.time_zone,
             "quiet_hours": [*self.quiet_hours] if self.quiet_hours else None,
+            "known": self.known,
         }  # fmt: skip
 
 
@@ -337,6 +362,9 @@ def _check_category(category: str, allow_all: bool = True) -> str:
 
 
 def get_preferences(tenant_id: str, user_id: str, *, engine: Engine | None = None) -> Preferences:
+    """The user's preferences; for a user not in ``users``, the tenant defaults with
+    `known` False (the notification job still stores in-app for them)."""
+    user_id = check_user_id(user_id)
     engine = _engine(engine)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -350,8 +378,12 @@ def get_preferences(tenant_id: str, user_id: str, *, engine: Engine | None = Non
         quiet = (user.quiet_start, user.quiet_end)
     return Preferences(
         tenant_id, user_id, {row.category: tuple(row.channels) for row in rows},
-        user.time_zone if user else None, quiet,
+        user.time_zone if user else None, quiet, user is not None,
     )  # fmt: skip
+
+
+def _no_user(tenant_id: str, user_id: str) -> str:
+    return f"tenant {tenant_id!r} has no user {user_id!r} (crmqueue users add)"
 
 
 def set_preferences(
@@ -364,7 +396,9 @@ def set_preferences(
 ) -> Preferences:
     """The user's own channels for `category` ("*": every category without a choice of
     its own); None removes the choice (the tenant defaults apply again). An empty list
-    turns every channel off. Raises PayloadError for an unknown category or channel."""
+    turns every channel off. The user must exist (crmqueue users add), as for
+    set_quiet_hours. Raises PayloadError for an unknown category, channel or user."""
+    user_id = check_user_id(user_id)
     _check_category(category)
     if channels is not None:
         unknown = [name for name in channels if name not in CHANNELS]
@@ -374,6 +408,8 @@ def set_preferences(
                   f" {', '.join(CHANNELS)})")]
             )  # fmt: skip
     engine = _engine(engine)
+    if get_user(engine, tenant_id, user_id) is None:
+        raise PayloadError([("user_id", _no_user(tenant_id, user_id))])
     where = (_p.c.tenant_id == tenant_id, _p.c.user_id == user_id, _p.c.category == category)
     with engine.begin() as conn:
         conn.execute(_p.delete().where(*where))
@@ -400,6 +436,7 @@ def set_quiet_hours(
     window past midnight when start > end); both None removes them. `time_zone` (IANA)
     also sets the user's zone. The user must exist (crmqueue users add). Raises
     PayloadError naming the bad field."""
+    user_id = check_user_id(user_id)
     engine = _engine(engine)
     if (start is None) != (end is None):
         raise PayloadError([("quiet_hours", "give both start and end, or neither")])
@@ -421,9 +458,7 @@ def set_quiet_hours(
             .values(**values)
         ).rowcount
     if not changed:
-        raise PayloadError(
-            [("user_id", f"tenant {tenant_id!r} has no user {user_id!r} (crmqueue users add)")]
-        )
+        raise PayloadError([("user_id", _no_user(tenant_id, user_id))])
     return get_preferences(tenant_id, user_id, engine=engine)
 
 

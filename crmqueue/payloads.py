@@ -33,7 +33,7 @@ from crmqueue.json_text import (
     suspect_dump,
     text_problems,
 )
-from crmqueue.tenancy import TENANT_ID, TENANT_ID_RULE
+from crmqueue.tenancy import TENANT_ID, TENANT_ID_RULE, user_id_problem
 from crmqueue.url_rules import IPNetwork, source_problem
 
 __all__ = [
@@ -118,14 +118,32 @@ def _tag(value: str) -> str:
     return value
 
 
-def _action_url(value: str) -> str:
-    parts = urlsplit(value)
+def action_url_problem(value: str) -> str | None:
+    """Why `value` is not a notification's action URL, or None: an http(s) URL without
+    user info, or a path starting with '/' (the CRM app's own; an email joins it to
+    ``notifications.app_base_url``). User info is refused because a reader takes
+    ``https://crm.example.com@evil.com/`` for the CRM while it opens evil.com."""
+    try:
+        parts = urlsplit(value)
+        has_userinfo = "@" in parts.netloc
+        parts.port  # noqa: B018 - a bad port raises ValueError here
+    except ValueError:
+        return "must be an http(s) URL or a path starting with '/'"
+    if has_userinfo:
+        return "must not hold user info (user@ or user:password@ before the host)"
     if not any(ch.isspace() or ch == "\\" for ch in value) and (
-        (parts.scheme in ("http", "https") and parts.netloc)
+        (parts.scheme in ("http", "https") and parts.hostname)
         or (value.startswith("/") and not value.startswith("//"))
     ):
-        return value
-    raise PydanticCustomError("action_url", "must be an http(s) URL or a path starting with '/'")
+        return None
+    return "must be an http(s) URL or a path starting with '/'"
+
+
+def _action_url(value: str) -> str:
+    problem = action_url_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("action_url", problem)
+    return value
 
 
 def _tenant_id(value: str) -> str:
@@ -135,6 +153,17 @@ def _tenant_id(value: str) -> str:
 
 
 TenantId = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_tenant_id)]
+
+
+def _user_id(value: str) -> str:
+    problem = user_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("user_id", problem)
+    return value
+
+
+# crmqueue.tenancy's user id rule (as `users add` and crmqueue.notifications apply it).
+UserId = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_user_id)]
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Tag = Annotated[str, AfterValidator(_tag)]
 # Resend's Idempotency-Key takes at most 256 characters.
@@ -545,7 +574,7 @@ class NotificationPayload(Payload):
     (one channel), else none named and the user's preferences for `category` decide
     (crmqueue.notifications.plan_channels). Giving both, `type` must be among `channels`."""
 
-    user_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    user_id: UserId
     type: Channel | None = None
     channels: Annotated[list[Channel], Field(min_length=1)] | None = None
     category: Annotated[

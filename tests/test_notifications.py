@@ -76,6 +76,12 @@ def test_inbox_lists_newest_first_pages_counts_and_marks_read(crm_engine: Any) -
         notifications.list("t1", "u1", cursor="abc", **kw)
     with pytest.raises(PayloadError, match="limit"):
         notifications.list("t1", "u1", limit=0, **kw)
+    for cursor in ("²", "٣٠٠٠"):  # digits to str.isdigit, not ASCII: refused, not guessed
+        with pytest.raises(PayloadError, match="cursor"):
+            notifications.list("t1", "u1", cursor=cursor, **kw)
+    # past BIGINT: no such notification, not an OverflowError from the driver
+    assert notifications.mark_read("t1", "u1", 2**70, **kw) is False
+    assert notifications.mark_read("t1", "u1", -1, **kw) is False
 
 
 def test_no_call_reaches_another_users_or_tenants_notifications(crm_engine: Any) -> None:
@@ -168,6 +174,7 @@ def test_preferences_user_choice_over_tenant_defaults(crm_engine: Any) -> None:
     settings = load_settings(environ={}, overrides={"notifications.channels": [
         "lead.assigned=in-app+email", "acme/*=email", "acme/import.completed=in-app"]})  # fmt: skip
     plan = notifications.plan_channels
+    add_user(crm_engine, "t1", "u1", name="Ann", email="ann@example.com")
 
     def prefs(tenant: str = "t1") -> notifications.Preferences:
         return notifications.get_preferences(tenant, "u1", engine=crm_engine)
@@ -217,6 +224,15 @@ def test_config_channel_rules_are_checked() -> None:
 
     with pytest.raises(ConfigError, match=r"notifications\.channels"):
         load_settings(environ={}, overrides={"notifications.channels": ["lead=fax"]})
+    # keep_days is bounded: 100000000 days past now is no date, and every store() failed
+    with pytest.raises(ConfigError, match=r"notifications\.keep_days"):
+        load_settings(environ={"CRMQUEUE_NOTIFICATIONS__KEEP_DAYS": "100000000"})
+    assert (
+        load_settings(
+            environ={"CRMQUEUE_NOTIFICATIONS__KEEP_DAYS": "36500"}
+        ).notifications.keep_days
+        == 36500
+    )
     settings = load_settings(environ={"CRMQUEUE_NOTIFICATIONS__CHANNELS": "a=email,t9/*="})
     assert settings.notifications.default_for("t9", "a") == ((), "notifications.channels 't9/*='")
 
@@ -325,6 +341,9 @@ def test_in_app_notification_is_stored_at_once(running: Any) -> None:
         "status": "delivered",
         "category": "general",
         "channels": {"in-app": {"status": "stored", "id": stored.id}},
+        # stored for a user the CRM may add later, but not silently
+        "warning": "user 'user-456' is not in the users table of tenant 'tenant-123'"
+        " (crmqueue users add): only the tenant defaults applied",
     }
     assert (stored.title, stored.action_url, stored.priority) == (
         "New Lead",
@@ -386,6 +405,7 @@ def test_email_channel_enqueues_an_email_job_delivered_through_the_outbox(runnin
 
 def test_without_an_enabled_channel_the_job_completes_as_skipped(running: Any) -> None:
     engine = get_engine(running.settings.database.url)
+    add_user(engine, "t1", "u1", name="Ann", email="ann@example.com")
     only_push = tasks.send_notification(tenant_id="t1", user_id="u1", type="push", title="T",
                                         message="m").wait(15)  # fmt: skip
     assert only_push.state == "completed", only_push.errors
@@ -530,3 +550,133 @@ def test_follow_up_jobs_are_made_once_per_job(broker: Any) -> None:
     assert enqueue_once("notification", "send", data, held) == held
     assert jobs.stats("notification")["waiting"] == 1
     assert jobs.get(held).payload["title"] == "T"
+
+
+@pytest.mark.parametrize(
+    "zone", ["localtime", "Factory", "posixrules", "EST5EDT", "CET", "posix/Europe/Berlin",
+             "right/UTC", "Mars/Base", ""],
+)  # fmt: skip
+def test_only_iana_area_location_zones_or_utc_are_accepted(crm_engine: Any, zone: str) -> None:
+    """localtime follows the host, Factory/posixrules are database files, posix/ and right/
+    are copies, EST5EDT and CET changed meaning in tzdata 2024b: all refused, by users add
+    and by set_quiet_hours alike (one rule, crmqueue.zones)."""
+    from crmqueue.zones import time_zone_problem
+
+    assert time_zone_problem(zone) is not None
+    with pytest.raises(PayloadError) as info:
+        add_user(crm_engine, "t1", "u1", name="Ann", email="ann@example.com", time_zone=zone)
+    assert info.value.errors == [("time_zone", time_zone_problem(zone))]
+    add_user(crm_engine, "t1", "u1", name="Ann", email="ann@example.com")
+    with pytest.raises(PayloadError, match="time_zone"):
+        notifications.set_quiet_hours("t1", "u1", "22:00", "07:00", time_zone=zone,
+                                      engine=crm_engine)  # fmt: skip
+    for good in ("UTC", "Etc/GMT+5", "America/New_York"):
+        notifications.set_quiet_hours("t1", "u1", "22:00", "07:00", time_zone=good,
+                                      engine=crm_engine)  # fmt: skip
+        assert notifications.get_preferences("t1", "u1", engine=crm_engine).time_zone == good
+
+
+def test_one_user_id_rule_and_normalisation_everywhere(crm_engine: Any) -> None:
+    """Enqueue, users add and every crmqueue.notifications call strip surrounding
+    whitespace and refuse controls and inner spaces alike; setting preferences, like
+    quiet hours, needs a user in the users table."""
+    from crmqueue.payloads import NotificationPayload, validate_payload
+
+    base = {"tenant_id": "nt", "title": "T", "message": "m"}
+    for bad in ("na\x01", "n a", "", "  ", "x" * 65, "na\x7f"):
+        with pytest.raises(PayloadError) as info:
+            validate_payload(NotificationPayload, {**base, "user_id": bad})
+        assert [field for field, _ in info.value.errors] == ["user_id"], bad
+        with pytest.raises(PayloadError, match="user_id"):
+            add_user(crm_engine, "nt", bad, name="N", email="n@example.com")
+        with pytest.raises(PayloadError, match="user_id"):
+            notifications.store("nt", bad, title="T", message="m", engine=crm_engine,
+                                settings=load_settings(environ={}))  # fmt: skip
+        with pytest.raises(PayloadError, match="user_id"):
+            notifications.list("nt", bad, engine=crm_engine)
+    assert validate_payload(NotificationPayload, {**base, "userId": "  nb  "}).user_id == "nb"
+    user, _ = add_user(crm_engine, "nt", " nb ", name="Nb", email="nb@example.com")
+    assert user.user_id == "nb" and get_user(crm_engine, "nt", "nb\t") == user
+    first = _store(crm_engine, "nt", "  nb  ", "hello")
+    for spaced in ("nb", " nb", "nb  "):
+        assert [n.id for n in notifications.list("nt", spaced, engine=crm_engine).items] == [first]
+        assert notifications.unread_count("nt", spaced, engine=crm_engine) == 1
+    assert notifications.mark_read("nt", " nb", first, engine=crm_engine) is True
+    assert notifications.mark_all_read("nt", "nb ", engine=crm_engine) == 0
+    notifications.set_preferences("nt", " nb", "general", ["email"], engine=crm_engine)
+    prefs = notifications.get_preferences("nt", "nb", engine=crm_engine)
+    assert prefs.known and prefs.own == {"general": ("email",)}
+
+    with pytest.raises(PayloadError, match="tenant 'nt' has no user 'ghost'"):
+        notifications.set_preferences("nt", "ghost", "general", ["email"], engine=crm_engine)
+    with pytest.raises(PayloadError, match="tenant 'nt' has no user 'ghost'"):
+        notifications.set_quiet_hours("nt", "ghost", "22:00", "07:00", engine=crm_engine)
+    ghost = notifications.get_preferences("nt", "ghost", engine=crm_engine)
+    assert (ghost.known, ghost.own) == (False, {})
+
+
+def test_action_urls_refuse_user_info_and_emails_join_paths_to_the_app(
+    make_broker: Any, start_consumer: Any
+) -> None:
+    """https://crm.example.com@evil.com/ opens evil.com: refused at enqueue and by store();
+    a path ("/leads/7") reaches an email joined to notifications.app_base_url, and without
+    it the email has no button (a bare path is a dead link in a mail client)."""
+    from crmqueue.payloads import NotificationPayload, validate_payload
+    from crmqueue.workers.notification import email_action_url
+
+    base = {"tenant_id": "t1", "user_id": "u1", "title": "T", "message": "m"}
+    for bad in ("https://crm.example.com@evil.com/", "https://user:pw@crm.example.com/x",
+                "http://@crm.example.com/", "https://crm.example.com:99999/"):  # fmt: skip
+        with pytest.raises(PayloadError) as info:
+            validate_payload(NotificationPayload, {**base, "actionUrl": bad})
+        assert [field for field, _ in info.value.errors] == ["action_url"], bad
+    with pytest.raises(PayloadError, match="must not hold user info"):
+        validate_payload(NotificationPayload,
+                         {**base, "action_url": "https://crm.example.com@evil.com/"})  # fmt: skip
+    ok = "https://crm.example.com/leads/7?tab=a@b"  # an @ in the query is no user info
+    assert validate_payload(NotificationPayload, {**base, "action_url": ok}).action_url == ok
+
+    plain = load_settings(environ={})
+    assert email_action_url("/leads/7", plain) is None
+    assert email_action_url(ok, plain) == ok
+    from crmqueue.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="app_base_url"):
+        load_settings(environ={}, overrides={"notifications.app_base_url": "https://a@b.com"})
+
+    broker = make_broker({"notifications.app_base_url": "https://crm.example.com/app/"})
+    engine = get_engine(broker.settings.database.url)
+    init_db(engine)
+    with pytest.raises(PayloadError, match="action_url"):
+        notifications.store("t1", "u1", title="T", message="m", engine=engine,
+                            action_url="https://crm.example.com@evil.com/",
+                            settings=broker.settings)  # fmt: skip
+    add_user(engine, "t1", "u1", name="Ann Lee", email="ann@example.com")
+    start_consumer(broker, ["notification"])
+    info = tasks.send_notification(**base, channels=["in-app", "email"],
+                                   action_url="/leads/7").wait(15)  # fmt: skip
+    assert info.state == "completed", info.errors
+    email = jobs.get(info.result["email_job_id"])
+    assert email.payload["context"]["action_url"] == "https://crm.example.com/app/leads/7"
+    (stored,) = notifications.list("t1", "u1", engine=engine).items
+    assert stored.action_url == "/leads/7"  # the app itself resolves its own paths
+
+
+def test_readme_says_priority_is_a_job_option_that_exists() -> None:
+    """A new user put "priority": 200 in the JSON and was refused: the README says how to
+    give it, and what it says exists (the --priority option, the priority= argument)."""
+    import inspect
+
+    from crmqueue.cli.enqueue import COMMANDS
+    from crmqueue.payloads import NotificationPayload, validate_payload
+
+    with pytest.raises(PayloadError, match="priority"):
+        validate_payload(NotificationPayload, {"tenant_id": "t1", "user_id": "u1", "title": "T",
+                                               "message": "m", "priority": 200})  # fmt: skip
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    assert "`crmqueue enqueue notification --priority 200 ...`" in section
+    assert "`tasks.send_notification(..., priority=200)`" in section
+    assert "priority" in inspect.signature(tasks.send_notification).parameters
+    options = {opt for command in COMMANDS for p in command.params for opt in p.opts}
+    assert "--priority" in options

@@ -32,6 +32,9 @@ def test_users_and_notifications_commands(tmp_path: Path) -> None:
                "--email", "bob@example.com", "--time-zone", "Mars/Base")  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
     assert "time_zone: 'Mars/Base' is not an IANA time zone" in bad.stderr
+    host = _cli(tmp_path, "users", "add", "--tenant", "t1", "--user", "bob", "--name", "Bob",
+                "--email", "bob@example.com", "--time-zone", "localtime")  # fmt: skip
+    assert host.returncode == 1 and "time_zone: 'localtime' is not an IANA" in host.stderr
     listed = json.loads(_cli(tmp_path, "users", "list", "--tenant", "t1", "--json").stdout)
     assert [(u["user_id"], u["email"], u["time_zone"]) for u in listed] == [
         ("ann", "ann@example.com", "Europe/Berlin")
@@ -82,3 +85,50 @@ def test_users_and_notifications_commands(tmp_path: Path) -> None:
     wrong = _cli(tmp_path, "notifications", "prefs", "--tenant", "t1", "--user", "ann",
                  "--set", "lead.assigned=fax")  # fmt: skip
     assert wrong.returncode == 1 and "channels: unknown 'fax'" in wrong.stderr
+
+
+def test_bad_numbers_are_one_line_errors_not_tracebacks(tmp_path: Path) -> None:
+    """A cursor, id or limit in other digits than ASCII, or past BIGINT, is refused
+    on one line (or, for an id, names no notification), never a traceback or a guess."""
+    base = ("--tenant", "nt", "--user", "nb")
+    for cursor in ("²", "٣٠٠٠", "99999999999999999999999"):
+        out = _cli(tmp_path, "notifications", "list", *base, "--cursor", cursor)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr == (
+            f"crmqueue: error: payload invalid: cursor: {cursor!r}"
+            " is not a cursor from an earlier page\n"
+        )
+    huge = _cli(tmp_path, "notifications", "read", *base, "99999999999999999999")
+    assert huge.returncode == 1 and "Traceback" not in huge.stderr
+    assert huge.stderr == (
+        "crmqueue: error: user 'nb' of tenant 'nt' has no notification 99999999999999999999\n"
+    )
+    arabic = _cli(tmp_path, "notifications", "read", *base, "٣")
+    assert arabic.returncode == 1
+    assert arabic.stderr == "crmqueue: error: '٣' is not a notification id (a number)\n"
+    limit = _cli(tmp_path, "notifications", "list", *base, "--limit", "٢")
+    assert limit.returncode == 2 and "is not a whole number in ASCII digits" in limit.stderr
+
+
+def test_user_ids_are_stripped_and_unknown_users_have_no_preferences(tmp_path: Path) -> None:
+    added = _cli(tmp_path, "users", "add", "--tenant", "nt", "--user", " nb ", "--name", "Nb",
+                 "--email", "nb@example.com")  # fmt: skip
+    assert added.returncode == 0 and added.stdout == "added user nb of tenant nt\n"
+    engine = create_engine(f"sqlite:///{tmp_path}/crm.db")
+    init_db(engine)
+    notifications.store("nt", "nb", title="hi", message="m", engine=engine,
+                        settings=load_settings(environ={}))  # fmt: skip
+    engine.dispose()
+    page = _cli(tmp_path, "notifications", "list", "--tenant", "nt", "--user", " nb", "--json")
+    assert [n["title"] for n in json.loads(page.stdout)["items"]] == ["hi"]
+    nobody = _cli(tmp_path, "notifications", "prefs", "--tenant", "nt", "--user", "nobody")
+    assert nobody.returncode == 1
+    assert nobody.stderr == (
+        "crmqueue: error: tenant 'nt' has no user 'nobody' (crmqueue users add)\n"
+    )
+    ghost = _cli(tmp_path, "notifications", "prefs", "--tenant", "nt", "--user", "ghost",
+                 "--set", "general=email")  # fmt: skip
+    assert ghost.returncode == 1 and "tenant 'nt' has no user 'ghost'" in ghost.stderr
+    control = _cli(tmp_path, "notifications", "list", "--tenant", "nt", "--user", "n\x01b")
+    assert control.returncode == 1 and control.stderr.count("\n") == 1
+    assert "user_id: must be 1-64 characters without spaces" in control.stderr

@@ -9,6 +9,16 @@ from rich.table import Table
 
 from crmqueue.cli.common import console, emit_json, group, load_config
 
+
+class _AsciiIntRange(click.IntRange):
+    """click.IntRange of ASCII digits only: int() also reads "٣٠" (Arabic-Indic) as 30."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip().lstrip("+-").isascii():
+            self.fail(f"{value!r} is not a whole number in ASCII digits", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 _TENANT = click.option("--tenant", required=True, help="Tenant id.")
 _USER = click.option("--user", "user_id", required=True, help="The user's id in the tenant.")
 
@@ -29,7 +39,7 @@ def notifications_group() -> None:
 @_TENANT
 @_USER
 @click.option("--unread", is_flag=True, help="Only unread notifications.")
-@click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.option("--limit", type=_AsciiIntRange(1, 200), default=20, show_default=True)
 @click.option("--cursor", default=None, help="The next page's cursor, as a page printed it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def notifications_list(
@@ -65,21 +75,26 @@ def notifications_list(
 @notifications_group.command("read")
 @_TENANT
 @_USER
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Mark every unread notification read.")
-def notifications_read(tenant: str, user_id: str, ids: tuple[int, ...], all_: bool) -> None:
+def notifications_read(tenant: str, user_id: str, ids: tuple[str, ...], all_: bool) -> None:
     """Mark notifications read: the IDS given, or --all."""
     from crmqueue import notifications
     from crmqueue.errors import CrmQueueError
 
     if bool(ids) == all_:
         raise click.UsageError("give notification IDS or --all")
+    bad = [text for text in ids if not (text.isascii() and text.isdigit())]
+    if bad:
+        raise CrmQueueError(f"{', '.join(map(repr, bad))} is not a notification id (a number)")
     _settings, engine = _engine()
     if all_:
         marked = notifications.mark_all_read(tenant, user_id, engine=engine)
         click.echo(f"marked {marked} notification(s) read")
         return
-    missing = [n for n in ids if not notifications.mark_read(tenant, user_id, n, engine=engine)]
+    missing = [
+        n for n in map(int, ids) if not notifications.mark_read(tenant, user_id, n, engine=engine)
+    ]
     if missing:
         raise CrmQueueError(
             f"user {user_id!r} of tenant {tenant!r} has no notification"
@@ -106,6 +121,7 @@ def notifications_prefs(
 ) -> None:  # fmt: skip
     """Show the user's notification preferences; change them with the options."""
     from crmqueue import notifications
+    from crmqueue.errors import CrmQueueError
 
     settings, engine = _engine()
     for item in set_:
@@ -131,11 +147,13 @@ def notifications_prefs(
             tenant, user_id, start, end, time_zone=time_zone, engine=engine
         )
     prefs = notifications.get_preferences(tenant, user_id, engine=engine)
+    if not prefs.known:  # as --set and --quiet refuse: preferences belong to a user
+        raise CrmQueueError(f"tenant {tenant!r} has no user {prefs.user_id!r} (crmqueue users add)")
     data = prefs.to_dict(settings, categories)
     if as_json:
         emit_json(data)
         return
-    table = Table(title=f"notification preferences of {user_id} ({tenant})")
+    table = Table(title=f"notification preferences of {prefs.user_id} ({tenant})")
     for column in ("category", "channels", "from"):
         table.add_column(column)
     for category, entry in data["effective"].items():

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 from crmqueue.crm import schema
 from crmqueue.errors import PayloadError
 from crmqueue.fields import AddressError, parse_address
-from crmqueue.tenancy import tenant_problem
+from crmqueue.tenancy import tenant_problem, user_id_problem
+from crmqueue.zones import time_zone_problem
 
 __all__ = [
     "User",
@@ -23,6 +24,7 @@ __all__ = [
     "check_hhmm",
     "check_phone",
     "check_time_zone",
+    "check_user_id",
     "get_user",
     "list_users",
 ]
@@ -30,7 +32,6 @@ __all__ = [
 # E.164: a plus, a country code not starting with 0, at most 15 digits in all.
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
-_USER_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,24 @@ class User:
 
 
 def check_time_zone(name: str, field: str = "time_zone") -> str:
-    """`name` if it is an IANA time zone this system knows (zoneinfo), else PayloadError."""
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise PayloadError(
-            [(field, f"{name!r} is not an IANA time zone (e.g. Europe/Berlin, America/New_York)")]
-        ) from None
+    """`name` if it is an IANA Area/Location time zone or UTC (the rule of
+    crmqueue.zones: not localtime, Factory or a legacy name like EST5EDT), else
+    PayloadError naming `field`."""
+    problem = time_zone_problem(name)
+    if problem is not None:
+        raise PayloadError([(field, problem)])
     return name
+
+
+def check_user_id(user_id: str, field: str = "user_id") -> str:
+    """`user_id` without surrounding whitespace if it is a user id by crmqueue.tenancy's
+    rule (1-64 characters, no whitespace or controls; as a notification payload's
+    user_id at enqueue), else PayloadError naming `field`."""
+    stripped = user_id.strip() if isinstance(user_id, str) else user_id
+    problem = user_id_problem(stripped)
+    if problem is not None:
+        raise PayloadError([(field, problem)])
+    return stripped
 
 
 def check_phone(number: str, field: str = "phone") -> str:
@@ -88,8 +99,9 @@ _COLUMNS = (
 
 
 def get_user(engine: Engine, tenant_id: str, user_id: str) -> User | None:
-    """The tenant's user `user_id`, or None."""
+    """The tenant's user `user_id` (surrounding whitespace stripped), or None."""
     users = schema.users
+    user_id = user_id.strip()
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(*_COLUMNS).where(users.c.tenant_id == tenant_id, users.c.user_id == user_id)
@@ -122,14 +134,16 @@ def add_user(
 ) -> tuple[User, bool]:
     """Add a user to a tenant, or update the one with that id (its name, email, and the
     time zone and phone when given); returns (the user, whether it was added). Raises
-    PayloadError naming each bad field (email as local@domain, an IANA time zone, an
-    E.164 phone)."""
+    PayloadError naming each bad field (a user id by check_user_id, email as
+    local@domain, an IANA time zone by crmqueue.zones, an E.164 phone)."""
     errors: list[tuple[str, str]] = []
     problem = tenant_problem(tenant_id)
     if problem is not None:
         errors.append(("tenant_id", problem))
-    if not _USER_ID.fullmatch(user_id):
-        errors.append(("user_id", "must be 1-64 characters without spaces or controls"))
+    try:
+        user_id = check_user_id(user_id)
+    except PayloadError as exc:
+        errors += exc.errors
     if not name.strip() or len(name) > 200:
         errors.append(("name", "must be 1-200 characters"))
     try:

@@ -15,7 +15,9 @@ Follow-up jobs (the email, the held notification) get ids derived from this job'
 re-run (lease lost, crash after enqueueing) finds the job it made instead of making a
 second one. The result names every channel's outcome and a status: ``delivered`` (stored
 or queued on a channel), ``held`` (only held for quiet hours) or ``skipped`` (with the
-reasons: no channel was on or available), never a failure for those.
+reasons: no channel was on or available), never a failure for those. A user who is not
+in the tenant's ``users`` table still gets in-app (the CRM may add them later), and the
+result says so (``warning``); email needs the user's address and is skipped.
 """
 
 from __future__ import annotations
@@ -97,6 +99,16 @@ def notify_in_app(
     return {"job_id": queued, "category": category}
 
 
+def email_action_url(action_url: str, settings: Settings) -> str | None:
+    """The link an email shows for `action_url`: an absolute URL as it is, a path
+    ("/leads/7") joined to ``notifications.app_base_url``, else None (a path alone is a
+    dead link in a mail client)."""
+    if not action_url.startswith("/"):
+        return action_url
+    base = settings.notifications.app_base_url
+    return None if base is None else base + action_url
+
+
 def _job_priority(settings: Settings) -> int:
     """The running job's priority (its record), else the queue's default."""
     job_id = current_job_id()
@@ -114,8 +126,13 @@ def _queue_email(payload: NotificationPayload, user: User | None, job_id: str) -
     first_name = (user.name.split() or [""])[0]
     if first_name:
         context["first_name"] = first_name
+    note = None
     if payload.action_url:
-        context["action_url"] = payload.action_url
+        link = email_action_url(payload.action_url, get_broker().settings)
+        if link is None:
+            note = "action URL is a path and notifications.app_base_url is not set: no button"
+        else:
+            context["action_url"] = link
     fields = {
         "tenant_id": payload.tenant_id, "to": user.email, "template": EMAIL_TEMPLATE,
         "context": context, "idempotency_key": f"notification-{job_id}",
@@ -124,7 +141,8 @@ def _queue_email(payload: NotificationPayload, user: User | None, job_id: str) -
     email_id = enqueue_once(
         "email", "send", EncodedPayload(email.tenant_id, encoded), follow_up_id(job_id, "email")
     )
-    return {"status": "queued", "job_id": email_id, "to": user.email, "template": EMAIL_TEMPLATE}
+    queued = {"status": "queued", "job_id": email_id, "to": user.email, "template": EMAIL_TEMPLATE}
+    return queued if note is None else {**queued, "note": note}
 
 
 def _hold(
@@ -205,6 +223,13 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
     if not done:
         reasons = "; ".join(f"{c}: {o['reason']}" for c, o in result["channels"].items())
         result["reason"] = f"no enabled channel ({reasons or 'none is on for ' + category})"
+    if not preferences.known:
+        # Stored all the same (the CRM may add the user later), but said: a typo in a
+        # producer's user id would otherwise pass as delivered.
+        result["warning"] = (
+            f"user {payload.user_id!r} is not in the users table of tenant {tenant!r}"
+            " (crmqueue users add): only the tenant defaults applied"
+        )
     if "email" in outcome and outcome["email"].get("status") == "queued":
         result["email_job_id"] = outcome["email"]["job_id"]
     return result
