@@ -10,7 +10,6 @@ import ipaddress
 import os
 import re
 import tomllib
-import zoneinfo
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from crmqueue.errors import ConfigError
 from crmqueue.fields import ConfiguredMailbox
+from crmqueue.zones import time_zone_problem
 
 QUEUE_NAMES = ("email", "import-export", "report", "webhook", "notification")
 ENV_PREFIX = "CRMQUEUE_"
@@ -425,11 +425,11 @@ class ReportsSettings(Section):
 
 
 def check_time_zone(name: str) -> str:
-    """`name` if it is an IANA time zone this system knows; ValueError otherwise."""
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
+    """`name` if it is a time zone by crmqueue.zones' rule (IANA Area/Location or UTC);
+    ValueError saying why otherwise."""
+    problem = time_zone_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
     return name
 
 

@@ -326,7 +326,7 @@ def _source_settings() -> tuple[str, tuple[IPNetwork, ...]]:
 
 
 class ImportPayload(Payload):
-    user_id: NonEmptyStr
+    user_id: UserId
     file_url: NonEmptyStr
     # Delimited text (csv, tsv, txt), spreadsheets (xlsx, xls, ods) or json (an array or
     # JSON Lines): crmqueue.formats.readers.FILE_TYPES.
@@ -399,7 +399,7 @@ class ImportPayload(Payload):
 
 
 class ExportPayload(Payload):
-    user_id: NonEmptyStr
+    user_id: UserId
     entity_type: EntityType
     format: Literal["csv", "xlsx", "pdf"]
     fields: list[str] = Field(default_factory=list)

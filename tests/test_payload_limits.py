@@ -302,3 +302,29 @@ def test_import_records_takes_decimal_comma(broker: Broker) -> None:
             entity_type="leads", decimal_comma=value,
         )  # fmt: skip
         assert jobs.get(job.id).payload["decimal_comma"] is value
+
+
+@pytest.mark.parametrize("user", ["", "a b", "na\x01", "x" * 65])
+def test_every_job_that_names_a_user_refuses_the_same_user_ids(user: str) -> None:
+    """Import, export, report and notification jobs notify the user who asked: one rule."""
+    from crmqueue.payloads import ExportPayload, ImportPayload, NotificationPayload
+
+    cases = (
+        (ImportPayload, {"file_url": "a.csv", "file_type": "csv", "entity_type": "contacts"}),
+        (ExportPayload, {"entity_type": "contacts", "format": "csv"}),
+        (NotificationPayload, {"type": "in-app", "title": "t", "message": "m"}),
+    )
+    for model, fields in cases:
+        with pytest.raises(PayloadError) as caught:
+            validate_payload(model, {"tenant_id": "t1", "user_id": user, **fields})
+        assert [field for field, _ in caught.value.errors] == ["user_id"], model
+
+
+@pytest.mark.parametrize("zone", ["localtime", "Factory", "posixrules", "EST5EDT", "Mars/Base"])
+def test_a_report_refuses_what_is_not_an_iana_area_location_zone(zone: str) -> None:
+    report = {"tenant_id": "t1", "user_id": "u1", "report_type": "sales", "format": "pdf",
+              "date_range": {"start_date": "2025-01-01", "end_date": "2025-01-31"}}  # fmt: skip
+    with pytest.raises(PayloadError) as caught:
+        validate_payload(ReportPayload, {**report, "time_zone": zone})
+    assert [field for field, _ in caught.value.errors] == ["time_zone"]
+    assert validate_payload(ReportPayload, {**report, "time_zone": "Europe/Berlin"})
