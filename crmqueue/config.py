@@ -112,10 +112,10 @@ class QueueSettings(Section):
     max_stalls: Annotated[int, Field(ge=0)] = 3
 
 
-def _queue(workers: int, attempts: int, timeout: float, priority: int = 50) -> Any:
+def _queue(workers: int, attempts: int, timeout: float, priority: int = 50, **more: Any) -> Any:
     return Field(
         default_factory=lambda: QueueSettings(
-            workers=workers, attempts=attempts, timeout_seconds=timeout, priority=priority
+            workers=workers, attempts=attempts, timeout_seconds=timeout, priority=priority, **more
         )
     )
 
@@ -127,7 +127,9 @@ class QueuesSettings(Section):
         default_factory=lambda: QueueSettings(workers=3, attempts=2, timeout_seconds=300),
     )
     report: QueueSettings = _queue(2, 3, 600)
-    webhook: QueueSettings = _queue(5, 10, 30)
+    # A receiver may be down for hours: its 9 retries back off from 1 minute to at most 6
+    # hours apart (full jitter: about 4 hours in all on average, 8.5 at most).
+    webhook: QueueSettings = _queue(5, 10, 30, backoff_seconds=60.0, backoff_max_seconds=21600.0)
     notification: QueueSettings = _queue(20, 3, 30, priority=150)
 
     def get(self, queue: str) -> QueueSettings:

@@ -9,10 +9,11 @@ A delivery attempt, in order:
 2. its circuit breaker: open, the job is postponed (crmqueue.errors.Postpone: no attempt
    spent) until the next probe; once due, one delivery wins the probe (claim_probe) and
    the others wait for its outcome;
-3. its share of this process's workers: at most half of them (rounded up) attempt one
-   endpoint at once, so an endpoint that hangs until the read timeout holds that share
-   and never the whole queue; a job over the share waits briefly for a slot while the
-   endpoint answers quickly, else it is postponed;
+3. its share of this process's workers: at most half of them (rounded down, at least
+   one) attempt one endpoint at once, so an endpoint that hangs until the read timeout
+   holds that share and never the whole queue (two sick endpoints leave a worker free);
+   a job over the share waits briefly for a slot while the endpoint answers quickly,
+   else it is postponed;
 4. the POST through the SSRF guard (``[outbound] allowed_networks``, checked again at
    every attempt; a process reuses its check of a URL for URL_CHECK_SECONDS, always
    connecting to an address that was checked), Standard Webhooks headers signed with
@@ -40,7 +41,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import threading
@@ -116,7 +116,7 @@ def _rules() -> _Rules:
         timeout=timeout,
         longest=float(timeout.total) if isinstance(timeout.total, int | float) else 0.0,
         retry_statuses=frozenset(settings.webhooks.retry_statuses),
-        share=max(1, math.ceil(spec.workers / 2)),
+        share=max(1, spec.workers // 2),
     )
     seen[:] = [rules]
     return rules
