@@ -25,6 +25,7 @@ from crmqueue.errors import PermanentError
 from crmqueue.payloads import ImportPayload, ReportPayload
 from crmqueue.reports.model import ReportData, Table
 from crmqueue.reports.queries import build_report, period_label, periods, utc_offsets
+from crmqueue.reports.render import format_value
 from crmqueue.workers.import_export import Importer
 
 D = Decimal
@@ -279,7 +280,7 @@ def test_sales_figures(engine: Any) -> None:
         ("average_deal", D("1566.83"), "EUR"),  # 4700.50 / 3
         ("average_deal", D("500.00"), "USD"),
         ("average_deal", None, "XXX"),
-        ("win_rate", D("0.7143"), None),  # 5 / 7
+        ("win_rate", D(5) / D(7), None),  # not rounded: 0.714285…
     ]
     assert rows(data, "revenue_by_period") == [
         ("2025-10", "EUR", D("1000.00"), 1, D("1000.00"), D("0.5")),  # L1 won, L4 lost
@@ -401,7 +402,7 @@ def test_pipeline_figures(engine: Any) -> None:
     assert rows(data, "stage_conversion") == [
         ("prospecting", "qualification", 4, 3, D("0.75")),
         ("qualification", "proposal", 3, 3, D("1")),
-        ("proposal", "negotiation", 3, 1, D("0.3333")),
+        ("proposal", "negotiation", 3, 1, D(1) / D(3)),
         ("negotiation", "won", 1, 1, D("1")),
     ]
     assert chart(data, "stage_funnel") == (
@@ -463,10 +464,10 @@ def test_contact_growth_figures(engine: Any) -> None:
         ("2025-11", 0, 4, D("0")),
         ("2025-12", 1, 5, D("0.25")),
     ]
-    third = D("0.3333")
+    third = D(1) / D(3)
     assert rows(data, "new_by_source") == [("(none)", 1, third), ("referral", 1, third),
                                            ("web", 1, third)]  # fmt: skip
-    assert rows(data, "new_by_status") == [("lead", 2, D("0.6667")), ("customer", 1, third)]
+    assert rows(data, "new_by_status") == [("lead", 2, D(2) / D(3)), ("customer", 1, third)]
     assert chart(data, "growth_curve") == (("2025-10", "2025-11", "2025-12"),
                                            {"Total contacts": (4, 4, 5)})  # fmt: skip
     assert chart(data, "new_by_source") == (
@@ -530,7 +531,7 @@ def test_activity_figures(engine: Any) -> None:
         ("overdue", 1, None),
     ]
     assert rows(data, "activities_by_type") == [
-        ("call", 3, 2, 1, D("0.6667")),
+        ("call", 3, 2, 1, D(2) / D(3)),
         ("email", 1, 0, 0, D("0")),
         ("meeting", 1, 0, 0, D("0")),
     ]
@@ -559,6 +560,44 @@ def test_activity_figures(engine: Any) -> None:
     assert figures(bob)[0] == ("activities", 1, None)  # the Jan 1 task is out of range
     empty = report(engine, "activity", start="2024-01-01", end="2024-01-31")
     assert empty.empty and figures(empty)[2] == ("completion_rate", None, None)
+
+
+def test_percentages_rounded_once_and_alike_in_every_format(engine: Any, tmp_path: Path) -> None:
+    """Finding 1: a ratio is kept exact and rounded once (half away from zero, as Excel's
+    0.0% does) for display; HTML, PDF, XLSX, the job's result and the CLI agree."""
+    from openpyxl import load_workbook
+    from pypdf import PdfReader
+
+    from crmqueue.cli.report import _shown
+    from crmqueue.reports.render import render_html, render_pdf, render_xlsx
+    from crmqueue.workers.report import headline
+
+    data = report(engine, "activity")  # completion 2 / 5; calls 2 / 3
+    sales = report(engine, "sales")  # win rate 5 / 7 = 71.428…
+    assert rows(data, "activities_by_type")[0][4] == D(2) / D(3)  # not 0.6667
+    assert ("win_rate", D(5) / D(7), None) in figures(sales)
+    html = render_html(sales).decode()
+    assert "71.4 %" in html and "71.43" not in html
+    html = render_html(data).decode()
+    assert "66.7 %" in html and "40.0 %" in html
+    render_pdf(sales, tmp_path / "s.pdf")
+    assert "71.4 %" in "".join(p.extract_text() for p in PdfReader(tmp_path / "s.pdf").pages)
+    render_xlsx(sales, tmp_path / "s.xlsx")
+    summary = load_workbook(tmp_path / "s.xlsx")["Summary"]
+    (rate,) = [r[1] for r in summary.iter_rows() if str(r[0].value).startswith("Win rate")]
+    assert rate.value == pytest.approx(5 / 7, abs=1e-15) and rate.number_format == "0.0%"
+    result = {f["key"]: f for f in headline(sales)}["win_rate"]
+    assert D(result["value"]) == D(5) / D(7)
+    assert _shown(result["value"], "percent") == "71.4 %"
+    # The ties that double rounding or half-even got wrong: 6/11 (0.5455 -> 54.6 %) and
+    # 1/16 (6.2 % in HTML, 6.3 % in Excel).
+    assert format_value(D(6) / D(11), "percent") == "54.5 %"
+    assert format_value(D(1) / D(16), "percent") == "6.3 %"
+    assert _shown(str(D(1) / D(16)), "percent") == "6.3 %"
+    assert (
+        headline(report(engine, "activity", start="2025-10-01", end="2025-10-31"))[2]["value"]
+        == "1"
+    )  # 2 of 2, not "1.0000"
 
 
 def test_periods_and_labels() -> None:

@@ -11,6 +11,7 @@ import click
 
 from crmqueue.cli.common import command, describe_job, open_broker
 from crmqueue.cli.transfer import _pairs, _wait_with_progress
+from crmqueue.reports.model import percent_text
 
 REPORT_TYPES = ("sales", "pipeline", "contact-growth", "activity")
 FORMATS = ("pdf", "xlsx", "html")
@@ -37,7 +38,7 @@ def _shown(value: Any, kind: str) -> str:
     except InvalidOperation:
         return str(value)
     if kind == "percent":
-        return f"{number * 100:,.1f} %"
+        return percent_text(number)
     if kind in ("money", "decimal"):
         return f"{number:,.2f}"
     if kind == "days":

@@ -7,10 +7,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-__all__ = ["Chart", "Column", "ColumnKind", "Figure", "ReportData", "Series", "Table"]
+__all__ = [
+    "Chart",
+    "Column",
+    "ColumnKind",
+    "Figure",
+    "ReportData",
+    "Series",
+    "Table",
+    "percent_text",
+]
 
 ColumnKind = Literal["text", "int", "money", "decimal", "percent", "date", "days"]
 
@@ -75,3 +84,15 @@ class ReportData:
     tables: tuple[Table, ...]
     charts: tuple[Chart, ...]
     empty: bool  # no data in this period: renderers say so
+
+
+_PERCENT_STEP = Decimal("0.1")
+
+
+def percent_text(value: Decimal | int | float) -> str:
+    """A fraction (0.25) as a percentage with one decimal ("25.0 %"), rounded once, half
+    away from zero, from the value as computed: the rule Excel's "0.0%" number format
+    applies to the same cell, so HTML, PDF, XLSX and the command line agree (1/16 is
+    6.3 % everywhere, 6/11 is 54.5 %)."""
+    percent = (Decimal(value) * 100).quantize(_PERCENT_STEP, ROUND_HALF_UP)
+    return f"{percent:,.1f} %"

@@ -64,7 +64,6 @@ TITLES = {
     "activity": "Activity report",
 }
 _CENT = Decimal("0.01")
-_FRACTION = Decimal("0.0001")
 _TENTH = Decimal("0.1")
 _DIMENSION_TITLES = {"owner": "Owner", "stage": "Stage", "source": "Source",
                      "company": "Company", "status": "Status"}  # fmt: skip
@@ -245,9 +244,12 @@ def _average(cents: Any, count: int) -> Decimal | None:
 
 
 def fraction(part: int, whole: int) -> Decimal | None:
+    """part / whole at Decimal's full precision (28 significant digits; exact whenever the
+    ratio has a finite decimal expansion), None when whole is 0. Not rounded here: every
+    format rounds it once, for display (crmqueue.reports.model.percent_text)."""
     if not whole:
         return None
-    return (Decimal(part) / Decimal(whole)).quantize(_FRACTION, ROUND_HALF_UP)
+    return Decimal(part) / Decimal(whole)
 
 
 def _cents(amount: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:

@@ -40,7 +40,7 @@ from markupsafe import Markup
 from crmqueue.formats.pdf import FONT_FAMILY, html_to_pdf, missing_glyphs, register_fonts
 from crmqueue.formats.writers import escape_cell
 from crmqueue.reports import charts
-from crmqueue.reports.model import ColumnKind, ReportData, Table
+from crmqueue.reports.model import ColumnKind, ReportData, Table, percent_text
 
 __all__ = ["NO_DATA", "format_value", "render_html", "render_pdf", "render_xlsx"]
 
@@ -76,7 +76,7 @@ def format_value(value: Any, kind: ColumnKind, currency: str | None = None) -> s
         text = f"{Decimal(value):,.2f}"
         return f"{text} {currency}" if currency else text
     if kind == "percent" and isinstance(value, int | Decimal | float):
-        return f"{Decimal(value) * 100:,.1f} %"
+        return percent_text(value)
     if kind == "days" and isinstance(value, int | Decimal | float):
         return f"{Decimal(value):,.1f}"
     if isinstance(value, dt.datetime):
