@@ -501,7 +501,9 @@ def _sales(scope: Scope) -> Built:
             fraction(row.won, row.closed),
         )
 
-    # By period: every period of the range, each with every currency (zeros included).
+    # By period: the table holds the periods and currencies with closed deals (a day
+    # dimension over years would otherwise be thousands of zero rows); the chart shows
+    # every period of the range, zeros included.
     found = {
         (row.keys[0], row.currency): row
         for row in _Closed.merge(by_period_owner, lambda keys: keys[:1])
@@ -509,21 +511,26 @@ def _sales(scope: Scope) -> Built:
     labels = [period_label(scope.period, first) for first in periods(scope.period, scope.start,
                                                                      scope.end)]  # fmt: skip
     firsts = periods(scope.period, scope.start, scope.end)
-    period_rows = []
-    for first, label in zip(firsts, labels, strict=True):
-        for currency in currencies:
-            row = found.get((first.isoformat(), currency))
-            values = row_values(row) if row else (currency, money(0), 0, None, None)
-            period_rows.append((label, *values))
+    period_rows = [
+        (label, *row_values(found[(first.isoformat(), currency)]))
+        for first, label in zip(firsts, labels, strict=True)
+        for currency in currencies
+        if (first.isoformat(), currency) in found
+    ]
     tables = [
         Table("revenue_by_period", f"Won revenue by {scope.period}",
               (Column("period", scope.period.capitalize(), "text"), *columns),
               tuple(period_rows)),
     ]  # fmt: skip
+
+    def won_in(first: dt.date, currency: str) -> Decimal:
+        row = found.get((first.isoformat(), currency))
+        return money(row.won_cents if row else 0)
+
     revenue_chart = Chart(
         "revenue_by_period", f"Won revenue by {scope.period}", "bar", tuple(labels),
         tuple(
-            Series(currency, tuple(r[2] for r in period_rows if r[1] == currency))
+            Series(currency, tuple(won_in(first, currency) for first in firsts))
             for currency in currencies
         ),
         x_title=scope.period.capitalize(), y_title="Won revenue",
@@ -856,7 +863,7 @@ def _moved(scope: Scope) -> tuple[Table, Chart, int]:
         "moved_by_period", title,
         (Column("period", scope.period.capitalize(), "text"),
          Column("deals_moved", "Deals moved", "int")),
-        tuple(zip(labels, values, strict=True)),
+        tuple((label, n) for label, n in zip(labels, values, strict=True) if n),
     )  # fmt: skip
     chart = Chart("moved_by_period", title, "line", tuple(labels),
                   (Series("Deals moved", tuple(values)),),
@@ -910,6 +917,8 @@ def _contact_growth(scope: Scope) -> Built:
         new = per_period.get(first.isoformat(), 0)
         growth_rows.append((label, new, total + new, fraction(new, total)))
         total += new
+    # The table leaves out the periods without a new contact (the curve keeps them).
+    growth_table = tuple(row for row in growth_rows if row[1])
     new_total = total - before
     figures = [
         Figure("new_contacts", "New contacts", new_total, "int"),
@@ -923,7 +932,7 @@ def _contact_growth(scope: Scope) -> Built:
              Column("new_contacts", "New contacts", "int"),
              Column("total_contacts", "Total contacts", "int"),
              Column("growth_rate", "Growth rate", "percent")),
-            tuple(growth_rows),
+            growth_table,
         )
     ]  # fmt: skip
     charts = [
@@ -1029,10 +1038,10 @@ def _activity(scope: Scope) -> Built:
     tables.append(
         Table("activities_by_period", f"Activities by {scope.period}",
               (Column("period", scope.period.capitalize(), "text"), *columns),
-              tuple(
-                  (label, *(values(found[first.isoformat()]) if first.isoformat() in found
-                            else (0, 0, 0, None)))
+              tuple(  # the periods with activities (the chart shows them all)
+                  (label, *values(found[first.isoformat()]))
                   for first, label in zip(firsts, labels, strict=True)
+                  if first.isoformat() in found
               ))
     )  # fmt: skip
     if "status" in scope.breakdowns:
