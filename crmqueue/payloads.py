@@ -414,12 +414,17 @@ class DateRange(BaseModel):
         return value
 
 
-def _report_settings() -> tuple[int, tuple[str, ...]]:
-    """(reports.max_range_days, crm.contact_statuses) of this process's settings."""
+def _report_settings() -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """(reports.max_range_days, crm.contact_statuses, the stages of
+    reports.stage_probabilities) of this process's settings."""
     from crmqueue.engine.queues import get_broker
 
     settings = get_broker().settings
-    return settings.reports.max_range_days, tuple(settings.crm.contact_statuses)
+    return (
+        settings.reports.max_range_days,
+        tuple(settings.crm.contact_statuses),
+        tuple(settings.reports.probabilities()),
+    )
 
 
 def _nested_errors(errors: list[tuple[str | int, str]], value: Any) -> ValidationError:
@@ -453,7 +458,7 @@ class ReportPayload(Payload):
     the date range may span at most `reports.max_range_days` days. `time_zone` (IANA)
     overrides the tenant's (reports.tenant_time_zones, else reports.time_zone); left
     out of the job's JSON when not given. Validation context: `max_range_days`,
-    `contact_statuses`, else the configured ones."""
+    `contact_statuses`, `stages` (a stage filter's vocabulary), else the configured ones."""
 
     user_id: NonEmptyStr
     report_type: Literal["sales", "pipeline", "contact-growth", "activity"]
@@ -489,7 +494,10 @@ class ReportPayload(Payload):
         statuses = (info.context or {}).get("contact_statuses")
         if report_type == "contact-growth" and not statuses:
             statuses = _report_settings()[1]
-        _, errors = check_filters(report_type, value, statuses or ())
+        stages = (info.context or {}).get("stages")
+        if "stage" in value and not stages:
+            stages = _report_settings()[2]
+        _, errors = check_filters(report_type, value, statuses or (), stages or ())
         if errors:
             raise _nested_errors(list(errors), value)
         return value

@@ -148,13 +148,31 @@ def test_every_bad_filter_and_dimension_is_named() -> None:
         ({"min_amount": 1, "minAmount": 2}, "filters.minAmount", "given twice"),
         ({"currency": "EURO"}, "filters.currency", "3 letters"),
         ({"owner": []}, "filters.owner", "empty list"),
-        ({"stage": "x" * 51}, "filters.stage", "longer than 50"),
+        ({"stage": "x" * 51}, "filters.stage", "not a configured stage"),
     ],
 )
 def test_bad_filter_values(filters: dict[str, Any], field: str, reason: str) -> None:
     errors = _errors(_report(filters=filters))
     assert list(errors) == [field], errors
     assert reason in errors[field]
+
+
+def test_filters_that_can_never_match_are_refused() -> None:
+    """Finding 3: a stage outside reports.stage_probabilities, status open for sales."""
+    errors = _errors(_report(filters={"stage": "nowhere"}), {**CONTEXT, "stages": ["a", "b"]})
+    assert errors == {
+        "filters.stage": "'nowhere': not a configured stage "
+        "(stages: a, b; reports.stage_probabilities)"
+    }
+    job = _valid(_report(filters={"stage": ["B", "a"]}), {**CONTEXT, "stages": ["a", "b"]})
+    assert check_filters("sales", job.filters, (), ["a", "b"])[0].stage == ("b", "a")
+    errors = _errors(_report(filters={"status": ["won", "open"]}))
+    assert list(errors) == ["filters.status"]
+    assert "'open': a sales report counts closed deals only" in errors["filters.status"]
+    assert "open" not in errors["filters.status"].split("statuses: ")[1]
+    assert _valid(_report(reportType="pipeline", filters={"status": "open"})).filters
+    _, problems = check_filters("sales", {"currency": "12E"}, ())
+    assert problems and "3 letters" in problems[0][1]
 
 
 def test_status_vocabularies_per_report_type() -> None:

@@ -31,7 +31,11 @@ from crmqueue.workers.import_export import Importer
 D = Decimal
 TOKYO = "Asia/Tokyo"
 GENERATED = dt.datetime(2025, 12, 15, tzinfo=dt.UTC)
-CONTEXT = {"max_range_days": 3660, "contact_statuses": ["lead", "prospect", "customer"]}
+CONTEXT = {
+    "max_range_days": 3660,
+    "contact_statuses": ["lead", "prospect", "customer"],
+    "stages": ["prospecting", "qualification", "proposal", "negotiation"],
+}
 pg_url = crm_db.pg_url
 
 
@@ -556,6 +560,42 @@ def test_activity_figures(engine: Any) -> None:
     assert figures(bob)[0] == ("activities", 1, None)  # the Jan 1 task is out of range
     empty = report(engine, "activity", start="2024-01-01", end="2024-01-31")
     assert empty.empty and figures(empty)[2] == ("completion_rate", None, None)
+
+
+def test_filters_owner_by_name_and_nothing_matching(engine: Any) -> None:
+    """Finding 3: an owner is filtered by id or by the name the reports print; a report
+    whose filters match nothing says so instead of blaming the period."""
+    from crmqueue.reports.model import NO_DATA, NO_MATCH, empty_message
+
+    by_id = report(engine, "sales", filters={"owner": "u2"})
+    by_name = report(engine, "sales", filters={"owner": "bob ray"})
+    # u2 closed L2 (won, 3000.50 EUR) and L4 (lost): 1 of 2
+    expected = [("won_revenue", D("3000.50"), "EUR"), ("won_deals", 1, None),
+                ("average_deal", D("3000.50"), "EUR"), ("win_rate", D("0.5"), None)]  # fmt: skip
+    assert figures(by_id) == figures(by_name) == expected
+    both = report(engine, "sales", filters={"owner": ["Ann Lee", "u2"]})
+    # all but L8, which has no owner: won L1 L2 L3 L5, lost L4 L9
+    assert ("won_deals", 4, None) in figures(both)
+    assert ("win_rate", D(4) / D(6), None) in figures(both)
+    activity = report(engine, "activity", filters={"owner": "Bob Ray"})
+    assert figures(activity)[:2] == [("activities", 1, None), ("completed", 0, None)]
+    pipeline = report(engine, "pipeline", filters={"owner": "BOB RAY"})
+    assert figures(pipeline)[:2] == [("open_deals", 1, None), ("open_value", D("5000.00"), "EUR")]
+    nobody = report(engine, "sales", filters={"owner": "Nobody Here"})
+    assert nobody.empty and empty_message(nobody) == NO_MATCH
+    for kind, filters in [
+        ("sales", {"currency": "XYZ"}),
+        ("sales", {"stage": "Qualification", "status": "won"}),
+        ("pipeline", {"owner": "nobody"}),
+        ("contact-growth", {"source": "fax"}),
+        ("activity", {"owner": "nobody"}),
+    ]:
+        data = report(engine, kind, filters=filters)
+        assert data.empty and empty_message(data) == NO_MATCH, (kind, filters)
+    quiet = report(engine, "sales", start="2024-01-01", end="2024-01-31")
+    assert quiet.empty and empty_message(quiet) == NO_DATA
+    staged = report(engine, "sales", filters={"stage": "PROPOSAL"})  # stored as configured
+    assert figures(staged)[-1] == ("win_rate", D("0.5"), None)  # L3 won, L4 lost
 
 
 def test_tables_leave_out_empty_periods_the_charts_keep_them(engine: Any, tmp_path: Path) -> None:

@@ -311,7 +311,16 @@ def test_chart_svg_escapes_text_and_has_unique_ids() -> None:
 
 
 def test_empty_report_says_so_everywhere(tmp_path: Path) -> None:
-    data = sample(empty=True)
+    filtered = sample(empty=True)
+    assert filtered.filters  # nothing matches them: the period is not to blame
+    nothing = "Nothing in this period matches the filters."
+    assert nothing in render_html(filtered).decode()
+    render_pdf(filtered, tmp_path / "f.pdf")
+    assert nothing in _pdf_text(tmp_path / "f.pdf")[0]
+    render_xlsx(filtered, tmp_path / "f.xlsx")
+    summary = load_workbook(tmp_path / "f.xlsx")["Summary"]
+    assert nothing in [c.value for row in summary.iter_rows() for c in row]
+    data = dataclasses.replace(filtered, filters={})
     assert "No data in this period." in render_html(data).decode()
     render_pdf(data, tmp_path / "e.pdf")
     (text,) = _pdf_text(tmp_path / "e.pdf")

@@ -54,7 +54,7 @@ def _finish(info: Any) -> None:
     size = result.get("size", 0)
     click.echo(f"{result.get('title', 'report')} ({size:,} bytes): {result.get('file')}")
     if result.get("empty"):
-        click.echo("no data in this period")
+        click.echo(result.get("note", "No data in this period."))
     for figure in result.get("figures", []):
         unit = f" {figure['currency']}" if figure.get("currency") else ""
         click.echo(f"  {figure['label']}: {_shown(figure['value'], figure['kind'])}{unit}")

@@ -18,6 +18,7 @@ __all__ = [
     "ReportData",
     "Series",
     "Table",
+    "empty_message",
     "percent_text",
 ]
 
@@ -96,3 +97,13 @@ def percent_text(value: Decimal | int | float) -> str:
     6.3 % everywhere, 6/11 is 54.5 %)."""
     percent = (Decimal(value) * 100).quantize(_PERCENT_STEP, ROUND_HALF_UP)
     return f"{percent:,.1f} %"
+
+
+NO_DATA = "No data in this period."
+NO_MATCH = "Nothing in this period matches the filters."
+
+
+def empty_message(data: ReportData) -> str:
+    """What an empty report says: with filters, that nothing matches them (the period may
+    well have data); else that the period has none."""
+    return NO_MATCH if data.filters else NO_DATA

@@ -33,6 +33,7 @@ currency).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zoneinfo
 from collections import defaultdict
@@ -284,7 +285,10 @@ def build_report(
     report_type = payload.report_type
     (period, breakdowns), dimension_errors = check_dimensions(report_type, payload.dimensions)
     filters, filter_errors = check_filters(
-        report_type, payload.filters, settings.crm.contact_statuses
+        report_type,
+        payload.filters,
+        settings.crm.contact_statuses,
+        tuple(settings.reports.probabilities()),
     )
     errors = [(f"dimensions.{i}", reason) for i, reason in dimension_errors] + [
         (f"filters.{key}", reason) for key, reason in filter_errors
@@ -297,6 +301,10 @@ def build_report(
     stamp = (generated_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     engine = engine or get_engine(settings.database.url)
     with engine.connect() as conn:
+        if filters.owner:
+            filters = dataclasses.replace(
+                filters, owner=_owner_ids(conn, payload.tenant_id, filters.owner)
+            )
         scope = Scope(
             conn=conn, postgres=conn.dialect.name == "postgresql", tenant=payload.tenant_id,
             zone_name=zone_name, zone=zone, start=start, end=end,
@@ -321,6 +329,21 @@ def build_report(
         charts=tuple(charts),
         empty=empty,
     )
+
+
+def _owner_ids(conn: Connection, tenant: str, given: Sequence[str]) -> tuple[str, ...]:
+    """An owner filter's values as owner ids: each value is an id, or the display name
+    (case-insensitive) of the tenant's users that bear it, as the reports print owners."""
+    users = schema.users
+    wanted = {value.casefold() for value in given}
+    named = [
+        row.user_id
+        for row in conn.execute(
+            sa.select(users.c.user_id, users.c.name).where(users.c.tenant_id == tenant)
+        )
+        if row.name and row.name.casefold() in wanted
+    ]
+    return tuple(dict.fromkeys([*given, *named]))
 
 
 def _shown(value: Any) -> str:

@@ -40,12 +40,18 @@ from markupsafe import Markup
 from crmqueue.formats.pdf import FONT_FAMILY, html_to_pdf, missing_glyphs, register_fonts
 from crmqueue.formats.writers import escape_cell
 from crmqueue.reports import charts
-from crmqueue.reports.model import ColumnKind, ReportData, Table, percent_text
+from crmqueue.reports.model import (
+    NO_DATA,
+    ColumnKind,
+    ReportData,
+    Table,
+    empty_message,
+    percent_text,
+)
 
 __all__ = ["NO_DATA", "format_value", "render_html", "render_pdf", "render_xlsx"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "reports"
-NO_DATA = "No data in this period."
 # Excel's limit on a sheet name, and the characters it refuses in one.
 _SHEET_CHARS = 31
 _SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
@@ -199,7 +205,7 @@ def _context(data: ReportData, max_rows: int | None = None) -> dict[str, Any]:
     return {
         "data": data,
         "cover": _cover(data),
-        "no_data": NO_DATA,
+        "no_data": empty_message(data),
         "figures": [
             (figure.label, format_value(figure.value, figure.kind, figure.currency))
             for figure in data.figures
@@ -397,7 +403,7 @@ def _write_table(book: Any, formats: _Formats, name: str, table: Table) -> None:
             shown = _write_cell(sheet, line, col, value, column.kind, fmt)
             widths[col] = max(widths[col], len(shown) + (4 if column.kind == "money" else 0))
     if not table.rows:
-        sheet.write_string(1, 0, NO_DATA, formats.muted)
+        sheet.write_string(1, 0, "No rows.", formats.muted)
     sheet.freeze_panes(1, 0)
     if table.rows:
         sheet.autofilter(0, 0, len(table.rows), max(0, len(table.columns) - 1))
@@ -425,7 +431,7 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
             row += 1
         row += 1
         if data.empty:
-            summary.write_string(row, 0, NO_DATA, formats.bold)
+            summary.write_string(row, 0, empty_message(data), formats.bold)
             row += 2
         widths = [12, 14, 10]
         if data.figures:

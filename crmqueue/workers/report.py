@@ -25,7 +25,7 @@ from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import PermanentError
 from crmqueue.payloads import ReportPayload
-from crmqueue.reports.model import ReportData
+from crmqueue.reports.model import ReportData, empty_message
 from crmqueue.workers.import_export import download_url, notify_user
 
 Progress = Callable[[float], None]
@@ -116,6 +116,7 @@ def run_report(
         "file": str(final),
         "size": final.stat().st_size,
         "empty": data.empty,
+        **({"note": empty_message(data)} if data.empty else {}),
         "figures": headline(data),
     }
 
