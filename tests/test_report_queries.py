@@ -424,6 +424,44 @@ def test_pipeline_figures(engine: Any) -> None:
     )
 
 
+def test_pipeline_as_it_stood_at_the_end_of_the_range(engine: Any) -> None:
+    """Finding 4: the open pipeline is the deals open at the end of the range, in the stage
+    they were in then (from the stage history), whatever their close date."""
+    october = report(engine, "pipeline", end="2025-10-31")
+    # End of Oct 31 in Tokyo: L10 open in prospecting since Sep 1 (closes Nov 30), L12 open
+    # in custom since June (closes Dec 1); L1 won and L4 lost in October; L11 and L13 not
+    # created yet (their history starts later).
+    assert figures(october)[:3] == [
+        ("open_deals", 2, None),
+        ("open_value", D("6000.00"), "EUR"),
+        ("weighted_value", D("500.00"), "EUR"),  # 5000 x 0.1 + 1000 x 0
+    ]
+    assert rows(october, "pipeline_by_stage") == [
+        ("prospecting", "EUR", 1, D("5000.00"), D("0.1"), D("500.00")),
+        ("custom", "EUR", 1, D("1000.00"), D("0"), ZERO),
+    ]
+    assert table(october, "pipeline_by_stage").title == (
+        "Open pipeline at the end of 2025-10-31 by stage"
+    )
+    # Mid-September: L4 (lost since) was open in proposal, L10 in prospecting, L12 custom.
+    september = report(engine, "pipeline", start="2025-09-01", end="2025-09-15")
+    assert rows(september, "pipeline_by_stage") == [
+        ("prospecting", "EUR", 1, D("5000.00"), D("0.1"), D("500.00")),
+        ("proposal", "EUR", 1, D("2000.00"), D("0.5"), D("1000.00")),
+        ("custom", "EUR", 1, D("1000.00"), D("0"), ZERO),
+    ]
+    # A stage filter reads the stage at the end too: L4 was in proposal then.
+    proposal = report(engine, "pipeline", start="2025-09-01", end="2025-09-15",
+                      filters={"stage": "proposal"})  # fmt: skip
+    assert figures(proposal)[:2] == [("open_deals", 1, None), ("open_value", D("2000.00"), "EUR")]
+    # The moves: the headline counts each deal once, the table once per month it moved in.
+    year = report(engine, "pipeline", start="2025-01-01", end="2025-12-31")
+    assert ("deals_moved", 3, None) in figures(year)  # L1, L4, L10
+    # L4 moved in September and October: 4 in the table, 3 deals
+    assert rows(year, "moved_by_period") == [("2025-09", 1), ("2025-10", 2), ("2025-11", 1)]
+    assert "counts in each" in table(year, "moved_by_period").title
+
+
 def test_pipeline_filters_and_an_empty_period(engine: Any) -> None:
     data = report(engine, "pipeline", filters={"owner": "u2"})
     # L10 open; history of L4 (lost) and L10.
@@ -441,8 +479,9 @@ def test_pipeline_filters_and_an_empty_period(engine: Any) -> None:
     assert chart(quiet, "moved_by_period")[1] == {"Deals moved": (0, 0, 0)}
     assert [r[2:4] for r in rows(quiet, "stage_conversion")] == [(0, 0)] * 4
     assert rows(quiet, "days_in_stage") == []
-    # Open deals without a close date count in every range: L11 only.
-    assert figures(quiet)[0] == ("open_deals", 1, None) and not quiet.empty
+    # No deal was open at the end of March 2024 (every history starts later; the leads
+    # without history are closed).
+    assert figures(quiet)[0] == ("open_deals", 0, None) and quiet.empty
     nothing = report(engine, "pipeline", start="2024-01-01", end="2024-03-31",
                      filters={"currency": "GBP"})  # fmt: skip
     assert nothing.empty

@@ -15,11 +15,14 @@ What each report counts:
   without `close_date` closes on its local `updated_at` day); won revenue, won deals,
   average won deal size (over won deals with an amount) and win rate (won / closed, in
   deals) by period, owner and each requested dimension; top deals per currency.
-- pipeline: open deals expected to close in the range (`close_date` in it, or none set):
-  count and value by stage, weighted by `reports.stage_probabilities`; from the stage
+- pipeline: the deals open at the end of the range, in the stage they were in then (the
+  last stage-history entry before it; a lead without history as it is now, if created by
+  then), with their current amount: count and value by stage, weighted by
+  `reports.stage_probabilities`; from the stage
   history: stage-to-stage conversion (of the deals active in the range, how many reached
   each listed stage or a later one, won last: a skipped stage counts as passed), average
-  days in stage (open spells that ended in the range) and deals moved per period.
+  days in stage (open spells that ended in the range) and deals moved per period (a deal
+  counts once in each period it moved in; the headline counts it once over the range).
 - contact-growth: contacts created in the range per period, the running total (all
   contacts created before each period's end), growth rate (new / total before), by source
   and by status.
@@ -388,14 +391,22 @@ def _lead_dimension(scope: Scope, dimension: str) -> sa.ColumnElement[Any]:
     return column
 
 
-def _lead_conditions(scope: Scope, statuses: Sequence[str]) -> list[sa.ColumnElement[bool]]:
+def _lead_conditions(
+    scope: Scope,
+    statuses: Sequence[str],
+    status: sa.ColumnElement[Any] | None = None,
+    stage: sa.ColumnElement[Any] | None = None,
+) -> list[sa.ColumnElement[bool]]:
     """The tenant, the filters, and a status among `statuses` (intersected with the status
-    filter's)."""
+    filter's); `status` and `stage` are the columns compared (the lead's own by default;
+    the pipeline's as they stood at the end of the range)."""
     f = scope.filters
+    status = L.c.status if status is None else status
+    stage = L.c.stage if stage is None else stage
     wanted = [s for s in statuses if not f.status or s in f.status]
-    conditions = [L.c.tenant_id == scope.tenant, L.c.status.in_(wanted)]
+    conditions = [L.c.tenant_id == scope.tenant, status.in_(wanted)]
     if f.stage:
-        conditions.append(L.c.stage.in_(f.stage))
+        conditions.append(stage.in_(f.stage))
     if f.owner:
         conditions.append(L.c.owner.in_(f.owner))
     if f.currency:
@@ -646,29 +657,54 @@ def _stage_order(scope: Scope, stages: Iterable[str | None]) -> list[str | None]
     return [s for s in listed if s in present] + others + ([None] if None in present else [])
 
 
+def _as_of_end(scope: Scope) -> tuple[sa.Subquery, sa.ColumnElement[Any], sa.ColumnElement[Any]]:
+    """(the last stage-history entry of each lead before the end of the range, the lead's
+    stage then, its status then). A lead without any history (one from before the history
+    table, or a database without it) counts as it is now if it was created by then."""
+    end_at = sa.literal(scope.end_at, schema.UtcDateTime())
+    order = sa.func.row_number().over(
+        partition_by=H.c.lead_id, order_by=(H.c.changed_at.desc(), H.c.id.desc())
+    )
+    ranked = (
+        sa.select(H.c.lead_id, H.c.to_stage, H.c.to_status, order.label("rn"))
+        .where(H.c.tenant_id == scope.tenant, H.c.changed_at < end_at)
+        .subquery()
+    )
+    last = (
+        sa.select(ranked.c.lead_id, ranked.c.to_stage, ranked.c.to_status)
+        .where(ranked.c.rn == 1)
+        .subquery("last_change")
+    )
+    no_history = sa.and_(
+        ~sa.exists().where(H.c.tenant_id == scope.tenant, H.c.lead_id == L.c.id),
+        L.c.created_at < end_at,
+    )
+    stage = sa.case((last.c.lead_id.is_not(None), last.c.to_stage), (no_history, L.c.stage))
+    status = sa.case((last.c.lead_id.is_not(None), last.c.to_status), (no_history, L.c.status))
+    return last, stage, status
+
+
 def _pipeline(scope: Scope) -> Built:
+    """The pipeline as it stood at the end of the range (the local midnight after `end`):
+    the deals open then, in the stage they were in then (from the stage history), with
+    their current amount and currency."""
     probabilities = scope.reports.probabilities()
     dimensions = [d for d in scope.breakdowns if d != "stage"]
-    source = _lead_from(scope, dimensions)
-    expected = sa.or_(
-        L.c.close_date.is_(None),
-        sa.and_(
-            L.c.close_date >= sa.literal(scope.start, sa.Date),
-            L.c.close_date <= sa.literal(scope.end, sa.Date),
-        ),
-    )
-    base = [*_lead_conditions(scope, ("open",)), expected]
+    last, stage_at, status_at = _as_of_end(scope)
+    source = _lead_from(scope, dimensions).outerjoin(last, last.c.lead_id == L.c.id)
+    base = _lead_conditions(scope, ("open",), status=status_at, stage=stage_at)
 
     def grouped(key: sa.ColumnElement[Any] | None) -> list[sa.Row[Any]]:
         keys = [] if key is None else [key.label("k")]
         query = (
             sa.select(
-                *keys, L.c.stage.label("stage"), _currency().label("currency"),
+                *keys, stage_at.label("stage"), _currency().label("currency"),
                 sa.func.count().label("deals"), sa.func.sum(_cents(L.c.amount)).label("cents"),
             )
             .select_from(source)
             .where(*base)
-            .group_by(*(["k"] if keys else []), "stage", "currency")
+            # by the expression: PostgreSQL reads GROUP BY "stage" as leads.stage
+            .group_by(*(["k"] if keys else []), stage_at, "currency")
         )  # fmt: skip
         return list(scope.conn.execute(query))
 
@@ -687,13 +723,16 @@ def _pipeline(scope: Scope) -> Built:
         )
         for row in sorted(by_stage, key=lambda r: (order.index(r.stage), r.currency))
     )  # fmt: skip
-    figures = [Figure("open_deals", "Open deals", sum(int(r.deals) for r in by_stage), "int")]
+    at_end = f"at the end of {scope.end.isoformat()}"
+    figures = [
+        Figure("open_deals", f"Open deals {at_end}", sum(int(r.deals) for r in by_stage), "int")
+    ]
     for currency in currencies:
         mine = [r for r in stage_rows if r[1] == currency]
         figures.append(
             Figure(
                 "open_value",
-                f"Open pipeline ({currency})",
+                f"Open pipeline {at_end} ({currency})",
                 sum((r[3] for r in mine), Decimal("0.00")),
                 "money",
                 currency,
@@ -701,8 +740,8 @@ def _pipeline(scope: Scope) -> Built:
         )
         weighted_total = sum((r[5] for r in mine), Decimal("0.00"))
         figures.append(
-            Figure("weighted_value", f"Weighted pipeline ({currency})", weighted_total, "money",
-                   currency)
+            Figure("weighted_value", f"Weighted pipeline {at_end} ({currency})", weighted_total,
+                   "money", currency)
         )  # fmt: skip
     stage_columns = (
         Column("stage", "Stage", "text"),
@@ -712,11 +751,14 @@ def _pipeline(scope: Scope) -> Built:
         Column("probability", "Probability", "percent"),
         Column("weighted_value", "Weighted value", "money"),
     )
-    tables = [Table("pipeline_by_stage", "Open pipeline by stage", stage_columns, stage_rows)]
+    tables = [
+        Table("pipeline_by_stage", f"Open pipeline {at_end} by stage", stage_columns, stage_rows)
+    ]
     stage_labels = [_label(s) for s in order]
     value_of = {(r[0], r[1]): r[3] for r in stage_rows}
     charts = [
-        Chart("pipeline_by_stage", "Open pipeline by stage", "bar", tuple(stage_labels),
+        Chart("pipeline_by_stage", f"Open pipeline {at_end} by stage", "bar",
+              tuple(stage_labels),
               tuple(Series(c, tuple(value_of.get((s, c), money(0)) for s in stage_labels))
                     for c in currencies),
               x_title="Stage", y_title="Open value"),
@@ -735,7 +777,7 @@ def _pipeline(scope: Scope) -> Built:
             for (key, currency), values in sorted(merged.items(), key=lambda i: (-i[1][1], i[0]))
         )
         tables.append(
-            Table(f"pipeline_by_{dimension}", f"Open pipeline by {dimension}",
+            Table(f"pipeline_by_{dimension}", f"Open pipeline {at_end} by {dimension}",
                   (Column(dimension, _DIMENSION_TITLES[dimension], "text"),
                    *stage_columns[1:4], stage_columns[5]), rows)
         )  # fmt: skip
@@ -744,7 +786,9 @@ def _pipeline(scope: Scope) -> Built:
     moved, moved_chart, moved_total = _moved(scope)
     tables += [conversion, days, moved]
     charts += [conversion_chart, moved_chart]
-    figures.append(Figure("deals_moved", "Deals moved between stages", moved_total, "int"))
+    figures.append(
+        Figure("deals_moved", "Deals moved between stages (each deal once)", moved_total, "int")
+    )
     empty = not by_stage and not active and not days.rows and not moved_total
     return figures, tables, charts, empty
 
@@ -882,8 +926,9 @@ def _moved(scope: Scope) -> tuple[Table, Chart, int]:
     labels = [period_label(scope.period, first) for first in firsts]
     values = [found.get(first.isoformat(), 0) for first in firsts]
     title = f"Deals moved by {scope.period}"
+    note = f"{title} (a deal moving in several {scope.period}s counts in each)"
     table = Table(
-        "moved_by_period", title,
+        "moved_by_period", note,
         (Column("period", scope.period.capitalize(), "text"),
          Column("deals_moved", "Deals moved", "int")),
         tuple((label, n) for label, n in zip(labels, values, strict=True) if n),
