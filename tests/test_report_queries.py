@@ -332,7 +332,7 @@ def test_sales_original_filters_and_tenant_isolation(engine: Any) -> None:
     data = report(engine, "sales", filters={"status": "closed-won", "minAmount": 1000})
     assert figures(data) == [
         ("won_revenue", D("4000.50"), "EUR"), ("won_deals", 2, None),
-        ("average_deal", D("2000.25"), "EUR"), ("win_rate", D("1"), None),
+        ("average_deal", D("2000.25"), "EUR"), ("win_rate", None, None),  # filtered by status
     ]  # fmt: skip
     data = report(engine, "sales", filters={"currency": "usd", "maxAmount": "500"})
     assert figures(data) == [
@@ -345,6 +345,41 @@ def test_sales_original_filters_and_tenant_isolation(engine: Any) -> None:
         ("win_rate", D("0"), None),
     ]  # fmt: skip
     assert not data.empty
+
+
+def test_rates_are_not_meaningful_under_a_status_filter(engine: Any) -> None:
+    """Finding 5: a status filter that keeps only some outcomes filters the rate's
+    denominator too (closed-won gave 100 %): the rate is left out and says why."""
+    from crmqueue.reports.render import render_html
+
+    won = report(engine, "sales", filters={"status": "closed-won"})
+    (rate,) = [f for f in won.figures if f.key == "win_rate"]
+    assert rate.value is None and "not meaningful" in rate.label
+    # Oct EUR (L1), Oct XXX (L8), Dec EUR (L2, L5), Dec USD (L3)
+    assert [r[5] for r in rows(won, "revenue_by_period")] == [None] * 4
+    assert [r[5] for r in rows(won, "revenue_by_owner")] == [None] * 4
+    assert "n/a: status filter" in table(won, "revenue_by_owner").columns[5].title
+    html = render_html(won).decode()
+    assert "100.0 %" not in html and "not meaningful" in html
+    # Both outcomes kept: the rate means something (5 of 7 closed deals won).
+    closed = report(engine, "sales", filters={"status": ["won", "lost"]})
+    assert ("win_rate", D(5) / D(7), None) in figures(closed)
+    assert report(engine, "sales", filters={"status": "closed"}).figures[-1].value == D(5) / D(7)
+    done = report(engine, "activity", filters={"status": "completed"})
+    assert figures(done)[:3] == [("activities", 2, None), ("completed", 2, None),
+                                 ("completion_rate", None, None)]  # fmt: skip
+    assert {r[4] for r in rows(done, "activities_by_type")} == {None}
+    every = report(engine, "activity", filters={"status": ["completed", "open", "overdue"]})
+    assert figures(every)[2] == ("completion_rate", D("0.4"), None)  # 2 of 5
+    open_only = report(engine, "pipeline", filters={"status": "open"})
+    assert {r[4] for r in rows(open_only, "stage_conversion")} == {None}
+    everything = report(engine, "pipeline", filters={"status": ["open", "closed"]})
+    assert [r[4] for r in rows(everything, "stage_conversion")] == [
+        D("0.75"),
+        D("1"),
+        D(1) / D(3),
+        D("1"),
+    ]  # fmt: skip  (as without filters)
 
 
 def test_sales_dimensions_through_contacts_and_companies(engine: Any) -> None:

@@ -54,7 +54,12 @@ from crmqueue.crm.store import get_engine
 from crmqueue.errors import PermanentError
 from crmqueue.payloads import ReportPayload
 from crmqueue.reports.model import Chart, Column, Figure, ReportData, Series, Table
-from crmqueue.reports.options import ReportFilters, check_dimensions, check_filters
+from crmqueue.reports.options import (
+    ACTIVITY_STATUSES,
+    ReportFilters,
+    check_dimensions,
+    check_filters,
+)
 
 __all__ = ["NO_CURRENCY", "build_report", "period_label", "periods"]
 
@@ -254,6 +259,17 @@ def fraction(part: int, whole: int) -> Decimal | None:
     if not whole:
         return None
     return Decimal(part) / Decimal(whole)
+
+
+def _rate_meaningful(scope: Scope, outcomes: Sequence[str]) -> bool:
+    """Whether a rate between `outcomes` (won and lost; completed and not) means anything
+    under the status filter: one that keeps only some of them also filters the rate's
+    denominator (status closed-won made every win rate 100 %)."""
+    return not scope.filters.status or set(outcomes) <= set(scope.filters.status)
+
+
+NOT_MEANINGFUL = "not meaningful: the status filter keeps only some outcomes"
+NOT_MEANINGFUL_SHORT = "n/a: status filter"  # in a column title
 
 
 def _cents(amount: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -497,6 +513,7 @@ def _sales(scope: Scope) -> Built:
             for row in scope.conn.execute(query)
         ]  # fmt: skip
 
+    rate_ok = _rate_meaningful(scope, ("won", "lost"))
     # One scan for the totals, the periods and the owners: summed up here from its groups.
     by_period_owner = grouped(scope.bucket(closed_on).label("k"), L.c.owner.label("o"))
     totals = _Closed.merge(by_period_owner, lambda keys: ())
@@ -515,15 +532,18 @@ def _sales(scope: Scope) -> Built:
                    _average(row.won_cents, row.won_priced), "money", row.currency)
             for row in sorted(totals, key=lambda r: r.currency)
         ],
-        Figure("win_rate", "Win rate (won / closed deals)", fraction(won_count, closed_count),
-               "percent"),
+        Figure("win_rate",
+               "Win rate (won / closed deals)" if rate_ok else f"Win rate ({NOT_MEANINGFUL})",
+               fraction(won_count, closed_count) if rate_ok else None, "percent"),
     ]  # fmt: skip
     columns = (
         Column("currency", "Currency", "text"),
         Column("won_revenue", "Won revenue", "money"),
         Column("won_deals", "Won deals", "int"),
         Column("average_deal", "Average deal size", "money"),
-        Column("win_rate", "Win rate", "percent"),
+        Column(
+            "win_rate", "Win rate" if rate_ok else f"Win rate ({NOT_MEANINGFUL_SHORT})", "percent"
+        ),
     )
 
     def row_values(row: _Closed) -> tuple[Any, ...]:
@@ -532,7 +552,7 @@ def _sales(scope: Scope) -> Built:
             money(row.won_cents),
             row.won,
             _average(row.won_cents, row.won_priced),
-            fraction(row.won, row.closed),
+            fraction(row.won, row.closed) if rate_ok else None,
         )
 
     # By period: the table holds the periods and currencies with closed deals (a day
@@ -838,8 +858,15 @@ def _conversion(scope: Scope, stages: list[str]) -> tuple[Table, Chart, int]:
     reached = [
         sum(n for r, n in counts.items() if r >= number) for number in range(1, len(steps) + 1)
     ]
+    rate_ok = _rate_meaningful(scope, ("open", "won", "lost"))
     rows = tuple(
-        (steps[i], steps[i + 1], reached[i], reached[i + 1], fraction(reached[i + 1], reached[i]))
+        (
+            steps[i],
+            steps[i + 1],
+            reached[i],
+            reached[i + 1],
+            fraction(reached[i + 1], reached[i]) if rate_ok else None,
+        )
         for i in range(len(steps) - 1)
     )
     table = Table(
@@ -847,7 +874,9 @@ def _conversion(scope: Scope, stages: list[str]) -> tuple[Table, Chart, int]:
         (Column("from_stage", "From stage", "text"), Column("to_stage", "To stage", "text"),
          Column("reached_from", "Deals reaching it", "int"),
          Column("reached_to", "Deals going on", "int"),
-         Column("conversion", "Conversion", "percent")),
+         Column("conversion",
+                "Conversion" if rate_ok else f"Conversion ({NOT_MEANINGFUL_SHORT})",
+                "percent")),
         rows,
     )  # fmt: skip
     chart = Chart("stage_funnel", "Deals reaching each stage", "bar", tuple(steps),
@@ -1067,24 +1096,34 @@ def _activity(scope: Scope) -> Built:
         query = sa.select(*keys, *measures).where(*conditions)
         return list(scope.conn.execute(query.group_by(*names) if names else query))
 
+    rate_ok = _rate_meaningful(scope, ACTIVITY_STATUSES)
     (totals,) = grouped()
     count, completed = int(totals.n), int(totals.done or 0)
     figures = [
         Figure("activities", "Activities", count, "int"),
         Figure("completed", "Completed", completed, "int"),
-        Figure("completion_rate", "Completion rate", fraction(completed, count), "percent"),
+        Figure(
+            "completion_rate",
+            "Completion rate" if rate_ok else f"Completion rate ({NOT_MEANINGFUL})",
+            fraction(completed, count) if rate_ok else None,
+            "percent",
+        ),
         Figure("overdue", "Overdue", int(totals.overdue or 0), "int"),
     ]
     columns = (
         Column("activities", "Activities", "int"),
         Column("completed", "Completed", "int"),
         Column("overdue", "Overdue", "int"),
-        Column("completion_rate", "Completion rate", "percent"),
+        Column(
+            "completion_rate",
+            "Completion rate" if rate_ok else f"Completion rate ({NOT_MEANINGFUL_SHORT})",
+            "percent",
+        ),
     )
 
     def values(row: Any) -> tuple[Any, ...]:
         n, finished = int(row.n), int(row.done or 0)
-        return (n, finished, int(row.overdue or 0), fraction(finished, n))
+        return (n, finished, int(row.overdue or 0), fraction(finished, n) if rate_ok else None)
 
     by_type = sorted(grouped(A.c.type.label("k")), key=lambda r: (-int(r.n), r.k))
     tables = [
