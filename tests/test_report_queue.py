@@ -7,6 +7,7 @@ headline figures in the result, and the report-ready email in the outbox; the
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -199,6 +200,21 @@ def test_empty_period_and_the_command_line(
     assert f"Sales report ({produced.stat().st_size:,} bytes): {produced}" in run.stdout
     # the three won deals of 2025 (any amount): 60,000.00 + 75,000.50 + 1,000.00
     assert "136,000.50 USD" in run.stdout
+
+    # finding 7: `enqueue report --wait` prints the file and the figures too
+    payload = {"tenantId": "t1", "userId": "u1", "reportType": "sales", "format": "html",
+               "dateRange": {"startDate": "2025-01-01", "endDate": "2025-12-31"},
+               "filters": {"status": "closed-won"}}  # fmt: skip
+    run = CliRunner().invoke(
+        main,
+        ["enqueue", "report", "--config", str(config), "--json", json.dumps(payload),
+         "--wait", "--timeout", "60"],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    job_id = run.stdout.splitlines()[0]
+    produced = settings.files.dir / "reports" / "t1" / f"sales-2025-01-01-2025-12-31-{job_id}.html"
+    assert f"Sales report ({produced.stat().st_size:,} bytes): {produced}" in run.stdout
+    assert "Won revenue (USD): 136,000.50 USD" in run.stdout
 
     bad = CliRunner().invoke(
         main,

@@ -50,7 +50,12 @@ def _finish(info: Any) -> None:
     click.echo(describe_job(info), err=True)
     if info.state != "completed":
         sys.exit(1)
-    result = info.result or {}
+    print_result(info.result or {})
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """A completed report job's result as ``crmqueue report --wait`` (and ``crmqueue
+    enqueue report --wait``) print it: title, size and file, then the headline figures."""
     size = result.get("size", 0)
     click.echo(f"{result.get('title', 'report')} ({size:,} bytes): {result.get('file')}")
     if result.get("empty"):
