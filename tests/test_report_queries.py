@@ -273,7 +273,8 @@ def test_sales_figures(engine: Any) -> None:
         dt.date(2025, 10, 1),
         dt.date(2025, 12, 31),
     )
-    assert data.dimensions == ("month",)
+    # finding 10: the owner breakdown every sales report has is listed too
+    assert data.dimensions == ("month", "owner")
     assert not data.empty
     # Closed in range: L1 L2 L3 L5 L8 won, L4 L9 lost (L6 closes Jan 1 in Tokyo, L7 later).
     assert figures(data) == [
@@ -385,7 +386,13 @@ def test_rates_are_not_meaningful_under_a_status_filter(engine: Any) -> None:
 def test_sales_dimensions_through_contacts_and_companies(engine: Any) -> None:
     data = report(engine, "sales", filters={"owner": "u1", "currency": "EUR"},
                   dimensions=["quarter", "source", "company", "stage", "status"])  # fmt: skip
-    assert data.dimensions == ("quarter", "source", "company", "stage", "status")
+    assert data.dimensions == ("quarter", "owner", "source", "company", "stage", "status")
+    for kind, expected in [
+        ("pipeline", ("month", "stage")),
+        ("contact-growth", ("month", "source", "status")),
+        ("activity", ("month", "owner")),
+    ]:
+        assert report(engine, kind).dimensions == expected
     assert rows(data, "revenue_by_period") == [
         ("2025-Q4", "EUR", D("1700.00"), 2, D("850.00"), D("1")),  # L1, L5
     ]

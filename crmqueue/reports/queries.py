@@ -74,6 +74,13 @@ TITLES = {
 }
 _CENT = Decimal("0.01")
 _TENTH = Decimal("0.1")
+# The breakdowns every report of a type has, asked for or not.
+ALWAYS = {
+    "sales": ("owner",),
+    "pipeline": ("stage",),
+    "contact-growth": ("source", "status"),
+    "activity": ("owner",),
+}
 _DIMENSION_TITLES = {"owner": "Owner", "stage": "Stage", "source": "Source",
                      "company": "Company", "status": "Status"}  # fmt: skip
 
@@ -342,7 +349,9 @@ def build_report(
         time_zone=zone_name,
         generated_at=stamp,
         filters={key: _shown(value) for key, value in payload.filters.items()},
-        dimensions=(period, *breakdowns),
+        # what the report is grouped by: its period, the breakdowns it always has, then the
+        # requested ones (the cover lists them all)
+        dimensions=tuple(dict.fromkeys((period, *ALWAYS[report_type], *breakdowns))),
         figures=tuple(figures),
         tables=tuple(tables),
         charts=tuple(charts),
