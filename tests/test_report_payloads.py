@@ -256,3 +256,18 @@ def test_reports_settings(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=reason):
             load_settings(config_file=None, environ={f"CRMQUEUE_REPORTS__{key}": value})
+
+
+def test_cli_repeated_filter_means_any_of_its_values() -> None:
+    """Finding 11: `--filter status=won --filter status=lost` as JSON's list and exports."""
+    import click
+
+    from crmqueue.cli.report import _filters
+
+    filters = _filters(("status=won", "status=lost", "owner=u1", "minAmount=10"))
+    assert filters == {"status": ["won", "lost"], "owner": "u1", "minAmount": "10"}
+    checked, errors = check_filters("sales", filters, ())
+    assert errors == [] and checked.status == ("won", "lost")
+    assert _filters(("owner=u1", "owner=u2", "owner=u3")) == {"owner": ["u1", "u2", "u3"]}
+    with pytest.raises(click.BadParameter, match="minAmount takes one value"):
+        _filters(("minAmount=1", "minAmount=2"))

@@ -17,14 +17,23 @@ REPORT_TYPES = ("sales", "pipeline", "contact-growth", "activity")
 FORMATS = ("pdf", "xlsx", "html")
 
 
-def _filters(items: tuple[str, ...]) -> dict[str, str]:
+_ONE_VALUE = ("minAmount", "maxAmount", "min_amount", "max_amount")
+
+
+def _filters(items: tuple[str, ...]) -> dict[str, str | list[str]]:
     """--filter NAME=VALUE items as the payload's ``filters`` (the values stay text: the
-    payload reads them; a name given twice is refused, naming --filter)."""
-    filters: dict[str, str] = {}
+    payload reads them). A name given again means any of its values (``--filter
+    status=won --filter status=lost`` is ``{"status": ["won", "lost"]}``, as a JSON
+    payload and exports take it); an amount bound takes one value."""
+    filters: dict[str, str | list[str]] = {}
     for name, value in _pairs(items, "--filter", "NAME=VALUE"):
-        if name in filters:
-            raise click.BadParameter(f"{name} given twice", param_hint="--filter")
-        filters[name] = value
+        if name not in filters:
+            filters[name] = value
+        elif name in _ONE_VALUE:
+            raise click.BadParameter(f"{name} takes one value", param_hint="--filter")
+        else:
+            given = filters[name]
+            filters[name] = [*(given if isinstance(given, list) else [given]), value]
     return filters
 
 
