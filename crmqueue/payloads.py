@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -405,6 +405,22 @@ class DateRange(BaseModel):
     start_date: date
     end_date: date
 
+    @field_validator("start_date", "end_date", mode="wrap")
+    @classmethod
+    def _calendar_day(cls, value: Any, handler: Any) -> date:
+        """A day (YYYY-MM-DD), in the report's time zone: a time of day is refused with a
+        reason that says so (pydantic's own text speaks of datetimes' zero time)."""
+        try:
+            return cast(date, handler(value))
+        except ValidationError as exc:
+            if any(e["type"] == "date_from_datetime_inexact" for e in exc.errors()):
+                raise PydanticCustomError(
+                    "date_with_time",
+                    "a calendar day (YYYY-MM-DD) without a time of day, got {value}",
+                    {"value": str(value)},
+                ) from None
+            raise
+
     @field_validator("end_date")
     @classmethod
     def _end_not_before_start(cls, value: date, info: ValidationInfo) -> date:
@@ -469,6 +485,20 @@ class ReportPayload(Payload):
     time_zone: Annotated[str, AfterValidator(_time_zone)] | None = Field(
         default=None, exclude_if=lambda value: value is None
     )
+
+    @field_validator("report_type", "format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        """Case-insensitive ("PDF", "Sales"), stored in lower case."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _lower_dimensions(cls, value: Any) -> Any:
+        """Dimensions are case-insensitive ("Month"), stored in lower case."""
+        if isinstance(value, list):
+            return [item.strip().lower() if isinstance(item, str) else item for item in value]
+        return value
 
     @field_validator("date_range")
     @classmethod

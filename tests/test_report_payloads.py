@@ -132,8 +132,8 @@ def test_every_bad_filter_and_dimension_is_named() -> None:
     assert errors["filters.nonsense"] == "unknown filter (filters: status, source)"
     assert "a second period" in errors["dimensions.1"]
     assert "not a dimension of contact-growth reports" in errors["dimensions.2"]
-    assert errors["dimensions.4"] == "given twice"
-    assert errors["dimensions.5"].startswith("unknown dimension")
+    assert errors["dimensions.4"] == "'source': given twice"
+    assert errors["dimensions.5"].startswith("'nope': unknown dimension")
 
 
 @pytest.mark.parametrize(
@@ -271,3 +271,27 @@ def test_cli_repeated_filter_means_any_of_its_values() -> None:
     assert _filters(("owner=u1", "owner=u2", "owner=u3")) == {"owner": ["u1", "u2", "u3"]}
     with pytest.raises(click.BadParameter, match="minAmount takes one value"):
         _filters(("minAmount=1", "minAmount=2"))
+
+
+def test_case_insensitive_names_and_clear_reasons() -> None:
+    """Finding 13: type, format and dimensions in any case (stored lower case); the bad
+    dimension named in its error; a start date with a time of day says so."""
+    job = _valid(_report(reportType="Sales", format="PDF", dimensions=["Month", " OWNER "]))
+    assert (job.report_type, job.format, job.dimensions) == ("sales", "pdf", ["month", "owner"])
+    assert json.loads(payload_json(ReportPayload, job.model_dump())[1])["format"] == "pdf"
+    errors = _errors(_report(dimensions=["moonth", "month", "Week", "owner", "owner"]))
+    assert errors["dimensions.0"].startswith("'moonth': unknown dimension")
+    assert errors["dimensions.2"] == "'week': a second period ('month' is given already)"
+    assert errors["dimensions.4"] == "'owner': given twice"
+    errors = _errors(_report(dateRange={"startDate": "2025-01-01T10:30:00",
+                                        "endDate": "2025-12-31"}))  # fmt: skip
+    assert errors == {
+        "dateRange.startDate": "a calendar day (YYYY-MM-DD) without a time of day, got "
+        "2025-01-01T10:30:00"
+    } or errors == {
+        "date_range.start_date": "a calendar day (YYYY-MM-DD) without a time of day, got "
+        "2025-01-01T10:30:00"
+    }
+    midnight = _valid(_report(dateRange={"startDate": "2025-01-01T00:00:00",
+                                         "endDate": "2025-12-31"}))  # fmt: skip
+    assert midnight.date_range.start_date == date(2025, 1, 1)

@@ -75,8 +75,10 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 @command("report")
-@click.option("--type", "report_type", type=click.Choice(REPORT_TYPES), required=True)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option(
+    "--type", "report_type", type=click.Choice(REPORT_TYPES, case_sensitive=False), required=True
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False), required=True)
 @click.option(
     "--from",
     "start",

@@ -222,17 +222,23 @@ def check_dimensions(
     for index, dimension in enumerate(dimensions):
         if dimension in PERIODS:
             if period is not None:
-                errors.append((index, f"a second period ({period!r} is given already)"))
+                errors.append(
+                    (index, f"{dimension!r}: a second period ({period!r} is given already)")
+                )
             else:
                 period = dimension
         elif dimension in breakdowns:
-            errors.append((index, "given twice"))
+            errors.append((index, f"{dimension!r}: given twice"))
         elif dimension in allowed:
             breakdowns.append(dimension)
         else:
             known = any(dimension in names for names in DIMENSIONS.values())
             what = f"not a dimension of {report_type} reports" if known else "unknown dimension"
             errors.append(
-                (index, f"{what} (dimensions: {'|'.join(PERIODS)}, {', '.join(allowed)})")
+                (
+                    index,
+                    f"{dimension!r}: {what} "
+                    f"(dimensions: {'|'.join(PERIODS)}, {', '.join(allowed)})",
+                )
             )
     return (period or "month", tuple(breakdowns)), errors
