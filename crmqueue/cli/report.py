@@ -70,7 +70,8 @@ def print_result(result: dict[str, Any]) -> None:
     if result.get("empty"):
         click.echo(result.get("note", "No data in this period."))
     for figure in result.get("figures", []):
-        unit = f" {figure['currency']}" if figure.get("currency") else ""
+        # no unit after the dash of a figure without a value (an average of no deals)
+        unit = f" {figure['currency']}" if figure.get("currency") and figure["value"] else ""
         click.echo(f"  {figure['label']}: {_shown(figure['value'], figure['kind'])}{unit}")
 
 

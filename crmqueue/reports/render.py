@@ -296,8 +296,27 @@ def render_pdf(data: ReportData, path: Path, charted: Callable[[], None] | None 
         html_to_pdf(source, buffer)
     finally:
         _drawings.reset(token)
+    _set_pdf_metadata(buffer, data)
     path.write_bytes(buffer.getvalue())
     return len(buffer.getvalue())
+
+
+def _set_pdf_metadata(buffer: io.BytesIO, data: ReportData) -> None:
+    """Title, author and creator in the document information (xhtml2pdf leaves the
+    creator "(unspecified)" and the author empty)."""
+    from pypdf import PdfReader, PdfWriter
+
+    buffer.seek(0)
+    writer = PdfWriter(clone_from=PdfReader(buffer))
+    writer.add_metadata({
+        "/Title": f"{data.title} {data.start.isoformat()} – {data.end.isoformat()}",
+        "/Author": f"crmqueue for tenant {data.tenant_id}",
+        "/Creator": "crmqueue report queue",
+        "/Subject": f"{data.title} for tenant {data.tenant_id}",
+    })  # fmt: skip
+    buffer.seek(0)
+    buffer.truncate()
+    writer.write(buffer)
 
 
 # --------------------------------------------------------------------------- XLSX
@@ -325,6 +344,7 @@ class _Formats:
             {"bold": True, "bg_color": "#D9E1EC", "bottom": 1, "border_color": "#7A8799",
              "align": "right"}
         )  # fmt: skip
+        self.header_right_plain = book.add_format({"align": "right"})
         self.title = book.add_format({"bold": True, "font_size": 14})
         self.muted = book.add_format({"font_color": "#666666"})
         self._cache: dict[tuple[str, str | None], Any] = {}
@@ -442,8 +462,12 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
             for figure in data.figures:
                 widths[0] = max(widths[0], len(figure.label))
                 summary.write_string(row, 0, str(escape_cell(figure.label)))
-                shown = _write_cell(summary, row, 1, figure.value, figure.kind,
-                                    formats.of(figure.kind, figure.currency))  # fmt: skip
+                if figure.value is None:  # e.g. the average of no deals: say so, no blank
+                    summary.write_string(row, 1, "–", formats.header_right_plain)
+                    shown = "–"
+                else:
+                    shown = _write_cell(summary, row, 1, figure.value, figure.kind,
+                                        formats.of(figure.kind, figure.currency))  # fmt: skip
                 widths[1] = max(widths[1], len(shown) + 4)
                 if figure.currency:
                     summary.write_string(row, 2, str(escape_cell(figure.currency)))
