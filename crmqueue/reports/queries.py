@@ -686,10 +686,12 @@ def _stage_order(scope: Scope, stages: Iterable[str | None]) -> list[str | None]
     return [s for s in listed if s in present] + others + ([None] if None in present else [])
 
 
-def _as_of_end(scope: Scope) -> tuple[sa.Subquery, sa.ColumnElement[Any], sa.ColumnElement[Any]]:
-    """(the last stage-history entry of each lead before the end of the range, the lead's
-    stage then, its status then). A lead without any history (one from before the history
-    table, or a database without it) counts as it is now if it was created by then."""
+def _as_of_end(scope: Scope) -> sa.Subquery:
+    """Each lead's stage and status at the end of the range, as (lead_id, stage, status):
+    from its last stage-history entry before then; a lead without any history (one from
+    before the history table) as it is now, if it was created by then. A union of the two,
+    so each side joins leads by primary key (a CASE over an outer join made SQLite scan
+    the history once per lead)."""
     end_at = sa.literal(scope.end_at, schema.UtcDateTime())
     order = sa.func.row_number().over(
         partition_by=H.c.lead_id, order_by=(H.c.changed_at.desc(), H.c.id.desc())
@@ -699,18 +701,19 @@ def _as_of_end(scope: Scope) -> tuple[sa.Subquery, sa.ColumnElement[Any], sa.Col
         .where(H.c.tenant_id == scope.tenant, H.c.changed_at < end_at)
         .subquery()
     )
-    last = (
-        sa.select(ranked.c.lead_id, ranked.c.to_stage, ranked.c.to_status)
-        .where(ranked.c.rn == 1)
-        .subquery("last_change")
-    )
-    no_history = sa.and_(
-        ~sa.exists().where(H.c.tenant_id == scope.tenant, H.c.lead_id == L.c.id),
+    from_history = sa.select(
+        ranked.c.lead_id.label("lead_id"),
+        ranked.c.to_stage.label("stage"),
+        ranked.c.to_status.label("status"),
+    ).where(ranked.c.rn == 1)
+    without_history = sa.select(
+        L.c.id.label("lead_id"), L.c.stage.label("stage"), L.c.status.label("status")
+    ).where(
+        L.c.tenant_id == scope.tenant,
         L.c.created_at < end_at,
+        ~sa.exists().where(H.c.tenant_id == scope.tenant, H.c.lead_id == L.c.id),
     )
-    stage = sa.case((last.c.lead_id.is_not(None), last.c.to_stage), (no_history, L.c.stage))
-    status = sa.case((last.c.lead_id.is_not(None), last.c.to_status), (no_history, L.c.status))
-    return last, stage, status
+    return sa.union_all(from_history, without_history).subquery("as_of_end")
 
 
 def _pipeline(scope: Scope) -> Built:
@@ -719,8 +722,9 @@ def _pipeline(scope: Scope) -> Built:
     their current amount and currency."""
     probabilities = scope.reports.probabilities()
     dimensions = [d for d in scope.breakdowns if d != "stage"]
-    last, stage_at, status_at = _as_of_end(scope)
-    source = _lead_from(scope, dimensions).outerjoin(last, last.c.lead_id == L.c.id)
+    as_of = _as_of_end(scope)
+    stage_at, status_at = as_of.c.stage, as_of.c.status
+    source = as_of.join(_lead_from(scope, dimensions), L.c.id == as_of.c.lead_id)
     base = _lead_conditions(scope, ("open",), status=status_at, stage=stage_at)
 
     def grouped(key: sa.ColumnElement[Any] | None) -> list[sa.Row[Any]]:
