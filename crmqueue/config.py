@@ -54,8 +54,9 @@ class DatabaseSettings(Section):
 
 class FilesSettings(Section):
     dir: Path = Path("crmqueue-data/files")
-    # Where the CRM serves the files directory; an export-ready email links to
-    # download_base_url + the file's path. Empty: the email gives the path on disk.
+    # Where the CRM serves the files directory; export-ready and report-ready emails (and
+    # their in-app notifications) link to download_base_url + the file's path. Empty: the
+    # email gives the path on disk, which no mail client opens: set it in production.
     download_base_url: str = ""
     # Largest PDF export in cells (rows x fields): xhtml2pdf takes about 1 ms of CPU a
     # cell here (13-18 ms a row of all 16 contact fields), so 80,000 cells stay inside

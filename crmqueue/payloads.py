@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -434,6 +434,22 @@ class DateRange(BaseModel):
     start_date: date
     end_date: date
 
+    @field_validator("start_date", "end_date", mode="wrap")
+    @classmethod
+    def _calendar_day(cls, value: Any, handler: Any) -> date:
+        """A day (YYYY-MM-DD), in the report's time zone: a time of day is refused with a
+        reason that says so (pydantic's own text speaks of datetimes' zero time)."""
+        try:
+            return cast(date, handler(value))
+        except ValidationError as exc:
+            if any(e["type"] == "date_from_datetime_inexact" for e in exc.errors()):
+                raise PydanticCustomError(
+                    "date_with_time",
+                    "a calendar day (YYYY-MM-DD) without a time of day, got {value}",
+                    {"value": str(value)},
+                ) from None
+            raise
+
     @field_validator("end_date")
     @classmethod
     def _end_not_before_start(cls, value: date, info: ValidationInfo) -> date:
@@ -443,12 +459,17 @@ class DateRange(BaseModel):
         return value
 
 
-def _report_settings() -> tuple[int, tuple[str, ...]]:
-    """(reports.max_range_days, crm.contact_statuses) of this process's settings."""
+def _report_settings() -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """(reports.max_range_days, crm.contact_statuses, the stages of
+    reports.stage_probabilities) of this process's settings."""
     from crmqueue.engine.queues import get_broker
 
     settings = get_broker().settings
-    return settings.reports.max_range_days, tuple(settings.crm.contact_statuses)
+    return (
+        settings.reports.max_range_days,
+        tuple(settings.crm.contact_statuses),
+        tuple(settings.reports.probabilities()),
+    )
 
 
 def _nested_errors(errors: list[tuple[str | int, str]], value: Any) -> ValidationError:
@@ -482,9 +503,9 @@ class ReportPayload(Payload):
     the date range may span at most `reports.max_range_days` days. `time_zone` (IANA)
     overrides the tenant's (reports.tenant_time_zones, else reports.time_zone); left
     out of the job's JSON when not given. Validation context: `max_range_days`,
-    `contact_statuses`, else the configured ones."""
+    `contact_statuses`, `stages` (a stage filter's vocabulary), else the configured ones."""
 
-    user_id: NonEmptyStr
+    user_id: UserId
     report_type: Literal["sales", "pipeline", "contact-growth", "activity"]
     format: Literal["pdf", "xlsx", "html"]
     date_range: DateRange
@@ -493,6 +514,20 @@ class ReportPayload(Payload):
     time_zone: Annotated[str, AfterValidator(_time_zone)] | None = Field(
         default=None, exclude_if=lambda value: value is None
     )
+
+    @field_validator("report_type", "format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        """Case-insensitive ("PDF", "Sales"), stored in lower case."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _lower_dimensions(cls, value: Any) -> Any:
+        """Dimensions are case-insensitive ("Month"), stored in lower case."""
+        if isinstance(value, list):
+            return [item.strip().lower() if isinstance(item, str) else item for item in value]
+        return value
 
     @field_validator("date_range")
     @classmethod
@@ -518,7 +553,10 @@ class ReportPayload(Payload):
         statuses = (info.context or {}).get("contact_statuses")
         if report_type == "contact-growth" and not statuses:
             statuses = _report_settings()[1]
-        _, errors = check_filters(report_type, value, statuses or ())
+        stages = (info.context or {}).get("stages")
+        if "stage" in value and not stages:
+            stages = _report_settings()[2]
+        _, errors = check_filters(report_type, value, statuses or (), stages or ())
         if errors:
             raise _nested_errors(list(errors), value)
         return value

@@ -313,6 +313,14 @@ def test_every_job_that_names_a_user_refuses_the_same_user_ids(user: str) -> Non
         (ImportPayload, {"file_url": "a.csv", "file_type": "csv", "entity_type": "contacts"}),
         (ExportPayload, {"entity_type": "contacts", "format": "csv"}),
         (NotificationPayload, {"type": "in-app", "title": "t", "message": "m"}),
+        (
+            ReportPayload,
+            {
+                "report_type": "sales",
+                "format": "pdf",
+                "date_range": {"start_date": "2025-01-01", "end_date": "2025-01-31"},
+            },
+        ),
     )
     for model, fields in cases:
         with pytest.raises(PayloadError) as caught:

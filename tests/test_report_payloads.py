@@ -132,8 +132,8 @@ def test_every_bad_filter_and_dimension_is_named() -> None:
     assert errors["filters.nonsense"] == "unknown filter (filters: status, source)"
     assert "a second period" in errors["dimensions.1"]
     assert "not a dimension of contact-growth reports" in errors["dimensions.2"]
-    assert errors["dimensions.4"] == "given twice"
-    assert errors["dimensions.5"].startswith("unknown dimension")
+    assert errors["dimensions.4"] == "'source': given twice"
+    assert errors["dimensions.5"].startswith("'nope': unknown dimension")
 
 
 @pytest.mark.parametrize(
@@ -148,13 +148,31 @@ def test_every_bad_filter_and_dimension_is_named() -> None:
         ({"min_amount": 1, "minAmount": 2}, "filters.minAmount", "given twice"),
         ({"currency": "EURO"}, "filters.currency", "3 letters"),
         ({"owner": []}, "filters.owner", "empty list"),
-        ({"stage": "x" * 51}, "filters.stage", "longer than 50"),
+        ({"stage": "x" * 51}, "filters.stage", "not a configured stage"),
     ],
 )
 def test_bad_filter_values(filters: dict[str, Any], field: str, reason: str) -> None:
     errors = _errors(_report(filters=filters))
     assert list(errors) == [field], errors
     assert reason in errors[field]
+
+
+def test_filters_that_can_never_match_are_refused() -> None:
+    """Finding 3: a stage outside reports.stage_probabilities, status open for sales."""
+    errors = _errors(_report(filters={"stage": "nowhere"}), {**CONTEXT, "stages": ["a", "b"]})
+    assert errors == {
+        "filters.stage": "'nowhere': not a configured stage "
+        "(stages: a, b; reports.stage_probabilities)"
+    }
+    job = _valid(_report(filters={"stage": ["B", "a"]}), {**CONTEXT, "stages": ["a", "b"]})
+    assert check_filters("sales", job.filters, (), ["a", "b"])[0].stage == ("b", "a")
+    errors = _errors(_report(filters={"status": ["won", "open"]}))
+    assert list(errors) == ["filters.status"]
+    assert "'open': a sales report counts closed deals only" in errors["filters.status"]
+    assert "open" not in errors["filters.status"].split("statuses: ")[1]
+    assert _valid(_report(reportType="pipeline", filters={"status": "open"})).filters
+    _, problems = check_filters("sales", {"currency": "12E"}, ())
+    assert problems and "3 letters" in problems[0][1]
 
 
 def test_status_vocabularies_per_report_type() -> None:
@@ -238,3 +256,42 @@ def test_reports_settings(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=reason):
             load_settings(config_file=None, environ={f"CRMQUEUE_REPORTS__{key}": value})
+
+
+def test_cli_repeated_filter_means_any_of_its_values() -> None:
+    """Finding 11: `--filter status=won --filter status=lost` as JSON's list and exports."""
+    import click
+
+    from crmqueue.cli.report import _filters
+
+    filters = _filters(("status=won", "status=lost", "owner=u1", "minAmount=10"))
+    assert filters == {"status": ["won", "lost"], "owner": "u1", "minAmount": "10"}
+    checked, errors = check_filters("sales", filters, ())
+    assert errors == [] and checked.status == ("won", "lost")
+    assert _filters(("owner=u1", "owner=u2", "owner=u3")) == {"owner": ["u1", "u2", "u3"]}
+    with pytest.raises(click.BadParameter, match="minAmount takes one value"):
+        _filters(("minAmount=1", "minAmount=2"))
+
+
+def test_case_insensitive_names_and_clear_reasons() -> None:
+    """Finding 13: type, format and dimensions in any case (stored lower case); the bad
+    dimension named in its error; a start date with a time of day says so."""
+    job = _valid(_report(reportType="Sales", format="PDF", dimensions=["Month", " OWNER "]))
+    assert (job.report_type, job.format, job.dimensions) == ("sales", "pdf", ["month", "owner"])
+    assert json.loads(payload_json(ReportPayload, job.model_dump())[1])["format"] == "pdf"
+    errors = _errors(_report(dimensions=["moonth", "month", "Week", "owner", "owner"]))
+    assert errors["dimensions.0"].startswith("'moonth': unknown dimension")
+    assert errors["dimensions.2"] == "'week': a second period ('month' is given already)"
+    assert errors["dimensions.4"] == "'owner': given twice"
+    errors = _errors(_report(dateRange={"startDate": "2025-01-01T10:30:00",
+                                        "endDate": "2025-12-31"}))  # fmt: skip
+    assert errors == {
+        "dateRange.startDate": "a calendar day (YYYY-MM-DD) without a time of day, got "
+        "2025-01-01T10:30:00"
+    } or errors == {
+        "date_range.start_date": "a calendar day (YYYY-MM-DD) without a time of day, got "
+        "2025-01-01T10:30:00"
+    }
+    midnight = _valid(_report(dateRange={"startDate": "2025-01-01T00:00:00",
+                                         "endDate": "2025-12-31"}))  # fmt: skip
+    assert midnight.date_range.start_date == date(2025, 1, 1)

@@ -25,12 +25,17 @@ from crmqueue.errors import PermanentError
 from crmqueue.payloads import ImportPayload, ReportPayload
 from crmqueue.reports.model import ReportData, Table
 from crmqueue.reports.queries import build_report, period_label, periods, utc_offsets
+from crmqueue.reports.render import format_value
 from crmqueue.workers.import_export import Importer
 
 D = Decimal
 TOKYO = "Asia/Tokyo"
 GENERATED = dt.datetime(2025, 12, 15, tzinfo=dt.UTC)
-CONTEXT = {"max_range_days": 3660, "contact_statuses": ["lead", "prospect", "customer"]}
+CONTEXT = {
+    "max_range_days": 3660,
+    "contact_statuses": ["lead", "prospect", "customer"],
+    "stages": ["prospecting", "qualification", "proposal", "negotiation"],
+}
 pg_url = crm_db.pg_url
 
 
@@ -268,7 +273,8 @@ def test_sales_figures(engine: Any) -> None:
         dt.date(2025, 10, 1),
         dt.date(2025, 12, 31),
     )
-    assert data.dimensions == ("month",)
+    # finding 10: the owner breakdown every sales report has is listed too
+    assert data.dimensions == ("month", "owner")
     assert not data.empty
     # Closed in range: L1 L2 L3 L5 L8 won, L4 L9 lost (L6 closes Jan 1 in Tokyo, L7 later).
     assert figures(data) == [
@@ -279,18 +285,14 @@ def test_sales_figures(engine: Any) -> None:
         ("average_deal", D("1566.83"), "EUR"),  # 4700.50 / 3
         ("average_deal", D("500.00"), "USD"),
         ("average_deal", None, "XXX"),
-        ("win_rate", D("0.7143"), None),  # 5 / 7
+        ("win_rate", D(5) / D(7), None),  # not rounded: 0.714285…
     ]
     assert rows(data, "revenue_by_period") == [
         ("2025-10", "EUR", D("1000.00"), 1, D("1000.00"), D("0.5")),  # L1 won, L4 lost
-        ("2025-10", "USD", ZERO, 0, None, None),
         ("2025-10", "XXX", ZERO, 1, None, D("1")),
-        ("2025-11", "EUR", ZERO, 0, None, None),  # the empty period
-        ("2025-11", "USD", ZERO, 0, None, None),
-        ("2025-11", "XXX", ZERO, 0, None, None),
+        # no row for a period or currency without closed deals (the empty November)
         ("2025-12", "EUR", D("3700.50"), 2, D("1850.25"), D("1")),  # L2 and L5
         ("2025-12", "USD", D("500.00"), 1, D("500.00"), D("0.5")),  # L3 won, L9 lost
-        ("2025-12", "XXX", ZERO, 0, None, None),
     ]
     assert rows(data, "revenue_by_owner") == [
         ("Bob Ray", "EUR", D("3000.50"), 1, D("3000.50"), D("0.5")),
@@ -331,7 +333,7 @@ def test_sales_original_filters_and_tenant_isolation(engine: Any) -> None:
     data = report(engine, "sales", filters={"status": "closed-won", "minAmount": 1000})
     assert figures(data) == [
         ("won_revenue", D("4000.50"), "EUR"), ("won_deals", 2, None),
-        ("average_deal", D("2000.25"), "EUR"), ("win_rate", D("1"), None),
+        ("average_deal", D("2000.25"), "EUR"), ("win_rate", None, None),  # filtered by status
     ]  # fmt: skip
     data = report(engine, "sales", filters={"currency": "usd", "maxAmount": "500"})
     assert figures(data) == [
@@ -346,10 +348,51 @@ def test_sales_original_filters_and_tenant_isolation(engine: Any) -> None:
     assert not data.empty
 
 
+def test_rates_are_not_meaningful_under_a_status_filter(engine: Any) -> None:
+    """Finding 5: a status filter that keeps only some outcomes filters the rate's
+    denominator too (closed-won gave 100 %): the rate is left out and says why."""
+    from crmqueue.reports.render import render_html
+
+    won = report(engine, "sales", filters={"status": "closed-won"})
+    (rate,) = [f for f in won.figures if f.key == "win_rate"]
+    assert rate.value is None and "not meaningful" in rate.label
+    # Oct EUR (L1), Oct XXX (L8), Dec EUR (L2, L5), Dec USD (L3)
+    assert [r[5] for r in rows(won, "revenue_by_period")] == [None] * 4
+    assert [r[5] for r in rows(won, "revenue_by_owner")] == [None] * 4
+    assert "n/a: status filter" in table(won, "revenue_by_owner").columns[5].title
+    html = render_html(won).decode()
+    assert "100.0 %" not in html and "not meaningful" in html
+    # Both outcomes kept: the rate means something (5 of 7 closed deals won).
+    closed = report(engine, "sales", filters={"status": ["won", "lost"]})
+    assert ("win_rate", D(5) / D(7), None) in figures(closed)
+    assert report(engine, "sales", filters={"status": "closed"}).figures[-1].value == D(5) / D(7)
+    done = report(engine, "activity", filters={"status": "completed"})
+    assert figures(done)[:3] == [("activities", 2, None), ("completed", 2, None),
+                                 ("completion_rate", None, None)]  # fmt: skip
+    assert {r[4] for r in rows(done, "activities_by_type")} == {None}
+    every = report(engine, "activity", filters={"status": ["completed", "open", "overdue"]})
+    assert figures(every)[2] == ("completion_rate", D("0.4"), None)  # 2 of 5
+    open_only = report(engine, "pipeline", filters={"status": "open"})
+    assert {r[4] for r in rows(open_only, "stage_conversion")} == {None}
+    everything = report(engine, "pipeline", filters={"status": ["open", "closed"]})
+    assert [r[4] for r in rows(everything, "stage_conversion")] == [
+        D("0.75"),
+        D("1"),
+        D(1) / D(3),
+        D("1"),
+    ]  # fmt: skip  (as without filters)
+
+
 def test_sales_dimensions_through_contacts_and_companies(engine: Any) -> None:
     data = report(engine, "sales", filters={"owner": "u1", "currency": "EUR"},
                   dimensions=["quarter", "source", "company", "stage", "status"])  # fmt: skip
-    assert data.dimensions == ("quarter", "source", "company", "stage", "status")
+    assert data.dimensions == ("quarter", "owner", "source", "company", "stage", "status")
+    for kind, expected in [
+        ("pipeline", ("month", "stage")),
+        ("contact-growth", ("month", "source", "status")),
+        ("activity", ("month", "owner")),
+    ]:
+        assert report(engine, kind).dimensions == expected
     assert rows(data, "revenue_by_period") == [
         ("2025-Q4", "EUR", D("1700.00"), 2, D("850.00"), D("1")),  # L1, L5
     ]
@@ -401,7 +444,7 @@ def test_pipeline_figures(engine: Any) -> None:
     assert rows(data, "stage_conversion") == [
         ("prospecting", "qualification", 4, 3, D("0.75")),
         ("qualification", "proposal", 3, 3, D("1")),
-        ("proposal", "negotiation", 3, 1, D("0.3333")),
+        ("proposal", "negotiation", 3, 1, D(1) / D(3)),
         ("negotiation", "won", 1, 1, D("1")),
     ]
     assert chart(data, "stage_funnel") == (
@@ -416,11 +459,49 @@ def test_pipeline_figures(engine: Any) -> None:
         ("proposal", 1, D("49.0")),
         ("negotiation", 1, D("7.0")),
     ]
-    assert rows(data, "moved_by_period") == [("2025-10", 2), ("2025-11", 1), ("2025-12", 0)]
+    assert rows(data, "moved_by_period") == [("2025-10", 2), ("2025-11", 1)]
     assert chart(data, "pipeline_by_stage") == (
         ("prospecting", "proposal", "custom"),
         {"EUR": (ZERO, D("5000.00"), D("1000.00")), "USD": (D("2000.00"), ZERO, ZERO)},
     )
+
+
+def test_pipeline_as_it_stood_at_the_end_of_the_range(engine: Any) -> None:
+    """Finding 4: the open pipeline is the deals open at the end of the range, in the stage
+    they were in then (from the stage history), whatever their close date."""
+    october = report(engine, "pipeline", end="2025-10-31")
+    # End of Oct 31 in Tokyo: L10 open in prospecting since Sep 1 (closes Nov 30), L12 open
+    # in custom since June (closes Dec 1); L1 won and L4 lost in October; L11 and L13 not
+    # created yet (their history starts later).
+    assert figures(october)[:3] == [
+        ("open_deals", 2, None),
+        ("open_value", D("6000.00"), "EUR"),
+        ("weighted_value", D("500.00"), "EUR"),  # 5000 x 0.1 + 1000 x 0
+    ]
+    assert rows(october, "pipeline_by_stage") == [
+        ("prospecting", "EUR", 1, D("5000.00"), D("0.1"), D("500.00")),
+        ("custom", "EUR", 1, D("1000.00"), D("0"), ZERO),
+    ]
+    assert table(october, "pipeline_by_stage").title == (
+        "Open pipeline at the end of 2025-10-31 by stage"
+    )
+    # Mid-September: L4 (lost since) was open in proposal, L10 in prospecting, L12 custom.
+    september = report(engine, "pipeline", start="2025-09-01", end="2025-09-15")
+    assert rows(september, "pipeline_by_stage") == [
+        ("prospecting", "EUR", 1, D("5000.00"), D("0.1"), D("500.00")),
+        ("proposal", "EUR", 1, D("2000.00"), D("0.5"), D("1000.00")),
+        ("custom", "EUR", 1, D("1000.00"), D("0"), ZERO),
+    ]
+    # A stage filter reads the stage at the end too: L4 was in proposal then.
+    proposal = report(engine, "pipeline", start="2025-09-01", end="2025-09-15",
+                      filters={"stage": "proposal"})  # fmt: skip
+    assert figures(proposal)[:2] == [("open_deals", 1, None), ("open_value", D("2000.00"), "EUR")]
+    # The moves: the headline counts each deal once, the table once per month it moved in.
+    year = report(engine, "pipeline", start="2025-01-01", end="2025-12-31")
+    assert ("deals_moved", 3, None) in figures(year)  # L1, L4, L10
+    # L4 moved in September and October: 4 in the table, 3 deals
+    assert rows(year, "moved_by_period") == [("2025-09", 1), ("2025-10", 2), ("2025-11", 1)]
+    assert "counts in each" in table(year, "moved_by_period").title
 
 
 def test_pipeline_filters_and_an_empty_period(engine: Any) -> None:
@@ -436,11 +517,13 @@ def test_pipeline_filters_and_an_empty_period(engine: Any) -> None:
         (2, 2, D("1")), (2, 2, D("1")), (2, 0, D("0")), (0, 0, None),
     ]  # fmt: skip
     quiet = report(engine, "pipeline", start="2024-01-01", end="2024-03-31")
-    assert rows(quiet, "moved_by_period") == [("2024-01", 0), ("2024-02", 0), ("2024-03", 0)]
+    assert rows(quiet, "moved_by_period") == []
+    assert chart(quiet, "moved_by_period")[1] == {"Deals moved": (0, 0, 0)}
     assert [r[2:4] for r in rows(quiet, "stage_conversion")] == [(0, 0)] * 4
     assert rows(quiet, "days_in_stage") == []
-    # Open deals without a close date count in every range: L11 only.
-    assert figures(quiet)[0] == ("open_deals", 1, None) and not quiet.empty
+    # No deal was open at the end of March 2024 (every history starts later; the leads
+    # without history are closed).
+    assert figures(quiet)[0] == ("open_deals", 0, None) and quiet.empty
     nothing = report(engine, "pipeline", start="2024-01-01", end="2024-03-31",
                      filters={"currency": "GBP"})  # fmt: skip
     assert nothing.empty
@@ -460,13 +543,12 @@ def test_contact_growth_figures(engine: Any) -> None:
     ]
     assert rows(data, "growth_by_period") == [
         ("2025-10", 2, 4, D("1")),
-        ("2025-11", 0, 4, D("0")),
         ("2025-12", 1, 5, D("0.25")),
     ]
-    third = D("0.3333")
+    third = D(1) / D(3)
     assert rows(data, "new_by_source") == [("(none)", 1, third), ("referral", 1, third),
                                            ("web", 1, third)]  # fmt: skip
-    assert rows(data, "new_by_status") == [("lead", 2, D("0.6667")), ("customer", 1, third)]
+    assert rows(data, "new_by_status") == [("lead", 2, D(2) / D(3)), ("customer", 1, third)]
     assert chart(data, "growth_curve") == (("2025-10", "2025-11", "2025-12"),
                                            {"Total contacts": (4, 4, 5)})  # fmt: skip
     assert chart(data, "new_by_source") == (
@@ -479,7 +561,7 @@ def test_contact_growth_figures(engine: Any) -> None:
     leads_only = report(engine, "contact-growth", filters={"status": "LEAD"})
     assert figures(leads_only) == [("new_contacts", 2, None), ("total_contacts", 2, None),
                                    ("growth_rate", None, None)]  # fmt: skip
-    assert [r[3] for r in rows(leads_only, "growth_by_period")] == [None, D("0"), D("1")]
+    assert [r[3] for r in rows(leads_only, "growth_by_period")] == [None, D("1")]
 
 
 @pytest.mark.parametrize(
@@ -488,7 +570,7 @@ def test_contact_growth_figures(engine: Any) -> None:
         # Mon 2025-12-29 starts ISO week 2026-W01; c7 is Monday Jan 5 in Tokyo (Sunday UTC).
         ("week", "2025-12-29", "2026-01-11", [("2026-W01", 2), ("2026-W02", 1)]),
         ("quarter", "2025-01-01", "2025-12-31",
-         [("2025-Q1", 1), ("2025-Q2", 0), ("2025-Q3", 1), ("2025-Q4", 3)]),
+         [("2025-Q1", 1), ("2025-Q3", 1), ("2025-Q4", 3)]),
         ("year", "2025-01-01", "2026-12-31", [("2025", 5), ("2026", 2)]),
         ("day", "2025-09-30", "2025-10-01", [("2025-09-30", 1), ("2025-10-01", 1)]),
     ],
@@ -530,7 +612,7 @@ def test_activity_figures(engine: Any) -> None:
         ("overdue", 1, None),
     ]
     assert rows(data, "activities_by_type") == [
-        ("call", 3, 2, 1, D("0.6667")),
+        ("call", 3, 2, 1, D(2) / D(3)),
         ("email", 1, 0, 0, D("0")),
         ("meeting", 1, 0, 0, D("0")),
     ]
@@ -559,6 +641,124 @@ def test_activity_figures(engine: Any) -> None:
     assert figures(bob)[0] == ("activities", 1, None)  # the Jan 1 task is out of range
     empty = report(engine, "activity", start="2024-01-01", end="2024-01-31")
     assert empty.empty and figures(empty)[2] == ("completion_rate", None, None)
+
+
+def test_filters_owner_by_name_and_nothing_matching(engine: Any) -> None:
+    """Finding 3: an owner is filtered by id or by the name the reports print; a report
+    whose filters match nothing says so instead of blaming the period."""
+    from crmqueue.reports.model import NO_DATA, NO_MATCH, empty_message
+
+    by_id = report(engine, "sales", filters={"owner": "u2"})
+    by_name = report(engine, "sales", filters={"owner": "bob ray"})
+    # u2 closed L2 (won, 3000.50 EUR) and L4 (lost): 1 of 2
+    expected = [("won_revenue", D("3000.50"), "EUR"), ("won_deals", 1, None),
+                ("average_deal", D("3000.50"), "EUR"), ("win_rate", D("0.5"), None)]  # fmt: skip
+    assert figures(by_id) == figures(by_name) == expected
+    both = report(engine, "sales", filters={"owner": ["Ann Lee", "u2"]})
+    # all but L8, which has no owner: won L1 L2 L3 L5, lost L4 L9
+    assert ("won_deals", 4, None) in figures(both)
+    assert ("win_rate", D(4) / D(6), None) in figures(both)
+    activity = report(engine, "activity", filters={"owner": "Bob Ray"})
+    assert figures(activity)[:2] == [("activities", 1, None), ("completed", 0, None)]
+    pipeline = report(engine, "pipeline", filters={"owner": "BOB RAY"})
+    assert figures(pipeline)[:2] == [("open_deals", 1, None), ("open_value", D("5000.00"), "EUR")]
+    nobody = report(engine, "sales", filters={"owner": "Nobody Here"})
+    assert nobody.empty and empty_message(nobody) == NO_MATCH
+    for kind, filters in [
+        ("sales", {"currency": "XYZ"}),
+        ("sales", {"stage": "Qualification", "status": "won"}),
+        ("pipeline", {"owner": "nobody"}),
+        ("contact-growth", {"source": "fax"}),
+        ("activity", {"owner": "nobody"}),
+    ]:
+        data = report(engine, kind, filters=filters)
+        assert data.empty and empty_message(data) == NO_MATCH, (kind, filters)
+    quiet = report(engine, "sales", start="2024-01-01", end="2024-01-31")
+    assert quiet.empty and empty_message(quiet) == NO_DATA
+    staged = report(engine, "sales", filters={"stage": "PROPOSAL"})  # stored as configured
+    assert figures(staged)[-1] == ("win_rate", D("0.5"), None)  # L3 won, L4 lost
+
+
+def test_tables_leave_out_empty_periods_the_charts_keep_them(engine: Any, tmp_path: Path) -> None:
+    """Finding 2: by day over a year, the tables hold only the days with data (the PDF's
+    row cap no longer cuts every row with a deal); the charts keep every day."""
+    from pypdf import PdfReader
+
+    from crmqueue.reports.render import render_pdf
+
+    year = {"start": "2025-01-01", "end": "2025-12-31", "dimensions": ["day"]}
+    sales = report(engine, "sales", **year)
+    assert rows(sales, "revenue_by_period") == [
+        ("2025-10-02", "XXX", ZERO, 1, None, D("1")),  # L8
+        ("2025-10-15", "EUR", D("1000.00"), 1, D("1000.00"), D("1")),  # L1
+        ("2025-10-20", "EUR", ZERO, 0, None, D("0")),  # L4 lost
+        ("2025-12-05", "USD", D("500.00"), 1, D("500.00"), D("1")),  # L3
+        ("2025-12-06", "USD", ZERO, 0, None, D("0")),  # L9 lost
+        ("2025-12-31", "EUR", D("3700.50"), 2, D("1850.25"), D("1")),  # L2, L5
+    ]
+    categories, series = chart(sales, "revenue_by_period")
+    assert len(categories) == 365 and len(series["EUR"]) == 365
+    assert sum(series["EUR"]) == D("4700.50")
+    render_pdf(sales, tmp_path / "s.pdf")
+    text = "".join(p.extract_text() for p in PdfReader(tmp_path / "s.pdf").pages)
+    assert "2025-12-31" in text and "3,700.50" in text and "more rows" not in text
+    assert rows(report(engine, "pipeline", **year), "moved_by_period") == [
+        ("2025-09-01", 1),
+        ("2025-10-03", 1),
+        ("2025-10-08", 1),
+        ("2025-10-15", 1),
+        ("2025-10-20", 1),
+        ("2025-11-01", 1),
+    ]  # fmt: skip  (a deal's first entry, its creation, is no move)
+    activity = report(engine, "activity", **year)
+    assert [r[:2] for r in rows(activity, "activities_by_period")] == [
+        ("2025-10-01", 1), ("2025-10-05", 1), ("2025-11-10", 1), ("2025-12-01", 1),
+        ("2025-12-20", 1),
+    ]  # fmt: skip
+    growth = report(engine, "contact-growth", **year)
+    assert [r[:3] for r in rows(growth, "growth_by_period")] == [
+        ("2025-01-01", 1, 1), ("2025-09-30", 1, 2), ("2025-10-01", 1, 3), ("2025-10-15", 1, 4),
+        ("2025-12-31", 1, 5),
+    ]  # fmt: skip
+    assert len(chart(growth, "growth_curve")[0]) == 365
+
+
+def test_percentages_rounded_once_and_alike_in_every_format(engine: Any, tmp_path: Path) -> None:
+    """Finding 1: a ratio is kept exact and rounded once (half away from zero, as Excel's
+    0.0% does) for display; HTML, PDF, XLSX, the job's result and the CLI agree."""
+    from openpyxl import load_workbook
+    from pypdf import PdfReader
+
+    from crmqueue.cli.report import _shown
+    from crmqueue.reports.render import render_html, render_pdf, render_xlsx
+    from crmqueue.workers.report import headline
+
+    data = report(engine, "activity")  # completion 2 / 5; calls 2 / 3
+    sales = report(engine, "sales")  # win rate 5 / 7 = 71.428…
+    assert rows(data, "activities_by_type")[0][4] == D(2) / D(3)  # not 0.6667
+    assert ("win_rate", D(5) / D(7), None) in figures(sales)
+    html = render_html(sales).decode()
+    assert "71.4 %" in html and "71.43" not in html
+    html = render_html(data).decode()
+    assert "66.7 %" in html and "40.0 %" in html
+    render_pdf(sales, tmp_path / "s.pdf")
+    assert "71.4 %" in "".join(p.extract_text() for p in PdfReader(tmp_path / "s.pdf").pages)
+    render_xlsx(sales, tmp_path / "s.xlsx")
+    summary = load_workbook(tmp_path / "s.xlsx")["Summary"]
+    (rate,) = [r[1] for r in summary.iter_rows() if str(r[0].value).startswith("Win rate")]
+    assert rate.value == pytest.approx(5 / 7, abs=1e-15) and rate.number_format == "0.0%"
+    result = {f["key"]: f for f in headline(sales)}["win_rate"]
+    assert D(result["value"]) == D(5) / D(7)
+    assert _shown(result["value"], "percent") == "71.4 %"
+    # The ties that double rounding or half-even got wrong: 6/11 (0.5455 -> 54.6 %) and
+    # 1/16 (6.2 % in HTML, 6.3 % in Excel).
+    assert format_value(D(6) / D(11), "percent") == "54.5 %"
+    assert format_value(D(1) / D(16), "percent") == "6.3 %"
+    assert _shown(str(D(1) / D(16)), "percent") == "6.3 %"
+    assert (
+        headline(report(engine, "activity", start="2025-10-01", end="2025-10-31"))[2]["value"]
+        == "1"
+    )  # 2 of 2, not "1.0000"
 
 
 def test_periods_and_labels() -> None:

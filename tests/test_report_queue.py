@@ -7,6 +7,7 @@ headline figures in the result, and the report-ready email in the outbox; the
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -81,9 +82,10 @@ def test_reports_in_every_format_land_and_are_emailed(
     broker = make_broker({"files.download_base_url": "https://crm.example.com/files/"})
     _crm(broker)
     files_dir = broker.settings.files.dir
-    start_consumer(broker, ["report", "email"])
+    start_consumer(broker, ["report", "email", "notification"])
     jobs = {fmt: _report(fmt) for fmt in ("pdf", "xlsx", "html")}
     results = {}
+    jobs_result_paths: dict[str, str] = {}
     for fmt, job in jobs.items():
         info = job.wait(60)
         assert info.state == "completed", info.errors
@@ -96,8 +98,14 @@ def test_reports_in_every_format_land_and_are_emailed(
         assert result["empty"] is False
         assert result["figures"], result
         results[fmt] = (path, result["figures"])
+        jobs_result_paths[fmt] = result["path"]
         mail = tasks.Job(result["notified"]["email"]["job_id"], "email").wait(30)
         assert mail.state == "completed", mail.errors
+        # finding 8: an in-app notification too, as imports and exports make
+        note = result["notification"]
+        assert note["category"] == "report.ready", note
+        done = tasks.Job(note["job_id"], "notification").wait(30)
+        assert done.state == "completed", done.errors
 
     # the two won deals of at least 50,000 in 2025: 60,000.00 + 75,000.50
     money = [f for f in results["pdf"][1] if f.get("currency") == "USD" and f["value"]]
@@ -111,6 +119,17 @@ def test_reports_in_every_format_land_and_are_emailed(
     assert book.sheetnames[0] == "Summary" and book["Summary"]._charts
     page = results["html"][0].read_text(encoding="utf-8")
     assert "&lt;img src=" in page and "<img" not in page
+
+    from crmqueue import notifications
+    from crmqueue.crm.store import get_engine
+
+    inbox = notifications.list("t1", "u1", engine=get_engine(broker.settings.database.url))
+    assert sorted((n.category, n.title, n.message, n.action_url) for n in inbox.items) == sorted(
+        ("report.ready", "Report ready",
+         f"Your Sales report 2025-01-01 – 2025-12-31 ({fmt.upper()}) is ready to download.",
+         "https://crm.example.com/files/" + jobs_result_paths[fmt])
+        for fmt in ("pdf", "xlsx", "html")
+    )  # fmt: skip
 
     outbox = broker.settings.email.outbox_dir
     sent = [message_from_bytes(p.read_bytes(), policy=policy.default) for p in outbox.glob("*.eml")]
@@ -141,7 +160,10 @@ def test_empty_period_and_the_command_line(
     assert info.state == "completed", info.errors
     assert info.result["empty"] is True
     page = (settings.files.dir / info.result["path"]).read_text(encoding="utf-8")
-    assert "No data in this period." in page
+    # the filters could be why: the report says so rather than blaming the period
+    assert "Nothing in this period matches the filters." in page
+    assert "No data in this period." not in page
+    assert info.result["note"] == "Nothing in this period matches the filters."
     # without files.download_base_url the email links the file by its absolute path
     assert info.result["download_url"] == info.result["file"]
     mail = tasks.Job(info.result["notified"]["email"]["job_id"], "email").wait(30)
@@ -178,6 +200,21 @@ def test_empty_period_and_the_command_line(
     assert f"Sales report ({produced.stat().st_size:,} bytes): {produced}" in run.stdout
     # the three won deals of 2025 (any amount): 60,000.00 + 75,000.50 + 1,000.00
     assert "136,000.50 USD" in run.stdout
+
+    # finding 7: `enqueue report --wait` prints the file and the figures too
+    payload = {"tenantId": "t1", "userId": "u1", "reportType": "sales", "format": "html",
+               "dateRange": {"startDate": "2025-01-01", "endDate": "2025-12-31"},
+               "filters": {"status": "closed-won"}}  # fmt: skip
+    run = CliRunner().invoke(
+        main,
+        ["enqueue", "report", "--config", str(config), "--json", json.dumps(payload),
+         "--wait", "--timeout", "60"],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    job_id = run.stdout.splitlines()[0]
+    produced = settings.files.dir / "reports" / "t1" / f"sales-2025-01-01-2025-12-31-{job_id}.html"
+    assert f"Sales report ({produced.stat().st_size:,} bytes): {produced}" in run.stdout
+    assert "Won revenue (USD): 136,000.50 USD" in run.stdout
 
     bad = CliRunner().invoke(
         main,

@@ -311,7 +311,16 @@ def test_chart_svg_escapes_text_and_has_unique_ids() -> None:
 
 
 def test_empty_report_says_so_everywhere(tmp_path: Path) -> None:
-    data = sample(empty=True)
+    filtered = sample(empty=True)
+    assert filtered.filters  # nothing matches them: the period is not to blame
+    nothing = "Nothing in this period matches the filters."
+    assert nothing in render_html(filtered).decode()
+    render_pdf(filtered, tmp_path / "f.pdf")
+    assert nothing in _pdf_text(tmp_path / "f.pdf")[0]
+    render_xlsx(filtered, tmp_path / "f.xlsx")
+    summary = load_workbook(tmp_path / "f.xlsx")["Summary"]
+    assert nothing in [c.value for row in summary.iter_rows() for c in row]
+    data = dataclasses.replace(filtered, filters={})
     assert "No data in this period." in render_html(data).decode()
     render_pdf(data, tmp_path / "e.pdf")
     (text,) = _pdf_text(tmp_path / "e.pdf")
@@ -350,3 +359,41 @@ def test_pdf_prints_what_no_font_draws_as_a_replacement_mark(tmp_path: Path) -> 
     (text,) = _pdf_text(tmp_path / "u.pdf")
     # Thai and the control character: U+FFFD each; e + two combining marks: one glyph
     assert "\ufffd\ufffd\ufffd\ufffd ế 王小明" in text
+
+
+def test_cosmetics_axis_top_none_figures_pdf_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 15: the top gridline is labelled and at or above the highest bar; a figure
+    without a value is a dash with no unit; the PDF names its author and creator."""
+    from crmqueue.cli.report import print_result
+    from crmqueue.reports.charts import value_axis
+
+    print_result({"title": "Sales report", "size": 1, "file": "f", "figures": [
+        {"label": "Average deal size (GBP)", "value": None, "kind": "money", "currency": "GBP"},
+        {"label": "Won revenue (GBP)", "value": "0.00", "kind": "money", "currency": "GBP"},
+    ]})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "  Average deal size (GBP): –\n" in out and "Won revenue (GBP): 0.00 GBP" in out
+
+    assert value_axis(1_440_000) == (1_500_000, 500_000)
+    assert value_axis(1_000_000) == (1_000_000, 200_000)
+    assert value_axis(7) == (8, 2)
+    chart = Chart("c", "Revenue", "bar", ("a", "b"), (Series("EUR", (D("1440000"), D("5"))),))
+    plot = next(c for c in charts.drawing(chart).contents if hasattr(c, "valueAxis"))
+    assert plot.valueAxis.valueMax == 1_500_000 and plot.valueAxis.valueStep == 500_000
+
+    data = dataclasses.replace(
+        sample(),
+        figures=(Figure("average_deal", "Average deal size (GBP)", None, "money", "GBP"),),
+    )
+    render_xlsx(data, tmp_path / "n.xlsx")
+    summary = load_workbook(tmp_path / "n.xlsx")["Summary"]
+    (row,) = [r for r in summary.iter_rows() if r[0].value == "Average deal size (GBP)"]
+    assert (row[1].value, row[2].value) == ("–", "GBP")
+    render_pdf(data, tmp_path / "n.pdf")
+    meta = PdfReader(tmp_path / "n.pdf").metadata
+    assert meta is not None
+    assert meta.creator == "crmqueue report queue"
+    assert meta.author == "crmqueue for tenant tenant-123"
+    assert meta.title == "Sales report 2025-01-01 – 2025-12-31"

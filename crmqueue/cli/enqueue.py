@@ -85,6 +85,10 @@ def enqueue(
         click.echo(describe_job(info), err=True)
         if info.state != "completed":
             sys.exit(1)
+        if queue == "report":  # the file and figures, as `crmqueue report --wait` prints
+            from crmqueue.cli.report import print_result
+
+            print_result(info.result or {})
 
 
 COMMANDS = (enqueue,)

@@ -11,19 +11,29 @@ import click
 
 from crmqueue.cli.common import command, describe_job, open_broker
 from crmqueue.cli.transfer import _pairs, _wait_with_progress
+from crmqueue.reports.model import percent_text
 
 REPORT_TYPES = ("sales", "pipeline", "contact-growth", "activity")
 FORMATS = ("pdf", "xlsx", "html")
 
 
-def _filters(items: tuple[str, ...]) -> dict[str, str]:
+_ONE_VALUE = ("minAmount", "maxAmount", "min_amount", "max_amount")
+
+
+def _filters(items: tuple[str, ...]) -> dict[str, str | list[str]]:
     """--filter NAME=VALUE items as the payload's ``filters`` (the values stay text: the
-    payload reads them; a name given twice is refused, naming --filter)."""
-    filters: dict[str, str] = {}
+    payload reads them). A name given again means any of its values (``--filter
+    status=won --filter status=lost`` is ``{"status": ["won", "lost"]}``, as a JSON
+    payload and exports take it); an amount bound takes one value."""
+    filters: dict[str, str | list[str]] = {}
     for name, value in _pairs(items, "--filter", "NAME=VALUE"):
-        if name in filters:
-            raise click.BadParameter(f"{name} given twice", param_hint="--filter")
-        filters[name] = value
+        if name not in filters:
+            filters[name] = value
+        elif name in _ONE_VALUE:
+            raise click.BadParameter(f"{name} takes one value", param_hint="--filter")
+        else:
+            given = filters[name]
+            filters[name] = [*(given if isinstance(given, list) else [given]), value]
     return filters
 
 
@@ -37,7 +47,7 @@ def _shown(value: Any, kind: str) -> str:
     except InvalidOperation:
         return str(value)
     if kind == "percent":
-        return f"{number * 100:,.1f} %"
+        return percent_text(number)
     if kind in ("money", "decimal"):
         return f"{number:,.2f}"
     if kind == "days":
@@ -49,19 +59,27 @@ def _finish(info: Any) -> None:
     click.echo(describe_job(info), err=True)
     if info.state != "completed":
         sys.exit(1)
-    result = info.result or {}
+    print_result(info.result or {})
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """A completed report job's result as ``crmqueue report --wait`` (and ``crmqueue
+    enqueue report --wait``) print it: title, size and file, then the headline figures."""
     size = result.get("size", 0)
     click.echo(f"{result.get('title', 'report')} ({size:,} bytes): {result.get('file')}")
     if result.get("empty"):
-        click.echo("no data in this period")
+        click.echo(result.get("note", "No data in this period."))
     for figure in result.get("figures", []):
-        unit = f" {figure['currency']}" if figure.get("currency") else ""
+        # no unit after the dash of a figure without a value (an average of no deals)
+        unit = f" {figure['currency']}" if figure.get("currency") and figure["value"] else ""
         click.echo(f"  {figure['label']}: {_shown(figure['value'], figure['kind'])}{unit}")
 
 
 @command("report")
-@click.option("--type", "report_type", type=click.Choice(REPORT_TYPES), required=True)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option(
+    "--type", "report_type", type=click.Choice(REPORT_TYPES, case_sensitive=False), required=True
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False), required=True)
 @click.option(
     "--from",
     "start",

@@ -17,6 +17,7 @@ write it as text, escaped for SVG; nothing in it is markup. Labels longer than
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -99,6 +100,18 @@ def _compact(value: float) -> str:
     if value == int(value):
         return f"{int(value):,}"
     return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def value_axis(highest: float, lines: int = 5) -> tuple[float, float]:
+    """(top, step) of a value axis from 0 for values up to `highest` > 0: a step of 1, 2,
+    2.5 or 5 times a power of ten giving at most `lines` gridlines above 0, and the top the
+    first of them at or above `highest`."""
+    power = 10 ** math.floor(math.log10(highest / lines))
+    for factor in (1, 2, 2.5, 5, 10):
+        step = factor * power
+        if math.ceil(highest / step - 1e-9) <= lines:
+            break
+    return math.ceil(highest / step - 1e-9) * step, step
 
 
 def _values(chart: Chart) -> list[list[float]]:
@@ -230,6 +243,10 @@ def drawing(chart: Chart, width: float = WIDTH, height: float = HEIGHT) -> Any:
         values.valueMin = 0
     if max(flat, default=0.0) <= 0 and min(flat, default=0.0) >= 0:
         values.valueMax = 1  # all zero: an axis of 0..1 rather than ReportLab's error
+    elif min(flat, default=0.0) >= 0:
+        # the top gridline at or above the highest bar, labelled (ReportLab's own steps
+        # could leave a 1.44M bar above a top label of 1M)
+        values.valueMax, values.valueStep = value_axis(max(flat))
     values.labelTextFormat = _compact
     values.labels.fontName = _FONT
     values.labels.fontSize = 7

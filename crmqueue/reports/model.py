@@ -7,10 +7,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-__all__ = ["Chart", "Column", "ColumnKind", "Figure", "ReportData", "Series", "Table"]
+__all__ = [
+    "Chart",
+    "Column",
+    "ColumnKind",
+    "Figure",
+    "ReportData",
+    "Series",
+    "Table",
+    "empty_message",
+    "percent_text",
+]
 
 ColumnKind = Literal["text", "int", "money", "decimal", "percent", "date", "days"]
 
@@ -75,3 +85,25 @@ class ReportData:
     tables: tuple[Table, ...]
     charts: tuple[Chart, ...]
     empty: bool  # no data in this period: renderers say so
+
+
+_PERCENT_STEP = Decimal("0.1")
+
+
+def percent_text(value: Decimal | int | float) -> str:
+    """A fraction (0.25) as a percentage with one decimal ("25.0 %"), rounded once, half
+    away from zero, from the value as computed: the rule Excel's "0.0%" number format
+    applies to the same cell, so HTML, PDF, XLSX and the command line agree (1/16 is
+    6.3 % everywhere, 6/11 is 54.5 %)."""
+    percent = (Decimal(value) * 100).quantize(_PERCENT_STEP, ROUND_HALF_UP)
+    return f"{percent:,.1f} %"
+
+
+NO_DATA = "No data in this period."
+NO_MATCH = "Nothing in this period matches the filters."
+
+
+def empty_message(data: ReportData) -> str:
+    """What an empty report says: with filters, that nothing matches them (the period may
+    well have data); else that the period has none."""
+    return NO_MATCH if data.filters else NO_DATA

@@ -98,12 +98,18 @@ def _amount(value: Any) -> Decimal | str:
 
 
 def check_filters(
-    report_type: str, filters: Mapping[str, Any], contact_statuses: Sequence[str]
+    report_type: str,
+    filters: Mapping[str, Any],
+    contact_statuses: Sequence[str],
+    stages: Sequence[str] = (),
 ) -> tuple[ReportFilters, list[tuple[str, str]]]:
     """`filters` (keys in snake_case or camelCase, as given in a payload) for a report of
     `report_type`: the checked filters, and (key as given, reason) for each refused one:
     a key that is no filter of this report type, a key given in both spellings, a value of
-    the wrong kind or outside the stored vocabulary, min_amount above max_amount."""
+    the wrong kind or outside the stored vocabulary (a status of another kind of report,
+    `open` for sales, which count closed deals only; a stage not among `stages`, the
+    configured reports.stage_probabilities, when given), min_amount above max_amount.
+    Stages and statuses match case-insensitively and are stored as configured."""
     allowed = FILTERS[report_type]
     errors: list[tuple[str, str]] = []
     checked: dict[str, Any] = {}
@@ -130,11 +136,11 @@ def check_filters(
         if isinstance(texts, str):
             errors.append((key, texts))
             continue
-        problem = _vocabulary_problem(report_type, name, texts, contact_statuses)
+        problem = _vocabulary_problem(report_type, name, texts, contact_statuses, stages)
         if problem:
             errors.append((key, problem))
             continue
-        checked[name] = _stored(report_type, name, texts, contact_statuses)
+        checked[name] = _stored(report_type, name, texts, contact_statuses, stages)
     low, high = checked.get("min_amount"), checked.get("max_amount")
     if low is not None and high is not None and low > high:
         errors.append((given_as["max_amount"], f"must not be below min_amount ({low})"))
@@ -142,7 +148,11 @@ def check_filters(
 
 
 def _vocabulary_problem(
-    report_type: str, name: str, texts: list[str], contact_statuses: Sequence[str]
+    report_type: str,
+    name: str,
+    texts: list[str],
+    contact_statuses: Sequence[str],
+    stages: Sequence[str],
 ) -> str | None:
     if name == "currency":
         bad = [t for t in texts if len(t) != 3 or not t.isascii() or not t.isalpha()]
@@ -151,8 +161,19 @@ def _vocabulary_problem(
         vocabulary = _statuses(report_type, contact_statuses)
         bad = [t for t in texts if t.casefold() not in vocabulary]
         if bad:
-            return f"{', '.join(map(repr, bad))}: not a status (statuses: {', '.join(vocabulary)})"
+            known = ", ".join(vocabulary)
+            if report_type == "sales" and any(t.casefold() == "open" for t in bad):
+                return f"'open': a sales report counts closed deals only (statuses: {known})"
+            return f"{', '.join(map(repr, bad))}: not a status (statuses: {known})"
         return None
+    if name == "stage" and stages:
+        folded = {stage.casefold() for stage in stages}
+        bad = [t for t in texts if t.casefold() not in folded]
+        if bad:
+            return (
+                f"{', '.join(map(repr, bad))}: not a configured stage "
+                f"(stages: {', '.join(stages)}; reports.stage_probabilities)"
+            )
     limit = _TEXT_LIMITS[name]
     long = [t for t in texts if len(t) > limit]
     return f"longer than {limit} characters" if long else None
@@ -164,12 +185,21 @@ def _statuses(report_type: str, contact_statuses: Sequence[str]) -> dict[str, tu
         return {status.casefold(): (status,) for status in contact_statuses}
     if report_type == "activity":
         return {status: (status,) for status in ACTIVITY_STATUSES}
+    if report_type == "sales":
+        return {name: stored for name, stored in LEAD_STATUSES.items() if "open" not in stored}
     return LEAD_STATUSES
 
 
 def _stored(
-    report_type: str, name: str, texts: list[str], contact_statuses: Sequence[str]
+    report_type: str,
+    name: str,
+    texts: list[str],
+    contact_statuses: Sequence[str],
+    stages: Sequence[str],
 ) -> tuple[str, ...]:
+    if name == "stage" and stages:
+        spelled = {stage.casefold(): stage for stage in stages}
+        return tuple(dict.fromkeys(spelled[t.casefold()] for t in texts))
     if name == "currency":
         return tuple(dict.fromkeys(t.upper() for t in texts))
     if name == "status":
@@ -192,17 +222,23 @@ def check_dimensions(
     for index, dimension in enumerate(dimensions):
         if dimension in PERIODS:
             if period is not None:
-                errors.append((index, f"a second period ({period!r} is given already)"))
+                errors.append(
+                    (index, f"{dimension!r}: a second period ({period!r} is given already)")
+                )
             else:
                 period = dimension
         elif dimension in breakdowns:
-            errors.append((index, "given twice"))
+            errors.append((index, f"{dimension!r}: given twice"))
         elif dimension in allowed:
             breakdowns.append(dimension)
         else:
             known = any(dimension in names for names in DIMENSIONS.values())
             what = f"not a dimension of {report_type} reports" if known else "unknown dimension"
             errors.append(
-                (index, f"{what} (dimensions: {'|'.join(PERIODS)}, {', '.join(allowed)})")
+                (
+                    index,
+                    f"{dimension!r}: {what} "
+                    f"(dimensions: {'|'.join(PERIODS)}, {', '.join(allowed)})",
+                )
             )
     return (period or "month", tuple(breakdowns)), errors

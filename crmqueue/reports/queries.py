@@ -15,11 +15,14 @@ What each report counts:
   without `close_date` closes on its local `updated_at` day); won revenue, won deals,
   average won deal size (over won deals with an amount) and win rate (won / closed, in
   deals) by period, owner and each requested dimension; top deals per currency.
-- pipeline: open deals expected to close in the range (`close_date` in it, or none set):
-  count and value by stage, weighted by `reports.stage_probabilities`; from the stage
+- pipeline: the deals open at the end of the range, in the stage they were in then (the
+  last stage-history entry before it; a lead without history as it is now, if created by
+  then), with their current amount: count and value by stage, weighted by
+  `reports.stage_probabilities`; from the stage
   history: stage-to-stage conversion (of the deals active in the range, how many reached
   each listed stage or a later one, won last: a skipped stage counts as passed), average
-  days in stage (open spells that ended in the range) and deals moved per period.
+  days in stage (open spells that ended in the range) and deals moved per period (a deal
+  counts once in each period it moved in; the headline counts it once over the range).
 - contact-growth: contacts created in the range per period, the running total (all
   contacts created before each period's end), growth rate (new / total before), by source
   and by status.
@@ -33,6 +36,7 @@ currency).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zoneinfo
 from collections import defaultdict
@@ -50,7 +54,12 @@ from crmqueue.crm.store import get_engine
 from crmqueue.errors import PermanentError
 from crmqueue.payloads import ReportPayload
 from crmqueue.reports.model import Chart, Column, Figure, ReportData, Series, Table
-from crmqueue.reports.options import ReportFilters, check_dimensions, check_filters
+from crmqueue.reports.options import (
+    ACTIVITY_STATUSES,
+    ReportFilters,
+    check_dimensions,
+    check_filters,
+)
 
 __all__ = ["NO_CURRENCY", "build_report", "period_label", "periods"]
 
@@ -64,8 +73,14 @@ TITLES = {
     "activity": "Activity report",
 }
 _CENT = Decimal("0.01")
-_FRACTION = Decimal("0.0001")
 _TENTH = Decimal("0.1")
+# The breakdowns every report of a type has, asked for or not.
+ALWAYS = {
+    "sales": ("owner",),
+    "pipeline": ("stage",),
+    "contact-growth": ("source", "status"),
+    "activity": ("owner",),
+}
 _DIMENSION_TITLES = {"owner": "Owner", "stage": "Stage", "source": "Source",
                      "company": "Company", "status": "Status"}  # fmt: skip
 
@@ -245,9 +260,23 @@ def _average(cents: Any, count: int) -> Decimal | None:
 
 
 def fraction(part: int, whole: int) -> Decimal | None:
+    """part / whole at Decimal's full precision (28 significant digits; exact whenever the
+    ratio has a finite decimal expansion), None when whole is 0. Not rounded here: every
+    format rounds it once, for display (crmqueue.reports.model.percent_text)."""
     if not whole:
         return None
-    return (Decimal(part) / Decimal(whole)).quantize(_FRACTION, ROUND_HALF_UP)
+    return Decimal(part) / Decimal(whole)
+
+
+def _rate_meaningful(scope: Scope, outcomes: Sequence[str]) -> bool:
+    """Whether a rate between `outcomes` (won and lost; completed and not) means anything
+    under the status filter: one that keeps only some of them also filters the rate's
+    denominator (status closed-won made every win rate 100 %)."""
+    return not scope.filters.status or set(outcomes) <= set(scope.filters.status)
+
+
+NOT_MEANINGFUL = "not meaningful: the status filter keeps only some outcomes"
+NOT_MEANINGFUL_SHORT = "n/a: status filter"  # in a column title
 
 
 def _cents(amount: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -282,7 +311,10 @@ def build_report(
     report_type = payload.report_type
     (period, breakdowns), dimension_errors = check_dimensions(report_type, payload.dimensions)
     filters, filter_errors = check_filters(
-        report_type, payload.filters, settings.crm.contact_statuses
+        report_type,
+        payload.filters,
+        settings.crm.contact_statuses,
+        tuple(settings.reports.probabilities()),
     )
     errors = [(f"dimensions.{i}", reason) for i, reason in dimension_errors] + [
         (f"filters.{key}", reason) for key, reason in filter_errors
@@ -295,6 +327,10 @@ def build_report(
     stamp = (generated_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     engine = engine or get_engine(settings.database.url)
     with engine.connect() as conn:
+        if filters.owner:
+            filters = dataclasses.replace(
+                filters, owner=_owner_ids(conn, payload.tenant_id, filters.owner)
+            )
         scope = Scope(
             conn=conn, postgres=conn.dialect.name == "postgresql", tenant=payload.tenant_id,
             zone_name=zone_name, zone=zone, start=start, end=end,
@@ -313,12 +349,29 @@ def build_report(
         time_zone=zone_name,
         generated_at=stamp,
         filters={key: _shown(value) for key, value in payload.filters.items()},
-        dimensions=(period, *breakdowns),
+        # what the report is grouped by: its period, the breakdowns it always has, then the
+        # requested ones (the cover lists them all)
+        dimensions=tuple(dict.fromkeys((period, *ALWAYS[report_type], *breakdowns))),
         figures=tuple(figures),
         tables=tuple(tables),
         charts=tuple(charts),
         empty=empty,
     )
+
+
+def _owner_ids(conn: Connection, tenant: str, given: Sequence[str]) -> tuple[str, ...]:
+    """An owner filter's values as owner ids: each value is an id, or the display name
+    (case-insensitive) of the tenant's users that bear it, as the reports print owners."""
+    users = schema.users
+    wanted = {value.casefold() for value in given}
+    named = [
+        row.user_id
+        for row in conn.execute(
+            sa.select(users.c.user_id, users.c.name).where(users.c.tenant_id == tenant)
+        )
+        if row.name and row.name.casefold() in wanted
+    ]
+    return tuple(dict.fromkeys([*given, *named]))
 
 
 def _shown(value: Any) -> str:
@@ -363,14 +416,22 @@ def _lead_dimension(scope: Scope, dimension: str) -> sa.ColumnElement[Any]:
     return column
 
 
-def _lead_conditions(scope: Scope, statuses: Sequence[str]) -> list[sa.ColumnElement[bool]]:
+def _lead_conditions(
+    scope: Scope,
+    statuses: Sequence[str],
+    status: sa.ColumnElement[Any] | None = None,
+    stage: sa.ColumnElement[Any] | None = None,
+) -> list[sa.ColumnElement[bool]]:
     """The tenant, the filters, and a status among `statuses` (intersected with the status
-    filter's)."""
+    filter's); `status` and `stage` are the columns compared (the lead's own by default;
+    the pipeline's as they stood at the end of the range)."""
     f = scope.filters
+    status = L.c.status if status is None else status
+    stage = L.c.stage if stage is None else stage
     wanted = [s for s in statuses if not f.status or s in f.status]
-    conditions = [L.c.tenant_id == scope.tenant, L.c.status.in_(wanted)]
+    conditions = [L.c.tenant_id == scope.tenant, status.in_(wanted)]
     if f.stage:
-        conditions.append(L.c.stage.in_(f.stage))
+        conditions.append(stage.in_(f.stage))
     if f.owner:
         conditions.append(L.c.owner.in_(f.owner))
     if f.currency:
@@ -461,6 +522,7 @@ def _sales(scope: Scope) -> Built:
             for row in scope.conn.execute(query)
         ]  # fmt: skip
 
+    rate_ok = _rate_meaningful(scope, ("won", "lost"))
     # One scan for the totals, the periods and the owners: summed up here from its groups.
     by_period_owner = grouped(scope.bucket(closed_on).label("k"), L.c.owner.label("o"))
     totals = _Closed.merge(by_period_owner, lambda keys: ())
@@ -479,15 +541,18 @@ def _sales(scope: Scope) -> Built:
                    _average(row.won_cents, row.won_priced), "money", row.currency)
             for row in sorted(totals, key=lambda r: r.currency)
         ],
-        Figure("win_rate", "Win rate (won / closed deals)", fraction(won_count, closed_count),
-               "percent"),
+        Figure("win_rate",
+               "Win rate (won / closed deals)" if rate_ok else f"Win rate ({NOT_MEANINGFUL})",
+               fraction(won_count, closed_count) if rate_ok else None, "percent"),
     ]  # fmt: skip
     columns = (
         Column("currency", "Currency", "text"),
         Column("won_revenue", "Won revenue", "money"),
         Column("won_deals", "Won deals", "int"),
         Column("average_deal", "Average deal size", "money"),
-        Column("win_rate", "Win rate", "percent"),
+        Column(
+            "win_rate", "Win rate" if rate_ok else f"Win rate ({NOT_MEANINGFUL_SHORT})", "percent"
+        ),
     )
 
     def row_values(row: _Closed) -> tuple[Any, ...]:
@@ -496,10 +561,12 @@ def _sales(scope: Scope) -> Built:
             money(row.won_cents),
             row.won,
             _average(row.won_cents, row.won_priced),
-            fraction(row.won, row.closed),
+            fraction(row.won, row.closed) if rate_ok else None,
         )
 
-    # By period: every period of the range, each with every currency (zeros included).
+    # By period: the table holds the periods and currencies with closed deals (a day
+    # dimension over years would otherwise be thousands of zero rows); the chart shows
+    # every period of the range, zeros included.
     found = {
         (row.keys[0], row.currency): row
         for row in _Closed.merge(by_period_owner, lambda keys: keys[:1])
@@ -507,21 +574,26 @@ def _sales(scope: Scope) -> Built:
     labels = [period_label(scope.period, first) for first in periods(scope.period, scope.start,
                                                                      scope.end)]  # fmt: skip
     firsts = periods(scope.period, scope.start, scope.end)
-    period_rows = []
-    for first, label in zip(firsts, labels, strict=True):
-        for currency in currencies:
-            row = found.get((first.isoformat(), currency))
-            values = row_values(row) if row else (currency, money(0), 0, None, None)
-            period_rows.append((label, *values))
+    period_rows = [
+        (label, *row_values(found[(first.isoformat(), currency)]))
+        for first, label in zip(firsts, labels, strict=True)
+        for currency in currencies
+        if (first.isoformat(), currency) in found
+    ]
     tables = [
         Table("revenue_by_period", f"Won revenue by {scope.period}",
               (Column("period", scope.period.capitalize(), "text"), *columns),
               tuple(period_rows)),
     ]  # fmt: skip
+
+    def won_in(first: dt.date, currency: str) -> Decimal:
+        row = found.get((first.isoformat(), currency))
+        return money(row.won_cents if row else 0)
+
     revenue_chart = Chart(
         "revenue_by_period", f"Won revenue by {scope.period}", "bar", tuple(labels),
         tuple(
-            Series(currency, tuple(r[2] for r in period_rows if r[1] == currency))
+            Series(currency, tuple(won_in(first, currency) for first in firsts))
             for currency in currencies
         ),
         x_title=scope.period.capitalize(), y_title="Won revenue",
@@ -614,29 +686,58 @@ def _stage_order(scope: Scope, stages: Iterable[str | None]) -> list[str | None]
     return [s for s in listed if s in present] + others + ([None] if None in present else [])
 
 
+def _as_of_end(scope: Scope) -> sa.Subquery:
+    """Each lead's stage and status at the end of the range, as (lead_id, stage, status):
+    from its last stage-history entry before then; a lead without any history (one from
+    before the history table) as it is now, if it was created by then. A union of the two,
+    so each side joins leads by primary key (a CASE over an outer join made SQLite scan
+    the history once per lead)."""
+    end_at = sa.literal(scope.end_at, schema.UtcDateTime())
+    order = sa.func.row_number().over(
+        partition_by=H.c.lead_id, order_by=(H.c.changed_at.desc(), H.c.id.desc())
+    )
+    ranked = (
+        sa.select(H.c.lead_id, H.c.to_stage, H.c.to_status, order.label("rn"))
+        .where(H.c.tenant_id == scope.tenant, H.c.changed_at < end_at)
+        .subquery()
+    )
+    from_history = sa.select(
+        ranked.c.lead_id.label("lead_id"),
+        ranked.c.to_stage.label("stage"),
+        ranked.c.to_status.label("status"),
+    ).where(ranked.c.rn == 1)
+    without_history = sa.select(
+        L.c.id.label("lead_id"), L.c.stage.label("stage"), L.c.status.label("status")
+    ).where(
+        L.c.tenant_id == scope.tenant,
+        L.c.created_at < end_at,
+        ~sa.exists().where(H.c.tenant_id == scope.tenant, H.c.lead_id == L.c.id),
+    )
+    return sa.union_all(from_history, without_history).subquery("as_of_end")
+
+
 def _pipeline(scope: Scope) -> Built:
+    """The pipeline as it stood at the end of the range (the local midnight after `end`):
+    the deals open then, in the stage they were in then (from the stage history), with
+    their current amount and currency."""
     probabilities = scope.reports.probabilities()
     dimensions = [d for d in scope.breakdowns if d != "stage"]
-    source = _lead_from(scope, dimensions)
-    expected = sa.or_(
-        L.c.close_date.is_(None),
-        sa.and_(
-            L.c.close_date >= sa.literal(scope.start, sa.Date),
-            L.c.close_date <= sa.literal(scope.end, sa.Date),
-        ),
-    )
-    base = [*_lead_conditions(scope, ("open",)), expected]
+    as_of = _as_of_end(scope)
+    stage_at, status_at = as_of.c.stage, as_of.c.status
+    source = as_of.join(_lead_from(scope, dimensions), L.c.id == as_of.c.lead_id)
+    base = _lead_conditions(scope, ("open",), status=status_at, stage=stage_at)
 
     def grouped(key: sa.ColumnElement[Any] | None) -> list[sa.Row[Any]]:
         keys = [] if key is None else [key.label("k")]
         query = (
             sa.select(
-                *keys, L.c.stage.label("stage"), _currency().label("currency"),
+                *keys, stage_at.label("stage"), _currency().label("currency"),
                 sa.func.count().label("deals"), sa.func.sum(_cents(L.c.amount)).label("cents"),
             )
             .select_from(source)
             .where(*base)
-            .group_by(*(["k"] if keys else []), "stage", "currency")
+            # by the expression: PostgreSQL reads GROUP BY "stage" as leads.stage
+            .group_by(*(["k"] if keys else []), stage_at, "currency")
         )  # fmt: skip
         return list(scope.conn.execute(query))
 
@@ -655,13 +756,16 @@ def _pipeline(scope: Scope) -> Built:
         )
         for row in sorted(by_stage, key=lambda r: (order.index(r.stage), r.currency))
     )  # fmt: skip
-    figures = [Figure("open_deals", "Open deals", sum(int(r.deals) for r in by_stage), "int")]
+    at_end = f"at the end of {scope.end.isoformat()}"
+    figures = [
+        Figure("open_deals", f"Open deals {at_end}", sum(int(r.deals) for r in by_stage), "int")
+    ]
     for currency in currencies:
         mine = [r for r in stage_rows if r[1] == currency]
         figures.append(
             Figure(
                 "open_value",
-                f"Open pipeline ({currency})",
+                f"Open pipeline {at_end} ({currency})",
                 sum((r[3] for r in mine), Decimal("0.00")),
                 "money",
                 currency,
@@ -669,8 +773,8 @@ def _pipeline(scope: Scope) -> Built:
         )
         weighted_total = sum((r[5] for r in mine), Decimal("0.00"))
         figures.append(
-            Figure("weighted_value", f"Weighted pipeline ({currency})", weighted_total, "money",
-                   currency)
+            Figure("weighted_value", f"Weighted pipeline {at_end} ({currency})", weighted_total,
+                   "money", currency)
         )  # fmt: skip
     stage_columns = (
         Column("stage", "Stage", "text"),
@@ -680,11 +784,14 @@ def _pipeline(scope: Scope) -> Built:
         Column("probability", "Probability", "percent"),
         Column("weighted_value", "Weighted value", "money"),
     )
-    tables = [Table("pipeline_by_stage", "Open pipeline by stage", stage_columns, stage_rows)]
+    tables = [
+        Table("pipeline_by_stage", f"Open pipeline {at_end} by stage", stage_columns, stage_rows)
+    ]
     stage_labels = [_label(s) for s in order]
     value_of = {(r[0], r[1]): r[3] for r in stage_rows}
     charts = [
-        Chart("pipeline_by_stage", "Open pipeline by stage", "bar", tuple(stage_labels),
+        Chart("pipeline_by_stage", f"Open pipeline {at_end} by stage", "bar",
+              tuple(stage_labels),
               tuple(Series(c, tuple(value_of.get((s, c), money(0)) for s in stage_labels))
                     for c in currencies),
               x_title="Stage", y_title="Open value"),
@@ -703,7 +810,7 @@ def _pipeline(scope: Scope) -> Built:
             for (key, currency), values in sorted(merged.items(), key=lambda i: (-i[1][1], i[0]))
         )
         tables.append(
-            Table(f"pipeline_by_{dimension}", f"Open pipeline by {dimension}",
+            Table(f"pipeline_by_{dimension}", f"Open pipeline {at_end} by {dimension}",
                   (Column(dimension, _DIMENSION_TITLES[dimension], "text"),
                    *stage_columns[1:4], stage_columns[5]), rows)
         )  # fmt: skip
@@ -712,7 +819,9 @@ def _pipeline(scope: Scope) -> Built:
     moved, moved_chart, moved_total = _moved(scope)
     tables += [conversion, days, moved]
     charts += [conversion_chart, moved_chart]
-    figures.append(Figure("deals_moved", "Deals moved between stages", moved_total, "int"))
+    figures.append(
+        Figure("deals_moved", "Deals moved between stages (each deal once)", moved_total, "int")
+    )
     empty = not by_stage and not active and not days.rows and not moved_total
     return figures, tables, charts, empty
 
@@ -762,8 +871,15 @@ def _conversion(scope: Scope, stages: list[str]) -> tuple[Table, Chart, int]:
     reached = [
         sum(n for r, n in counts.items() if r >= number) for number in range(1, len(steps) + 1)
     ]
+    rate_ok = _rate_meaningful(scope, ("open", "won", "lost"))
     rows = tuple(
-        (steps[i], steps[i + 1], reached[i], reached[i + 1], fraction(reached[i + 1], reached[i]))
+        (
+            steps[i],
+            steps[i + 1],
+            reached[i],
+            reached[i + 1],
+            fraction(reached[i + 1], reached[i]) if rate_ok else None,
+        )
         for i in range(len(steps) - 1)
     )
     table = Table(
@@ -771,7 +887,9 @@ def _conversion(scope: Scope, stages: list[str]) -> tuple[Table, Chart, int]:
         (Column("from_stage", "From stage", "text"), Column("to_stage", "To stage", "text"),
          Column("reached_from", "Deals reaching it", "int"),
          Column("reached_to", "Deals going on", "int"),
-         Column("conversion", "Conversion", "percent")),
+         Column("conversion",
+                "Conversion" if rate_ok else f"Conversion ({NOT_MEANINGFUL_SHORT})",
+                "percent")),
         rows,
     )  # fmt: skip
     chart = Chart("stage_funnel", "Deals reaching each stage", "bar", tuple(steps),
@@ -850,11 +968,12 @@ def _moved(scope: Scope) -> tuple[Table, Chart, int]:
     labels = [period_label(scope.period, first) for first in firsts]
     values = [found.get(first.isoformat(), 0) for first in firsts]
     title = f"Deals moved by {scope.period}"
+    note = f"{title} (a deal moving in several {scope.period}s counts in each)"
     table = Table(
-        "moved_by_period", title,
+        "moved_by_period", note,
         (Column("period", scope.period.capitalize(), "text"),
          Column("deals_moved", "Deals moved", "int")),
-        tuple(zip(labels, values, strict=True)),
+        tuple((label, n) for label, n in zip(labels, values, strict=True) if n),
     )  # fmt: skip
     chart = Chart("moved_by_period", title, "line", tuple(labels),
                   (Series("Deals moved", tuple(values)),),
@@ -908,6 +1027,8 @@ def _contact_growth(scope: Scope) -> Built:
         new = per_period.get(first.isoformat(), 0)
         growth_rows.append((label, new, total + new, fraction(new, total)))
         total += new
+    # The table leaves out the periods without a new contact (the curve keeps them).
+    growth_table = tuple(row for row in growth_rows if row[1])
     new_total = total - before
     figures = [
         Figure("new_contacts", "New contacts", new_total, "int"),
@@ -921,7 +1042,7 @@ def _contact_growth(scope: Scope) -> Built:
              Column("new_contacts", "New contacts", "int"),
              Column("total_contacts", "Total contacts", "int"),
              Column("growth_rate", "Growth rate", "percent")),
-            tuple(growth_rows),
+            growth_table,
         )
     ]  # fmt: skip
     charts = [
@@ -988,24 +1109,34 @@ def _activity(scope: Scope) -> Built:
         query = sa.select(*keys, *measures).where(*conditions)
         return list(scope.conn.execute(query.group_by(*names) if names else query))
 
+    rate_ok = _rate_meaningful(scope, ACTIVITY_STATUSES)
     (totals,) = grouped()
     count, completed = int(totals.n), int(totals.done or 0)
     figures = [
         Figure("activities", "Activities", count, "int"),
         Figure("completed", "Completed", completed, "int"),
-        Figure("completion_rate", "Completion rate", fraction(completed, count), "percent"),
+        Figure(
+            "completion_rate",
+            "Completion rate" if rate_ok else f"Completion rate ({NOT_MEANINGFUL})",
+            fraction(completed, count) if rate_ok else None,
+            "percent",
+        ),
         Figure("overdue", "Overdue", int(totals.overdue or 0), "int"),
     ]
     columns = (
         Column("activities", "Activities", "int"),
         Column("completed", "Completed", "int"),
         Column("overdue", "Overdue", "int"),
-        Column("completion_rate", "Completion rate", "percent"),
+        Column(
+            "completion_rate",
+            "Completion rate" if rate_ok else f"Completion rate ({NOT_MEANINGFUL_SHORT})",
+            "percent",
+        ),
     )
 
     def values(row: Any) -> tuple[Any, ...]:
         n, finished = int(row.n), int(row.done or 0)
-        return (n, finished, int(row.overdue or 0), fraction(finished, n))
+        return (n, finished, int(row.overdue or 0), fraction(finished, n) if rate_ok else None)
 
     by_type = sorted(grouped(A.c.type.label("k")), key=lambda r: (-int(r.n), r.k))
     tables = [
@@ -1027,10 +1158,10 @@ def _activity(scope: Scope) -> Built:
     tables.append(
         Table("activities_by_period", f"Activities by {scope.period}",
               (Column("period", scope.period.capitalize(), "text"), *columns),
-              tuple(
-                  (label, *(values(found[first.isoformat()]) if first.isoformat() in found
-                            else (0, 0, 0, None)))
+              tuple(  # the periods with activities (the chart shows them all)
+                  (label, *values(found[first.isoformat()]))
                   for first, label in zip(firsts, labels, strict=True)
+                  if first.isoformat() in found
               ))
     )  # fmt: skip
     if "status" in scope.breakdowns:

@@ -40,12 +40,18 @@ from markupsafe import Markup
 from crmqueue.formats.pdf import FONT_FAMILY, html_to_pdf, missing_glyphs, register_fonts
 from crmqueue.formats.writers import escape_cell
 from crmqueue.reports import charts
-from crmqueue.reports.model import ColumnKind, ReportData, Table
+from crmqueue.reports.model import (
+    NO_DATA,
+    ColumnKind,
+    ReportData,
+    Table,
+    empty_message,
+    percent_text,
+)
 
 __all__ = ["NO_DATA", "format_value", "render_html", "render_pdf", "render_xlsx"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "reports"
-NO_DATA = "No data in this period."
 # Excel's limit on a sheet name, and the characters it refuses in one.
 _SHEET_CHARS = 31
 _SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
@@ -76,7 +82,7 @@ def format_value(value: Any, kind: ColumnKind, currency: str | None = None) -> s
         text = f"{Decimal(value):,.2f}"
         return f"{text} {currency}" if currency else text
     if kind == "percent" and isinstance(value, int | Decimal | float):
-        return f"{Decimal(value) * 100:,.1f} %"
+        return percent_text(value)
     if kind == "days" and isinstance(value, int | Decimal | float):
         return f"{Decimal(value):,.1f}"
     if isinstance(value, dt.datetime):
@@ -199,7 +205,7 @@ def _context(data: ReportData, max_rows: int | None = None) -> dict[str, Any]:
     return {
         "data": data,
         "cover": _cover(data),
-        "no_data": NO_DATA,
+        "no_data": empty_message(data),
         "figures": [
             (figure.label, format_value(figure.value, figure.kind, figure.currency))
             for figure in data.figures
@@ -290,8 +296,27 @@ def render_pdf(data: ReportData, path: Path, charted: Callable[[], None] | None 
         html_to_pdf(source, buffer)
     finally:
         _drawings.reset(token)
+    _set_pdf_metadata(buffer, data)
     path.write_bytes(buffer.getvalue())
     return len(buffer.getvalue())
+
+
+def _set_pdf_metadata(buffer: io.BytesIO, data: ReportData) -> None:
+    """Title, author and creator in the document information (xhtml2pdf leaves the
+    creator "(unspecified)" and the author empty)."""
+    from pypdf import PdfReader, PdfWriter
+
+    buffer.seek(0)
+    writer = PdfWriter(clone_from=PdfReader(buffer))
+    writer.add_metadata({
+        "/Title": f"{data.title} {data.start.isoformat()} – {data.end.isoformat()}",
+        "/Author": f"crmqueue for tenant {data.tenant_id}",
+        "/Creator": "crmqueue report queue",
+        "/Subject": f"{data.title} for tenant {data.tenant_id}",
+    })  # fmt: skip
+    buffer.seek(0)
+    buffer.truncate()
+    writer.write(buffer)
 
 
 # --------------------------------------------------------------------------- XLSX
@@ -319,6 +344,7 @@ class _Formats:
             {"bold": True, "bg_color": "#D9E1EC", "bottom": 1, "border_color": "#7A8799",
              "align": "right"}
         )  # fmt: skip
+        self.header_right_plain = book.add_format({"align": "right"})
         self.title = book.add_format({"bold": True, "font_size": 14})
         self.muted = book.add_format({"font_color": "#666666"})
         self._cache: dict[tuple[str, str | None], Any] = {}
@@ -397,7 +423,7 @@ def _write_table(book: Any, formats: _Formats, name: str, table: Table) -> None:
             shown = _write_cell(sheet, line, col, value, column.kind, fmt)
             widths[col] = max(widths[col], len(shown) + (4 if column.kind == "money" else 0))
     if not table.rows:
-        sheet.write_string(1, 0, NO_DATA, formats.muted)
+        sheet.write_string(1, 0, "No rows.", formats.muted)
     sheet.freeze_panes(1, 0)
     if table.rows:
         sheet.autofilter(0, 0, len(table.rows), max(0, len(table.columns) - 1))
@@ -425,7 +451,7 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
             row += 1
         row += 1
         if data.empty:
-            summary.write_string(row, 0, NO_DATA, formats.bold)
+            summary.write_string(row, 0, empty_message(data), formats.bold)
             row += 2
         widths = [12, 14, 10]
         if data.figures:
@@ -436,8 +462,12 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
             for figure in data.figures:
                 widths[0] = max(widths[0], len(figure.label))
                 summary.write_string(row, 0, str(escape_cell(figure.label)))
-                shown = _write_cell(summary, row, 1, figure.value, figure.kind,
-                                    formats.of(figure.kind, figure.currency))  # fmt: skip
+                if figure.value is None:  # e.g. the average of no deals: say so, no blank
+                    summary.write_string(row, 1, "–", formats.header_right_plain)
+                    shown = "–"
+                else:
+                    shown = _write_cell(summary, row, 1, figure.value, figure.kind,
+                                        formats.of(figure.kind, figure.currency))  # fmt: skip
                 widths[1] = max(widths[1], len(shown) + 4)
                 if figure.currency:
                     summary.write_string(row, 2, str(escape_cell(figure.currency)))

@@ -25,8 +25,9 @@ from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import PermanentError
 from crmqueue.payloads import ReportPayload
-from crmqueue.reports.model import ReportData
+from crmqueue.reports.model import ReportData, empty_message
 from crmqueue.workers.import_export import download_url, notify_user
+from crmqueue.workers.notification import notify_in_app
 
 Progress = Callable[[float], None]
 
@@ -116,6 +117,7 @@ def run_report(
         "file": str(final),
         "size": final.stat().st_size,
         "empty": data.empty,
+        **({"note": empty_message(data)} if data.empty else {}),
         "figures": headline(data),
     }
 
@@ -134,4 +136,10 @@ def generate_report(payload: ReportPayload) -> dict[str, Any]:
     result["notified"] = notify_user(
         engine, payload.tenant_id, payload.user_id, "report-ready", context, job_id
     )
+    result["notification"] = notify_in_app(
+        payload.tenant_id, payload.user_id, category="report.ready", title="Report ready",
+        message=f"Your {name} ({payload.format.upper()}) is ready to download.",
+        # A link only where the CRM serves the files (else the URL is a path on disk).
+        action_url=result["download_url"] if settings.files.download_base_url else None,
+    )  # fmt: skip
     return result
