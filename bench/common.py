@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import redis
+import urllib3
 
 
 def free_port() -> int:
@@ -67,3 +72,47 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()},"
         f" {platform.system()} {platform.release()}"
     )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """A loopback test server of a bench module, run as ``python -m MODULE ARGS --port P``
+    in its own process (so its CPU is not the measured process's): it prints "ready" once
+    listening and answers GET /stats (its counts; ?times adds the arrival times) and
+    POST /reset."""
+
+    def __init__(self, module: str, *args: str, what: str = "server") -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--port", str(self.port)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the {what} did not start")
+        self.http = urllib3.PoolManager(maxsize=2, retries=False)
+
+    def stats(self, times: bool = False) -> dict[str, Any]:
+        answer = self.http.request("GET", self.base_url + ("/stats?times" if times else "/stats"))
+        figures: dict[str, Any] = json.loads(answer.data)
+        return figures
+
+    def reset(self) -> None:
+        self.http.request("POST", self.base_url + "/reset")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def server_process(module: str, *args: str, what: str = "server") -> Iterator[ServerProcess]:
+    server = ServerProcess(module, *args, what=what)
+    try:
+        yield server
+    finally:
+        server.close()

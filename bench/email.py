@@ -41,14 +41,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
 import urllib3
 
-from bench.common import free_port, median
+from bench.common import ServerProcess, median, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CRMQUEUE = str(Path(sys.executable).parent / "crmqueue")
@@ -200,44 +199,12 @@ def serve_emulator(port: int, key: str, delay: float) -> None:
         asyncio.run(serve())
 
 
-class EmulatorProcess:
-    """The emulator in its own process (so its CPU is its own), and a client for its
-    /stats and /reset."""
-
-    def __init__(self, delay: float = 0.005) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.email", "emulator", "--port", str(self.port),
-             "--key", API_KEY, "--delay", str(delay)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.proc.kill()
-            raise RuntimeError("the Resend emulator did not start")
-        self.http = urllib3.PoolManager(maxsize=2, retries=False)
-
-    def stats(self, times: bool = False) -> dict[str, Any]:
-        answer = self.http.request("GET", self.base_url + ("/stats?times" if times else "/stats"))
-        figures: dict[str, Any] = json.loads(answer.data)
-        return figures
-
-    def reset(self) -> None:
-        self.http.request("POST", self.base_url + "/reset")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+EmulatorProcess = ServerProcess
 
 
-@contextlib.contextmanager
-def emulator_process() -> Iterator[EmulatorProcess]:
-    emulator = EmulatorProcess()
-    try:
-        yield emulator
-    finally:
-        emulator.close()
+def emulator_process() -> contextlib.AbstractContextManager[ServerProcess]:
+    """The emulator in its own process (so its CPU is its own)."""
+    return server_process("bench.email", "emulator", "--key", API_KEY, what="Resend emulator")
 
 
 def sample_body() -> bytes:

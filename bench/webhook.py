@@ -50,7 +50,7 @@ from typing import Any
 import redis
 import urllib3
 
-from bench.common import free_port, median
+from bench.common import ServerProcess, median, server_process
 from bench.email import (
     WINDOW,
     _Connection,
@@ -168,41 +168,12 @@ def serve_receiver(port: int, delay: float) -> None:
         asyncio.run(serve())
 
 
-class ReceiverProcess:
-    def __init__(self, delay: float = 0.005) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.webhook", "receiver", "--port", str(self.port),
-             "--delay", str(delay)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.proc.kill()
-            raise RuntimeError("the webhook receiver did not start")
-        self.http = urllib3.PoolManager(maxsize=2, retries=False)
-
-    def stats(self, times: bool = False) -> dict[str, Any]:
-        answer = self.http.request("GET", self.base_url + ("/stats?times" if times else "/stats"))
-        figures: dict[str, Any] = json.loads(answer.data)
-        return figures
-
-    def reset(self) -> None:
-        self.http.request("POST", self.base_url + "/reset")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+ReceiverProcess = ServerProcess
 
 
-@contextlib.contextmanager
-def receiver_process() -> Iterator[ReceiverProcess]:
-    receiver = ReceiverProcess()
-    try:
-        yield receiver
-    finally:
-        receiver.close()
+def receiver_process() -> contextlib.AbstractContextManager[ServerProcess]:
+    """The receiver in its own process (so its CPU is its own)."""
+    return server_process("bench.webhook", "receiver", what="webhook receiver")
 
 
 # ---------------------------------------------------------------- the plain-Huey baseline
