@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import http.server
 import re
-import threading
-from collections.abc import Iterator
 from decimal import Decimal as D
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import test_pdf
 from openpyxl import load_workbook
 from pypdf import PdfReader
 
@@ -32,33 +30,8 @@ from crmqueue.reports.render import (
 MONTHS = tuple(f"2025-{m:02d}" for m in range(1, 13))
 
 
-class _Counting(http.server.BaseHTTPRequestHandler):
-    hits: list[str] = []
-
-    def do_GET(self) -> None:
-        type(self).hits.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/css")
-        self.end_headers()
-        self.wfile.write(b"body { color: red }")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def trap() -> Iterator[tuple[str, list[str]]]:
-    """A loopback HTTP server: (its base URL, the paths requested from it)."""
-    hits: list[str] = []
-    handler = type("Handler", (_Counting,), {"hits": hits})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    finally:
-        server.shutdown()
-        server.server_close()
+# A loopback HTTP server recording what is requested from it: (its base URL, the paths).
+trap = test_pdf.loopback
 
 
 def _evil(base: str) -> str:
