@@ -295,3 +295,20 @@ def test_case_insensitive_names_and_clear_reasons() -> None:
     midnight = _valid(_report(dateRange={"startDate": "2025-01-01T00:00:00",
                                          "endDate": "2025-12-31"}))  # fmt: skip
     assert midnight.date_range.start_date == date(2025, 1, 1)
+
+
+@pytest.mark.parametrize("report_type", ["sales", "pipeline", "contact-growth", "activity"])
+def test_list_filters_hold_at_most_1000_values(report_type: str) -> None:
+    """Finding 2: 70,000 owners passed enqueue and broke PostgreSQL's 65,535-parameter
+    limit (SQLite ran it). Every list filter of every report type is bounded alike."""
+    from crmqueue.reports.options import FILTERS, MAX_FILTER_VALUES
+
+    text_filters = [n for n in FILTERS[report_type] if n not in ("min_amount", "max_amount")]
+    assert text_filters
+    for name in text_filters:
+        errors = _errors(_report(reportType=report_type, filters={name: ["x"] * 1001}))
+        assert list(errors) == [f"filters.{name}"], errors
+        assert "1001 values; at most 1000" in errors[f"filters.{name}"]
+    many = [f"o{i}" for i in range(MAX_FILTER_VALUES)]
+    free = "source" if report_type == "contact-growth" else "owner"
+    assert _valid(_report(reportType=report_type, filters={free: many})).filters[free] == many

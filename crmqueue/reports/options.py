@@ -56,6 +56,11 @@ ACTIVITY_STATUSES = ("completed", "open", "overdue")
 _TEXT_LIMITS = {"stage": 50, "owner": 64, "source": 100}
 # leads.amount is NUMERIC(14, 2).
 _MAX_AMOUNT = Decimal("999999999999.99")
+# Values one list filter may hold: each is a bound parameter, and PostgreSQL refuses a
+# statement with more than 65,535 of them (SQLite takes more), so a bound well below that,
+# for every filter of every report type, keeps both backends alike; a longer list is a
+# sign of a mistake (a report over 1,000 owners is a report without an owner filter).
+MAX_FILTER_VALUES = 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ def _texts(value: Any) -> list[str] | str:
     values = value if isinstance(value, list) else [value]
     if not values:
         return "an empty list matches nothing: leave the filter out"
+    if len(values) > MAX_FILTER_VALUES:
+        return f"{len(values)} values; at most {MAX_FILTER_VALUES}"
     if not all(isinstance(item, str) and item.strip() for item in values):
         return "a non-empty text or a list of them"
     return [item.strip() for item in values]
