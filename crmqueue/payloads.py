@@ -497,6 +497,10 @@ def _time_zone(value: str) -> str:
         raise PydanticCustomError("time_zone", "{reason}", {"reason": str(exc)}) from None
 
 
+# The days a report's date range may cover (see ReportPayload._range_length).
+REPORT_DATES = (date(1900, 1, 1), date(9998, 12, 31))
+
+
 class ReportPayload(Payload):
     """A report job (issue #13). `filters` and `dimensions` are checked against the report
     type (crmqueue.reports.options) and kept as given (the report's cover shows them so);
@@ -532,6 +536,16 @@ class ReportPayload(Payload):
     @field_validator("date_range")
     @classmethod
     def _range_length(cls, value: DateRange, info: ValidationInfo) -> DateRange:
+        # A report cuts periods in a zone up to UTC±14 h, starting weeks, quarters and years
+        # before the range and a day after it: beyond these years that arithmetic leaves
+        # what Python's dates (years 1..9999) and SQLite's can hold.
+        first, last = REPORT_DATES
+        if value.start_date < first or value.end_date > last:
+            raise PydanticCustomError(
+                "date_out_of_range",
+                "report dates run from {first} to {last}",
+                {"first": first.isoformat(), "last": last.isoformat()},
+            )
         limit = (info.context or {}).get("max_range_days") or _report_settings()[0]
         days = (value.end_date - value.start_date).days + 1
         if days > limit:

@@ -927,3 +927,56 @@ def test_stage_history_step_upgrades_a_database_with_leads(crm_url: str) -> None
         assert rows == [("t1", None, "proposal", "open", stamp), ("t2", None, None, "won", stamp)]
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- extreme dates
+
+EDGE_ZONES = ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Pacific/Auckland",
+              "America/New_York"]  # fmt: skip
+
+
+def test_the_years_a_report_accepts_run_in_every_zone(engine: Any) -> None:
+    """Finding 3: 9999-12 in Auckland and 0001-01 in New York or UTC passed enqueue, then
+    the worker overflowed (and SQLite refused year 0 where PostgreSQL answered). The years
+    accepted, 1900..9998, run for every report type, period and zone (UTC+14 to UTC-11),
+    on both databases; the years beyond are refused at enqueue, naming date_range."""
+    for zone in EDGE_ZONES:
+        for start, end in (("1900-01-01", "1900-12-31"), ("9998-01-01", "9998-12-31")):
+            for report_type in ("sales", "pipeline", "contact-growth", "activity"):
+                for period in ("day", "week", "month", "quarter", "year"):
+                    data = report(engine, report_type, start, end, timeZone=zone,
+                                  dimensions=[period])  # fmt: skip
+                    assert data.start == dt.date.fromisoformat(start)
+    for start, end in (("1899-12-31", "1900-01-31"), ("9998-12-01", "9999-01-01"),
+                       ("0001-01-01", "0001-01-31"), ("9999-12-01", "9999-12-31")):  # fmt: skip
+        data = {"tenantId": "t1", "userId": "u1", "reportType": "sales", "format": "xlsx",
+                "dateRange": {"startDate": start, "endDate": end}}  # fmt: skip
+        with pytest.raises(__import__("pydantic").ValidationError) as info:
+            ReportPayload.model_validate(data, context=CONTEXT)
+        (error,) = info.value.errors()
+        assert error["loc"][0] == "date_range" and "1900-01-01 to 9998-12-31" in error["msg"]
+
+
+def test_a_job_from_before_the_bound_fails_permanently_at_once(engine: Any, tmp_path: Path) -> None:
+    """A job stored before the years were bounded (built here without validation) would
+    overflow on every retry: it fails permanently at once, leaving no file."""
+    from crmqueue.workers.report import run_report
+
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings.model_validate({"database": {"url": url}, "files": {"dir": str(tmp_path)}})
+    for zone, start, end in (("Pacific/Auckland", "9999-12-01", "9999-12-31"),
+                             ("America/New_York", "0001-01-01", "0001-01-31")):  # fmt: skip
+        payload = ReportPayload.model_construct(
+            tenant_id="t1", user_id="u1", report_type="sales", format="xlsx", filters={},
+            dimensions=["month"], time_zone=zone,
+            date_range=schema_range(start, end),
+        )  # fmt: skip
+        with pytest.raises(PermanentError, match="report dates run from 1900-01-01"):
+            run_report(payload, settings, "j1", progress=lambda _: None)
+    assert not list(tmp_path.rglob("*.xlsx*"))
+
+
+def schema_range(start: str, end: str) -> Any:
+    from crmqueue.payloads import DateRange
+
+    return DateRange(start_date=dt.date.fromisoformat(start), end_date=dt.date.fromisoformat(end))

@@ -24,7 +24,7 @@ from crmqueue.crm.store import get_engine
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import PermanentError
-from crmqueue.payloads import ReportPayload
+from crmqueue.payloads import REPORT_DATES, ReportPayload
 from crmqueue.reports.model import ReportData, empty_message
 from crmqueue.workers.import_export import download_url, notify_user
 from crmqueue.workers.notification import notify_in_app
@@ -80,10 +80,16 @@ def run_report(
     from crmqueue.reports.queries import build_report
     from crmqueue.reports.render import render_html, render_pdf, render_xlsx
 
+    first, last = REPORT_DATES
+    rng = payload.date_range
+    if rng.start_date < first or rng.end_date > last:  # a job stored before the bound
+        raise PermanentError(f"date_range: report dates run from {first} to {last}")
     progress(5)
     try:
         data = build_report(settings, payload)
-    except ValueError as exc:  # a filter or dimension validation would refuse (older job)
+    except (ValueError, OverflowError) as exc:
+        # What validation refuses today (a filter, a dimension, a date beyond the years a
+        # report accepts) in a job enqueued before it did: a retry would fail alike.
         raise PermanentError(str(exc)) from None
     progress(40)
     final = report_path(settings.files.dir, payload, job_id or uuid.uuid4().hex)
