@@ -980,3 +980,50 @@ def schema_range(start: str, end: str) -> Any:
     from crmqueue.payloads import DateRange
 
     return DateRange(start_date=dt.date.fromisoformat(start), end_date=dt.date.fromisoformat(end))
+
+
+def test_partial_files_of_killed_attempts_are_removed(engine: Any, tmp_path: Path) -> None:
+    """Finding 4: an attempt killed mid-write (SIGKILL, a stalled lease) skips its cleanup
+    and its ``.partial`` file stayed forever. A retry removes its own first, even when it
+    then fails; a report's start sweeps other jobs' partials older than the report queue's
+    timeout plus lease (any tenant, any format), and leaves younger ones (a live attempt)."""
+    import os
+    import time
+
+    from crmqueue.workers.report import report_path, run_report
+
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings.model_validate(
+        {"database": {"url": url}, "files": {"dir": str(tmp_path)},
+         "queues": {"report": {"workers": 1, "attempts": 3, "timeout_seconds": 60,
+                               "lease_seconds": 10}}}
+    )  # fmt: skip
+    old = time.time() - 71
+    dead = tmp_path / "reports" / "t2" / ".activity-2025-01-01-2025-01-31-dead.pdf.partial"
+    live = tmp_path / "reports" / "t2" / ".sales-2025-01-01-2025-01-31-live.xlsx.partial"
+    for path in (dead, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    os.utime(dead, (old, old))
+    for fmt in ("pdf", "xlsx", "html"):
+        # A retry of a job stored before the date bound: it fails, and its leftover is gone.
+        payload = ReportPayload.model_construct(
+            tenant_id="t1", user_id="u1", report_type="sales", format=fmt, filters={},
+            dimensions=[], time_zone="UTC", date_range=schema_range("9999-12-01", "9999-12-31"),
+        )  # fmt: skip
+        final = report_path(tmp_path, payload, f"job-{fmt}")
+        own = final.with_name(f".{final.name}.partial")
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_bytes(b"")  # fresh: only its own job may remove it this soon
+        with pytest.raises(PermanentError):
+            run_report(payload, settings, f"job-{fmt}", progress=lambda _: None)
+        assert not own.exists()
+    assert not dead.exists() and live.read_bytes() == b"half"
+    # A report that succeeds sweeps too.
+    os.utime(live, (old, old))
+    data = {"tenantId": "t1", "userId": "u1", "reportType": "contact-growth", "format": "html",
+            "dateRange": {"startDate": "2025-10-01", "endDate": "2025-12-31"}}  # fmt: skip
+    result = run_report(ReportPayload.model_validate(data, context=CONTEXT), settings, "ok",
+                        progress=lambda _: None)  # fmt: skip
+    assert Path(result["file"]).is_file() and not live.exists()
+    assert not list(tmp_path.rglob("*.partial"))
