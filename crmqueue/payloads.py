@@ -428,6 +428,10 @@ class ExportPayload(Payload):
             raise PydanticCustomError("export_field", "{reason}", {"reason": str(exc)}) from None
 
 
+# The start of ISO text for a day (a time of day after it is checked by pydantic).
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?![0-9])")
+
+
 class DateRange(BaseModel):
     model_config = _CONFIG
 
@@ -438,7 +442,14 @@ class DateRange(BaseModel):
     @classmethod
     def _calendar_day(cls, value: Any, handler: Any) -> date:
         """A day (YYYY-MM-DD), in the report's time zone: a time of day is refused with a
-        reason that says so (pydantic's own text speaks of datetimes' zero time)."""
+        reason that says so (pydantic's own text speaks of datetimes' zero time). Only ISO
+        text or a date object: pydantic would read a number ("0", 2592000) as epoch seconds."""
+        if not (isinstance(value, date) or (isinstance(value, str) and _ISO_DAY.match(value))):
+            raise PydanticCustomError(
+                "date_type",
+                "a calendar day as text (YYYY-MM-DD), got {value}",
+                {"value": repr(value)},
+            )
         try:
             return cast(date, handler(value))
         except ValidationError as exc:

@@ -5,6 +5,7 @@ original system's spelling (`status: "closed-won"`, `minAmount`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -61,6 +62,7 @@ _MAX_AMOUNT = Decimal("999999999999.99")
 # for every filter of every report type, keeps both backends alike; a longer list is a
 # sign of a mistake (a report over 1,000 owners is a report without an owner filter).
 MAX_FILTER_VALUES = 1000
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,11 @@ def _texts(value: Any) -> list[str] | str:
 def _amount(value: Any) -> Decimal | str:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         return "a number, such as 50000 or 1250.50"
+    # Text is a plain decimal number: Decimal() would also read "5_000", " 5 " and "1E2".
+    if isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value):
+        return "a number, such as 50000 or 1250.50"
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(str(value))
     except InvalidOperation:
         return "a number, such as 50000 or 1250.50"
     if not amount.is_finite() or amount < 0 or amount > _MAX_AMOUNT:
