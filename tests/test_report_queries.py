@@ -1027,3 +1027,42 @@ def test_partial_files_of_killed_attempts_are_removed(engine: Any, tmp_path: Pat
                         progress=lambda _: None)  # fmt: skip
     assert Path(result["file"]).is_file() and not live.exists()
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_amounts_beyond_numeric_14_2_are_never_summed_silently(engine: Any) -> None:
+    """Finding 5: on SQLite (NUMERIC is a float there) amounts written directly beyond
+    NUMERIC(14, 2) were summed wrongly without a word (GBP 1e20 as 92233720368547758.07,
+    CHF 0.015 as 0.02). The largest amount and cents floats cannot hold exactly still sum
+    exactly; a report over a tenant holding a bad amount fails permanently, naming it;
+    PostgreSQL refuses such amounts when written (and rounds a fraction of a cent)."""
+
+    def lead(tenant: str, amount: Any, currency: str) -> dict[str, Any]:
+        stamp = utc(2025, 12, 1)
+        return {"tenant_id": tenant, "title": "x", "status": "won", "stage": "negotiation",
+                "currency": currency, "amount": amount, "close_date": dt.date(2025, 12, 1),
+                "created_at": stamp, "updated_at": stamp}  # fmt: skip
+
+    good = [lead("t8", D("999999999999.99"), "USD"), lead("t8", D("0.29"), "CHF"),
+            lead("t8", D("0.01"), "CHF")]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(schema.leads.insert(), good)
+    for kind in ("sales", "pipeline"):
+        data = report(engine, kind, tenantId="t8")
+        if kind == "sales":
+            assert ("won_revenue", D("999999999999.99"), "USD") in figures(data)
+            assert ("won_revenue", D("0.30"), "CHF") in figures(data)
+    for bad in (lead("t9", D("1e20"), "GBP"), lead("t9", D("1234567890123456.78"), "USD"),
+                lead("t9", D("0.015"), "CHF")):  # fmt: skip
+        if engine.dialect.name == "postgresql":
+            if bad["amount"] < 1:
+                continue  # PostgreSQL rounds it to the cent when written
+            with pytest.raises(sa.exc.DataError), engine.begin() as conn:
+                conn.execute(schema.leads.insert(), [bad])
+            continue
+        with engine.begin() as conn:
+            conn.execute(schema.leads.delete().where(schema.leads.c.tenant_id == "t9"))
+            conn.execute(schema.leads.insert(), [bad])
+        for kind in ("sales", "pipeline"):
+            with pytest.raises(PermanentError, match=r"leads\.amount: 1 lead\(s\) hold"):
+                report(engine, kind, tenantId="t9")
+        assert report(engine, "activity", tenantId="t9").empty  # no amounts in it

@@ -56,7 +56,7 @@ ACTIVITY_STATUSES = ("completed", "open", "overdue")
 # The widths of the columns a text filter compares with (crmqueue.crm.schema).
 _TEXT_LIMITS = {"stage": 50, "owner": 64, "source": 100}
 # leads.amount is NUMERIC(14, 2).
-_MAX_AMOUNT = Decimal("999999999999.99")
+MAX_AMOUNT = Decimal("999999999999.99")
 # Values one list filter may hold: each is a bound parameter, and PostgreSQL refuses a
 # statement with more than 65,535 of them (SQLite takes more), so a bound well below that,
 # for every filter of every report type, keeps both backends alike; a longer list is a
@@ -102,8 +102,8 @@ def _amount(value: Any) -> Decimal | str:
         amount = Decimal(str(value))
     except InvalidOperation:
         return "a number, such as 50000 or 1250.50"
-    if not amount.is_finite() or amount < 0 or amount > _MAX_AMOUNT:
-        return f"a number from 0 to {_MAX_AMOUNT}"
+    if not amount.is_finite() or amount < 0 or amount > MAX_AMOUNT:
+        return f"a number from 0 to {MAX_AMOUNT}"
     if amount != amount.quantize(Decimal("0.01")):
         return "at most 2 decimal places"
     return amount
