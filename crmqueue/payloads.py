@@ -428,6 +428,10 @@ class ExportPayload(Payload):
             raise PydanticCustomError("export_field", "{reason}", {"reason": str(exc)}) from None
 
 
+# The start of ISO text for a day (a time of day after it is checked by pydantic).
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?![0-9])")
+
+
 class DateRange(BaseModel):
     model_config = _CONFIG
 
@@ -438,7 +442,14 @@ class DateRange(BaseModel):
     @classmethod
     def _calendar_day(cls, value: Any, handler: Any) -> date:
         """A day (YYYY-MM-DD), in the report's time zone: a time of day is refused with a
-        reason that says so (pydantic's own text speaks of datetimes' zero time)."""
+        reason that says so (pydantic's own text speaks of datetimes' zero time). Only ISO
+        text or a date object: pydantic would read a number ("0", 2592000) as epoch seconds."""
+        if not (isinstance(value, date) or (isinstance(value, str) and _ISO_DAY.match(value))):
+            raise PydanticCustomError(
+                "date_type",
+                "a calendar day as text (YYYY-MM-DD), got {value}",
+                {"value": repr(value)},
+            )
         try:
             return cast(date, handler(value))
         except ValidationError as exc:
@@ -497,6 +508,10 @@ def _time_zone(value: str) -> str:
         raise PydanticCustomError("time_zone", "{reason}", {"reason": str(exc)}) from None
 
 
+# The days a report's date range may cover (see ReportPayload._range_length).
+REPORT_DATES = (date(1900, 1, 1), date(9998, 12, 31))
+
+
 class ReportPayload(Payload):
     """A report job (issue #13). `filters` and `dimensions` are checked against the report
     type (crmqueue.reports.options) and kept as given (the report's cover shows them so);
@@ -532,6 +547,16 @@ class ReportPayload(Payload):
     @field_validator("date_range")
     @classmethod
     def _range_length(cls, value: DateRange, info: ValidationInfo) -> DateRange:
+        # A report cuts periods in a zone up to UTC±14 h, starting weeks, quarters and years
+        # before the range and a day after it: beyond these years that arithmetic leaves
+        # what Python's dates (years 1..9999) and SQLite's can hold.
+        first, last = REPORT_DATES
+        if value.start_date < first or value.end_date > last:
+            raise PydanticCustomError(
+                "date_out_of_range",
+                "report dates run from {first} to {last}",
+                {"first": first.isoformat(), "last": last.isoformat()},
+            )
         limit = (info.context or {}).get("max_range_days") or _report_settings()[0]
         days = (value.end_date - value.start_date).days + 1
         if days > limit:

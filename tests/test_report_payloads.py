@@ -18,6 +18,7 @@ from crmqueue.payloads import ReportPayload, payload_json, validate_payload
 from crmqueue.reports.options import ReportFilters, check_dimensions, check_filters
 
 EXAMPLES = Path(__file__).parent / "data" / "original-examples.json"
+D = Decimal
 CONTEXT = {"max_range_days": 3660, "contact_statuses": ["lead", "prospect", "customer"]}
 
 
@@ -295,3 +296,54 @@ def test_case_insensitive_names_and_clear_reasons() -> None:
     midnight = _valid(_report(dateRange={"startDate": "2025-01-01T00:00:00",
                                          "endDate": "2025-12-31"}))  # fmt: skip
     assert midnight.date_range.start_date == date(2025, 1, 1)
+
+
+@pytest.mark.parametrize("report_type", ["sales", "pipeline", "contact-growth", "activity"])
+def test_list_filters_hold_at_most_1000_values(report_type: str) -> None:
+    """Finding 2: 70,000 owners passed enqueue and broke PostgreSQL's 65,535-parameter
+    limit (SQLite ran it). Every list filter of every report type is bounded alike."""
+    from crmqueue.reports.options import FILTERS, MAX_FILTER_VALUES
+
+    text_filters = [n for n in FILTERS[report_type] if n not in ("min_amount", "max_amount")]
+    assert text_filters
+    for name in text_filters:
+        errors = _errors(_report(reportType=report_type, filters={name: ["x"] * 1001}))
+        assert list(errors) == [f"filters.{name}"], errors
+        assert "1001 values; at most 1000" in errors[f"filters.{name}"]
+    many = [f"o{i}" for i in range(MAX_FILTER_VALUES)]
+    free = "source" if report_type == "contact-growth" else "owner"
+    assert _valid(_report(reportType=report_type, filters={free: many})).filters[free] == many
+
+
+@pytest.mark.parametrize(
+    ("date_range", "field"),
+    [
+        ({"startDate": 0, "endDate": 2592000}, "start_date"),  # read as epoch seconds
+        ({"startDate": "2025-01-01", "endDate": "2592000"}, "end_date"),
+        ({"startDate": "20250101", "endDate": "2025-12-31"}, "start_date"),
+        ({"startDate": 1.5, "endDate": "2025-12-31"}, "start_date"),
+        ({"startDate": True, "endDate": "2025-12-31"}, "start_date"),
+    ],
+)
+def test_dates_are_iso_text_or_date_objects(date_range: dict[str, Any], field: str) -> None:
+    """Finding 12: numbers were read as epoch seconds (0..2592000: January 1970)."""
+    errors = _errors(_report(dateRange=date_range))
+    assert f"date_range.{field}" in errors, errors
+    assert all("a calendar day as text (YYYY-MM-DD)" in reason for reason in errors.values())
+    job = _valid(_report(dateRange={"startDate": date(2025, 1, 1), "endDate": "2025-01-31"}))
+    assert (job.date_range.start_date, job.date_range.end_date) == (
+        date(2025, 1, 1), date(2025, 1, 31),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("report_type", ["sales", "pipeline"])
+@pytest.mark.parametrize("key", ["minAmount", "maxAmount", "min_amount"])
+def test_amount_filters_are_plain_decimal_numbers(report_type: str, key: str) -> None:
+    """Finding 12: "5_000", " 5 " and "1E2" were read as numbers."""
+    for text in ("5_000", " 5 ", "1E2", "1e2", "+5", "5.", ".5", "٥", "NaN", "Infinity"):
+        errors = _errors(_report(reportType=report_type, filters={key: text}))
+        assert errors == {f"filters.{key}": "a number, such as 50000 or 1250.50"}, (text, errors)
+    for given, read in (("5000", D("5000")), ("1250.50", D("1250.50")), (5000, D("5000")),
+                        (12.5, D("12.5")), (D("7.25"), D("7.25"))):  # fmt: skip
+        checked, errors = check_filters(report_type, {key: given}, ())
+        assert errors == [] and read in (checked.min_amount, checked.max_amount), given

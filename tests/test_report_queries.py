@@ -927,3 +927,142 @@ def test_stage_history_step_upgrades_a_database_with_leads(crm_url: str) -> None
         assert rows == [("t1", None, "proposal", "open", stamp), ("t2", None, None, "won", stamp)]
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- extreme dates
+
+EDGE_ZONES = ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Pacific/Auckland",
+              "America/New_York"]  # fmt: skip
+
+
+def test_the_years_a_report_accepts_run_in_every_zone(engine: Any) -> None:
+    """Finding 3: 9999-12 in Auckland and 0001-01 in New York or UTC passed enqueue, then
+    the worker overflowed (and SQLite refused year 0 where PostgreSQL answered). The years
+    accepted, 1900..9998, run for every report type, period and zone (UTC+14 to UTC-11),
+    on both databases; the years beyond are refused at enqueue, naming date_range."""
+    for zone in EDGE_ZONES:
+        for start, end in (("1900-01-01", "1900-12-31"), ("9998-01-01", "9998-12-31")):
+            for report_type in ("sales", "pipeline", "contact-growth", "activity"):
+                for period in ("day", "week", "month", "quarter", "year"):
+                    data = report(engine, report_type, start, end, timeZone=zone,
+                                  dimensions=[period])  # fmt: skip
+                    assert data.start == dt.date.fromisoformat(start)
+    for start, end in (("1899-12-31", "1900-01-31"), ("9998-12-01", "9999-01-01"),
+                       ("0001-01-01", "0001-01-31"), ("9999-12-01", "9999-12-31")):  # fmt: skip
+        data = {"tenantId": "t1", "userId": "u1", "reportType": "sales", "format": "xlsx",
+                "dateRange": {"startDate": start, "endDate": end}}  # fmt: skip
+        with pytest.raises(__import__("pydantic").ValidationError) as info:
+            ReportPayload.model_validate(data, context=CONTEXT)
+        (error,) = info.value.errors()
+        assert error["loc"][0] == "date_range" and "1900-01-01 to 9998-12-31" in error["msg"]
+
+
+def test_a_job_from_before_the_bound_fails_permanently_at_once(engine: Any, tmp_path: Path) -> None:
+    """A job stored before the years were bounded (built here without validation) would
+    overflow on every retry: it fails permanently at once, leaving no file."""
+    from crmqueue.workers.report import run_report
+
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings.model_validate({"database": {"url": url}, "files": {"dir": str(tmp_path)}})
+    for zone, start, end in (("Pacific/Auckland", "9999-12-01", "9999-12-31"),
+                             ("America/New_York", "0001-01-01", "0001-01-31")):  # fmt: skip
+        payload = ReportPayload.model_construct(
+            tenant_id="t1", user_id="u1", report_type="sales", format="xlsx", filters={},
+            dimensions=["month"], time_zone=zone,
+            date_range=schema_range(start, end),
+        )  # fmt: skip
+        with pytest.raises(PermanentError, match="report dates run from 1900-01-01"):
+            run_report(payload, settings, "j1", progress=lambda _: None)
+    assert not list(tmp_path.rglob("*.xlsx*"))
+
+
+def schema_range(start: str, end: str) -> Any:
+    from crmqueue.payloads import DateRange
+
+    return DateRange(start_date=dt.date.fromisoformat(start), end_date=dt.date.fromisoformat(end))
+
+
+def test_partial_files_of_killed_attempts_are_removed(engine: Any, tmp_path: Path) -> None:
+    """Finding 4: an attempt killed mid-write (SIGKILL, a stalled lease) skips its cleanup
+    and its ``.partial`` file stayed forever. A retry removes its own first, even when it
+    then fails; a report's start sweeps other jobs' partials older than the report queue's
+    timeout plus lease (any tenant, any format), and leaves younger ones (a live attempt)."""
+    import os
+    import time
+
+    from crmqueue.workers.report import report_path, run_report
+
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings.model_validate(
+        {"database": {"url": url}, "files": {"dir": str(tmp_path)},
+         "queues": {"report": {"workers": 1, "attempts": 3, "timeout_seconds": 60,
+                               "lease_seconds": 10}}}
+    )  # fmt: skip
+    old = time.time() - 71
+    dead = tmp_path / "reports" / "t2" / ".activity-2025-01-01-2025-01-31-dead.pdf.partial"
+    live = tmp_path / "reports" / "t2" / ".sales-2025-01-01-2025-01-31-live.xlsx.partial"
+    for path in (dead, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    os.utime(dead, (old, old))
+    for fmt in ("pdf", "xlsx", "html"):
+        # A retry of a job stored before the date bound: it fails, and its leftover is gone.
+        payload = ReportPayload.model_construct(
+            tenant_id="t1", user_id="u1", report_type="sales", format=fmt, filters={},
+            dimensions=[], time_zone="UTC", date_range=schema_range("9999-12-01", "9999-12-31"),
+        )  # fmt: skip
+        final = report_path(tmp_path, payload, f"job-{fmt}")
+        own = final.with_name(f".{final.name}.partial")
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_bytes(b"")  # fresh: only its own job may remove it this soon
+        with pytest.raises(PermanentError):
+            run_report(payload, settings, f"job-{fmt}", progress=lambda _: None)
+        assert not own.exists()
+    assert not dead.exists() and live.read_bytes() == b"half"
+    # A report that succeeds sweeps too.
+    os.utime(live, (old, old))
+    data = {"tenantId": "t1", "userId": "u1", "reportType": "contact-growth", "format": "html",
+            "dateRange": {"startDate": "2025-10-01", "endDate": "2025-12-31"}}  # fmt: skip
+    result = run_report(ReportPayload.model_validate(data, context=CONTEXT), settings, "ok",
+                        progress=lambda _: None)  # fmt: skip
+    assert Path(result["file"]).is_file() and not live.exists()
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_amounts_beyond_numeric_14_2_are_never_summed_silently(engine: Any) -> None:
+    """Finding 5: on SQLite (NUMERIC is a float there) amounts written directly beyond
+    NUMERIC(14, 2) were summed wrongly without a word (GBP 1e20 as 92233720368547758.07,
+    CHF 0.015 as 0.02). The largest amount and cents floats cannot hold exactly still sum
+    exactly; a report over a tenant holding a bad amount fails permanently, naming it;
+    PostgreSQL refuses such amounts when written (and rounds a fraction of a cent)."""
+
+    def lead(tenant: str, amount: Any, currency: str) -> dict[str, Any]:
+        stamp = utc(2025, 12, 1)
+        return {"tenant_id": tenant, "title": "x", "status": "won", "stage": "negotiation",
+                "currency": currency, "amount": amount, "close_date": dt.date(2025, 12, 1),
+                "created_at": stamp, "updated_at": stamp}  # fmt: skip
+
+    good = [lead("t8", D("999999999999.99"), "USD"), lead("t8", D("0.29"), "CHF"),
+            lead("t8", D("0.01"), "CHF")]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(schema.leads.insert(), good)
+    for kind in ("sales", "pipeline"):
+        data = report(engine, kind, tenantId="t8")
+        if kind == "sales":
+            assert ("won_revenue", D("999999999999.99"), "USD") in figures(data)
+            assert ("won_revenue", D("0.30"), "CHF") in figures(data)
+    for bad in (lead("t9", D("1e20"), "GBP"), lead("t9", D("1234567890123456.78"), "USD"),
+                lead("t9", D("0.015"), "CHF")):  # fmt: skip
+        if engine.dialect.name == "postgresql":
+            if bad["amount"] < 1:
+                continue  # PostgreSQL rounds it to the cent when written
+            with pytest.raises(sa.exc.DataError), engine.begin() as conn:
+                conn.execute(schema.leads.insert(), [bad])
+            continue
+        with engine.begin() as conn:
+            conn.execute(schema.leads.delete().where(schema.leads.c.tenant_id == "t9"))
+            conn.execute(schema.leads.insert(), [bad])
+        for kind in ("sales", "pipeline"):
+            with pytest.raises(PermanentError, match=r"leads\.amount: 1 lead\(s\) hold"):
+                report(engine, kind, tenantId="t9")
+        assert report(engine, "activity", tenantId="t9").empty  # no amounts in it

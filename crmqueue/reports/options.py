@@ -5,6 +5,7 @@ original system's spelling (`status: "closed-won"`, `minAmount`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -55,7 +56,13 @@ ACTIVITY_STATUSES = ("completed", "open", "overdue")
 # The widths of the columns a text filter compares with (crmqueue.crm.schema).
 _TEXT_LIMITS = {"stage": 50, "owner": 64, "source": 100}
 # leads.amount is NUMERIC(14, 2).
-_MAX_AMOUNT = Decimal("999999999999.99")
+MAX_AMOUNT = Decimal("999999999999.99")
+# Values one list filter may hold: each is a bound parameter, and PostgreSQL refuses a
+# statement with more than 65,535 of them (SQLite takes more), so a bound well below that,
+# for every filter of every report type, keeps both backends alike; a longer list is a
+# sign of a mistake (a report over 1,000 owners is a report without an owner filter).
+MAX_FILTER_VALUES = 1000
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ def _texts(value: Any) -> list[str] | str:
     values = value if isinstance(value, list) else [value]
     if not values:
         return "an empty list matches nothing: leave the filter out"
+    if len(values) > MAX_FILTER_VALUES:
+        return f"{len(values)} values; at most {MAX_FILTER_VALUES}"
     if not all(isinstance(item, str) and item.strip() for item in values):
         return "a non-empty text or a list of them"
     return [item.strip() for item in values]
@@ -86,12 +95,15 @@ def _texts(value: Any) -> list[str] | str:
 def _amount(value: Any) -> Decimal | str:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         return "a number, such as 50000 or 1250.50"
+    # Text is a plain decimal number: Decimal() would also read "5_000", " 5 " and "1E2".
+    if isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value):
+        return "a number, such as 50000 or 1250.50"
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(str(value))
     except InvalidOperation:
         return "a number, such as 50000 or 1250.50"
-    if not amount.is_finite() or amount < 0 or amount > _MAX_AMOUNT:
-        return f"a number from 0 to {_MAX_AMOUNT}"
+    if not amount.is_finite() or amount < 0 or amount > MAX_AMOUNT:
+        return f"a number from 0 to {MAX_AMOUNT}"
     if amount != amount.quantize(Decimal("0.01")):
         return "at most 2 decimal places"
     return amount

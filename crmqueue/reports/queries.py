@@ -31,7 +31,9 @@ What each report counts:
   generated) and completion rate.
 Money is summed per currency in whole cents (exact on SQLite's floating-point NUMERIC too)
 and returned as Decimal; a deal without a currency counts under XXX (ISO 4217: no
-currency).
+currency). On SQLite, where nothing stops an amount beyond NUMERIC(14, 2) written directly,
+a sales or pipeline report over a tenant holding one fails permanently rather than sum it
+wrongly (_check_amounts).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from crmqueue.payloads import ReportPayload
 from crmqueue.reports.model import Chart, Column, Figure, ReportData, Series, Table
 from crmqueue.reports.options import (
     ACTIVITY_STATUSES,
+    MAX_AMOUNT,
     ReportFilters,
     check_dimensions,
     check_filters,
@@ -295,6 +298,25 @@ def _label(value: Any) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def _check_amounts(conn: Connection, tenant: str) -> None:
+    """Raise PermanentError if the tenant's leads hold an amount NUMERIC(14, 2) cannot: on
+    SQLite (NUMERIC is a float there, and nothing refuses such a value written directly)
+    it would be summed wrongly without a word (1e20 clamped to 2^63 cents, 0.015 rounded to
+    a cent). PostgreSQL's column refuses them. A fraction of a cent is judged to 0.1 cent,
+    well above a float's error on the largest amount (about 0.015 cent)."""
+    cents = L.c.amount * 100
+    bad = (sa.func.abs(L.c.amount) > MAX_AMOUNT) | (sa.func.abs(cents - sa.func.round(cents)) > 0.1)
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(L.c.id)).where(L.c.tenant_id == tenant, bad)
+    ).one()
+    if row[0]:
+        raise PermanentError(
+            f"leads.amount: {row[0]} lead(s) hold an amount beyond NUMERIC(14, 2) (more than"
+            f" {MAX_AMOUNT} or a fraction of a cent; the first is lead id {row[1]}): the"
+            " figures could not be exact; correct those amounts"
+        )
+
+
 def build_report(
     settings: Settings,
     payload: ReportPayload,
@@ -331,6 +353,8 @@ def build_report(
             filters = dataclasses.replace(
                 filters, owner=_owner_ids(conn, payload.tenant_id, filters.owner)
             )
+        if report_type in ("sales", "pipeline") and conn.dialect.name != "postgresql":
+            _check_amounts(conn, payload.tenant_id)
         scope = Scope(
             conn=conn, postgres=conn.dialect.name == "postgresql", tenant=payload.tenant_id,
             zone_name=zone_name, zone=zone, start=start, end=end,

@@ -6,13 +6,16 @@ crmqueue.reports.queries.build_report: 5 -> 40), the charts (-> 60), the renderi
 (-> 90) and the write (-> 100). The file lands under the files directory as
 ``reports/<tenant>/<type>-<start>-<end>-<job id>.<ext>``, written beside its final name
 and renamed into place, so a reader never sees half a report and a retried job
-overwrites its own file. Then the user who asked gets the ``report-ready`` email through
+overwrites its own file; a partial file left by an attempt that was killed is removed by
+its retry or, once older than the queue's timeout plus lease, by the next report's start.
+Then the user who asked gets the ``report-ready`` email through
 the email queue, as imports and exports tell theirs.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -24,7 +27,7 @@ from crmqueue.crm.store import get_engine
 from crmqueue.engine.queues import get_broker, job
 from crmqueue.engine.runner import current_job_id, report_progress
 from crmqueue.errors import PermanentError
-from crmqueue.payloads import ReportPayload
+from crmqueue.payloads import REPORT_DATES, ReportPayload
 from crmqueue.reports.model import ReportData, empty_message
 from crmqueue.workers.import_export import download_url, notify_user
 from crmqueue.workers.notification import notify_in_app
@@ -48,6 +51,23 @@ def report_path(files_dir: Path, payload: ReportPayload, job_id: str) -> Path:
         f"-{job_id}.{payload.format}"
     )
     return files_dir.resolve() / "reports" / payload.tenant_id / name
+
+
+def sweep_partials(files_dir: Path, older_than: float) -> int:
+    """Remove the partial report files (``reports/<tenant>/.<name>.partial``) last written
+    more than `older_than` seconds ago: no attempt runs longer than the report queue's
+    timeout, nor outlives its lease unnoticed, so such a file belongs to an attempt that
+    died. Returns how many were removed; one vanishing meanwhile is not an error."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in (files_dir / "reports").glob("*/.*.partial"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _json_value(value: Decimal | int | None) -> str | int | None:
@@ -80,15 +100,26 @@ def run_report(
     from crmqueue.reports.queries import build_report
     from crmqueue.reports.render import render_html, render_pdf, render_xlsx
 
+    final = report_path(settings.files.dir, payload, job_id or uuid.uuid4().hex)
+    partial = final.with_name(f".{final.name}.partial")
+    # An attempt killed mid-write (SIGKILL, a stalled lease) skips the finally below: the
+    # retry removes its own leftover, and every report start sweeps those of jobs that died.
+    partial.unlink(missing_ok=True)
+    spec = settings.queues.report
+    sweep_partials(settings.files.dir, spec.timeout_seconds + spec.lease_seconds)
+    first, last = REPORT_DATES
+    rng = payload.date_range
+    if rng.start_date < first or rng.end_date > last:  # a job stored before the bound
+        raise PermanentError(f"date_range: report dates run from {first} to {last}")
     progress(5)
     try:
         data = build_report(settings, payload)
-    except ValueError as exc:  # a filter or dimension validation would refuse (older job)
+    except (ValueError, OverflowError) as exc:
+        # What validation refuses today (a filter, a dimension, a date beyond the years a
+        # report accepts) in a job enqueued before it did: a retry would fail alike.
         raise PermanentError(str(exc)) from None
     progress(40)
-    final = report_path(settings.files.dir, payload, job_id or uuid.uuid4().hex)
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(f".{final.name}.partial")
 
     def charted() -> None:
         progress(60)
