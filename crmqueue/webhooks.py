@@ -60,6 +60,7 @@ __all__ = [
     "service",
     "sign",
     "signature_header",
+    "storable",
     "subscribed",
 ]
 
@@ -471,6 +472,17 @@ def _event_types(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+# What neither CRM database can store in text: NUL (PostgreSQL refuses it) and lone
+# UTF-16 surrogates (no UTF-8 form). Receivers control much of what the log keeps.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with NUL and lone surrogates replaced by U+FFFD, so that every database
+    (PostgreSQL text refuses NUL) and every encoding can take it."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def _scrub(text: str, secrets: Sequence[str | None]) -> str:
     for secret in secrets:
         if secret:
@@ -815,8 +827,9 @@ class WebhookService:
             "succeeded": attempt.succeeded,
             "status_code": attempt.status_code,
             "latency_ms": max(0, int(attempt.latency_ms)),
-            "response_excerpt": _scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
-            "error": None if error is None else _scrub(error[:MAX_ERROR_CHARS], hidden),
+            # Text from a receiver (or an error quoting it) made storable on both databases.
+            "response_excerpt": storable(_scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden)),
+            "error": None if error is None else storable(_scrub(error[:MAX_ERROR_CHARS], hidden)),
         }
         if attempt.succeeded:
             self._log_writer.write(_Success(logged, message))

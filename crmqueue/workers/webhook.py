@@ -304,7 +304,9 @@ def classify(
     """The outcome of an answer (see the module's rules). `hidden` (the signatures sent)
     is masked wherever the answer is quoted."""
     status = response.status
-    excerpt = _scrub(response.data[:EXCERPT_BYTES].decode("utf-8", "replace"), hidden)
+    excerpt = webhooks.storable(
+        _scrub(response.data[:EXCERPT_BYTES].decode("utf-8", "replace"), hidden)
+    )
     headers = {name.lower(): value for name, value in response.headers.items()}
     control = headers.get("webhook-delivery", "").strip().lower()
     what = f"webhook {webhook_id}: HTTP {status}"
@@ -483,6 +485,7 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     )
     # The message (for replay) is stored with the attempt's log row, in one transaction.
     unsaved = None if SAVED.known(service, message) else message
+    log_error = None
     try:
         breaker = service.record_attempt(endpoint, logged, message=unsaved)
         if unsaved is not None:
@@ -491,6 +494,17 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
         if outcome.action != "ok":  # removed while this attempt ran: nothing to retry for
             raise
         breaker = None
+    except Exception as exc:
+        # The receiver's answer decides the job, not the log: a delivered message whose
+        # log row cannot be written must not be sent again (nor a permanent failure
+        # turned into retries). The database's own text is left out: it may quote the row.
+        breaker = None
+        log_error = f"the delivery log could not be written ({type(exc).__name__})"
+        log.error(
+            "webhook %s of tenant %s, message %s, attempt %d (%s): %s",
+            endpoint.webhook_id, endpoint.tenant_id, message.message_id, attempt,
+            outcome.action, log_error,
+        )  # fmt: skip
     disabled_reason = outcome.disable
     if disabled_reason is not None:
         service.disable(endpoint.tenant_id, endpoint.webhook_id, disabled_reason)
@@ -499,14 +513,19 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     if disabled_reason is not None:
         _announce_disabled(endpoint, disabled_reason)
     if outcome.action == "ok":
-        return {
+        result: dict[str, Any] = {
             "webhook_id": endpoint.webhook_id,
             "message_id": message.message_id,
             "status": outcome.status,
             "attempt": attempt,
             "latency_ms": latency_ms,
         }
+        if log_error is not None:
+            result["warning"] = log_error
+        return result
     error = outcome.error or f"webhook {endpoint.webhook_id}: failed"
+    if log_error is not None:
+        error += f"; {log_error}"
     if disabled_reason is not None and outcome.disable is None:
         error += f"; endpoint disabled: {disabled_reason}"
     if outcome.action == "retry" and disabled_reason is None:

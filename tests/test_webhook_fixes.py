@@ -1,0 +1,150 @@
+"""The webhook queue against what a hostile or broken receiver (or caller) can do (breaker
+findings on branch webhook): the same real consumer, SQLite and Redis queue storage, and
+SQLite and PostgreSQL CRM stores where the database matters; a loopback receiver.
+
+Covered: text no database can store in an answer (NUL, lone surrogates) and a log that
+cannot be written never turn into resends; event types longer than the log's columns
+are refused at enqueue; a receiver dripping its body is cut off at the attempt's
+deadline and counted; receiver headers the classifier reads never crash it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import crm_db
+import pytest
+import sqlalchemy as sa
+
+from crmqueue import jobs, tasks, webhooks
+from crmqueue.engine import Broker
+from crmqueue.jobs import JobInfo
+from crmqueue.workers import webhook as worker  # noqa: F401  (registers the bodies)
+from tests.webhook_receiver import Plan, WebhookReceiver
+
+crm_url = crm_db.crm_url
+pg_url = crm_db.pg_url
+
+TENANT = "tenant-1"
+DATA = {"id": "contact-123", "name": "John Doe"}
+FAST = {
+    "outbound.allowed_networks": ["127.0.0.0/8"],
+    "queues.webhook.attempts": 3,
+    "queues.webhook.timeout_seconds": 10,
+    "webhooks.schedule": [0.05],
+    "webhooks.connect_timeout_seconds": 1.0,
+    "webhooks.read_timeout_seconds": 1.0,
+}
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def setup(
+    make_broker: Callable[..., Broker], start_consumer: Callable[..., Any], crm_url: str
+) -> Callable[..., Broker]:
+    """setup({...overrides}): a broker on this test's queue storage and CRM database,
+    allowing loopback receivers, with short timeouts and three attempts, consuming the
+    webhook queue."""
+
+    def make(overrides: dict[str, Any] | None = None, consumer: bool = True) -> Broker:
+        broker = make_broker({**FAST, "database.url": crm_url, **(overrides or {})})
+        if consumer:
+            start_consumer(broker, ["webhook"])
+        return broker
+
+    return make
+
+
+def service() -> webhooks.WebhookService:
+    return webhooks.service()
+
+
+def add(url: str, webhook_id: str) -> str:
+    _, secret = service().add(TENANT, url, ("*",), webhook_id=webhook_id)
+    return secret
+
+
+def deliver(webhook_id: str, event_type: str = "contact.created") -> jobs.Job:
+    return tasks.deliver_webhook(
+        tenant_id=TENANT, webhook_id=webhook_id, event_type=event_type, payload=DATA
+    )
+
+
+def finished(job: jobs.Job, timeout: float = 20.0) -> JobInfo:
+    return job.wait(timeout)
+
+
+def log_rows(webhook_id: str) -> list[webhooks.Delivery]:
+    return list(reversed(service().deliveries(TENANT, webhook_id)))
+
+
+# --------------------------------------------------------------------------- finding 1
+
+
+def test_an_answer_with_nul_or_a_lone_surrogate_is_logged_once_not_resent(
+    setup: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    setup()
+    secret = add(receiver.url("/ok"), "ok")
+    hook = receiver.endpoint("/ok", secret, Plan(200, body=b"ok\x00done \xed\xa0\xbd"))
+    info = finished(deliver("ok"))
+    assert info.state == "completed" and info.attempts == 1, info.errors
+    assert len(hook.received()) == 1
+    (row,) = log_rows("ok")
+    assert row.succeeded and row.response_excerpt.startswith("ok\ufffddone ")
+    assert "\x00" not in row.response_excerpt
+
+    # A failing answer quoting NUL: logged and counted by the breaker at every attempt.
+    secret = add(receiver.url("/bad"), "bad")
+    bad = receiver.endpoint("/bad", secret, Plan(500, body=b"\x00\x00oops\x00"))
+    info = finished(deliver("bad"))
+    assert info.state == "dead" and info.attempts == 3
+    assert len(bad.received()) == 3
+    rows = log_rows("bad")
+    assert [(r.succeeded, r.status_code) for r in rows] == [(False, 500)] * 3
+    assert all("\x00" not in (r.error or "") + r.response_excerpt for r in rows)
+    assert "oops" in (rows[0].error or "")
+    assert service().get(TENANT, "bad").consecutive_failures == 3
+
+
+def test_record_attempt_stores_unstorable_text_of_any_field(crm_url: str) -> None:
+    settings = crm_db_settings(crm_url)
+    svc = webhooks.WebhookService(settings)
+    endpoint, _ = svc.add(TENANT, "http://127.0.0.1:9/x", webhook_id="w")
+    attempt = webhooks.Attempt(
+        message_id="msg_1", event_type="contact.created", job_id="j1", attempt=1,
+        succeeded=False, status_code=None, latency_ms=1,
+        response_excerpt="a\x00b\udc80c", error="timed out \x00 \ud83d",
+    )  # fmt: skip
+    svc.record_attempt(endpoint, attempt)
+    (row,) = svc.deliveries(TENANT, "w")
+    assert (row.response_excerpt, row.error) == ("a\ufffdb\ufffdc", "timed out \ufffd \ufffd")
+
+
+def crm_db_settings(url: str) -> Any:
+    from crmqueue.config import Settings
+
+    return Settings.model_validate(
+        {"database": {"url": url}, "outbound": {"allowed_networks": ["127.0.0.0/8"]}}
+    )
+
+
+def test_a_delivered_message_whose_log_cannot_be_written_is_not_resent(
+    setup: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    setup()
+    secret = add(receiver.url("/ok"), "ok")
+    hook = receiver.endpoint("/ok", secret)
+    engine = service().engine
+    with engine.begin() as conn:  # the log table gone: every write of a row fails
+        conn.execute(sa.text("ALTER TABLE webhook_deliveries RENAME TO moved_deliveries"))
+    info = finished(deliver("ok"))
+    assert info.state == "completed" and info.attempts == 1, info.errors
+    assert len(hook.received()) == 1
+    assert "delivery log could not be written" in info.result["warning"]
