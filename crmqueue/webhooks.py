@@ -741,6 +741,8 @@ class WebhookService:
         self._check_tenant(message.tenant_id)
         if not message.message_id or len(message.message_id) > 64:
             raise PayloadError([("message_id", "1-64 characters")])
+        if not message.event_type or len(message.event_type) > MAX_EVENT_TYPE:
+            raise PayloadError([("event_type", f"1-{MAX_EVENT_TYPE} characters")])
         return {
             "p_tenant_id": message.tenant_id, "p_message_id": message.message_id,
             "p_event_type": message.event_type, "p_occurred_at": _utc(message.timestamp),

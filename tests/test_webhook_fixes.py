@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from crmqueue import jobs, tasks, webhooks
 from crmqueue.engine import Broker
+from crmqueue.errors import PayloadError
 from crmqueue.jobs import JobInfo
 from crmqueue.workers import webhook as worker  # noqa: F401  (registers the bodies)
 from tests.webhook_receiver import Plan, WebhookReceiver
@@ -148,3 +149,39 @@ def test_a_delivered_message_whose_log_cannot_be_written_is_not_resent(
     assert info.state == "completed" and info.attempts == 1, info.errors
     assert len(hook.received()) == 1
     assert "delivery log could not be written" in info.result["warning"]
+
+
+# --------------------------------------------------------------------------- finding 2
+
+
+def test_event_types_and_ids_wider_than_the_log_columns_are_refused_at_enqueue(
+    setup: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    broker = setup()
+    too_long = "a." + "b" * 150
+    calls: list[tuple[str, Callable[[], Any]]] = [
+        ("event_type", lambda: deliver("w", event_type=too_long)),
+        ("event_type", lambda: tasks.publish_event(
+            tenant_id=TENANT, event_type=too_long, payload=DATA)),
+        ("event_type", lambda: tasks.enqueue(
+            "webhook", {"tenantId": TENANT, "eventType": too_long, "payload": {}},
+            kind="publish")),
+        ("webhook_id", lambda: tasks.deliver_webhook(
+            tenant_id=TENANT, webhook_id="w" * 65, event_type="a.b", payload=DATA)),
+    ]  # fmt: skip
+    for field, call in calls:
+        with pytest.raises(PayloadError) as caught:
+            call()
+        assert [f for f, _ in caught.value.errors] == [field], caught.value.errors
+    assert broker.queue("webhook").store.counts()["waiting"] == 0
+    # The widest accepted type (the columns' 100 characters) is delivered, logged, stored.
+    widest = "a." + "b" * 98
+    secret = add(receiver.url("/ok"), "ok")
+    hook = receiver.endpoint("/ok", secret)
+    info = finished(tasks.publish_event(tenant_id=TENANT, event_type=widest, payload=DATA))
+    assert info.state == "completed" and info.result["deliveries"] == 1, info.errors
+    assert finished(jobs.Job(info.result["jobs"][0], "webhook")).state == "completed"
+    assert [r.json()["type"] for r in hook.received()] == [widest]
+    (row,) = log_rows("ok")
+    assert row.event_type == widest
+    assert service().message(TENANT, info.result["message_id"]).event_type == widest
