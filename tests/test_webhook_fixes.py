@@ -10,6 +10,7 @@ deadline and counted; receiver headers the classifier reads never crash it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -185,3 +186,73 @@ def test_event_types_and_ids_wider_than_the_log_columns_are_refused_at_enqueue(
     (row,) = log_rows("ok")
     assert row.event_type == widest
     assert service().message(TENANT, info.result["message_id"]).event_type == widest
+
+
+# --------------------------------------------------------------------------- finding 3
+
+
+@pytest.fixture
+def setup_lite(
+    make_broker: Callable[..., Broker], start_consumer: Callable[..., Any]
+) -> Callable[..., Broker]:
+    """As setup, on the default SQLite CRM store (for rules the CRM database does not
+    touch): both queue storages."""
+
+    def make(overrides: dict[str, Any] | None = None) -> Broker:
+        broker = make_broker({**FAST, **(overrides or {})})
+        start_consumer(broker, ["webhook"])
+        return broker
+
+    return make
+
+
+@pytest.mark.parametrize("drip_headers", [False, True], ids=["body", "headers"])
+def test_an_answer_dripping_in_is_cut_off_at_the_attempts_deadline_and_counted(
+    setup_lite: Callable[..., Broker], receiver: WebhookReceiver, drip_headers: bool
+) -> None:
+    """A byte every 0.2 s never trips the 0.5 s read timeout; the attempt's deadline
+    (connect + read timeouts: 1 s) ends it, logged and counted as a failure."""
+    setup_lite(
+        {
+            "queues.webhook.attempts": 2,
+            "webhooks.connect_timeout_seconds": 0.5,
+            "webhooks.read_timeout_seconds": 0.5,
+        }
+    )
+    secret = add(receiver.url("/slow"), "slow")
+    plan = Plan(200, body=b"x" * 1000, drip=0.2, drip_headers=drip_headers)
+    hook = receiver.endpoint("/slow", secret, plan)
+    began = time.monotonic()
+    info = finished(deliver("slow"))
+    assert info.state == "dead" and info.attempts == 2, info.errors
+    assert time.monotonic() - began < 8  # not 2 x 200 s, nor the queue's time limit
+    assert len(hook.received()) == 2
+    rows = log_rows("slow")
+    assert [(r.succeeded, r.status_code) for r in rows] == [(False, None)] * 2
+    for row in rows:
+        assert "did not finish answering within 1 s" in (row.error or ""), row.error
+        assert 900 <= row.latency_ms < 3000
+    assert "did not finish answering" in info.errors[-1]["message"]
+    assert service().get(TENANT, "slow").consecutive_failures == 2
+
+
+def test_a_deadline_leaves_quick_answers_and_other_callers_alone(
+    receiver: WebhookReceiver,
+) -> None:
+    """guarded_request(deadline=) with a quick answer: the answer, and the kept-alive
+    connection reused untouched afterwards (the watchdog never fires on it)."""
+    import ipaddress
+
+    from crmqueue.providers import http
+
+    receiver.endpoint("/quick", (), Plan(200, body=b"fine"))
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    url = receiver.url("/quick")
+    for _ in range(3):
+        answer = http.guarded_request(
+            "POST", url, allowed_networks=loopback, body=b"{}", deadline=0.3
+        )
+        assert (answer.status, answer.data) == (200, b"fine")
+    time.sleep(0.4)  # past every deadline above: a late watchdog would break the next
+    answer = http.guarded_request("POST", url, allowed_networks=loopback, body=b"{}")
+    assert (answer.status, answer.data) == (200, b"fine")

@@ -437,6 +437,9 @@ def _post(
             what=f"webhook {endpoint.webhook_id}",
             max_response_bytes=READ_BYTES,
             check_max_age=URL_CHECK_SECONDS,
+            # The whole exchange, however slowly the answer trickles in: a read timeout
+            # restarts with every byte, and the attempt must end in time to be logged.
+            deadline=rules.longest,
         )
     except RetryableError as exc:  # timeouts, refused or reset connections
         outcome = Outcome("retry", None, "", str(exc))
