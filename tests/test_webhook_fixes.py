@@ -22,7 +22,7 @@ from crmqueue import jobs, tasks, webhooks
 from crmqueue.engine import Broker
 from crmqueue.errors import PayloadError
 from crmqueue.jobs import JobInfo
-from crmqueue.workers import webhook as worker  # noqa: F401  (registers the bodies)
+from crmqueue.workers import webhook as worker
 from tests.webhook_receiver import Plan, WebhookReceiver
 
 crm_url = crm_db.crm_url
@@ -256,3 +256,74 @@ def test_a_deadline_leaves_quick_answers_and_other_callers_alone(
     time.sleep(0.4)  # past every deadline above: a late watchdog would break the next
     answer = http.guarded_request("POST", url, allowed_networks=loopback, body=b"{}")
     assert (answer.status, answer.data) == (200, b"fine")
+
+
+# --------------------------------------------------------------------------- finding 4
+
+MALFORMED_HEADERS = [
+    {"Location": "http://[zz"},
+    {"Location": "http://[::1"},
+    {"Location": "https://a b/\x7f"},
+    {"Location": "//" + "x" * 5000},
+    {"Retry-After": "Mon, 01 Jan 99999 00:00:00 GMT"},
+    {"Retry-After": "Mon, 32 Jan 2020 00:00:00 GMT"},
+    {"Retry-After": "Mon, 01 Jan 2020 99:00:00 +9999"},
+    {"Retry-After": "Mon, 01 Jan 0001 00:00:00 +2359"},
+    {"webhook-delivery": "\x00disable\x7f"},
+]
+
+
+def test_the_classifier_never_raises_on_receiver_headers() -> None:
+    from crmqueue.providers.http import Response
+
+    for headers in MALFORMED_HEADERS:
+        for status in (200, 301, 302, 308, 400, 429, 503):
+            outcome = worker.classify(Response(status, headers, b"x"), "w", frozenset({429}), [])
+            assert outcome.action in ("ok", "retry", "permanent"), (status, headers)
+            if 300 <= status < 400:
+                assert outcome.action == "permanent"
+                assert "redirects are not followed" in (outcome.error or "")
+            assert outcome.delay is None or 0 <= outcome.delay <= 3600
+
+
+def test_a_malformed_redirect_fails_once_logged_and_counted(
+    setup_lite: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    setup_lite()
+    secret = add(receiver.url("/moved"), "moved")
+    hook = receiver.endpoint("/moved", secret, Plan(302, headers={"Location": "http://[zz"}))
+    info = finished(deliver("moved"))
+    assert info.state == "dead" and info.attempts == 1, info.errors
+    assert "redirects are not followed" in info.errors[-1]["message"]
+    assert len(hook.received()) == 1
+    (row,) = log_rows("moved")
+    assert (row.succeeded, row.status_code) == (False, 302)
+    assert "redirects are not followed" in (row.error or "")
+    assert service().get(TENANT, "moved").consecutive_failures == 1
+    # A garbled Retry-After date on a retryable answer: the schedule, not a crash.
+    secret = add(receiver.url("/busy"), "busy")
+    odd = {"Retry-After": "Mon, 01 Jan 99999 00:00:00 GMT"}
+    busy = receiver.endpoint("/busy", secret, Plan(503, headers=odd), Plan(200))
+    info = finished(deliver("busy"))
+    assert info.state == "completed" and info.attempts == 2, info.errors
+    assert len(busy.received()) == 2
+    assert [r.status_code for r in log_rows("busy")] == [503, 200]
+
+
+def test_an_import_download_with_a_malformed_redirect_fails_permanently(
+    receiver: WebhookReceiver, tmp_path: Any
+) -> None:
+    import ipaddress
+
+    from crmqueue.errors import PermanentError
+    from crmqueue.providers import http
+
+    receiver.endpoint("/file.csv", (), Plan(302, headers={"Location": "http://[zz"}))
+    with pytest.raises(PermanentError, match="redirects are not followed"):
+        http.download(
+            receiver.url("/file.csv"),
+            tmp_path / "file.csv",
+            max_bytes=1000,
+            allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+        )
+    assert not (tmp_path / "file.csv").exists()

@@ -117,6 +117,20 @@ def _transport_error(exc: urllib3.exceptions.HTTPError, what: str, host: str) ->
     return RetryableError(f"{what}: connection to {host} failed ({reason})")
 
 
+def redirect_host(location: str | None) -> str | None:
+    """The host an answer's Location header names, for messages only; None for a relative,
+    malformed (``http://[zz``) or unprintable one. Never raises: a receiver writes it."""
+    if not location or "//" not in location:
+        return None
+    try:
+        host = urlsplit(location.strip()).hostname
+    except ValueError:
+        return None
+    if not host or len(host) > 253 or not host.isprintable() or " " in host:
+        return None
+    return host
+
+
 def retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped."""
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -127,13 +141,13 @@ def retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> f
     try:
         seconds = float(value)
     except ValueError:
-        try:
+        try:  # a receiver's text: out-of-range fields raise more than ValueError
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+        except (TypeError, ValueError, OverflowError, IndexError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -564,8 +578,7 @@ def _check_download_answer(
 ) -> None:
     status = response.status
     if 300 <= status < 400:
-        location = response.headers.get("Location", "")
-        to = urlsplit(location).hostname if "//" in location else None
+        to = redirect_host(response.headers.get("Location"))
         raise PermanentError(
             f"{what}: {target.host} answered HTTP {status} (a redirect"
             f"{f' to {to}' if to else ''}); redirects are not followed"

@@ -61,7 +61,7 @@ from crmqueue.engine.queues import EncodedPayload, Enqueue
 from crmqueue.engine.retry import backoff_delay
 from crmqueue.errors import CrmQueueError, PermanentError, Postpone, RetryableError
 from crmqueue.payloads import EventPayload, WebhookDeliveryPayload
-from crmqueue.providers.http import Response, guarded_request, retry_after
+from crmqueue.providers.http import Response, guarded_request, redirect_host, retry_after
 from crmqueue.url_rules import IPNetwork
 
 log = logging.getLogger(__name__)
@@ -334,8 +334,7 @@ def classify(
             " retries)",
         )  # fmt: skip
     if 300 <= status < 400:
-        location = headers.get("location", "")
-        to = urllib3.util.parse_url(location).host if "//" in location else None
+        to = redirect_host(headers.get("location"))
         return Outcome(
             "permanent", status, excerpt,
             f"{what} (a redirect{f' to {to}' if to else ''}); redirects are not followed",
@@ -446,8 +445,25 @@ def _post(
     except PermanentError as exc:  # the URL refused by the guard, a host that is gone
         outcome = Outcome("permanent", None, "", str(exc))
     else:
-        outcome = classify(response, endpoint.webhook_id, rules.retry_statuses, hidden)
+        try:
+            outcome = classify(response, endpoint.webhook_id, rules.retry_statuses, hidden)
+        except Exception as exc:  # the receiver's headers are its own: never crash on them
+            log.exception("webhook %s: classifying an answer failed", endpoint.webhook_id)
+            outcome = _by_status(response.status, endpoint.webhook_id, rules.retry_statuses, exc)
     return outcome, int((time.monotonic() - started) * 1000)
+
+
+def _by_status(
+    status: int, webhook_id: str, retry_statuses: frozenset[int], exc: Exception
+) -> Outcome:
+    """The outcome of an answer by its status alone (its headers could not be read)."""
+    what = f"webhook {webhook_id}: HTTP {status} (its headers could not be read:"
+    error = f"{what} {type(exc).__name__})"
+    if 200 <= status < 300:
+        return Outcome("ok", status, "", None)
+    if status >= 500 or status in retry_statuses:
+        return Outcome("retry", status, "", error)
+    return Outcome("permanent", status, "", error)
 
 
 @job(QUEUE, payload=WebhookDeliveryPayload)
