@@ -327,3 +327,37 @@ def test_an_import_download_with_a_malformed_redirect_fails_permanently(
             allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),),
         )
     assert not (tmp_path / "file.csv").exists()
+
+
+# --------------------------------------------------------------------------- finding 5
+
+
+def test_a_publish_retried_with_its_message_id_delivers_once(
+    setup_lite: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    """A caller whose publish_event call failed after the job was enqueued (a storage
+    timeout) publishes again with the same message_id: no endpoint gets it twice."""
+    setup_lite()
+    hooks = [receiver.endpoint(f"/{n}", add(receiver.url(f"/{n}"), n)) for n in ("a", "b")]
+    first, again = (
+        tasks.publish_event(
+            tenant_id=TENANT, event_type="contact.created", payload=DATA, message_id="evt_42"
+        )
+        for _ in range(2)
+    )
+    assert first.id != again.id
+    one, two = finished(first), finished(again)
+    assert one.state == two.state == "completed"
+    assert sorted(one.result["jobs"]) == sorted(two.result["jobs"])
+    for delivery_id in one.result["jobs"]:
+        assert finished(jobs.Job(delivery_id, "webhook")).state == "completed"
+    assert [len(hook.received()) for hook in hooks] == [1, 1]
+    assert {hook.received()[0].headers["webhook-id"] for hook in hooks} == {"evt_42"}
+    # Without a message id of the caller's, two publishes are two messages.
+    for _ in range(2):
+        info = finished(
+            tasks.publish_event(tenant_id=TENANT, event_type="contact.created", payload=DATA)
+        )
+        for delivery_id in info.result["jobs"]:
+            assert finished(jobs.Job(delivery_id, "webhook")).state == "completed"
+    assert [len(hook.received()) for hook in hooks] == [3, 3]

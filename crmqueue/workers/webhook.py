@@ -567,6 +567,14 @@ def fanout_job_id(publish_job_id: str, webhook_id: str) -> str:
     return digest.hexdigest()
 
 
+def message_source(tenant_id: str, message_id: str) -> str:
+    """What names the fan-out of a message with a caller's own id, in place of the publish
+    job's id: a publish retried by its caller (it may have been enqueued although the
+    call failed) makes the same delivery jobs, which enqueue_many(skip_existing) drops.
+    (':' is in no tenant id.)"""
+    return f"message:{tenant_id}:{message_id}"
+
+
 @job(QUEUE, payload=EventPayload)
 def publish_event(payload: EventPayload) -> dict[str, Any]:
     """One delivery job per enabled endpoint of the tenant subscribed to the event type,
@@ -600,13 +608,18 @@ def publish_event(payload: EventPayload) -> dict[str, Any]:
     )
     head = b'{"tenant_id":%s,"webhook_id":' % json.dumps(message.tenant_id).encode()
     name = f"{deliver_webhook.__module__}.{deliver_webhook.__name__}"
+    source = (
+        job_id
+        if payload.message_id is None
+        else message_source(message.tenant_id, payload.message_id)
+    )
     items = [
         Enqueue(
             name,
             EncodedPayload(
                 message.tenant_id, head + json.dumps(endpoint.webhook_id).encode() + tail
             ),
-            job_id=fanout_job_id(job_id, endpoint.webhook_id),
+            job_id=fanout_job_id(source, endpoint.webhook_id),
         )
         for endpoint in endpoints
     ]
