@@ -10,6 +10,7 @@ deadline and counted; receiver headers the classifier reads never crash it.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -361,3 +362,38 @@ def test_a_publish_retried_with_its_message_id_delivers_once(
         for delivery_id in info.result["jobs"]:
             assert finished(jobs.Job(delivery_id, "webhook")).state == "completed"
     assert [len(hook.received()) for hook in hooks] == [3, 3]
+
+
+# --------------------------------------------------------------------------- finding 6
+
+
+def test_retry_after_ignores_invalid_values_and_past_dates() -> None:
+    """For every caller of providers.http.retry_after (webhooks, email vendors)."""
+    import datetime as dt
+
+    from crmqueue.providers import http
+
+    now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+    for value in ("nan", "NaN", "inf", "-inf", "Infinity", "-0", "-5", "+5", "1e3", "²",
+                  "5 s", "", " ", "0x10", "Thu, 01 Jan 2026 11:59:00 GMT",
+                  "Thu, 01 Jan 2026 12:00:00 GMT", "Mon, 01 Jan 99999 00:00:00 GMT"):  # fmt: skip
+        assert http.retry_after({"Retry-After": value}, now) is None, value
+    assert http.retry_after({"Retry-After": "0"}, now) == 0.0
+    assert http.retry_after({"Retry-After": " 7 "}, now) == 7.0
+    assert http.retry_after({"Retry-After": "1.5"}, now) == 1.5
+    assert http.retry_after({"Retry-After": "9" * 400}, now) == http.MAX_RETRY_AFTER
+    assert http.retry_after({"Retry-After": "Thu, 01 Jan 2026 12:00:30 GMT"}, now) == 30.0
+
+
+def test_an_invalid_retry_after_waits_for_the_schedule(
+    setup_lite: Callable[..., Broker], receiver: WebhookReceiver
+) -> None:
+    setup_lite({"webhooks.schedule": [0.6]})
+    secret = add(receiver.url("/busy"), "busy")
+    plans = [Plan(503, headers={"Retry-After": v}) for v in ("nan", "-5")] + [Plan(200)]
+    hook = receiver.endpoint("/busy", secret, *plans)
+    info = finished(deliver("busy"))
+    assert info.state == "completed" and info.attempts == 3, info.errors
+    arrived = [r.monotonic for r in hook.received()]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
+    assert len(gaps) == 2 and min(gaps) >= 0.55, gaps  # the schedule's 0.6 s, not 0 s

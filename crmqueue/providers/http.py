@@ -21,6 +21,7 @@ import datetime as dt
 import email.utils
 import ipaddress
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -131,16 +132,24 @@ def redirect_host(location: str | None) -> str | None:
     return host
 
 
+# RFC 9110 section 10.2.3: delay-seconds is 1*DIGIT; a fraction is taken too. ASCII
+# digits only (str.isdigit also takes '²'), never a sign, "nan" or "inf".
+_DELAY_SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
+
+
 def retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at
+    MAX_RETRY_AFTER. None when absent or invalid (a sign, nan, inf, garbage, a date out
+    of range) and for a date not in the future, so the caller's own schedule applies
+    instead of an immediate retry."""
     lowered = {k.lower(): v for k, v in headers.items()}
     value = lowered.get("retry-after")
     if value is None:
         return None
     value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
+    if _DELAY_SECONDS.match(value):
+        seconds = float(value)  # a huge number is inf here: capped below
+    else:
         try:  # a receiver's text: out-of-range fields raise more than ValueError
             when = email.utils.parsedate_to_datetime(value)
             if when.tzinfo is None:
@@ -148,7 +157,9 @@ def retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> f
             seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
         except (TypeError, ValueError, OverflowError, IndexError):
             return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+        if not seconds > 0:  # now or past: no advice
+            return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def raise_for_status(
