@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -34,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from crmqueue.config import Settings
+from crmqueue.config import Settings, mask_url
 from crmqueue.crm import schema
 from crmqueue.crm.store import get_engine
 from crmqueue.errors import PayloadError, PermanentError, RetryableError
@@ -314,7 +315,9 @@ class DeliveryNotFound(PermanentError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One endpoint of one tenant. `secret` and `previous_secret` never appear in repr."""
+    """One endpoint of one tenant. `secret` and `previous_secret` never appear in repr,
+    nor the password of a URL with one (``https://user:pw@host/``): `shown_url` is the
+    URL to show (CLI, repr, logs), `url` the one to send to."""
 
     tenant_id: str
     webhook_id: str
@@ -331,6 +334,19 @@ class Endpoint:
     consecutive_failures: int
     failing_since: dt.datetime | None
     probe_at: dt.datetime | None
+
+    @property
+    def shown_url(self) -> str:
+        """`url` with its password, if any, replaced by asterisks (crmqueue.config.mask_url)."""
+        return mask_url(self.url)
+
+    def __repr__(self) -> str:  # dataclass keeps a __repr__ the class defines
+        shown = [
+            f"{item.name}={self.shown_url if item.name == 'url' else getattr(self, item.name)!r}"
+            for item in dataclasses.fields(self)
+            if item.repr
+        ]
+        return f"Endpoint({', '.join(shown)})"
 
     def signing_secrets(self, now: dt.datetime) -> list[str]:
         """[secret], or [secret, previous_secret] while the rotation's grace lasts."""

@@ -397,3 +397,25 @@ def test_an_invalid_retry_after_waits_for_the_schedule(
     arrived = [r.monotonic for r in hook.received()]
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
     assert len(gaps) == 2 and min(gaps) >= 0.55, gaps  # the schedule's 0.6 s, not 0 s
+
+
+# --------------------------------------------------------------------------- finding 7
+
+
+def test_a_url_password_is_masked_when_shown_and_sent_as_is(
+    setup_lite: Callable[..., Broker], receiver: WebhookReceiver, caplog: Any
+) -> None:
+    import base64
+
+    setup_lite()
+    url = receiver.url("/hook").replace("http://", "http://alice:s3cr3tpw@")
+    secret = add(url, "private")
+    hook = receiver.endpoint("/hook", secret, Plan(500), Plan(200))
+    info = finished(deliver("private"))
+    assert info.state == "completed", info.errors
+    sent = hook.received()[-1].headers["authorization"]
+    assert base64.b64decode(sent.removeprefix("Basic ")) == b"alice:s3cr3tpw"
+    endpoint = service().get(TENANT, "private")
+    assert "s3cr3tpw" not in repr(endpoint) and "alice:********@" in repr(endpoint)
+    assert "s3cr3tpw" not in str(info.errors) + str(info.result) + caplog.text
+    assert all("s3cr3tpw" not in (r.error or "") for r in log_rows("private"))
