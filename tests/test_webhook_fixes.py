@@ -419,3 +419,60 @@ def test_a_url_password_is_masked_when_shown_and_sent_as_is(
     assert "s3cr3tpw" not in repr(endpoint) and "alice:********@" in repr(endpoint)
     assert "s3cr3tpw" not in str(info.errors) + str(info.result) + caplog.text
     assert all("s3cr3tpw" not in (r.error or "") for r in log_rows("private"))
+
+
+# --------------------------------------------------------------------------- finding 9
+
+BAD_VALUES: list[tuple[Any, str]] = [
+    (b"\xff", "is not JSON text"),
+    ([1, b"\xfe\x00"], "is not JSON text"),
+    (10**400, "beyond what JSON parsers agree on"),
+    (-(2**53), "beyond what JSON parsers agree on"),
+    (10**5000, "beyond what JSON parsers agree on"),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"), BAD_VALUES, ids=["bytes", "nested-bytes", "1e400", "-2^53", "1e5000"]
+)
+def test_bytes_and_integers_json_parsers_disagree_on_are_refused_in_every_queue(
+    broker: Broker, value: Any, reason: str
+) -> None:
+    """Every queue's typed payloads (and bytes by name too): a PayloadError naming the
+    field, never a raw UnicodeDecodeError, and no number a receiver would round or
+    refuse."""
+    calls: list[tuple[str, Callable[[Any], Any]]] = [
+        ("payload.x", lambda v: deliver_with({"x": v})),
+        ("payload.x", lambda v: tasks.publish_event(
+            tenant_id=TENANT, event_type="a.b", payload={"x": v})),
+        ("context.x", lambda v: tasks.enqueue(
+            "email", {"tenantId": TENANT, "to": ["a@b.io"], "template": "welcome",
+                      "context": {"x": v}})),
+    ]  # fmt: skip
+    if isinstance(value, bytes | list):  # by name (the engine's own check): bytes only
+        calls.append(("blob.x", lambda v: tasks.enqueue(
+            "report", {"tenant_id": TENANT, "blob": {"x": v}}, kind="myjobs.ping")))  # fmt: skip
+    for field, call in calls:
+        with pytest.raises(PayloadError) as caught:
+            call(value)
+        paths = [path for path, _ in caught.value.errors]
+        assert paths and all(path.startswith(field) for path in paths), caught.value.errors
+        assert reason in caught.value.errors[0][1]
+    assert sum(broker.queue(q).store.counts()["waiting"] for q in ("webhook", "email")) == 0
+
+
+def deliver_with(payload: dict[str, Any]) -> jobs.Job:
+    return tasks.deliver_webhook(
+        tenant_id=TENANT, webhook_id="w", event_type="a.b", payload=payload
+    )
+
+
+def test_integers_json_parsers_agree_on_are_kept_exactly(broker: Broker) -> None:
+    edge = {"max": 2**53 - 1, "min": -(2**53 - 1), "digits": "12345678901234567890123"}
+    job = tasks.publish_event(tenant_id=TENANT, event_type="a.b", payload=edge)
+    assert jobs.get(job.id).payload["payload"] == edge
+    email = tasks.enqueue(
+        "email", {"tenantId": TENANT, "to": ["a@b.io"], "template": "welcome",
+                  "context": {"first_name": "A", "login_url": "https://x.example/l", **edge}},
+    )  # fmt: skip
+    assert {k: jobs.get(email.id).payload["context"][k] for k in edge} == edge
