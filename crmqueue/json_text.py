@@ -30,6 +30,7 @@ from crmqueue.errors import PayloadError
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_SAFE_INTEGER",
     "depth_problems",
     "encode",
     "encode_value",
@@ -50,7 +51,20 @@ MAX_DEPTH = 64
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+# RFC 8259 section 6: integers within [-(2**53)+1, 2**53-1] are the ones JSON parsers
+# agree on; beyond, JavaScript's rounds (an id of 2**53 + 1 arrives as 2**53) or becomes
+# Infinity, and Python's refuses one of more than 4,300 digits. A larger number is
+# refused naming its field: send it as text.
+MAX_SAFE_INTEGER = 2**53 - 1
+# A run of 16 digits in JSON may be such an integer (2**53 has 16 digits); a false hit
+# (digits inside a text) only costs the exact walk.
+_LONG_DIGITS = re.compile(rb"[0-9]{16}")
+_BYTES = (bytes, bytearray, memoryview)
+
+
 def _opaque(value: object) -> None:
+    if isinstance(value, _BYTES):
+        raise TypeError("bytes")  # not text: walk the payload to name it
     return None  # the payload model validates (and converts) this value: not ours
 
 
@@ -81,7 +95,8 @@ def suspect_dump(data: bytes) -> bool:
     # A one-byte find is a memchr, a longer needle a slower search (about 1 µs for a
     # typical payload here): the long searches run only after their first byte is found.
     return (
-        (data.find(b"\\") >= 0 and b"\\u0000" in data)
+        _LONG_DIGITS.search(data) is not None
+        or (data.find(b"\\") >= 0 and b"\\u0000" in data)
         or (not data.isascii() and b"\xef\xbf\xbd" in data)
         or (data.find(b"N") >= 0 and b"NaN" in data)
         or (data.find(b"I") >= 0 and b"Infinity" in data)
@@ -195,8 +210,10 @@ def encode(message: dict[str, Any], field: str) -> bytes:
 def text_problems(value: Any) -> list[tuple[str, str]]:
     """(path, reason) for each lone surrogate or NUL in the text or keys of `value`, a
     payload as given (not validated yet: values JSON has no form for are left to its
-    model), or else for each top-level field nested too deeply (see depth_problems). []
-    for nearly every payload, after one encode."""
+    model), each bytes value or key, and each integer beyond MAX_SAFE_INTEGER; or else
+    for each top-level field nested too deeply (see depth_problems). [] for nearly every
+    payload, after one encode. (The typed payloads of every queue are checked with it;
+    a job enqueued by name only for what `encode` refuses.)"""
     try:
         data = _TEXT_SCANNER.encode(value).encode()
     except (TypeError, ValueError, RecursionError):
@@ -206,7 +223,9 @@ def text_problems(value: Any) -> list[tuple[str, str]]:
         deep = depth_problems(value)
         if deep:
             return deep
-    return problems(value, text_only=True) if _suspect(data) else []
+    if _suspect(data) or _LONG_DIGITS.search(data) is not None:
+        return problems(value, text_only=True)
+    return []
 
 
 def problems(value: Any, *, text_only: bool = False) -> list[tuple[str, str]]:
@@ -265,6 +284,21 @@ def _walk(
     elif isinstance(value, float):
         if not text_only and (value != value or value in (float("inf"), float("-inf"))):
             errors.append((where, f"{value} is not a JSON number (RFC 8259)"))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if text_only and abs(value) > MAX_SAFE_INTEGER:
+            digits = len(str(abs(value))) if abs(value).bit_length() < 14_000 else "over 4,300"
+            errors.append(
+                (
+                    where,
+                    f"an integer of {digits} digits, beyond what JSON parsers agree on"
+                    f" (RFC 8259: at most 2**53 - 1 = {MAX_SAFE_INTEGER:,} either side of 0);"
+                    " send it as text",
+                )
+            )
+    elif isinstance(value, _BYTES):
+        errors.append(
+            (where, f"a {type(value).__name__} is not JSON text: decode it to a str (or base64)")
+        )
     elif isinstance(value, _SCALARS):
         pass
     elif isinstance(value, dict | list | tuple):
@@ -275,6 +309,9 @@ def _walk(
         if isinstance(value, dict):
             for key, item in value.items():
                 child = _path(path, key)
+                if isinstance(key, _BYTES):
+                    errors.append((child, "a bytes key: JSON keys are text (decode it to a str)"))
+                    continue
                 if not isinstance(key, _SCALARS):
                     if not text_only:
                         errors.append((child, f"a {type(key).__name__} key: JSON keys are text"))

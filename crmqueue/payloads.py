@@ -168,7 +168,12 @@ NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length
 Tag = Annotated[str, AfterValidator(_tag)]
 # Resend's Idempotency-Key takes at most 256 characters.
 IdempotencyKey = Annotated[SingleLine, StringConstraints(min_length=1, max_length=256)]
-EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")]
+# At most 100 characters: the width of event_type in the webhook log and messages
+# (crmqueue.crm.schema) and of an endpoint's filters (crmqueue.webhooks.MAX_EVENT_TYPE).
+EventType = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=100),
+]
 EntityType = Literal["contacts", "companies", "leads", "activities"]
 
 P = TypeVar("P", bound=BaseModel)
@@ -600,6 +605,11 @@ class ReportPayload(Payload):
         return value
 
 
+# An endpoint's id, as crmqueue.webhooks.WEBHOOK_ID (64: webhook_id's column width).
+WebhookId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"),
+]
 # A webhook message id (the `webhook-id` header): header-safe, at most 64 characters.
 MessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
@@ -611,7 +621,7 @@ class WebhookDeliveryPayload(Payload):
     enqueued. The payload's JSON must fit ``webhooks.max_payload_bytes`` (checked by
     crmqueue.tasks at enqueue)."""
 
-    webhook_id: NonEmptyStr
+    webhook_id: WebhookId
     event_type: EventType
     payload: dict[str, Any]
     message_id: MessageId | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -34,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from crmqueue.config import Settings
+from crmqueue.config import Settings, mask_url
 from crmqueue.crm import schema
 from crmqueue.crm.store import get_engine
 from crmqueue.errors import PayloadError, PermanentError, RetryableError
@@ -60,6 +61,7 @@ __all__ = [
     "service",
     "sign",
     "signature_header",
+    "storable",
     "subscribed",
 ]
 
@@ -313,7 +315,9 @@ class DeliveryNotFound(PermanentError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One endpoint of one tenant. `secret` and `previous_secret` never appear in repr."""
+    """One endpoint of one tenant. `secret` and `previous_secret` never appear in repr,
+    nor the password of a URL with one (``https://user:pw@host/``): `shown_url` is the
+    URL to show (CLI, repr, logs), `url` the one to send to."""
 
     tenant_id: str
     webhook_id: str
@@ -330,6 +334,19 @@ class Endpoint:
     consecutive_failures: int
     failing_since: dt.datetime | None
     probe_at: dt.datetime | None
+
+    @property
+    def shown_url(self) -> str:
+        """`url` with its password, if any, replaced by asterisks (crmqueue.config.mask_url)."""
+        return mask_url(self.url)
+
+    def __repr__(self) -> str:  # dataclass keeps a __repr__ the class defines
+        shown = [
+            f"{item.name}={self.shown_url if item.name == 'url' else getattr(self, item.name)!r}"
+            for item in dataclasses.fields(self)
+            if item.repr
+        ]
+        return f"Endpoint({', '.join(shown)})"
 
     def signing_secrets(self, now: dt.datetime) -> list[str]:
         """[secret], or [secret, previous_secret] while the rotation's grace lasts."""
@@ -469,6 +486,17 @@ def _event_types(value: Any) -> tuple[str, ...]:
     if errors:
         raise PayloadError(errors)
     return tuple(dict.fromkeys(items))
+
+
+# What neither CRM database can store in text: NUL (PostgreSQL refuses it) and lone
+# UTF-16 surrogates (no UTF-8 form). Receivers control much of what the log keeps.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with NUL and lone surrogates replaced by U+FFFD, so that every database
+    (PostgreSQL text refuses NUL) and every encoding can take it."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _scrub(text: str, secrets: Sequence[str | None]) -> str:
@@ -729,6 +757,8 @@ class WebhookService:
         self._check_tenant(message.tenant_id)
         if not message.message_id or len(message.message_id) > 64:
             raise PayloadError([("message_id", "1-64 characters")])
+        if not message.event_type or len(message.event_type) > MAX_EVENT_TYPE:
+            raise PayloadError([("event_type", f"1-{MAX_EVENT_TYPE} characters")])
         return {
             "p_tenant_id": message.tenant_id, "p_message_id": message.message_id,
             "p_event_type": message.event_type, "p_occurred_at": _utc(message.timestamp),
@@ -815,8 +845,9 @@ class WebhookService:
             "succeeded": attempt.succeeded,
             "status_code": attempt.status_code,
             "latency_ms": max(0, int(attempt.latency_ms)),
-            "response_excerpt": _scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden),
-            "error": None if error is None else _scrub(error[:MAX_ERROR_CHARS], hidden),
+            # Text from a receiver (or an error quoting it) made storable on both databases.
+            "response_excerpt": storable(_scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden)),
+            "error": None if error is None else storable(_scrub(error[:MAX_ERROR_CHARS], hidden)),
         }
         if attempt.succeeded:
             self._log_writer.write(_Success(logged, message))

@@ -306,3 +306,29 @@ def test_publish_arrives_signed_is_logged_and_replays_with_the_same_id(
     wait_until(
         lambda: len(json.loads(ok(cli("deliveries", "crm-sync", "--tenant", "t1", "--json")))) == 2
     )
+
+
+def test_a_password_in_an_endpoint_url_is_masked_wherever_it_is_shown(
+    cli: Callable[..., Result], config: Path
+) -> None:
+    """Breaker finding 7: list/show (and --json), the add message and the Endpoint repr
+    mask the URL's password; what is stored and sent keeps it."""
+    url = "http://alice:s3cr3tpw@127.0.0.1:9/hook"
+    masked = "http://alice:********@127.0.0.1:9/hook"
+    added = cli("add", url, "--tenant", "t1", "--id", "private")
+    assert masked in ok(added)
+    shown = [
+        added, cli("list", "--tenant", "t1"), cli("list", "--tenant", "t1", "--json"),
+        cli("show", "private", "--tenant", "t1"),
+        cli("show", "private", "--tenant", "t1", "--json"),
+        cli("add", url, "--tenant", "t1", "--id", "other", "--json"),
+    ]  # fmt: skip
+    for result in shown:
+        assert "s3cr3tpw" not in ok(result) + result.stderr
+    assert json.loads(shown[2].stdout)[0]["url"] == masked
+    assert json.loads(shown[4].stdout)["url"] == masked
+    assert json.loads(shown[5].stdout)["endpoint"]["url"] == masked
+    endpoint = webhooks_service(config).get("t1", "private")
+    assert endpoint.url == url and endpoint.shown_url == masked
+    assert "s3cr3tpw" not in repr(endpoint) and masked in repr(endpoint)
+    assert "s3cr3tpw" not in str(webhooks_service(config).list("t1"))

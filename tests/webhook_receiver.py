@@ -17,11 +17,13 @@ so a passing check means the delivery follows the Standard Webhooks specificatio
 
 Plans are used in order, one per request; the last one repeats. A plan answers with a
 status, extra headers (Retry-After, `webhook-delivery: abort-message|disable`, Location),
-a body, optionally after a delay, or hangs (never answers) until the receiver closes.
+a body, optionally after a delay, or hangs (never answers) until the receiver closes, or
+drips its answer a byte at a time.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -46,6 +48,11 @@ class Plan:
     body: bytes = b""
     delay: float = 0.0  # seconds before answering
     hang: bool = False  # never answer; the connection closes with the receiver
+    # Send the answer a byte at a time, this many seconds apart (each byte well inside
+    # any read timeout): the body only, or with drip_headers the status line and headers
+    # too. The body's Content-Length is announced in full.
+    drip: float = 0.0
+    drip_headers: bool = False
 
 
 OK = Plan()
@@ -155,12 +162,28 @@ class _Handler(BaseHTTPRequestHandler):
         if plan.delay and receiver.closed.wait(plan.delay):
             self.close_connection = True
             return
+        buffer, sent = io.BytesIO(), self.wfile
+        if plan.drip_headers:  # everything buffered here, then written slowly below
+            self.wfile = buffer
         self.send_response(plan.status)
         for name, value in plan.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(plan.body)))
         self.end_headers()
-        self.wfile.write(plan.body)
+        if plan.drip_headers:
+            slow = buffer.getvalue() + plan.body
+            self.wfile = sent
+        elif plan.drip:
+            slow = plan.body
+        else:
+            self.wfile.write(plan.body)
+            return
+        for byte in slow:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            if receiver.closed.wait(plan.drip):
+                break
+        self.close_connection = True
 
     do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _serve
 

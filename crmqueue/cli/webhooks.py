@@ -65,7 +65,7 @@ def _endpoint_dict(endpoint: Endpoint) -> dict[str, Any]:
     return {
         "tenant_id": endpoint.tenant_id,
         "webhook_id": endpoint.webhook_id,
-        "url": endpoint.url,
+        "url": endpoint.shown_url,  # a password in it masked
         "event_types": list(endpoint.event_types),
         "enabled": endpoint.enabled,
         "description": endpoint.description,
@@ -153,7 +153,7 @@ def webhooks_add(
     if as_json:
         emit_json({"endpoint": _endpoint_dict(endpoint), "secret": secret})
         return
-    _echo(f"webhook {endpoint.webhook_id} added for tenant {tenant}: {endpoint.url}")
+    _echo(f"webhook {endpoint.webhook_id} added for tenant {tenant}: {endpoint.shown_url}")
     _echo(f"events: {', '.join(endpoint.event_types)}")
     click.echo(f"secret: {secret}")
     click.echo(
@@ -178,8 +178,8 @@ def webhooks_list(tenant: str, as_json: bool) -> None:
         table.add_column(column)
     for endpoint in endpoints:
         table.add_row(
-            endpoint.webhook_id, endpoint.url, " ".join(endpoint.event_types), _state(endpoint),
-            str(endpoint.consecutive_failures), endpoint.description or "-",
+            endpoint.webhook_id, endpoint.shown_url, " ".join(endpoint.event_types),
+            _state(endpoint), str(endpoint.consecutive_failures), endpoint.description or "-",
         )  # fmt: skip
     console.print(table)
 

@@ -16,10 +16,12 @@ Two paths:
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import email.utils
 import ipaddress
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -116,24 +118,48 @@ def _transport_error(exc: urllib3.exceptions.HTTPError, what: str, host: str) ->
     return RetryableError(f"{what}: connection to {host} failed ({reason})")
 
 
+def redirect_host(location: str | None) -> str | None:
+    """The host an answer's Location header names, for messages only; None for a relative,
+    malformed (``http://[zz``) or unprintable one. Never raises: a receiver writes it."""
+    if not location or "//" not in location:
+        return None
+    try:
+        host = urlsplit(location.strip()).hostname
+    except ValueError:
+        return None
+    if not host or len(host) > 253 or not host.isprintable() or " " in host:
+        return None
+    return host
+
+
+# RFC 9110 section 10.2.3: delay-seconds is 1*DIGIT; a fraction is taken too. ASCII
+# digits only (str.isdigit also takes '²'), never a sign, "nan" or "inf".
+_DELAY_SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
+
+
 def retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at
+    MAX_RETRY_AFTER. None when absent or invalid (a sign, nan, inf, garbage, a date out
+    of range) and for a date not in the future, so the caller's own schedule applies
+    instead of an immediate retry."""
     lowered = {k.lower(): v for k, v in headers.items()}
     value = lowered.get("retry-after")
     if value is None:
         return None
     value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
+    if _DELAY_SECONDS.match(value):
+        seconds = float(value)  # a huge number is inf here: capped below
+    else:
+        try:  # a receiver's text: out-of-range fields raise more than ValueError
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+        except (TypeError, ValueError, OverflowError, IndexError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+        if not seconds > 0:  # now or past: no advice
+            return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def raise_for_status(
@@ -168,6 +194,76 @@ _CHUNK = 64 * 1024
 _guarded: urllib3.PoolManager | None = None
 
 
+class _Deadline:
+    """A whole-exchange deadline for one guarded request in this thread. urllib3's
+    timeouts bound each socket operation (a read timeout restarts with every byte), so a
+    receiver sending its headers or body a byte a second would hold a worker for as long
+    as it likes; at the deadline this shuts the connection's socket down, which ends any
+    read at once. The connection is the one the pool hands this thread (_WatchedPool)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._connections: list[object] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _watch.current = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Stop watching (before the connection goes back to the pool: once done, the
+        timer never touches a connection another request may be using)."""
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        if getattr(_watch, "current", None) is self:
+            _watch.current = None
+
+    def attach(self, connection: object) -> None:
+        with self._lock:
+            self._connections.append(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for connection in self._connections:
+                sock = getattr(connection, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # already closed
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+_watch = threading.local()
+
+
+class _WatchedPool(urllib3.HTTPConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> urllib3.connection.HTTPConnection:
+        connection = super()._get_conn(timeout)
+        deadline = getattr(_watch, "current", None)
+        if deadline is not None:
+            deadline.attach(connection)
+        return connection  # type: ignore[return-value]
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> urllib3.connection.HTTPConnection:
+        connection = super()._get_conn(timeout)
+        deadline = getattr(_watch, "current", None)
+        if deadline is not None:
+            deadline.attach(connection)
+        return connection  # type: ignore[return-value]
+
+
 def _guarded_pool() -> urllib3.PoolManager:
     """Separate from the vendor pool so that many tenant hosts cannot evict the vendors'
     kept-alive connections. Pools are keyed by address and TLS name, so reuse is safe."""
@@ -175,6 +271,7 @@ def _guarded_pool() -> urllib3.PoolManager:
     with _pool_guard:
         if _guarded is None:
             _guarded = _new_pool(num_pools=32, maxsize=4)
+            _guarded.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
         return _guarded
 
 
@@ -374,15 +471,50 @@ def guarded_request(
     max_response_bytes: int = MAX_RESPONSE_BYTES,
     ca_certs: str | None = None,
     check_max_age: float = 0.0,
+    deadline: float | None = None,
 ) -> Response:
     """`request` for a tenant-supplied URL (see `check_url`). Only the first
     `max_response_bytes` of the answer are read: a receiver cannot make the worker hold
     an unbounded body. `check_max_age` > 0 reuses this process's check of the same URL
-    for that many seconds (see _CheckedTargets: still to a checked address)."""
+    for that many seconds (see _CheckedTargets: still to a checked address).
+    `deadline` (seconds, from the connection's start) bounds the whole exchange, however
+    slowly the answer trickles in (see _Deadline): past it, RetryableError saying so."""
     if check_max_age > 0:
         target = _CHECKED.check(url, tuple(allowed_networks), what, check_max_age)
     else:
         target = check_url(url, allowed_networks=allowed_networks, what=what)
+    if deadline is None:
+        return _exchange(target, method, headers, body, timeout, what, ca_certs,
+                         max_response_bytes)  # fmt: skip
+    with _Deadline(max(deadline, 0.001)) as watch:
+        try:
+            response = _exchange(
+                target, method, headers, body, timeout, what, ca_certs, max_response_bytes, watch
+            )
+        except RetryableError:
+            if watch.expired:
+                raise _past_deadline(what, target.host, deadline) from None
+            raise
+    if watch.expired:  # cut off while reading: what was read is not the answer
+        raise _past_deadline(what, target.host, deadline)
+    return response
+
+
+def _past_deadline(what: str, host: str, deadline: float) -> RetryableError:
+    return RetryableError(f"{what}: {host} did not finish answering within {deadline:g} s")
+
+
+def _exchange(
+    target: Target,
+    method: str,
+    headers: Mapping[str, str] | None,
+    body: bytes | None,
+    timeout: urllib3.Timeout | float | None,
+    what: str,
+    ca_certs: str | None,
+    max_response_bytes: int,
+    watch: _Deadline | None = None,
+) -> Response:
     response = _open(
         target, method, headers=headers, body=body, timeout=timeout, what=what, ca_certs=ca_certs
     )
@@ -396,6 +528,9 @@ def guarded_request(
     except urllib3.exceptions.HTTPError as exc:
         raise _transport_error(exc, what, target.host) from exc
     finally:
+        if watch is not None:
+            watch.finish()  # before the connection can go back to the pool
+            complete = complete and not watch.expired
         _finish(response, complete)
 
 
@@ -454,8 +589,7 @@ def _check_download_answer(
 ) -> None:
     status = response.status
     if 300 <= status < 400:
-        location = response.headers.get("Location", "")
-        to = urlsplit(location).hostname if "//" in location else None
+        to = redirect_host(response.headers.get("Location"))
         raise PermanentError(
             f"{what}: {target.host} answered HTTP {status} (a redirect"
             f"{f' to {to}' if to else ''}); redirects are not followed"

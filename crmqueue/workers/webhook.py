@@ -61,7 +61,7 @@ from crmqueue.engine.queues import EncodedPayload, Enqueue
 from crmqueue.engine.retry import backoff_delay
 from crmqueue.errors import CrmQueueError, PermanentError, Postpone, RetryableError
 from crmqueue.payloads import EventPayload, WebhookDeliveryPayload
-from crmqueue.providers.http import Response, guarded_request, retry_after
+from crmqueue.providers.http import Response, guarded_request, redirect_host, retry_after
 from crmqueue.url_rules import IPNetwork
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,9 @@ def classify(
     """The outcome of an answer (see the module's rules). `hidden` (the signatures sent)
     is masked wherever the answer is quoted."""
     status = response.status
-    excerpt = _scrub(response.data[:EXCERPT_BYTES].decode("utf-8", "replace"), hidden)
+    excerpt = webhooks.storable(
+        _scrub(response.data[:EXCERPT_BYTES].decode("utf-8", "replace"), hidden)
+    )
     headers = {name.lower(): value for name, value in response.headers.items()}
     control = headers.get("webhook-delivery", "").strip().lower()
     what = f"webhook {webhook_id}: HTTP {status}"
@@ -332,8 +334,7 @@ def classify(
             " retries)",
         )  # fmt: skip
     if 300 <= status < 400:
-        location = headers.get("location", "")
-        to = urllib3.util.parse_url(location).host if "//" in location else None
+        to = redirect_host(headers.get("location"))
         return Outcome(
             "permanent", status, excerpt,
             f"{what} (a redirect{f' to {to}' if to else ''}); redirects are not followed",
@@ -435,14 +436,34 @@ def _post(
             what=f"webhook {endpoint.webhook_id}",
             max_response_bytes=READ_BYTES,
             check_max_age=URL_CHECK_SECONDS,
+            # The whole exchange, however slowly the answer trickles in: a read timeout
+            # restarts with every byte, and the attempt must end in time to be logged.
+            deadline=rules.longest,
         )
     except RetryableError as exc:  # timeouts, refused or reset connections
         outcome = Outcome("retry", None, "", str(exc))
     except PermanentError as exc:  # the URL refused by the guard, a host that is gone
         outcome = Outcome("permanent", None, "", str(exc))
     else:
-        outcome = classify(response, endpoint.webhook_id, rules.retry_statuses, hidden)
+        try:
+            outcome = classify(response, endpoint.webhook_id, rules.retry_statuses, hidden)
+        except Exception as exc:  # the receiver's headers are its own: never crash on them
+            log.exception("webhook %s: classifying an answer failed", endpoint.webhook_id)
+            outcome = _by_status(response.status, endpoint.webhook_id, rules.retry_statuses, exc)
     return outcome, int((time.monotonic() - started) * 1000)
+
+
+def _by_status(
+    status: int, webhook_id: str, retry_statuses: frozenset[int], exc: Exception
+) -> Outcome:
+    """The outcome of an answer by its status alone (its headers could not be read)."""
+    what = f"webhook {webhook_id}: HTTP {status} (its headers could not be read:"
+    error = f"{what} {type(exc).__name__})"
+    if 200 <= status < 300:
+        return Outcome("ok", status, "", None)
+    if status >= 500 or status in retry_statuses:
+        return Outcome("retry", status, "", error)
+    return Outcome("permanent", status, "", error)
 
 
 @job(QUEUE, payload=WebhookDeliveryPayload)
@@ -483,6 +504,7 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     )
     # The message (for replay) is stored with the attempt's log row, in one transaction.
     unsaved = None if SAVED.known(service, message) else message
+    log_error = None
     try:
         breaker = service.record_attempt(endpoint, logged, message=unsaved)
         if unsaved is not None:
@@ -491,6 +513,17 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
         if outcome.action != "ok":  # removed while this attempt ran: nothing to retry for
             raise
         breaker = None
+    except Exception as exc:
+        # The receiver's answer decides the job, not the log: a delivered message whose
+        # log row cannot be written must not be sent again (nor a permanent failure
+        # turned into retries). The database's own text is left out: it may quote the row.
+        breaker = None
+        log_error = f"the delivery log could not be written ({type(exc).__name__})"
+        log.error(
+            "webhook %s of tenant %s, message %s, attempt %d (%s): %s",
+            endpoint.webhook_id, endpoint.tenant_id, message.message_id, attempt,
+            outcome.action, log_error,
+        )  # fmt: skip
     disabled_reason = outcome.disable
     if disabled_reason is not None:
         service.disable(endpoint.tenant_id, endpoint.webhook_id, disabled_reason)
@@ -499,14 +532,19 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     if disabled_reason is not None:
         _announce_disabled(endpoint, disabled_reason)
     if outcome.action == "ok":
-        return {
+        result: dict[str, Any] = {
             "webhook_id": endpoint.webhook_id,
             "message_id": message.message_id,
             "status": outcome.status,
             "attempt": attempt,
             "latency_ms": latency_ms,
         }
+        if log_error is not None:
+            result["warning"] = log_error
+        return result
     error = outcome.error or f"webhook {endpoint.webhook_id}: failed"
+    if log_error is not None:
+        error += f"; {log_error}"
     if disabled_reason is not None and outcome.disable is None:
         error += f"; endpoint disabled: {disabled_reason}"
     if outcome.action == "retry" and disabled_reason is None:
@@ -527,6 +565,14 @@ def fanout_job_id(publish_job_id: str, webhook_id: str) -> str:
     fan-out, so nothing is enqueued twice."""
     digest = hashlib.blake2b(f"{publish_job_id}\0{webhook_id}".encode(), digest_size=16)
     return digest.hexdigest()
+
+
+def message_source(tenant_id: str, message_id: str) -> str:
+    """What names the fan-out of a message with a caller's own id, in place of the publish
+    job's id: a publish retried by its caller (it may have been enqueued although the
+    call failed) makes the same delivery jobs, which enqueue_many(skip_existing) drops.
+    (':' is in no tenant id.)"""
+    return f"message:{tenant_id}:{message_id}"
 
 
 @job(QUEUE, payload=EventPayload)
@@ -562,13 +608,18 @@ def publish_event(payload: EventPayload) -> dict[str, Any]:
     )
     head = b'{"tenant_id":%s,"webhook_id":' % json.dumps(message.tenant_id).encode()
     name = f"{deliver_webhook.__module__}.{deliver_webhook.__name__}"
+    source = (
+        job_id
+        if payload.message_id is None
+        else message_source(message.tenant_id, payload.message_id)
+    )
     items = [
         Enqueue(
             name,
             EncodedPayload(
                 message.tenant_id, head + json.dumps(endpoint.webhook_id).encode() + tail
             ),
-            job_id=fanout_job_id(job_id, endpoint.webhook_id),
+            job_id=fanout_job_id(source, endpoint.webhook_id),
         )
         for endpoint in endpoints
     ]
