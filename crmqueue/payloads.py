@@ -170,10 +170,20 @@ Tag = Annotated[str, AfterValidator(_tag)]
 IdempotencyKey = Annotated[SingleLine, StringConstraints(min_length=1, max_length=256)]
 # At most 100 characters: the width of event_type in the webhook log and messages
 # (crmqueue.crm.schema) and of an endpoint's filters (crmqueue.webhooks.MAX_EVENT_TYPE).
-EventType = Annotated[
-    str,
-    StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=100),
-]
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+
+
+def _event_type(value: str) -> str:
+    if len(value) > 100 or not _EVENT_TYPE.fullmatch(value):
+        raise PydanticCustomError(
+            "event_type",
+            "must be a lower-case dotted event type such as contact.created (letters, digits"
+            " and _ between the dots; at most 100 characters)",
+        )
+    return value
+
+
+EventType = Annotated[str, AfterValidator(_event_type)]
 EntityType = Literal["contacts", "companies", "leads", "activities"]
 
 P = TypeVar("P", bound=BaseModel)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from crmqueue import json_text
@@ -130,17 +131,21 @@ def _resolve(queue: str, kind: str | None) -> tuple[str, type[BaseModel] | None]
 _WEBHOOK_PAYLOADS = (WebhookDeliveryPayload, EventPayload)
 
 
-def _check_size(model: type[BaseModel], encoded: bytes) -> None:
-    """PayloadError on `payload` when a webhook payload's JSON is over
-    ``webhooks.max_payload_bytes`` (its size is known: no extra encoding)."""
+def _check_size(model: type[BaseModel], valid: BaseModel, encoded: bytes) -> None:
+    """PayloadError on `payload` when a webhook job's event payload (its `payload` field)
+    is over ``webhooks.max_payload_bytes`` of JSON. The whole job's JSON, known already,
+    is larger: only when that is over the limit is the payload itself measured."""
     if model in _WEBHOOK_PAYLOADS:
         limit = get_broker().settings.webhooks.max_payload_bytes
-        if len(encoded) > limit:
+        if len(encoded) <= limit:
+            return
+        size = len(pydantic_core.to_json(getattr(valid, "payload", None)))
+        if size > limit:
             raise PayloadError(
                 [
                     (
                         "payload",
-                        f"{len(encoded):,} bytes of JSON, over the limit of {limit:,}"
+                        f"{size:,} bytes of JSON, over the limit of {limit:,}"
                         " (webhooks.max_payload_bytes)",
                     )
                 ]
@@ -161,7 +166,7 @@ def _data(
             # The event's time, fixed now: every attempt and replay sends the same body.
             payload = {**payload, "timestamp": dt.datetime.now(dt.UTC)}
         valid, encoded = payload_json(model, payload)
-        _check_size(model, encoded)
+        _check_size(model, valid, encoded)
         return EncodedPayload(valid.tenant_id, encoded)
     if model is not None:  # a custom body's model: its config may write NaN as null
         data: dict[str, Any] = validate_payload(model, payload).model_dump(mode="json")
@@ -231,7 +236,7 @@ def _submit(
 ) -> Job:
     data = {key: value for key, value in fields.items() if value is not None}
     valid, encoded = payload_json(kind.payload, data)
-    _check_size(kind.payload, encoded)
+    _check_size(kind.payload, valid, encoded)
     payload = EncodedPayload(valid.tenant_id, encoded)
     queue = get_broker().queue(kind.queue)
     job_id = queue.enqueue(kind.name, payload, priority=priority, delay=delay, eta=eta)

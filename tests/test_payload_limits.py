@@ -336,3 +336,14 @@ def test_a_report_refuses_what_is_not_an_iana_area_location_zone(zone: str) -> N
         validate_payload(ReportPayload, {**report, "time_zone": zone})
     assert [field for field, _ in caught.value.errors] == ["time_zone"]
     assert validate_payload(ReportPayload, {**report, "time_zone": "Europe/Berlin"})
+
+
+@pytest.mark.parametrize("event", ["Contact.Created", "contact", "contact.", "a." + "b" * 99])
+def test_a_bad_event_type_is_told_in_words_not_as_a_pattern(event: str) -> None:
+    from crmqueue.payloads import EventPayload
+
+    with pytest.raises(PayloadError) as caught:
+        validate_payload(EventPayload, {"tenant_id": "t1", "event_type": event, "payload": {}})
+    ((field, reason),) = caught.value.errors
+    assert field == "event_type"
+    assert reason.startswith("must be a lower-case dotted event type such as contact.created")

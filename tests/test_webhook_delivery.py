@@ -484,6 +484,16 @@ def test_payloads_over_the_limit_are_refused_at_enqueue(setup: Callable[..., Bro
     assert broker.queue("webhook").store.counts()["waiting"] == 0
     small = tasks.publish_event(tenant_id=TENANT, event_type="contact.updated", payload=DATA)
     assert jobs.get(small.id).state == "waiting"
+    # the limit is the event payload's JSON, not the job's: exactly 2,000 bytes pass
+    exact = {"notes": "x" * (2000 - len('{"notes":""}'))}
+    for call in (tasks.publish_event, tasks.deliver_webhook):
+        extra = {} if call is tasks.publish_event else {"webhook_id": "w"}
+        job = call(tenant_id=TENANT, event_type="contact.updated", payload=exact, **extra)
+        assert jobs.get(job.id).state == "waiting"
+    with pytest.raises(PayloadError):
+        tasks.publish_event(
+            tenant_id=TENANT, event_type="contact.updated", payload={"notes": exact["notes"] + "x"}
+        )
 
 
 # --------------------------------------------------------------------------- schedule
