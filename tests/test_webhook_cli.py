@@ -229,6 +229,10 @@ def test_replay_errors_are_one_line(cli: Callable[..., Result], config: Path) ->
     add(cli, URL, "--tenant", "t1", "--id", "w1")
     webhooks = webhooks_service(config)
     one_line_error(cli("replay", "12345", "--tenant", "t1"), "delivery 12345 not found")
+    for wrong in ("msg_2f1c", "0", "1.5", "٣"):  # a webhook-id, not a log row's id
+        refused = cli("replay", wrong, "--tenant", "t1")
+        assert refused.exit_code == 2 and "is not a delivery id" in refused.stderr
+        assert "the id column of 'crmqueue webhooks deliveries ENDPOINT'" in refused.stderr
     endpoint = webhooks.get("t1", "w1")
     webhooks.save_message(
         Message("t1", "msg_a", "contact.created", dt.datetime.now(dt.UTC), {"id": "c1"})

@@ -303,12 +303,31 @@ def webhooks_deliveries(webhook_id: str, tenant: str, limit: int, as_json: bool)
     console.print(table)
 
 
+class _DeliveryId(click.ParamType):  # type: ignore[type-arg]
+    """A delivery log row's id: the number in the `id` column of `webhooks deliveries`."""
+
+    name = "delivery_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        if text.isascii() and text.isdigit() and 0 < int(text) < 2**63:
+            return int(text)
+        self.fail(
+            f"{value!r} is not a delivery id: give the number in the id column of"
+            " 'crmqueue webhooks deliveries ENDPOINT' (a webhook-id such as msg_... names the"
+            " message, not one delivery of it)",
+            param,
+            ctx,
+        )
+
+
 @webhooks_group.command("replay")
-@click.argument("delivery_id", type=click.IntRange(min=1))
+@click.argument("delivery_id", type=_DeliveryId())
 @TENANT
 def webhooks_replay(delivery_id: int, tenant: str) -> None:
     """Send the message of a logged delivery again, to the same endpoint: same webhook-id,
-    event time and data (receivers deduplicate by webhook-id), a fresh signature."""
+    event time and data (receivers deduplicate by webhook-id), a fresh signature.
+    DELIVERY_ID is the number in the id column of `crmqueue webhooks deliveries`."""
     from crmqueue import tasks
 
     with _service(tenant) as webhooks:
