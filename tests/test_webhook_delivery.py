@@ -421,6 +421,13 @@ def test_publish_with_no_subscriber_completes_saying_so(setup: Callable[..., Bro
     assert info.state == "completed"
     assert (info.result["deliveries"], info.result["note"]) == (0, "no endpoint subscribed")
     assert broker.queue("webhook").store.counts()["completed"] == 1
+    # only disabled endpoints match: said, so nobody hunts for a missing subscription
+    add("http://127.0.0.1:9/a", "off-a", tenant="quiet", event_types=("lead.*",))
+    add("http://127.0.0.1:9/b", "off-b", tenant="quiet", event_types=("contact.*",))
+    service().disable("quiet", "off-a")
+    service().disable("quiet", "off-b")
+    info = finished(tasks.publish_event(tenant_id="quiet", event_type="lead.updated", payload={}))
+    assert info.result["note"] == "no endpoint subscribed (subscribed but disabled: off-a)"
 
 
 def test_a_fanout_run_again_enqueues_nothing_twice(

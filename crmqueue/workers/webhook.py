@@ -579,7 +579,7 @@ def message_source(tenant_id: str, message_id: str) -> str:
 def publish_event(payload: EventPayload) -> dict[str, Any]:
     """One delivery job per enabled endpoint of the tenant subscribed to the event type,
     enqueued in one round trip, all with the same message id and timestamp. Completes
-    with "no endpoint subscribed" when none is."""
+    with "no endpoint subscribed" when none is (naming the disabled ones that match)."""
     rules = _rules()
     service = webhooks.service(rules.settings)
     job_id = current_job_id() or os.urandom(16).hex()
@@ -592,12 +592,17 @@ def publish_event(payload: EventPayload) -> dict[str, Any]:
     )
     endpoints = service.subscribers(payload.tenant_id, payload.event_type)
     if not endpoints:
-        return {
-            "deliveries": 0,
-            "jobs": [],
-            "message_id": message.message_id,
-            "note": "no endpoint subscribed",
-        }
+        # Rare: worth a second look at the tenant's endpoints, to say why nothing went out.
+        disabled = sorted(
+            endpoint.webhook_id
+            for endpoint in service.list(payload.tenant_id)
+            if not endpoint.enabled
+            and webhooks.subscribed(payload.event_type, endpoint.event_types)
+        )
+        note = "no endpoint subscribed"
+        if disabled:
+            note += f" (subscribed but disabled: {', '.join(disabled[:10])})"
+        return {"deliveries": 0, "jobs": [], "message_id": message.message_id, "note": note}
     SAVED.save(service, message)
     # Each delivery's payload JSON spliced from parts encoded once (the data can be large).
     tail = b',"event_type":%s,"payload":%s,"message_id":%s,"timestamp":%s}' % (
