@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import crm_db
 import pytest
 import sqlalchemy as sa
+from test_webhook_delivery import TENANT, add, finished, log_rows, service
+from test_webhook_delivery import receiver as receiver  # the loopback receiver fixture
 
 from crmqueue import jobs, tasks, webhooks
 from crmqueue.engine import Broker
 from crmqueue.errors import PayloadError
-from crmqueue.jobs import JobInfo
 from crmqueue.workers import webhook as worker
 from tests.webhook_receiver import Plan, WebhookReceiver
 
 crm_url = crm_db.crm_url
 pg_url = crm_db.pg_url
 
-TENANT = "tenant-1"
 DATA = {"id": "contact-123", "name": "John Doe"}
 FAST = {
     "outbound.allowed_networks": ["127.0.0.0/8"],
@@ -39,12 +39,6 @@ FAST = {
     "webhooks.connect_timeout_seconds": 1.0,
     "webhooks.read_timeout_seconds": 1.0,
 }
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as server:
-        yield server
 
 
 @pytest.fixture
@@ -64,27 +58,10 @@ def setup(
     return make
 
 
-def service() -> webhooks.WebhookService:
-    return webhooks.service()
-
-
-def add(url: str, webhook_id: str) -> str:
-    _, secret = service().add(TENANT, url, ("*",), webhook_id=webhook_id)
-    return secret
-
-
 def deliver(webhook_id: str, event_type: str = "contact.created") -> jobs.Job:
     return tasks.deliver_webhook(
         tenant_id=TENANT, webhook_id=webhook_id, event_type=event_type, payload=DATA
     )
-
-
-def finished(job: jobs.Job, timeout: float = 20.0) -> JobInfo:
-    return job.wait(timeout)
-
-
-def log_rows(webhook_id: str) -> list[webhooks.Delivery]:
-    return list(reversed(service().deliveries(TENANT, webhook_id)))
 
 
 # --------------------------------------------------------------------------- finding 1
