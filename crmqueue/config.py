@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crmqueue.errors import ConfigError
 from crmqueue.fields import ConfiguredMailbox
@@ -287,6 +295,12 @@ class RunnerSettings(Section):
     sweep_interval_seconds: PositiveFloat = 60.0
     heartbeat_seconds: PositiveFloat = 5.0
     imports: list[str] = Field(default_factory=list)
+    # Recurring schedules (crmqueue.schedules): "crmqueue run" runs the scheduler; it
+    # re-reads the schedules at least this often (ones added by other processes).
+    scheduler: bool = True
+    schedules_refresh_seconds: PositiveFloat = 10.0
+    # An occurrence found due later than this is "missed" (its catch-up policy decides).
+    schedules_grace_seconds: PositiveFloat = 60.0
 
     @field_validator("imports", mode="before")
     @classmethod
@@ -487,6 +501,51 @@ class WebhookSettings(Section):
         return value
 
 
+class ScheduleSettings(Section):
+    """An operator's recurring job (``[[schedules]]``), run like a tenant's schedule
+    (crmqueue.schedules): `cron` (5 fields, in `time_zone`) or `interval_seconds`, one of
+    them. The payload is validated when the scheduler loads it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    tenant_id: str
+    cron: str | None = None
+    interval_seconds: Annotated[int, Field(gt=0)] | None = None
+    time_zone: str = "UTC"
+    queue: str
+    kind: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    catch_up: Literal["skip", "run-once"] = "skip"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if value not in QUEUE_NAMES:
+            raise ValueError(f"unknown queue {value!r}; queues are {', '.join(QUEUE_NAMES)}")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from crmqueue.schedule_rules import cron_problem
+
+            problem = cron_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleSettings:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give cron or interval_seconds, one of them")
+        return self
+
+
 class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -501,6 +560,7 @@ class Settings(Section):
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    schedules: list[ScheduleSettings] = Field(default_factory=list)
 
     def public_dict(self) -> dict[str, Any]:
         """The effective settings as JSON-ready data, secrets masked."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -37,6 +37,7 @@ from crmqueue.tenancy import TENANT_ID, TENANT_ID_RULE, user_id_problem
 from crmqueue.url_rules import IPNetwork, source_problem
 
 __all__ = [
+    "RELATIVE_RANGES",
     "DateRange",
     "EmailPayload",
     "EventPayload",
@@ -47,6 +48,7 @@ __all__ = [
     "ReportPayload",
     "WebhookDeliveryPayload",
     "payload_json",
+    "relative_range",
     "validate_payload",
 ]
 
@@ -483,6 +485,30 @@ class DateRange(BaseModel):
         if isinstance(start, date) and value < start:
             raise PydanticCustomError("date_order", "must not be before start_date")
         return value
+
+
+# A report's date_range named relative to a day, as a recurring schedule gives it
+# (crmqueue.schedules): resolved at each occurrence, in the schedule's time zone, into
+# the concrete start_date/end_date the job carries. A job itself never holds the name.
+RELATIVE_RANGES = ("last_7_days", "previous_month", "month_to_date")
+
+
+def relative_range(name: str, today: date) -> dict[str, str]:
+    """The concrete range `name` (one of RELATIVE_RANGES) means on the day `today`:
+    ``last_7_days`` the seven whole days before it (today - 7 .. today - 1),
+    ``previous_month`` the calendar month before its month, ``month_to_date`` its month's
+    first day through `today` itself. Returns {"start_date", "end_date"} as YYYY-MM-DD.
+    Raises ValueError for another name."""
+    if name == "last_7_days":
+        start, end = today - timedelta(days=7), today - timedelta(days=1)
+    elif name == "previous_month":
+        end = today.replace(day=1) - timedelta(days=1)
+        start = end.replace(day=1)
+    elif name == "month_to_date":
+        start, end = today.replace(day=1), today
+    else:
+        raise ValueError(f"{name!r} is not one of {', '.join(RELATIVE_RANGES)}")
+    return {"start_date": start.isoformat(), "end_date": end.isoformat()}
 
 
 def _report_settings() -> tuple[int, tuple[str, ...], tuple[str, ...]]:

@@ -336,6 +336,35 @@ sa.Index(
     lead_stage_history.c.changed_at,
 )
 
+# Recurring schedules (issue #16; crmqueue.schedules): per tenant, a cron expression in an
+# IANA time zone or an interval in seconds, the job each occurrence enqueues, the catch-up
+# policy, and the scheduler's state (next_due_at; revision guards concurrent leaders).
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("cron", sa.String(200)),
+    sa.Column("interval_seconds", sa.Integer),
+    sa.Column("time_zone", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(200)),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("catch_up", sa.String(10), nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("source", sa.String(10), nullable=False),  # "api" or "config"
+    sa.Column("anchor_at", UtcDateTime(), nullable=False),  # intervals count from here
+    sa.Column("next_due_at", UtcDateTime()),
+    sa.Column("last_run_at", UtcDateTime()),  # the occurrence last enqueued
+    sa.Column("last_job_id", sa.String(100)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("revision", sa.Integer, nullable=False),
+    *_stamps(),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),
+)
+sa.Index("ix_schedules_due", schedules.c.paused, schedules.c.next_due_at)
+
 V1_TABLES = [
     users,
     companies,
@@ -505,6 +534,13 @@ def _webhook_endpoints(conn: Connection) -> None:
         conn.execute(webhook_deliveries.insert(), legacy)
 
 
+def _schedules(conn: Connection) -> None:
+    """The schedules table (issue #16), if not there yet (steps of parallel branches are
+    ordered at merge, so this one checks what is present)."""
+    if not sa.inspect(conn).has_table(schedules.name):
+        metadata.create_all(conn, tables=[schedules])
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
@@ -513,6 +549,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _stage_history,
     _notifications,
     _webhook_endpoints,
+    _schedules,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
