@@ -19,6 +19,7 @@ from crmqueue.cli import (
     monitor,
     notifications,
     report,
+    schedules,
     serve,
     transfer,
     users,
@@ -58,6 +59,7 @@ for _module in (
     users,
     report,
     webhooks,
+    schedules,
 ):
     for _command in _module.COMMANDS:
         main.add_command(_command)

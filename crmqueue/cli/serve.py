@@ -30,7 +30,9 @@ from crmqueue.errors import CrmQueueError
 SIGNAL_ECHO_SECONDS = 0.5
 
 
-def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
+def _serve(
+    broker: Broker, queues: list[str], workers: dict[str, int], scheduler: bool = False
+) -> None:
     from crmqueue.engine.runner import Consumer, exit_process
 
     configure_logging(broker.settings)
@@ -54,11 +56,20 @@ def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     consumer.start()
+    schedules = None
+    if scheduler and broker.settings.runner.scheduler:
+        # Recurring schedules (crmqueue.schedules): a thread of its own; one process leads.
+        from crmqueue.schedules import Scheduler
+
+        schedules = Scheduler(broker.settings)
+        schedules.start()
     click.echo(
         f"crmqueue {__version__} consuming {', '.join(queues)} (consumer {consumer.id})", err=True
     )
     while not stop.wait(1.0):
         pass
+    if schedules is not None:
+        schedules.stop()  # enqueues nothing more; the lead passes to another process
     consumer.stop()
     if requests[0][0] == signal.SIGHUP:
         _reexec(executable)
@@ -105,7 +116,8 @@ def _reexec(started_from: tuple[int, int, int] | None) -> None:
 @command()
 @click.option("--queues", default=",".join(QUEUE_NAMES), help="Comma-separated queues to consume.")
 def run(queues: str) -> None:
-    """Run the consumers of all (or the given) queues, with periodic health and retention."""
+    """Run the consumers of all (or the given) queues, with periodic health and retention,
+    and the scheduler of recurring schedules ([runner] scheduler)."""
     names = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = [name for name in names if name not in QUEUE_NAMES]
     if unknown or not names:
@@ -114,7 +126,7 @@ def run(queues: str) -> None:
             + ", ".join(QUEUE_NAMES),
             param_hint="--queues",
         )
-    _serve(open_broker(), names, {})
+    _serve(open_broker(), names, {}, scheduler=True)
 
 
 @command()
