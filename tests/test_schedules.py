@@ -20,6 +20,7 @@ import pytest
 from crmqueue.config import load_settings
 from crmqueue.errors import ConfigError, CrmQueueError, PayloadError
 from crmqueue.schedules import Schedule, Scheduler, ScheduleService, occurrence_job_id
+from tests.conftest import wait_until
 from tests.crm_db import crm_url, pg_url  # noqa: F401  (fixtures)
 
 UTC = dt.UTC
@@ -147,7 +148,13 @@ def test_a_second_enqueue_of_an_occurrence_is_a_no_op(
     broker: Any, service: ScheduleService
 ) -> None:
     """Two leaders that both read the same due row: the second enqueues nothing (the
-    revision moved), and a job id enqueued again with skip_existing stays one job."""
+    revision moved). A leader whose state update was lost after its enqueue (a crash
+    before the commit) enqueues the occurrence again under the same id: the job, already
+    run, is left as it is and not run twice."""
+    import sqlalchemy as sa
+
+    from crmqueue.crm import schema
+
     start = at("2026-06-01T10:00:00")
     schedule = add_email(service, start, interval_seconds=60)
     other = ScheduleService(broker.settings)
@@ -155,14 +162,20 @@ def test_a_second_enqueue_of_an_occurrence_is_a_no_op(
     first = service.fire_due(due)
     second = other.fire_due(due)
     assert first == [occurrence_job_id(schedule.id, due)] and second == []
-    from crmqueue.engine.queues import Enqueue
-
-    queue = broker.queue("email")
-    queue.enqueue_many(
-        [Enqueue("crmqueue.workers.email.send_email", {"tenant_id": "t1"}, job_id=first[0])],
-        skip_existing=True,
-    )
-    assert queue.store.counts()["waiting"] == 1
+    store = broker.queue("email").store
+    (claim,) = store.claim("test-consumer", 30.0, 1).jobs
+    assert claim.id == first[0]
+    assert store.complete(claim, None, 3600)
+    with service.engine.begin() as conn:  # the state as before the first fire
+        conn.execute(
+            sa.update(schema.schedules)
+            .where(schema.schedules.c.id == schedule.id)
+            .values(next_due_at=due)
+        )
+    assert other.fire_due(due) == first
+    record = store.get_job(first[0])
+    assert record is not None and record["state"] == "completed"
+    assert store.counts()["waiting"] == 0 and store.counts()["completed"] == 1
 
 
 # --------------------------------------------------------------------------- catch-up
@@ -446,3 +459,48 @@ def test_bad_configured_schedules_are_refused_at_load() -> None:
     both = {"name": "x", "tenant_id": "t1", "queue": "email"}
     with pytest.raises(ConfigError, match="cron or interval_seconds"):
         load_settings(config_file=None, overrides={"schedules": [both]}, environ={})
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@SQLITE_ONLY
+def test_the_loop_sleeps_until_the_next_occurrence_or_the_refresh(
+    make_broker: Callable[..., Any], scheduler: Callable[..., Scheduler]
+) -> None:
+    broker = make_broker(
+        {"runner.heartbeat_seconds": 30.0, "runner.schedules_refresh_seconds": 10.0}
+    )
+    start = at("2026-06-01T10:00:00")
+    clock = Clock(start)
+    one = scheduler(clock)
+    assert one.tick() == pytest.approx(10.0, abs=0.5)  # nothing scheduled: the refresh
+    service = ScheduleService(broker.settings)
+    add_email(service, start - dt.timedelta(seconds=57), interval_seconds=60)
+    assert one.tick() == pytest.approx(3.0, abs=0.5)  # due in 3 s
+    clock.set(start + dt.timedelta(seconds=3))
+    assert one.tick() == pytest.approx(10.0, abs=0.5)  # fired; the next is 60 s away
+    assert len(sched_jobs(broker)) == 1
+
+
+@SQLITE_ONLY
+def test_a_stopped_leader_hands_over_at_once(
+    broker: Any, service: ScheduleService, scheduler: Callable[..., Scheduler]
+) -> None:
+    start = at("2026-06-01T10:00:00")
+    clock = Clock(start)
+    add_email(service, start, interval_seconds=60)
+    first, second = scheduler(clock), scheduler(clock)
+    first.tick()
+    second.tick()
+    assert first.is_leader and not second.is_leader
+    first.stop()  # the lock now expires within a millisecond, not after 3 heartbeats
+    clock.set(start + dt.timedelta(seconds=60))
+
+    def renewed() -> bool:
+        second._lock_due = 0.0  # its next renewal, without waiting for it
+        second.tick()
+        return second.is_leader
+
+    wait_until(renewed, timeout=2.0, message="the second scheduler leading")
+    assert len(sched_jobs(broker)) == 1
