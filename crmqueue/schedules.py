@@ -58,6 +58,7 @@ __all__ = [
     "CATCH_UP",
     "SCHEDULER_LOCK",
     "Schedule",
+    "ScheduleError",
     "ScheduleNotFound",
     "ScheduleService",
     "Scheduler",
@@ -79,6 +80,17 @@ _DEFINITION = ("cron", "interval_seconds", "time_zone", "queue", "kind", "payloa
 
 class ScheduleNotFound(CrmQueueError):
     """No schedule of that id for this tenant."""
+
+
+class ScheduleError(PayloadError):
+    """A schedule's definition failed validation (a PayloadError: `errors` lists each
+    field and why); nothing was stored."""
+
+    def __init__(self, errors: builtins.list[tuple[str, str]]) -> None:
+        super().__init__(errors)
+        CrmQueueError.__init__(
+            self, "schedule invalid: " + "; ".join(f"{field}: {why}" for field, why in errors)
+        )
 
 
 @dataclass(frozen=True)
@@ -255,7 +267,9 @@ def check_definition(
         except (TypeError, ValueError) as exc:
             errors.append(("payload", f"must be JSON: {exc}"))
         else:
-            if not errors and isinstance(queue, str) and isinstance(time_zone, str):
+            told = {field for field, _ in errors}
+            if not {"tenant_id", "queue", "time_zone", "kind"} & told:
+                assert isinstance(queue, str) and isinstance(time_zone, str)
                 try:
                     _prepared(
                         queue, kind if isinstance(kind, str) else None, payload, time_zone, now
@@ -263,7 +277,7 @@ def check_definition(
                 except PayloadError as exc:
                     errors += exc.errors
     if errors:
-        raise PayloadError(errors)
+        raise ScheduleError(errors)
     assert isinstance(payload, dict) and isinstance(name, str)
     return {
         "tenant_id": tenant_id,
@@ -332,7 +346,7 @@ class ScheduleService:
                 new_id = conn.execute(_table.insert().values(values).returning(_table.c.id))
                 schedule_id = int(new_id.scalar_one())
         except sa.exc.IntegrityError:
-            raise PayloadError(
+            raise ScheduleError(
                 [("name", f"tenant {tenant_id!r} has a schedule named {definition['name']!r}")]
             ) from None
         return self.show(tenant_id, schedule_id)
@@ -435,7 +449,7 @@ class ScheduleService:
         policies say (see the module's doc); returns the job ids enqueued (an id already
         stored is in the list but was not stored twice). A job that fails validation at
         its occurrence is recorded in the schedule's last_error and skipped."""
-        from crmqueue.engine.queues import Enqueue, get_broker
+        from crmqueue.engine.queues import get_broker
 
         moment = _as_utc(now)
         grace = dt.timedelta(
@@ -453,55 +467,71 @@ class ScheduleService:
         enqueued: builtins.list[str] = []
         broker = get_broker()
         for schedule in map(_row, rows):
-            assert schedule.next_due_at is not None
-            latest = schedule.latest_at_or_before(moment) or schedule.next_due_at
-            latest = max(latest, schedule.next_due_at)
-            several = latest > schedule.next_due_at
-            on_time = moment - latest <= grace
-            run: dt.datetime | None = None
-            if on_time or schedule.catch_up == "run-once":
-                run = latest
-            if several or not on_time:
-                log.info(
-                    "schedule %d (%s, tenant %s): occurrences from %s to %s missed; %s",
-                    schedule.id, schedule.name, schedule.tenant_id,
-                    schedule.next_due_at.isoformat(), latest.isoformat(),
-                    f"one run for them ({run.isoformat()})" if run else "skipped (catch_up skip)",
-                )  # fmt: skip
-            values: dict[str, Any] = {
-                "next_due_at": schedule.next_after(moment),
-                "revision": schedule.revision + 1,
-            }
-            job: tuple[str, str, Any] | None = None
-            if run is not None:
-                try:
-                    name, data = _prepared(
-                        schedule.queue, schedule.kind, schedule.payload, schedule.time_zone, run
-                    )
-                    job = (occurrence_job_id(schedule.id, run), name, data)
-                    values.update(last_run_at=run, last_job_id=job[0], last_error=None)
-                except (PayloadError, CrmQueueError) as exc:
-                    log.error(
-                        "schedule %d (%s, tenant %s): occurrence %s not enqueued: %s",
-                        schedule.id, schedule.name, schedule.tenant_id, run.isoformat(), exc,
-                    )  # fmt: skip
-                    values["last_error"] = f"{run.isoformat()}: {exc}"[:2000]
-            with self.engine.begin() as conn:
-                moved = conn.execute(
-                    _table.update()
-                    .where(_table.c.id == schedule.id, _table.c.revision == schedule.revision)
-                    .values(values)
-                ).rowcount
-                if moved != 1:
-                    continue  # another leader moved it on: it enqueued this occurrence
-                if job is not None:
-                    # Inside the transaction: if the enqueue fails, the state stays and the
-                    # next pass enqueues the same occurrence under the same id.
-                    broker.queue(schedule.queue).enqueue_many(
-                        [Enqueue(job[1], job[2], job_id=job[0])], skip_existing=True
-                    )
-                    enqueued.append(job[0])
+            try:
+                job_id = self._fire_one(schedule, moment, grace, broker)
+            except (StorageUnavailable, sa.exc.SQLAlchemyError):
+                raise  # the stores: the whole pass is retried
+            except Exception:  # one schedule's fault must not starve the others
+                log.exception(
+                    "schedule %d (%s): occurrence not handled", schedule.id, schedule.name
+                )
+                continue
+            if job_id is not None:
+                enqueued.append(job_id)
         return enqueued
+
+    def _fire_one(
+        self, schedule: Schedule, moment: dt.datetime, grace: dt.timedelta, broker: Any
+    ) -> str | None:
+        from crmqueue.engine.queues import Enqueue
+
+        assert schedule.next_due_at is not None
+        latest = schedule.latest_at_or_before(moment) or schedule.next_due_at
+        latest = max(latest, schedule.next_due_at)
+        several = latest > schedule.next_due_at
+        on_time = moment - latest <= grace
+        run: dt.datetime | None = None
+        if on_time or schedule.catch_up == "run-once":
+            run = latest
+        if several or not on_time:
+            log.info(
+                "schedule %d (%s, tenant %s): occurrences from %s to %s missed; %s",
+                schedule.id, schedule.name, schedule.tenant_id,
+                schedule.next_due_at.isoformat(), latest.isoformat(),
+                f"one run ({run.isoformat()})" if run else "none run (catch_up skip)",
+            )  # fmt: skip
+        values: dict[str, Any] = {
+            "next_due_at": schedule.next_after(moment),
+            "revision": schedule.revision + 1,
+        }
+        job: tuple[str, str, Any] | None = None
+        if run is not None:
+            try:
+                name, data = _prepared(
+                    schedule.queue, schedule.kind, schedule.payload, schedule.time_zone, run
+                )
+                job = (occurrence_job_id(schedule.id, run), name, data)
+                values.update(last_run_at=run, last_job_id=job[0], last_error=None)
+            except CrmQueueError as exc:  # PayloadError, ConfigError: not this occurrence
+                log.error(
+                    "schedule %d (%s, tenant %s): occurrence %s not enqueued: %s",
+                    schedule.id, schedule.name, schedule.tenant_id, run.isoformat(), exc,
+                )  # fmt: skip
+                values["last_error"] = f"{run.isoformat()}: {exc}"[:2000]
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                _table.update()
+                .where(_table.c.id == schedule.id, _table.c.revision == schedule.revision)
+                .values(values)
+            ).rowcount
+            if moved != 1 or job is None:
+                return None  # moved: another leader moved it on and enqueued this occurrence
+            # Inside the transaction: if the enqueue fails, the state stays and the next
+            # pass enqueues the same occurrence under the same id.
+            broker.queue(schedule.queue).enqueue_many(
+                [Enqueue(job[1], job[2], job_id=job[0])], skip_existing=True
+            )
+            return job[0]
 
     def sync_config(self, entries: builtins.list[ScheduleSettings], now: dt.datetime) -> None:
         """Store the configuration's ``[[schedules]]`` (source ``config``): new ones
@@ -672,7 +702,10 @@ class Scheduler:
             return self.refresh
         wait = min(self.refresh, max(self._lock_due - time.monotonic(), 0.0))
         if self.next_due_at is not None:
-            wait = min(wait, max((self.next_due_at - self.now()).total_seconds(), 0.0))
+            due_in = (self.next_due_at - self.now()).total_seconds()
+            # Still due after a pass: more than a batch, or one that failed (logged);
+            # retried after a second rather than at once.
+            wait = min(wait, due_in if due_in > 0 else min(1.0, self.refresh))
         return wait
 
     def start(self) -> None:

@@ -504,3 +504,45 @@ def test_a_stopped_leader_hands_over_at_once(
 
     wait_until(renewed, timeout=2.0, message="the second scheduler leading")
     assert len(sched_jobs(broker)) == 1
+
+
+@SQLITE_ONLY
+def test_an_occurrence_whose_job_no_longer_validates_is_recorded_and_skipped(
+    broker: Any, service: ScheduleService
+) -> None:
+    import sqlalchemy as sa
+
+    from crmqueue.crm import schema
+
+    start = at("2026-06-01T10:00:00")
+    schedule = add_email(service, start, interval_seconds=60)
+    with service.engine.begin() as conn:  # e.g. a template removed since it was added
+        conn.execute(
+            sa.update(schema.schedules)
+            .where(schema.schedules.c.id == schedule.id)
+            .values(payload={"tenant_id": "t1", "to": "ann@example.com"})
+        )
+    assert service.fire_due(start + dt.timedelta(seconds=60)) == []
+    shown = service.show("t1", schedule.id)
+    assert shown.last_error is not None and "template" in shown.last_error
+    assert shown.next_due_at == start + dt.timedelta(seconds=120)
+    assert sched_jobs(broker) == []
+
+
+def test_the_schema_step_upgrades_an_older_database(crm_url: str) -> None:  # noqa: F811
+    import sqlalchemy as sa
+
+    from crmqueue.crm import schema
+    from crmqueue.crm.store import create_engine, init_db
+
+    step = schema.MIGRATIONS.index(schema._schedules) + 1
+    engine = create_engine(crm_url)
+    try:
+        init_db(engine, target=step - 1)
+        assert not sa.inspect(engine).has_table("schedules")
+        assert init_db(engine) == (step - 1, schema.SCHEMA_VERSION)
+        assert sa.inspect(engine).has_table("schedules")
+        with engine.begin() as conn:  # present already (another branch's order): no-op
+            schema._schedules(conn)
+    finally:
+        engine.dispose()
