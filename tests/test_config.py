@@ -84,7 +84,9 @@ def uncommented(text: str) -> str:
 
 
 ALL_KEYS = model_leaves(Settings)
-UNSET_KEYS = {path for path in ALL_KEYS if default_at(path) is None}
+# Keys documented commented out: no default, or an empty list of tables ([[schedules]]),
+# which TOML can only spell as tables after the last section.
+UNSET_KEYS = {path for path in ALL_KEYS if default_at(path) is None or path == ("schedules",)}
 SECRET_KEYS = {path for path, field in ALL_KEYS.items() if "SecretStr" in repr(field.annotation)}
 
 
