@@ -336,6 +336,31 @@ sa.Index(
     lead_stage_history.c.changed_at,
 )
 
+# _push_subscriptions: a user's web push subscriptions (issue #14), one per browser or
+# device: the push service's endpoint URL, the browser's P-256 key and auth secret
+# (base64url, RFC 8291), and the last push sent to it (a retried push job skips the
+# subscriptions it already reached). Unique per endpoint per user (endpoint_hash: the
+# SHA-256 of the endpoint, which may be longer than an index key may be).
+push_subscriptions = sa.Table(
+    "push_subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("endpoint_hash", sa.String(64), nullable=False),
+    sa.Column("p256dh", sa.String(100), nullable=False),
+    sa.Column("auth", sa.String(50), nullable=False),
+    sa.Column("user_agent", sa.String(500)),
+    *_stamps(),
+    sa.Column("last_sent_at", UtcDateTime()),
+    sa.Column("last_job_id", sa.String(64)),
+    sa.Column("last_status", sa.Integer),
+    sa.UniqueConstraint(
+        "tenant_id", "user_id", "endpoint_hash", name="uq_push_subscriptions_user_endpoint"
+    ),
+)
+
 V1_TABLES = [
     users,
     companies,
@@ -505,6 +530,13 @@ def _webhook_endpoints(conn: Connection) -> None:
         conn.execute(webhook_deliveries.insert(), legacy)
 
 
+def _push_subscriptions(conn: Connection) -> None:
+    """Web push subscriptions (issue #14): their table, if not there yet (the steps of
+    parallel branches are ordered at merge, so this one checks what is present)."""
+    if not sa.inspect(conn).has_table(push_subscriptions.name):
+        metadata.create_all(conn, tables=[push_subscriptions])
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
@@ -513,6 +545,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _stage_history,
     _notifications,
     _webhook_endpoints,
+    _push_subscriptions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
