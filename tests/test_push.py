@@ -93,6 +93,10 @@ def test_keys_command_prints_a_pair_that_loads_and_matches(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"push\.vapid_private_key: a secret") as caught:
         load_settings(config, environ={})
     assert private not in str(caught.value)
+    config.write_text('[push]\nvapid_subject = "mailto:ops@example.com"\n')
+    bad_key = {"CRMQUEUE_PUSH__VAPID_PRIVATE_KEY": "AAAA"}
+    checked = CliRunner().invoke(main, ["config", "check", "--config", str(config)], env=bad_key)
+    assert checked.exit_code == 1 and "push.vapid_private_key: not a P-256" in checked.output
     out = CliRunner().invoke(main, ["push", "public-key", "--config", str(config)])
     assert out.exit_code == 1 and private not in out.output
 
@@ -232,6 +236,9 @@ def test_cli_subscribe_list_unsubscribe(tmp_path: Path, service: PushService) ->
     bad = runner.invoke(main, [*base, "subscribe", *who, "--endpoint", "https://x.example/",
                                "--p256dh", keys["p256dh"], "--auth", keys["auth"]])  # fmt: skip
     assert bad.exit_code == 1 and "endpoint" in bad.output
+    piped = runner.invoke(main, [*base, "subscribe", "--tenant", "t2", "--user", "u1",
+                                 "--subscription", "-"], input=subscription)  # fmt: skip
+    assert piped.exit_code == 0, piped.output
     assert runner.invoke(main, [*base, "unsubscribe", *who, browser.endpoint]).exit_code == 0
     gone = runner.invoke(main, [*base, "unsubscribe", "--tenant", "t1", "--user", "u2",
                                 other.endpoint])  # fmt: skip

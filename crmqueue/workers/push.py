@@ -30,7 +30,7 @@ from crmqueue.crm import push_subscriptions as store
 from crmqueue.crm.store import get_engine
 from crmqueue.engine import current_job_id, get_broker, job, job_ran_before
 from crmqueue.engine.queues import EncodedPayload
-from crmqueue.errors import PermanentError, RetryableError
+from crmqueue.errors import ConfigError, PermanentError, RetryableError
 from crmqueue.payloads import NotificationPayload, Payload, UserId, payload_json
 from crmqueue.providers import push as providers
 
@@ -113,7 +113,10 @@ def _body(payload: PushPayload) -> dict[str, Any]:
 @job("notification", payload=PushPayload)
 def send_push(payload: PushPayload) -> dict[str, Any]:
     settings = get_broker().settings
-    provider = providers.get_provider(settings)
+    try:
+        provider = providers.get_provider(settings)
+    except ConfigError as exc:  # an unreadable or mismatched key: dead, replayable once fixed
+        raise PermanentError(str(exc)) from None
     if provider is None:
         reason = providers.not_configured(settings.push)
         return {"status": "skipped", "reason": reason}
