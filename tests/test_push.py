@@ -434,3 +434,57 @@ def test_push_is_skipped_when_vapid_is_not_configured(
     assert skipped.result["status"] == "skipped"
     reason = skipped.result["channels"]["push"]["reason"]
     assert reason.startswith("web push is not configured: set a VAPID private key"), reason
+
+
+def test_provider_classifies_answers_and_guards_every_send(
+    tmp_path: Path, service: PushService
+) -> None:
+    from crmqueue.errors import PermanentError, RetryableError
+    from crmqueue.providers.push import PushMessage, PushTarget, SubscriptionGone
+    from crmqueue.providers.push.base import Refused, Throttled
+
+    settings = _settings(tmp_path)
+    provider = get_provider(settings)
+    assert provider is not None
+    message = PushMessage(b'{"title": "T"}', ttl=60, urgency="low", topic="abc")
+
+    def target(browser: Any) -> PushTarget:
+        keys = browser.subscription["keys"]
+        return PushTarget(browser.endpoint, keys["p256dh"], keys["auth"])
+
+    browser = service.browser(Plan(503), Plan(400), Plan(404), Plan(201))
+    with pytest.raises(Throttled) as busy:
+        provider.send(target(browser), message)
+    assert isinstance(busy.value, RetryableError) and busy.value.delay is None
+    assert busy.value.status == 503 and "127.0.0.1" in str(busy.value)
+    with pytest.raises(Refused):
+        provider.send(target(browser), message)
+    with pytest.raises(SubscriptionGone):
+        provider.send(target(browser), message)
+    answer = provider.send(target(browser), message)
+    assert answer.status == 201 and answer.location is not None
+    last = browser.received()[-1]
+    assert (last.headers["TTL"], last.headers["Urgency"], last.headers["Topic"]) == (
+        "60",
+        "low",
+        "abc",
+    )
+    assert last.payload == {"title": "T"} and last.failures == []
+    # The same JWT for the same push service (signing is the costly part) ...
+    assert len({r.headers["Authorization"] for r in browser.received()}) == 1
+    # ... and a bad topic or an oversized payload never leaves.
+    with pytest.raises(PermanentError, match="topic"):
+        provider.send(target(browser), PushMessage(b"{}", ttl=0, topic="x" * 33))
+    with pytest.raises(PermanentError, match="3993"):
+        provider.send(target(browser), PushMessage(b"x" * (MAX_PLAINTEXT + 1), ttl=0))
+    sent = len(service.requests)
+    # Every send is checked again: the host list and the SSRF guard of today's config.
+    moved = get_provider(_settings(tmp_path, **{"push.allowed_hosts": "fcm.googleapis.com"}))
+    assert moved is not None
+    with pytest.raises(PermanentError, match="allowed_hosts"):
+        moved.send(target(browser), message)
+    closed = get_provider(_settings(tmp_path, **{"outbound.allowed_networks": ""}))
+    assert closed is not None
+    with pytest.raises(PermanentError, match="loopback"):
+        closed.send(target(browser), message)
+    assert len(service.requests) == sent
