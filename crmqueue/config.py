@@ -408,6 +408,12 @@ class PushSettings(Section):
                 raise ValueError(f"{host!r} is not a host name, *.domain or address")
         return hosts
 
+    @field_validator("vapid_subject", "vapid_private_key", "vapid_private_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # CRMQUEUE_PUSH__VAPID_PRIVATE_KEY= (set but empty) means no key, not a bad one.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("vapid_subject")
     @classmethod
     def _valid_subject(cls, value: str | None) -> str | None:

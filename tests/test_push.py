@@ -103,6 +103,10 @@ def test_keys_command_prints_a_pair_that_loads_and_matches(tmp_path: Path) -> No
 
 def test_vapid_settings_are_checked(tmp_path: Path) -> None:
     assert "push.vapid_subject" in (not_configured(load_settings(environ={}).push) or "")
+    unset = {"CRMQUEUE_PUSH__VAPID_PRIVATE_KEY": "", "CRMQUEUE_PUSH__VAPID_SUBJECT": "mailto:a@b.c"}
+    empty = load_settings(environ=unset)
+    assert empty.push.vapid_private_key is None  # set but empty: no key, not a bad one
+    assert "a VAPID private key" in (not_configured(empty.push) or "")
     for key, value, message in (
         ("push.vapid_subject", "ops@example.com", "mailto: or https:"),
         ("push.vapid_public_key", "abc", "uncompressed P-256 point"),
