@@ -351,6 +351,131 @@ class OutboundSettings(Section):
         return tuple(ipaddress.ip_network(text) for text in self.allowed_networks)
 
 
+# The browser push services (REFERENCE "Web push"): Chrome/Edge (FCM), Firefox (Mozilla
+# autopush), Edge/Windows (WNS), Safari (Apple). "*.example" matches any subdomain.
+DEFAULT_PUSH_HOSTS = (
+    "fcm.googleapis.com",
+    "updates.push.services.mozilla.com",
+    "*.push.services.mozilla.com",
+    "*.notify.windows.com",
+    "web.push.apple.com",
+    "*.push.apple.com",
+)
+# RFC 8030 section 5.2: a push service may cap TTL; 28 days is the common ceiling.
+MAX_PUSH_TTL = 28 * 24 * 3600
+_PUSH_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+class PushSettings(Section):
+    """Web push (issue #14, RFC 8030/8291/8292). The VAPID private key is a secret: it
+    comes only from $CRMQUEUE_PUSH__VAPID_PRIVATE_KEY or the file `vapid_private_key_file`
+    names (load_settings refuses it in a config file), and never prints."""
+
+    # Who runs this application server, told to the push services in every VAPID JWT
+    # (`sub`, RFC 8292 section 2.1): a mailto: or https: URI.
+    vapid_subject: str | None = None
+    # The VAPID public key, base64url of the uncompressed P-256 point (65 bytes): the
+    # browser's applicationServerKey. Optional: derived from the private key when unset,
+    # and checked against it when set.
+    vapid_public_key: str | None = None
+    # The private key as PEM or base64url (32 raw bytes): environment only.
+    vapid_private_key: SecretStr | None = None
+    # A file holding the private key (PEM or base64url), e.g. a mounted secret.
+    vapid_private_key_file: Path | None = None
+    # Hosts a subscription endpoint may name ("*.notify.windows.com" for subdomains);
+    # empty allows any public host. The SSRF guard applies either way.
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_PUSH_HOSTS))
+    # How long the push service keeps an undelivered message (TTL header), in seconds.
+    ttl_seconds: Annotated[int, Field(ge=0, le=MAX_PUSH_TTL)] = 86_400
+    # Lifetime of a VAPID JWT (`exp`); RFC 8292 allows at most 24 hours.
+    jwt_expiry_seconds: Annotated[int, Field(ge=60, le=86_400)] = 43_200
+    # A notification job of at least this priority goes out with `Urgency: high`.
+    high_urgency_priority: Annotated[int, Field(ge=0)] = 150
+    # Topic (collapse key): "notification" (retries of one notification replace each
+    # other) or "category" (a newer notification of a category replaces an older one the
+    # device has not fetched yet).
+    topic: Literal["notification", "category"] = "notification"
+    # Subscriptions one user may hold (browsers and devices); subscribing more refuses.
+    max_subscriptions_per_user: PositiveInt = 20
+    connect_timeout_seconds: PositiveFloat = 5.0
+    read_timeout_seconds: PositiveFloat = 10.0
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _valid_hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.strip().lower().rstrip(".") for host in value]
+        for host in hosts:
+            literal = host.strip("[]")
+            try:
+                ipaddress.ip_address(literal)
+                continue
+            except ValueError:
+                pass
+            if len(host) > 253 or not _PUSH_HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name, *.domain or address")
+        return hosts
+
+    @field_validator("vapid_subject", "vapid_private_key", "vapid_private_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # CRMQUEUE_PUSH__VAPID_PRIVATE_KEY= (set but empty) means no key, not a bad one.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("vapid_subject")
+    @classmethod
+    def _valid_subject(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not re.fullmatch(r"mailto:[^@\s]+@[^@\s]+|https://[^\s/]+(/\S*)?", value):
+            raise ValueError(
+                f"{value!r}: expected a mailto: or https: URI (mailto:ops@example.com),"
+                " RFC 8292 section 2.1"
+            )
+        return value
+
+    @field_validator("vapid_public_key")
+    @classmethod
+    def _valid_public_key(cls, value: str | None) -> str | None:
+        import base64
+        import binascii
+
+        if value is None or not value.strip():
+            return None
+        text = value.strip()
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 65 or raw[0] != 4:
+            raise ValueError(
+                "expected base64url of an uncompressed P-256 point (65 bytes), as"
+                " 'crmqueue push keys' prints it"
+            )
+        return text.rstrip("=")
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether `host` (lower-case, as a URL gives it) is one of allowed_hosts (empty:
+        any)."""
+        if not self.allowed_hosts:
+            return True
+        host = host.lower().rstrip(".")
+        for allowed in self.allowed_hosts:
+            if allowed.startswith("*."):
+                if host.endswith(allowed[1:]) and len(host) > len(allowed) - 1:
+                    return True
+            elif host == allowed or host.strip("[]") == allowed.strip("[]"):
+                return True
+        return False
+
+
 # The original system's deal stages in pipeline order, each with the chance that a deal in
 # it is won: `reports.stage_probabilities` replaces it.
 DEFAULT_STAGE_PROBABILITIES = (
@@ -558,6 +683,7 @@ class Settings(Section):
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    push: PushSettings = Field(default_factory=PushSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)
@@ -753,6 +879,11 @@ def load_settings(
                 else given
             )
         tree["queues"] = merged
+    if _has_path(file_tree, ("push", "vapid_private_key")):
+        raise ConfigError(
+            f"push.vapid_private_key: a secret, not read from {path}: set"
+            " CRMQUEUE_PUSH__VAPID_PRIVATE_KEY or push.vapid_private_key_file"
+        )
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:

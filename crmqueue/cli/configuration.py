@@ -26,7 +26,11 @@ def config_show() -> None:
 @config_group.command("check")
 def config_check() -> None:
     """Validate the configuration; exit non-zero naming every bad key."""
-    load_bodies(load_config())
+    settings = load_config()
+    load_bodies(settings)
+    from crmqueue.providers.push import get_provider
+
+    get_provider(settings)  # a configured VAPID key must read and match its public key
     click.echo("configuration ok")
 
 

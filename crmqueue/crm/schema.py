@@ -364,6 +364,30 @@ schedules = sa.Table(
     sa.UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),
 )
 sa.Index("ix_schedules_due", schedules.c.paused, schedules.c.next_due_at)
+# _push_subscriptions: a user's web push subscriptions (issue #14), one per browser or
+# device: the push service's endpoint URL, the browser's P-256 key and auth secret
+# (base64url, RFC 8291), and the last push sent to it (a retried push job skips the
+# subscriptions it already reached). Unique per endpoint per user (endpoint_hash: the
+# SHA-256 of the endpoint, which may be longer than an index key may be).
+push_subscriptions = sa.Table(
+    "push_subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("endpoint_hash", sa.String(64), nullable=False),
+    sa.Column("p256dh", sa.String(100), nullable=False),
+    sa.Column("auth", sa.String(50), nullable=False),
+    sa.Column("user_agent", sa.String(500)),
+    *_stamps(),
+    sa.Column("last_sent_at", UtcDateTime()),
+    sa.Column("last_job_id", sa.String(64)),
+    sa.Column("last_status", sa.Integer),
+    sa.UniqueConstraint(
+        "tenant_id", "user_id", "endpoint_hash", name="uq_push_subscriptions_user_endpoint"
+    ),
+)
 
 V1_TABLES = [
     users,
@@ -541,6 +565,13 @@ def _schedules(conn: Connection) -> None:
         metadata.create_all(conn, tables=[schedules])
 
 
+def _push_subscriptions(conn: Connection) -> None:
+    """Web push subscriptions (issue #14): their table, if not there yet (the steps of
+    parallel branches are ordered at merge, so this one checks what is present)."""
+    if not sa.inspect(conn).has_table(push_subscriptions.name):
+        metadata.create_all(conn, tables=[push_subscriptions])
+
+
 # MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
@@ -550,6 +581,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _notifications,
     _webhook_endpoints,
     _schedules,
+    _push_subscriptions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

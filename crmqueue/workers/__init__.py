@@ -6,6 +6,7 @@ BODY_MODULES: tuple[str, ...] = (
     "crmqueue.workers.email",
     "crmqueue.workers.import_export",
     "crmqueue.workers.notification",
+    "crmqueue.workers.push",  # the notification queue's push channel
     "crmqueue.workers.report",
     "crmqueue.workers.webhook",
 )

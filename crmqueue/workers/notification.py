@@ -4,7 +4,11 @@
   (a retried job finds its row by job id);
 - email: an email job on the email queue (template ``notification``) to the user's
   address from ``users``, never sent here; its idempotency key comes from this job's id;
-- push, sms: not built yet, recorded as skipped ("channel not available yet").
+- push: a follow-up job on this queue (crmqueue.workers.push.queue_push, id from this
+  job's), so retries of a push service's 429/5xx repeat neither in-app nor email;
+  skipped with the reason when web push is not configured or the user has no
+  subscription;
+- sms: not built yet, recorded as skipped ("channel not available yet").
 
 Quiet hours (crmqueue.notifications.quiet_until) hold email, push and SMS unless the job's
 priority is URGENT_PRIORITY (200) or more: the held channels go into a new notification
@@ -38,6 +42,7 @@ from crmqueue.engine import current_job_id, get_broker, job, job_ran_before
 from crmqueue.engine.queues import EncodedPayload
 from crmqueue.errors import CrmQueueError
 from crmqueue.payloads import EmailPayload, NotificationPayload, payload_json
+from crmqueue.workers import push
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +211,11 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
             outcome[channel] = {"status": "stored", "id": notification_id}
         elif channel == "email" and quiet_end is None:
             outcome[channel] = _queue_email(payload, user, job_id)
+    if "push" in send and quiet_end is None:
+        outcome["push"] = push.queue_push(
+            payload, follow_up_id(job_id, "push"), notification_job_id=job_id,
+            notification_id=notification_id, priority=priority, settings=settings, engine=engine,
+        )  # fmt: skip
     if quiet_end is not None:
         held_id = _hold(payload, held, quiet_end, job_id, priority)
         for channel in held:
