@@ -11,7 +11,7 @@ the rule a notification payload's user_id follows at enqueue) by every call.
 Preferences (crmqueue.notifications.channels_for): for each category, which channels
 are on. A user's own choice for the category, else their choice for "*" (every
 category), else the tenant defaults of the configuration ([notifications]). Quiet hours
-per user, in the user's IANA time zone (``users.time_zone``), hold email (push and SMS
+per user, in the user's IANA time zone (``users.time_zone``), hold email and SMS (push
 later) until the window ends; in-app is never held (quiet_until).
 
 ``crmqueue.notifications.list`` is list_notifications (the name the command line uses).
@@ -59,7 +59,7 @@ __all__ = [
 
 CHANNELS = NOTIFICATION_CHANNELS
 # Channels whose delivery exists; the others are recorded as skipped with this reason.
-BUILT_CHANNELS = ("in-app", "email")
+BUILT_CHANNELS = ("in-app", "email", "sms")
 NOT_AVAILABLE = "channel not available yet"
 # A notification of this job priority or above is urgent: quiet hours do not hold it.
 URGENT_PRIORITY = 200
@@ -480,7 +480,7 @@ def plan_channels(
     """(channels to deliver, channel -> why it is skipped). Without `requested` channels
     the preferences choose. Requested channels go out unless the user turned them off
     (for the category or "*"): a tenant default never removes a channel the producer
-    asked for. Push and SMS are skipped as not available yet."""
+    asked for. Push is skipped as not available yet."""
     enabled, _source = channels_for(preferences, category, settings)
     user_chose = category in preferences.own or "*" in preferences.own
     wanted = [*enabled] if requested is None else [*requested]
