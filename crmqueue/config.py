@@ -222,6 +222,9 @@ class NotificationSettings(Section):
     # The CRM app's address (https://crm.example.com): an action URL given as a path
     # ("/leads/7") is joined to it in emails; without it such an email has no button.
     app_base_url: str | None = None
+    # Seconds a consumer reuses a user's preferences it read (a burst for one user reads
+    # them once); a change made elsewhere applies within this. 0 reads them every job.
+    preferences_cache_seconds: Annotated[float, Field(ge=0, le=60)] = 2.0
 
     @field_validator("app_base_url")
     @classmethod

@@ -38,7 +38,7 @@ from crmqueue import notifications
 from crmqueue.config import Settings
 from crmqueue.crm.store import get_engine
 from crmqueue.crm.users import User, get_user
-from crmqueue.engine import current_job_id, get_broker, job, job_ran_before
+from crmqueue.engine import current_job_id, current_job_priority, get_broker, job, job_ran_before
 from crmqueue.engine.queues import EncodedPayload
 from crmqueue.errors import CrmQueueError
 from crmqueue.payloads import EmailPayload, NotificationPayload, payload_json
@@ -114,7 +114,11 @@ def email_action_url(action_url: str, settings: Settings) -> str | None:
 
 
 def _job_priority(settings: Settings) -> int:
-    """The running job's priority (its record), else the queue's default."""
+    """The running job's priority (as claimed, else its record), else the queue's
+    default."""
+    claimed = current_job_priority()
+    if claimed is not None:
+        return claimed
     job_id = current_job_id()
     if job_id is not None:
         record = get_broker().queue("notification").store.get_job(job_id)
@@ -184,7 +188,10 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
     engine = get_engine(settings.database.url)
     job_id = current_job_id() or uuid.uuid4().hex
     tenant, category = payload.tenant_id, payload.category
-    preferences = notifications.get_preferences(tenant, payload.user_id, engine=engine)
+    preferences = notifications.recent_preferences(
+        tenant, payload.user_id, engine=engine,
+        max_age=settings.notifications.preferences_cache_seconds,
+    )  # fmt: skip
     send, skipped = notifications.plan_channels(
         payload.requested(), preferences, category, settings
     )
@@ -208,6 +215,7 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
                 tenant, payload.user_id, title=payload.title, message=payload.message,
                 action_url=payload.action_url, category=category, priority=priority,
                 job_id=job_id, engine=engine, settings=settings,
+                first_run=not job_ran_before(),
             )  # fmt: skip
             outcome[channel] = {"status": "stored", "id": notification_id}
         elif channel == "email" and quiet_end is None:
