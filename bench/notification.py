@@ -156,7 +156,7 @@ def drained(crm: str, count: int, proc: subprocess.Popen[bytes]) -> dict[str, fl
     }
 
 
-def drain_crmqueue(url: str, workdir: Path, count: int) -> dict[str, float]:
+def drain_crmqueue(url: str, workdir: Path, count: int, workers: int = WORKERS) -> dict[str, float]:
     import crmqueue.engine
     import crmqueue.workers.notification
     from crmqueue.config import load_settings
@@ -178,6 +178,7 @@ def drain_crmqueue(url: str, workdir: Path, count: int) -> dict[str, float]:
     config.write_text(
         f"[storage]\nurl = {json.dumps(url)}\n[database]\nurl = {json.dumps(crm)}\n"
         f'[files]\ndir = {json.dumps(str(workdir / "files"))}\n[logging]\nlevel = "WARNING"\n'
+        f"[queues.notification]\nworkers = {workers}\n"
     )
     proc = start([CRMQUEUE, "worker", "notification", "--config", str(config)], workdir)
     try:
@@ -244,12 +245,14 @@ def notification_section(r: dict[str, float], count: int) -> list[str]:
     rows = []
     for storage, label in (("redis", "Redis"), ("sqlite", "SQLite")):
         ours, huey = r[f"{storage}_crmqueue_per_s"], r[f"{storage}_huey_per_s"]
+        ours_cpu, huey_cpu = r[f"{storage}_crmqueue_cpu_ms"], r[f"{storage}_huey_cpu_ms"]
         rows += [
             f"| crmqueue, queues on {label}, 1 process × {WORKERS} threads | {ours:,.0f} |"
-            f" {r[f'{storage}_crmqueue_cpu_ms']:.3f} ms | {ours / original:,.0f}× |"
-            f" {r[f'{storage}_ratio']:.2f}× | ≥ 2,000/s {met(ours >= 2000)} |",
+            f" {ours_cpu:.3f} ms | {1000 / ours_cpu:,.0f} | {ours / original:,.0f}× |"
+            f" {r[f'{storage}_ratio']:.2f}× | ≥ 2,000/s: {met(ours >= 2000)};"
+            f" per CPU second {met(1000 / ours_cpu >= 2000)} |",
             f"| plain Huey, queues on {label}, 1 process × {WORKERS} threads | {huey:,.0f} |"
-            f" {r[f'{storage}_huey_cpu_ms']:.3f} ms | {huey / original:,.0f}× | 1× | – |",
+            f" {huey_cpu:.3f} ms | {1000 / huey_cpu:,.0f} | {huey / original:,.0f}× | 1× | – |",
         ]
     return [
         "## In-app notifications",
@@ -257,8 +260,9 @@ def notification_section(r: dict[str, float], count: int) -> list[str]:
         f'{count:,} in-app notifications (`send_notification`, `type: "in-app"`, 100 users'
         " of one tenant) pre-enqueued, then drained by one `crmqueue worker notification`"
         f" process ({WORKERS} threads) into the CRM store (SQLite): the user's preferences"
-        " read, each notification stored once per job id (group commit: the worker threads'"
-        " rows are inserted together, one transaction per batch), the job recorded. The"
+        " read (reused for `notifications.preferences_cache_seconds`, 2 s), each"
+        " notification stored once per job id (group commit: the worker threads' rows are"
+        " inserted together, one transaction per batch), the job recorded. The"
         f" baseline is plain Huey ({WORKERS} threads) whose task inserts the same row with"
         " SQLAlchemy Core, one transaction each, without preferences, job-id deduplication"
         " or job records; it drains before and after crmqueue (ratio: crmqueue over their"
@@ -266,12 +270,15 @@ def notification_section(r: dict[str, float], count: int) -> list[str]:
         " the consumer process's user+system time per notification. The original system"
         f" claims {ORIGINAL_PER_MIN:,} notifications a minute ({original:.0f}/s).",
         "",
-        "| consumer | stored/s | CPU per notification | × the original's 1,200/min |"
-        " × plain Huey | target |",
-        "|---|---:|---:|---:|---:|---|",
+        "| consumer | stored/s | CPU per notification | stored/s per CPU second |"
+        " × the original's 1,200/min | × plain Huey | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
-        f"Machine load (1-minute average, 2 cores) during the round: up to {r['load_max']:.1f}.",
+        "Stored/s per CPU second (1 / CPU per notification) is what one process would store"
+        " with a core of its own; on a shared machine the wall-clock rate also depends on"
+        " the other work: the 1-minute load average (2 cores) reached"
+        f" {r['load_max']:.1f} during the rounds.",
         "",
     ]
 
