@@ -103,7 +103,7 @@ def test_credentials_come_from_the_environment_and_never_show(twilio: Any, caplo
     assert "wrong-token" not in str(e.value)
     with pytest.raises(PermanentError, match="TWILIO_AUTH_TOKEN not set in the environment"):
         provider(twilio, env={"TWILIO_ACCOUNT_SID": SID}).send(OutgoingSms(TO, "Hi"))
-    with pytest.raises(PermanentError, match="TWILIO_ACCOUNT_SID is not an Account SID"):
+    with pytest.raises(PermanentError, match="TWILIO_ACCOUNT_SID is not an Account SID \\(AC"):
         provider(twilio, env={**ENV, "TWILIO_ACCOUNT_SID": "nope"}).send(OutgoingSms(TO, "Hi"))
     assert len(twilio.received) == 1
     assert TOKEN not in caplog.text and "wrong-token" not in caplog.text
@@ -278,3 +278,23 @@ def test_quiet_hours_hold_sms_and_urgent_bypasses(running: Any, twilio: Any) -> 
     sms_job = urgent.result["channels"]["sms"]["job_id"]
     assert tasks.Job(sms_job, "notification").wait(15).state == "completed"
     assert len(twilio.received) == 1 and parse_qs(twilio.received[0].body.decode())["To"] == [TO]
+
+
+def test_doctor_checks_the_twilio_credentials(monkeypatch: Any, tmp_path: Any) -> None:
+    from crmqueue.doctor import run_checks
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRMQUEUE_SMS__PROVIDER", "twilio")
+    monkeypatch.setenv("CRMQUEUE_SMS__FROM_NUMBER", FROM)
+    monkeypatch.setenv("CRMQUEUE_DATABASE__URL", f"sqlite:///{tmp_path}/crm.db")
+    monkeypatch.setenv("CRMQUEUE_STORAGE__URL", f"sqlite:///{tmp_path}/queues.db")
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", SID)
+    (row,) = [c for c in run_checks(None) if c.name == "sms provider twilio"]
+    assert (row.status, row.detail) == ("FAIL", "TWILIO_AUTH_TOKEN not set in the environment")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+    (row,) = [c for c in run_checks(None) if c.name == "sms provider twilio"]
+    assert row.status == "ok" and row.detail.startswith(f"sender {FROM}; credentials set")
+    assert TOKEN not in str(run_checks(None))
+    monkeypatch.setenv("CRMQUEUE_SMS__PROVIDER", "none")
+    assert not [c for c in run_checks(None) if c.name.startswith("sms")]

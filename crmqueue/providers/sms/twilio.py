@@ -32,6 +32,19 @@ API_VERSION = "2010-04-01"
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
+def credentials_problem(environ: Mapping[str, str]) -> str | None:
+    """What is wrong with the credentials in `environ` (unset, or an account SID that is
+    not AC and 32 hex digits), or None. Never names a secret's value."""
+    missing = [
+        name for name in (ACCOUNT_SID_ENV, AUTH_TOKEN_ENV) if not environ.get(name, "").strip()
+    ]
+    if missing:
+        return f"{' and '.join(missing)} not set in the environment"
+    if not _ACCOUNT_SID.fullmatch(environ[ACCOUNT_SID_ENV].strip()):
+        return f"{ACCOUNT_SID_ENV} is not an Account SID (AC and 32 hex digits)"
+    return None
+
+
 class TwilioProvider(HttpSmsProvider):
     name = "twilio"
 
@@ -43,6 +56,7 @@ class TwilioProvider(HttpSmsProvider):
     ) -> None:
         super().__init__(settings, outbound)
         env = os.environ if environ is None else environ
+        self._problem = credentials_problem(env)
         self._account_sid = env.get(ACCOUNT_SID_ENV, "").strip()
         self._auth_token = env.get(AUTH_TOKEN_ENV, "").strip()
 
@@ -51,12 +65,8 @@ class TwilioProvider(HttpSmsProvider):
         return (self._auth_token,) if self._auth_token else ()
 
     def build_request(self, sms: OutgoingSms) -> HttpRequest:
-        if not self._account_sid or not self._auth_token:
-            missing = [n for n, v in ((ACCOUNT_SID_ENV, self._account_sid),
-                                      (AUTH_TOKEN_ENV, self._auth_token)) if not v]  # fmt: skip
-            raise PermanentError(f"twilio: {' and '.join(missing)} not set in the environment")
-        if not _ACCOUNT_SID.fullmatch(self._account_sid):
-            raise PermanentError(f"twilio: {ACCOUNT_SID_ENV} is not an Account SID (AC...)")
+        if self._problem is not None:
+            raise PermanentError(f"twilio: {self._problem}")
         form = {"To": sms.to, "Body": sms.body}
         if self.settings.messaging_service_sid:
             form["MessagingServiceSid"] = self.settings.messaging_service_sid
