@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.run --parts latency    # one part
     .venv/bin/python -m bench.run --parts tasks      # the producers' enqueue, about a minute
     .venv/bin/python -m bench.run --parts webhook    # webhook deliveries and fan-out
+    .venv/bin/python -m bench.run --parts notification   # in-app notifications stored
 
 A run of some parts rewrites only their sections of docs/benchmarks.md (each section says
 when and how it was measured); the others are kept. Each figure is the median of --runs
@@ -33,6 +34,7 @@ PARTS = (
     "latency",
     "email",
     "webhook",
+    "notification",
     "scaleout",
     "memory",
     "import-export",
@@ -296,6 +298,15 @@ def main() -> None:
                 print(f"run {run + 1}/{args.runs} webhook: {figures}", flush=True)
                 samples.append(figures)
             sections += webhook.webhook_section(webhook.medians(samples), 5000, 1000)
+        if "notification" in parts:
+            from bench import notification
+
+            samples = []
+            for run in range(args.runs):
+                figures = measure("bench.notification", ["round", "--url", url])
+                print(f"run {run + 1}/{args.runs} notification: {figures}", flush=True)
+                samples.append(figures)
+            sections += notification.notification_section(notification.medians(samples), 10_000)
         if "scaleout" in parts:
             sections += scaleout_section(
                 collect_consumers("scaleout", args.runs, url, 10_000), 10_000

@@ -230,6 +230,9 @@ class NotificationSettings(Section):
     # The CRM app's address (https://crm.example.com): an action URL given as a path
     # ("/leads/7") is joined to it in emails; without it such an email has no button.
     app_base_url: str | None = None
+    # Seconds a consumer reuses a user's preferences it read (a burst for one user reads
+    # them once); a change made elsewhere applies within this. 0 reads them every job.
+    preferences_cache_seconds: Annotated[float, Field(ge=0, le=60)] = 2.0
 
     @field_validator("app_base_url")
     @classmethod
@@ -476,6 +479,59 @@ class PushSettings(Section):
         return False
 
 
+# Twilio's identifiers (REFERENCE "SMS"): a Messaging Service SID is MG and 32 hex digits.
+_MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+_E164_NUMBER = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+class SmsSettings(Section):
+    """The SMS notification channel (issue #14; REFERENCE "SMS (Twilio Programmable
+    Messaging)"). The account SID and auth token are read from the environment only
+    (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN; crmqueue.providers.sms.twilio), never from
+    this file, and never printed."""
+
+    # "none": SMS is off (an sms channel is skipped, saying so); "twilio".
+    provider: Literal["none", "twilio"] = "none"
+    # The sender: a Twilio number in E.164, or a Messaging Service (MG...); one of them
+    # is needed for twilio (the service wins when both are set).
+    from_number: str | None = None
+    messaging_service_sid: str | None = Field(default=None, validate_default=True)
+    # Twilio's API origin; tests point it at a loopback emulator (a loopback or private
+    # address must be in outbound.allowed_networks: the request takes the guarded path).
+    base_url: str = "https://api.twilio.com"
+    # Longest message body in characters (title, message and link are trimmed to fit);
+    # Twilio takes at most 1600. 320 is two GSM-7 segments.
+    max_chars: Annotated[int, Field(ge=20, le=1600)] = 320
+    timeout_seconds: PositiveFloat = 10.0
+
+    @field_validator("from_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and not _E164_NUMBER.fullmatch(value):
+            raise ValueError(f"{value!r} is not an E.164 number (e.g. +14155550100)")
+        return value
+
+    @field_validator("messaging_service_sid")
+    @classmethod
+    def _service_sid(cls, value: str | None, info: Any) -> str | None:
+        if value is not None and not _MESSAGING_SERVICE_SID.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Messaging Service SID (MG and 32 hex digits)")
+        provider = info.data.get("provider", "none")
+        if value is None and provider != "none" and not info.data.get("from_number"):
+            raise ValueError(f"sms.provider {provider} needs from_number or messaging_service_sid")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError(f"{value!r}: expected an http(s) origin without user info")
+        return value.rstrip("/")
+
+
 # The original system's deal stages in pipeline order, each with the chance that a deal in
 # it is won: `reports.stage_probabilities` replaces it.
 DEFAULT_STAGE_PROBABILITIES = (
@@ -684,6 +740,7 @@ class Settings(Section):
     health: HealthSettings = Field(default_factory=HealthSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     push: PushSettings = Field(default_factory=PushSettings)
+    sms: SmsSettings = Field(default_factory=SmsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)

@@ -56,6 +56,8 @@ def run_checks(config_file: str | None) -> list[Check]:
         _writable_dir("email outbox directory", outbox, settings.email.provider == "outbox")
     )
     checks.append(_email_provider(settings))
+    if settings.sms.provider != "none":
+        checks.append(_sms_provider(settings))
     checks.append(_database(settings))
     secrets = sorted(_secrets(settings), key=len, reverse=True)
     return [Check(c.name, c.status, _redact(c.detail, secrets)) for c in checks]
@@ -201,6 +203,18 @@ def _email_provider(settings: Settings) -> Check:
         return Check(name, "FAIL", "not set: " + ", ".join(missing))
     extra = {"ses": f"region {email.ses.region}; ", "mailgun": f"domain {email.mailgun.domain}; "}
     return Check(name, "ok", f"{extra.get(email.provider, '')}credentials set; {NOT_VERIFIED}")
+
+
+def _sms_provider(settings: Settings) -> Check:
+    from crmqueue.providers.sms.twilio import credentials_problem
+
+    sms = settings.sms
+    name = f"sms provider {sms.provider}"
+    problem = credentials_problem(os.environ)
+    if problem is not None:
+        return Check(name, "FAIL", problem)
+    sender = sms.messaging_service_sid or sms.from_number
+    return Check(name, "ok", f"sender {sender}; credentials set; {NOT_VERIFIED}")
 
 
 def _database(settings: Settings) -> Check:

@@ -11,7 +11,7 @@ the rule a notification payload's user_id follows at enqueue) by every call.
 Preferences (crmqueue.notifications.channels_for): for each category, which channels
 are on. A user's own choice for the category, else their choice for "*" (every
 category), else the tenant defaults of the configuration ([notifications]). Quiet hours
-per user, in the user's IANA time zone (``users.time_zone``), hold email and push (SMS
+per user, in the user's IANA time zone (``users.time_zone``), hold email, push and SMS
 later) until the window ends; in-app is never held (quiet_until).
 
 ``crmqueue.notifications.list`` is list_notifications (the name the command line uses).
@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import os
+import queue
+import threading
+import time
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,6 +55,7 @@ __all__ = [
     "plan_channels",
     "purge_expired",
     "quiet_until",
+    "recent_preferences",
     "set_preferences",
     "set_quiet_hours",
     "store",
@@ -59,7 +64,7 @@ __all__ = [
 
 CHANNELS = NOTIFICATION_CHANNELS
 # Channels whose delivery exists; the others are recorded as skipped with this reason.
-BUILT_CHANNELS = ("in-app", "email", "push")
+BUILT_CHANNELS = ("in-app", "email", "push", "sms")
 NOT_AVAILABLE = "channel not available yet"
 # A notification of this job priority or above is urgent: quiet hours do not hold it.
 URGENT_PRIORITY = 200
@@ -159,12 +164,16 @@ def store(
     engine: Engine | None = None,
     settings: Settings | None = None,
     now: dt.datetime | None = None,
+    first_run: bool = False,
 ) -> int:
     """Store an in-app notification; returns its id. It expires keep_days after `now`.
     With a `job_id`, storing again for the same job (a retried job) returns the first
-    one's id instead of a second notification. The user need not be in ``users`` (the
-    CRM may add them later). Raises PayloadError for a bad user id or `action_url` (as
-    at enqueue: crmqueue.payloads.action_url_problem)."""
+    one's id instead of a second notification; such rows are group-committed with the
+    other worker threads' (_StoreWriter: one transaction for every row waiting);
+    `first_run` True says no earlier run of the job can have stored it (the lookup is
+    skipped; the unique index on tenant and job id still refuses a second row). The
+    user need not be in ``users`` (the CRM may add them later). Raises PayloadError for
+    a bad user id or `action_url` (as at enqueue: crmqueue.payloads.action_url_problem)."""
     user_id = check_user_id(user_id)
     if action_url is not None:
         from crmqueue.payloads import action_url_problem
@@ -181,6 +190,15 @@ def store(
         "priority": priority, "job_id": job_id, "created_at": stamp,
         "expires_at": stamp + dt.timedelta(days=config.notifications.keep_days),
     }  # fmt: skip
+    if job_id is not None:
+        return _WRITER.store(engine, row, maybe_stored=not first_run)
+    return _store_one(engine, row)
+
+
+def _store_one(engine: Engine, row: dict[str, Any]) -> int:
+    """Insert `row` in a transaction of its own; a row of the same job stored before
+    (the unique index on tenant and job id) gives that row's id."""
+    tenant_id, job_id = row["tenant_id"], row["job_id"]
     try:
         with engine.begin() as conn:
             key = conn.execute(_n.insert().values(**row)).inserted_primary_key
@@ -194,6 +212,132 @@ def store(
             sa.select(_n.c.id).where(_n.c.tenant_id == tenant_id, _n.c.job_id == job_id)
         ).scalar_one()
     return int(found)
+
+
+class _Pending:
+    """One row handed to the writer thread, and what became of it."""
+
+    __slots__ = ("done", "engine", "error", "id", "maybe_stored", "row")
+
+    def __init__(self, engine: Engine, row: dict[str, Any], maybe_stored: bool) -> None:
+        self.engine = engine
+        self.row = row
+        self.maybe_stored = maybe_stored
+        self.id = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+_INSERT_RETURNING = _n.insert().returning(_n.c.id, sort_by_parameter_order=True)
+
+
+def _store_batch(engine: Engine, batch: builtins.list[_Pending]) -> None:
+    """Store the rows of `batch` (each with a job id) in one transaction: the rows whose
+    job's notification is stored already (a retried job; looked up only when a row's
+    job may have run before) get that one's id, the others
+    are inserted with one executemany (RETURNING their ids, in order). If the batch
+    fails (another process stored the same job meanwhile and the unique index refused
+    it; a row the database refuses), each row is stored on its own instead, so a row's
+    caller gets its own outcome."""
+    keys = {(p.row["tenant_id"], p.row["job_id"]) for p in batch}
+    try:
+        with engine.begin() as conn:
+            found: dict[tuple[str, str], int] = {}
+            if any(pending.maybe_stored for pending in batch):
+                found = {
+                    (tenant, job): id_
+                    for id_, tenant, job in conn.execute(
+                        sa.select(_n.c.id, _n.c.tenant_id, _n.c.job_id).where(
+                            _n.c.tenant_id.in_({t for t, _ in keys}),
+                            _n.c.job_id.in_({j for _, j in keys}),
+                        )
+                    )
+                    if (tenant, job) in keys
+                }
+            new: dict[tuple[str, str], _Pending] = {}
+            for pending in batch:
+                key = (pending.row["tenant_id"], pending.row["job_id"])
+                if key not in found:
+                    new.setdefault(key, pending)
+            if new:
+                rows = [pending.row for pending in new.values()]
+                ids = conn.execute(_INSERT_RETURNING, rows).scalars().all()
+                found.update(zip(new, ids, strict=True))
+    except Exception:  # each row on its own: a caller gets only its own row's error
+        for pending in batch:
+            try:
+                pending.id = _store_one(engine, pending.row)
+            except Exception as exc:
+                pending.error = exc
+        return
+    for pending in batch:
+        pending.id = int(found[(pending.row["tenant_id"], pending.row["job_id"])])
+
+
+class _StoreWriter:
+    """Group commit of in-app notifications stored by jobs (store with a job id), like
+    the webhook delivery log's (crmqueue.webhooks._LogWriter): the worker threads of a
+    process hand their rows to one writer thread, which stores every row waiting in one
+    transaction (_store_batch) and then wakes their threads. A caller returns only once
+    its row is committed, so a job never completes before its notification is stored.
+    With one notification at a time the batch is one row; under a burst, one commit
+    serves many. The thread ends after IDLE_SECONDS with nothing to write and starts
+    again on demand (also in a forked child)."""
+
+    BATCH = 256
+    IDLE_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[_Pending] | None = None
+        self._pid = 0
+
+    def store(self, engine: Engine, row: dict[str, Any], maybe_stored: bool = True) -> int:
+        """The id of `row`'s notification; raises what storing it raised."""
+        pending = _Pending(engine, row, maybe_stored)
+        with self._lock:  # put under the lock: the thread cannot end in between
+            if self._inbox is None or self._pid != os.getpid():
+                self._inbox, self._pid = queue.SimpleQueue(), os.getpid()
+                threading.Thread(
+                    target=self._run, args=(self._inbox,), name="notification-store",
+                    daemon=True,
+                ).start()  # fmt: skip
+            self._inbox.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.id
+
+    def _run(self, inbox: queue.SimpleQueue[_Pending]) -> None:
+        while True:
+            try:
+                batch = [inbox.get(timeout=self.IDLE_SECONDS)]
+            except queue.Empty:
+                with self._lock:
+                    if inbox.empty():
+                        if self._inbox is inbox:
+                            self._inbox = None
+                        return
+                continue
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            by_engine: dict[int, builtins.list[_Pending]] = {}
+            for pending in batch:
+                by_engine.setdefault(id(pending.engine), []).append(pending)
+            for group in by_engine.values():
+                try:
+                    _store_batch(group[0].engine, group)
+                except Exception as exc:  # the transaction failed: every caller learns it
+                    for pending in group:
+                        pending.error = exc
+                for pending in group:
+                    pending.done.set()
+
+
+_WRITER = _StoreWriter()
 
 
 def _cursor(cursor: str | None) -> int | None:
@@ -361,18 +505,19 @@ def _check_category(category: str, allow_all: bool = True) -> str:
     )
 
 
+_OWN_CHOICES = sa.select(_p.c.category, _p.c.channels).where(
+    _p.c.tenant_id == sa.bindparam("tenant_id"), _p.c.user_id == sa.bindparam("user_id")
+)
+
+
 def get_preferences(tenant_id: str, user_id: str, *, engine: Engine | None = None) -> Preferences:
     """The user's preferences; for a user not in ``users``, the tenant defaults with
     `known` False (the notification job still stores in-app for them)."""
     user_id = check_user_id(user_id)
     engine = _engine(engine)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(_p.c.category, _p.c.channels).where(
-                _p.c.tenant_id == tenant_id, _p.c.user_id == user_id
-            )
-        ).all()
-    user = get_user(engine, tenant_id, user_id)
+    with engine.connect() as conn:  # one connection for both reads (one per job)
+        rows = conn.execute(_OWN_CHOICES, {"tenant_id": tenant_id, "user_id": user_id}).all()
+        user = get_user(conn, tenant_id, user_id)
     quiet = None
     if user is not None and user.quiet_start and user.quiet_end:
         quiet = (user.quiet_start, user.quiet_end)
@@ -380,6 +525,59 @@ def get_preferences(tenant_id: str, user_id: str, *, engine: Engine | None = Non
         tenant_id, user_id, {row.category: tuple(row.channels) for row in rows},
         user.time_zone if user else None, quiet, user is not None,
     )  # fmt: skip
+
+
+class _RecentPreferences:
+    """Preferences read lately by this process, for recent_preferences: the notification
+    queue reads a user's preferences for every job, and a burst for one user would read
+    the same rows thousands of times a second. Kept `max_age` seconds; forgotten at once
+    when this process changes preferences, quiet hours or users (set_preferences,
+    set_quiet_hours, crmqueue.crm.users.add_user); another process's change is seen
+    within `max_age`. A read that raced with a change is not kept."""
+
+    SIZE = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._kept: dict[tuple[int, str, str], tuple[float, int, Preferences]] = {}
+
+    def get(self, engine: Engine, tenant_id: str, user_id: str, max_age: float) -> Preferences:
+        from crmqueue.crm.users import changes
+
+        key = (id(engine), tenant_id, user_id)
+        with self._lock:
+            kept = self._kept.get(key)
+            generation = self._generation + changes()
+        now = time.monotonic()
+        if kept is not None and now - kept[0] <= max_age and kept[1] == generation:
+            return kept[2]
+        found = get_preferences(tenant_id, user_id, engine=engine)
+        with self._lock:
+            if self._generation + changes() == generation:
+                if len(self._kept) >= self.SIZE:
+                    self._kept.clear()
+                self._kept[key] = (now, generation, found)
+        return found
+
+    def changed(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._kept.clear()
+
+
+_RECENT = _RecentPreferences()
+
+
+def recent_preferences(
+    tenant_id: str, user_id: str, *, max_age: float, engine: Engine | None = None
+) -> Preferences:
+    """get_preferences, answered from this process's reads of the last `max_age` seconds
+    (notifications.preferences_cache_seconds; 0 reads every time). A change made in this
+    process applies at once; one made by another process within `max_age`."""
+    if max_age <= 0:
+        return get_preferences(tenant_id, user_id, engine=engine)
+    return _RECENT.get(_engine(engine), tenant_id, check_user_id(user_id), max_age)
 
 
 def _no_user(tenant_id: str, user_id: str) -> str:
@@ -420,6 +618,7 @@ def set_preferences(
                     channels=[*dict.fromkeys(channels)], updated_at=_now(None),
                 )
             )  # fmt: skip
+    _RECENT.changed()
     return get_preferences(tenant_id, user_id, engine=engine)
 
 
@@ -457,6 +656,7 @@ def set_quiet_hours(
             .where(users.c.tenant_id == tenant_id, users.c.user_id == user_id)
             .values(**values)
         ).rowcount
+    _RECENT.changed()
     if not changed:
         raise PayloadError([("user_id", _no_user(tenant_id, user_id))])
     return get_preferences(tenant_id, user_id, engine=engine)
@@ -480,7 +680,7 @@ def plan_channels(
     """(channels to deliver, channel -> why it is skipped). Without `requested` channels
     the preferences choose. Requested channels go out unless the user turned them off
     (for the category or "*"): a tenant default never removes a channel the producer
-    asked for. SMS is skipped as not available yet."""
+    asked for."""
     enabled, _source = channels_for(preferences, category, settings)
     user_chose = category in preferences.own or "*" in preferences.own
     wanted = [*enabled] if requested is None else [*requested]

@@ -1,8 +1,9 @@
 """Notifications (issue #14): the inbox and preferences service on SQLite and PostgreSQL
 (crmqueue.notifications), quiet hours across DST changes, and the notification queue's
 body with a real consumer on SQLite and Redis queue storage: in-app stored, email as a
-job on the email queue delivered through the outbox, SMS skipped as not available
-yet, quiet hours holding email, imports and exports notifying their user."""
+job on the email queue delivered through the outbox, SMS and push skipped when not
+configured (SMS: test_sms.py, push: test_push.py), quiet hours holding email, imports and
+exports notifying their user."""
 
 from __future__ import annotations
 
@@ -374,7 +375,10 @@ def test_email_channel_enqueues_an_email_job_delivered_through_the_outbox(runnin
     assert info.result["email_job_id"] == email_id
     assert channels["email"] == {"status": "queued", "job_id": email_id, "to": "ann@example.com",
                                  "template": "notification"}  # fmt: skip
-    assert channels["sms"] == {"status": "skipped", "reason": "channel not available yet"}
+    assert channels["sms"] == {
+        "status": "skipped",
+        "reason": 'SMS is not configured (sms.provider is "none")',
+    }
     # push: tests/test_push.py (here web push has no VAPID key)
     assert channels["push"]["status"] == "skipped"
     assert channels["push"]["reason"].startswith("web push is not configured")

@@ -20,6 +20,8 @@ from crmqueue.crm.entities import caseless_fields, complete_names
 from crmqueue.errors import ConfigError, CrmQueueError
 
 _engines: dict[str, Engine] = {}
+# SQLite connections a process keeps open (a consumer runs up to 40 worker threads).
+SQLITE_POOL_SIZE = 40
 _engines_lock = threading.Lock()
 
 
@@ -44,7 +46,11 @@ def create_engine(url: str, connect_timeout: int = 10) -> Engine:
         path = target[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(target, connect_args={"timeout": 30})
+        # Connections kept open for every worker thread of a consumer: past the default
+        # pool of 5, each checkout opened a connection and ran the pragmas below anew.
+        engine = sa.create_engine(
+            target, connect_args={"timeout": 30}, pool_size=SQLITE_POOL_SIZE, max_overflow=10
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

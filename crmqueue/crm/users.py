@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from crmqueue.crm import schema
 from crmqueue.errors import PayloadError
@@ -21,6 +21,7 @@ from crmqueue.zones import time_zone_problem
 __all__ = [
     "User",
     "add_user",
+    "changes",
     "check_hhmm",
     "check_phone",
     "check_time_zone",
@@ -98,14 +99,23 @@ _COLUMNS = (
 )  # fmt: skip
 
 
-def get_user(engine: Engine, tenant_id: str, user_id: str) -> User | None:
-    """The tenant's user `user_id` (surrounding whitespace stripped), or None."""
-    users = schema.users
-    user_id = user_id.strip()
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(*_COLUMNS).where(users.c.tenant_id == tenant_id, users.c.user_id == user_id)
-        ).first()
+# Built once: a statement made per call costs more Python than its query (the
+# notification queue reads a user per job).
+_BY_ID = sa.select(*_COLUMNS).where(
+    schema.users.c.tenant_id == sa.bindparam("tenant_id"),
+    schema.users.c.user_id == sa.bindparam("user_id"),
+)
+
+
+def get_user(engine: Engine | Connection, tenant_id: str, user_id: str) -> User | None:
+    """The tenant's user `user_id` (surrounding whitespace stripped), or None. `engine`
+    may be a Connection: read on it (in its transaction)."""
+    params = {"tenant_id": tenant_id, "user_id": user_id.strip()}
+    if isinstance(engine, Connection):
+        row = engine.execute(_BY_ID, params).first()
+    else:
+        with engine.connect() as conn:
+            row = conn.execute(_BY_ID, params).first()
     return None if row is None else _user(row)
 
 
@@ -178,6 +188,18 @@ def add_user(
                     tenant_id=tenant_id, user_id=user_id, created_at=now, **values
                 )
             )
+    global _changes
+    _changes += 1
     user = get_user(engine, tenant_id, user_id)
     assert user is not None
     return user, not updated
+
+
+# Users added or changed by this process (add_user): caches of what users imply
+# (crmqueue.notifications.recent_preferences) compare it to forget what they kept.
+_changes = 0
+
+
+def changes() -> int:
+    """How many times add_user changed users in this process."""
+    return _changes

@@ -68,6 +68,12 @@ def current_job_id() -> str | None:
     return active.claim.id if active else None
 
 
+def current_job_priority() -> int | None:
+    """The running job's priority as it was claimed, or None outside a running job."""
+    active = _current.get()
+    return active.claim.priority if active else None
+
+
 def current_attempt() -> tuple[int, int]:
     """(attempt number, max attempts) of the running job: 1-based, postponements not
     counted (see crmqueue.errors.Postpone). Outside a running job (a body called

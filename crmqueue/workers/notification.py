@@ -8,7 +8,10 @@
   job's), so retries of a push service's 429/5xx repeat neither in-app nor email;
   skipped with the reason when web push is not configured or the user has no
   subscription;
-- sms: not built yet, recorded as skipped ("channel not available yet").
+- sms: an sms job on this queue (send_sms, id follow_up_id(job_id, "sms")) that sends the
+  text through the configured provider (crmqueue.providers.sms), so a retried SMS (429)
+  neither stores in-app again nor resends other channels; skipped with the reason when
+  sms.provider is "none" or the user has no phone.
 
 Quiet hours (crmqueue.notifications.quiet_until) hold email, push and SMS unless the job's
 priority is URGENT_PRIORITY (200) or more: the held channels go into a new notification
@@ -38,7 +41,7 @@ from crmqueue import notifications
 from crmqueue.config import Settings
 from crmqueue.crm.store import get_engine
 from crmqueue.crm.users import User, get_user
-from crmqueue.engine import current_job_id, get_broker, job, job_ran_before
+from crmqueue.engine import current_job_id, current_job_priority, get_broker, job, job_ran_before
 from crmqueue.engine.queues import EncodedPayload
 from crmqueue.errors import CrmQueueError
 from crmqueue.payloads import EmailPayload, NotificationPayload, payload_json
@@ -115,7 +118,11 @@ def email_action_url(action_url: str, settings: Settings) -> str | None:
 
 
 def _job_priority(settings: Settings) -> int:
-    """The running job's priority (its record), else the queue's default."""
+    """The running job's priority (as claimed, else its record), else the queue's
+    default."""
+    claimed = current_job_priority()
+    if claimed is not None:
+        return claimed
     job_id = current_job_id()
     if job_id is not None:
         record = get_broker().queue("notification").store.get_job(job_id)
@@ -185,7 +192,10 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
     engine = get_engine(settings.database.url)
     job_id = current_job_id() or uuid.uuid4().hex
     tenant, category = payload.tenant_id, payload.category
-    preferences = notifications.get_preferences(tenant, payload.user_id, engine=engine)
+    preferences = notifications.recent_preferences(
+        tenant, payload.user_id, engine=engine,
+        max_age=settings.notifications.preferences_cache_seconds,
+    )  # fmt: skip
     send, skipped = notifications.plan_channels(
         payload.requested(), preferences, category, settings
     )
@@ -194,6 +204,8 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
         channel: {"status": "skipped", "reason": reason} for channel, reason in skipped.items()
     }
     user = get_user(engine, tenant, payload.user_id) if "email" in send else None
+    if user is None and "sms" in send:
+        user = get_user(engine, tenant, payload.user_id)
     quiet_end = None
     held = [c for c in send if c in notifications.HELD_CHANNELS]
     if held and priority < notifications.URGENT_PRIORITY and preferences.quiet_hours:
@@ -207,10 +219,13 @@ def send_notification(payload: NotificationPayload) -> dict[str, Any]:
                 tenant, payload.user_id, title=payload.title, message=payload.message,
                 action_url=payload.action_url, category=category, priority=priority,
                 job_id=job_id, engine=engine, settings=settings,
+                first_run=not job_ran_before(),
             )  # fmt: skip
             outcome[channel] = {"status": "stored", "id": notification_id}
         elif channel == "email" and quiet_end is None:
             outcome[channel] = _queue_email(payload, user, job_id)
+        elif channel == "sms" and quiet_end is None:
+            outcome[channel] = _queue_sms(payload, user, job_id, priority)
     if "push" in send and quiet_end is None:
         outcome["push"] = push.queue_push(
             payload, follow_up_id(job_id, "push"), notification_job_id=job_id,
@@ -249,3 +264,65 @@ def _order(payload: NotificationPayload, outcome: dict[str, Any]) -> list[str]:
     """The channels in the order the payload named them (else the planner's)."""
     named = payload.requested() or []
     return [*(c for c in named if c in outcome), *(c for c in outcome if c not in named)]
+
+
+# --------------------------------------------------------------------------- sms
+
+SMS_TASK = "crmqueue.workers.notification.send_sms"
+SMS_OFF = 'SMS is not configured (sms.provider is "none")'
+
+
+def _no_phone(payload: NotificationPayload, user: User | None) -> str | None:
+    """Why the user cannot get an SMS, or None."""
+    if user is None:
+        return f"no user {payload.user_id!r} in the tenant"
+    if not user.phone:
+        return f"user {payload.user_id!r} has no phone (crmqueue users add --phone)"
+    return None
+
+
+def _queue_sms(
+    payload: NotificationPayload, user: User | None, job_id: str, priority: int
+) -> dict[str, Any]:
+    """The sms job (send_sms) for this notification, once per job; skipped with the
+    reason when SMS is off or the user has no phone."""
+    reason = SMS_OFF if get_broker().settings.sms.provider == "none" else _no_phone(payload, user)
+    if reason is not None:
+        return {"status": "skipped", "reason": reason}
+    assert user is not None
+    data = payload.model_dump(mode="json", exclude_none=True)
+    data.pop("type", None)
+    data["channels"] = ["sms"]
+    sms, encoded = payload_json(NotificationPayload, data)
+    sms_id = follow_up_id(job_id, "sms")
+    broker = get_broker()
+    if not (job_ran_before() and broker.find_job(sms_id) is not None):
+        broker.queue("notification").enqueue(
+            SMS_TASK, EncodedPayload(sms.tenant_id, encoded), job_id=sms_id, priority=priority
+        )
+    return {"status": "queued", "job_id": sms_id, "to": user.phone}
+
+
+@job("notification", payload=NotificationPayload)
+def send_sms(payload: NotificationPayload) -> dict[str, Any]:
+    """Send a notification as one text message to the user's phone (``users.phone``,
+    read when the job runs) through sms.provider: title, message and the action URL
+    (a path joined to notifications.app_base_url, else left out), trimmed to
+    sms.max_chars (crmqueue.providers.sms.sms_text). Returns {"status": "sent",
+    "provider", "message_id", "vendor_status", "to"}, or "skipped" with a reason (SMS
+    turned off or the phone removed since). Raises RetryableError (429, 5xx, network:
+    retried by the queue) or PermanentError (a number the vendor refuses, bad
+    credentials: dead at once)."""
+    from crmqueue.providers.sms import OutgoingSms, get_provider, sms_text
+
+    settings = get_broker().settings
+    user = get_user(get_engine(settings.database.url), payload.tenant_id, payload.user_id)
+    reason = SMS_OFF if settings.sms.provider == "none" else _no_phone(payload, user)
+    if reason is not None:
+        return {"status": "skipped", "reason": reason}
+    assert user is not None and user.phone is not None
+    link = email_action_url(payload.action_url, settings) if payload.action_url else None
+    body = sms_text(payload.title, payload.message, link, settings.sms.max_chars)
+    sent = get_provider(settings.sms, settings.outbound).send(OutgoingSms(user.phone, body))
+    return {"status": "sent", "provider": sent.provider, "message_id": sent.message_id,
+            "vendor_status": sent.status, "to": user.phone}  # fmt: skip

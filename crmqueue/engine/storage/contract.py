@@ -44,6 +44,8 @@ class Claim:
     # False when an earlier claim may have run the body (whatever happened to it since:
     # failed, reaped, handed back); bodies with side effects check for them only then.
     first_run: bool = False
+    # The job's priority when it was claimed (higher runs first).
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class RedisJobStore(JobStore):
         claims = [
             Claim(
                 r[0].decode(), r[1].decode(), bytes(r[2]), int(r[3]), int(r[4]), r[5].decode(),
-                r[6] == 1,
+                r[6] == 1, int(r[7]) if len(r) > 7 else 0,
             )
             for r in rows
         ]  # fmt: skip

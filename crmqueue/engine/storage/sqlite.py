@@ -343,6 +343,7 @@ class SqliteJobStore(JobStore):
                 r["max_attempts"],
                 r["lease_token"],
                 r["rowid"] in first_runs,
+                r["priority"],
             )
             for r in rows
         ]

@@ -23,9 +23,9 @@ for i = 1, #popped, 2 do
   redis.call('HSET', jk, 'state', 'active', 'started_at', now, 'lease_until', lease_until,
     'consumer', ARGV[1], 'lease_token', token)
   redis.call('ZADD', queue_key('active'), lease_until, id)
-  local v = redis.call('HMGET', jk, 'name', 'message', 'max_attempts')
+  local v = redis.call('HMGET', jk, 'name', 'message', 'max_attempts', 'priority')
   table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1'), token,
-    first_run})
+    first_run, tonumber(v[4] or '0')})
 end
 if #out == 0 then
   local next_due = nil
