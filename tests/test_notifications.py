@@ -187,12 +187,9 @@ def test_preferences_user_choice_over_tenant_defaults(crm_engine: Any) -> None:
     assert notifications.channels_for(prefs(), "lead.assigned", settings)[0] == ("in-app", "email")
     assert notifications.channels_for(prefs("acme"), "lead.assigned", settings)[0] == ("email",)
     assert notifications.channels_for(prefs("acme"), "import.completed", settings)[0] == ("in-app",)
-    # Without channels named, the defaults choose; push/sms are skipped, not failed.
+    # Without channels named, the defaults choose; named channels go out in their order.
     assert plan(None, prefs(), "lead.assigned", settings) == (["in-app", "email"], {})
-    assert plan(["sms", "in-app"], prefs(), "x", settings) == (
-        ["in-app"],
-        {"sms": notifications.NOT_AVAILABLE},
-    )
+    assert plan(["sms", "in-app"], prefs(), "x", settings) == (["sms", "in-app"], {})
     assert plan(["push", "in-app"], prefs(), "x", settings) == (["push", "in-app"], {})
     # A tenant default never removes a channel the producer named...
     assert plan(["email"], prefs(), "other", settings) == (["email"], {})
