@@ -220,7 +220,7 @@ def _warn_if_trimmed(store: JobStore, cursor: str) -> None:
     if cursor_key(cursor) < cursor_key(trimmed):
         log.warning(
             "events after cursor %s up to %s were trimmed before they were read (the"
-            " stream keeps [events] max_len); following from %s",
+            " stream keeps [events] max_len; on Redis: may have been); following from %s",
             cursor, trimmed, first,
         )  # fmt: skip
 

@@ -223,7 +223,9 @@ class JobStore(BaseStorage):  # type: ignore[misc]
 
     def events_bounds(self) -> tuple[str, str, str]:
         """(oldest kept cursor, newest cursor, newest trimmed cursor): a reader whose
-        cursor is older than the last has missed events ("0" when none were trimmed)."""
+        cursor is older than the last has missed events ("0" when none were trimmed; on
+        Redis, whose trimming records no id, the cursor just before the oldest kept
+        once any were trimmed)."""
         raise NotImplementedError
 
 

@@ -358,7 +358,10 @@ class RedisJobStore(JobStore):
         last = _text(info.get("last-generated-id") or b"0-0")
         first_entry = info.get("first-entry")
         first = _text(first_entry[0]) if first_entry else _next_id(last)
-        return first, last, _text(info.get("max-deleted-entry-id") or b"0-0")
+        # Trimming (MAXLEN) leaves max-deleted-entry-id alone: all that is known is that
+        # entries-added exceeds the length, and that what went came before the first.
+        trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
+        return first, last, _previous_id(first) if trimmed else "0-0"
 
 
 def _text(value: Any) -> str:
@@ -379,6 +382,11 @@ def _stream_id(cursor: str) -> tuple[int, int]:
 def _next_id(entry_id: str) -> str:
     ms, seq = _stream_id(entry_id)
     return f"{ms}-{seq + 1}"
+
+
+def _previous_id(entry_id: str) -> str:
+    ms, seq = _stream_id(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615"
 
 
 def _decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
