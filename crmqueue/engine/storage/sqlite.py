@@ -88,10 +88,12 @@ create table if not exists consumers (
 );
 """
 # Job events (crmqueue.engine.events): one row a transition, written in the transaction
-# that makes it; seq is the cursor (autoincrement: never reused, even once trimmed).
+# that makes it; seq is the cursor. Not autoincrement (its sqlite_sequence row would be
+# one more page written by every transaction): the trim always keeps the newest rows, so
+# max(seq) + 1 never reuses a cursor.
 _SQLITE_EVENTS_SCHEMA = """
 create table if not exists job_events (
-    seq integer primary key autoincrement,
+    seq integer primary key,
     type text not null, job_id text not null, queue text not null, name text not null,
     tenant text not null, state text not null, progress integer not null default 0,
     attempt integer not null default 0, consumer text, error text, at real not null
@@ -775,9 +777,8 @@ class SqliteJobStore(JobStore):
         return [{**dict(row), "cursor": str(row["seq"])} for row in rows]
 
     def events_bounds(self) -> tuple[str, str, str]:
-        row = self._read("select min(seq), max(seq), (select seq from sqlite_sequence"
-                         " where name = 'job_events') from job_events")[0]  # fmt: skip
-        last = row[2] or 0
+        row = self._read("select min(seq), max(seq) from job_events")[0]
+        last = row[1] or 0
         first = row[0] if row[0] is not None else last + 1
         # Everything before the oldest kept event was trimmed.
         return str(first), str(last), str(first - 1)
