@@ -350,3 +350,22 @@ def test_bad_arguments_are_refused_with_a_clear_error(broker: Broker) -> None:
     if other == "5-0":  # a Redis cursor given to SQLite
         with pytest.raises(CrmQueueError, match="SQLite event cursor"):
             events.subscribe(cursor=other)
+
+
+def test_a_version_2_sqlite_queue_database_gains_the_events_table(tmp_path: Path) -> None:
+    import contextlib
+    import sqlite3
+
+    from crmqueue.engine.storage import SQLITE_SCHEMA_VERSION, NewJob, SqliteJobStore
+
+    path = str(tmp_path / "queues.db")
+    SqliteJobStore("email", filename=path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as crmqueue left it before
+        conn.executescript("drop table job_events; pragma user_version = 2;")
+    store = SqliteJobStore("email", filename=path)
+    store.enqueue_jobs([NewJob("j1", "email", "a.b", "t1", 0, 1, b"{}")])
+    assert [(e["type"], e["id"], e["cursor"]) for e in store.read_events("0")] == [
+        ("enqueued", "j1", "1")
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("pragma user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION == 3
