@@ -318,6 +318,16 @@ class HealthSettings(Section):
     failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.10
 
 
+class EventsSettings(Section):
+    # Job events (crmqueue.events): the stream in the queue storage keeps about this many
+    # of the newest events (Redis XADD MAXLEN ~; SQLite trims the same, amortised); 0
+    # writes none.
+    max_len: Annotated[int, Field(ge=0, le=100_000_000)] = 10_000
+    # In-process listeners (events.on): events waiting for the listener thread; when it
+    # is full, newer ones are dropped for the listeners and counted in a warning.
+    listener_queue: PositiveInt = 10_000
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -743,6 +753,7 @@ class Settings(Section):
     sms: SmsSettings = Field(default_factory=SmsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)
 
     def public_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from crmqueue.cli import (
     dlq,
     email,
     enqueue,
+    events,
     jobs,
     monitor,
     notifications,
@@ -62,6 +63,7 @@ for _module in (
     report,
     webhooks,
     schedules,
+    events,
 ):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -288,8 +288,10 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         url, timeout = settings.storage.url, settings.storage.connect_timeout_seconds
+        events = settings.events.max_len
         self.queues = {
-            name: Queue(name, settings, open_store(url, name, timeout)) for name in QUEUE_NAMES
+            name: Queue(name, settings, open_store(url, name, timeout, events))
+            for name in QUEUE_NAMES
         }
 
     def queue(self, name: str) -> Queue:

@@ -16,6 +16,8 @@ Modules: ``contract`` (JobStore and the records it passes), ``sqlite`` and ``red
 from __future__ import annotations
 
 from crmqueue.engine.storage.contract import (
+    EVENT_FIELDS,
+    EVENT_TYPES,
     MAX_ERRORS_KEPT,
     PRIORITY_LIMIT,
     REMOVABLE,
@@ -32,6 +34,8 @@ from crmqueue.engine.storage.sqlite import SQLITE_SCHEMA_VERSION, SqliteJobStore
 from crmqueue.engine.storage.sqlite import _SqliteWatcher as _SqliteWatcher
 
 __all__ = [
+    "EVENT_FIELDS",
+    "EVENT_TYPES",
     "MAX_ERRORS_KEPT",
     "PRIORITY_LIMIT",
     "REMOVABLE",
@@ -51,8 +55,15 @@ __all__ = [
 ]
 
 
-def open_store(url: str, queue: str, connect_timeout: float = 5.0) -> JobStore:
-    """The JobStore for one queue on the storage named by `url`."""
+def open_store(
+    url: str, queue: str, connect_timeout: float = 5.0, events_max_len: int = 10_000
+) -> JobStore:
+    """The JobStore for one queue on the storage named by `url`; `events_max_len`: about
+    how many job events its stream keeps (0: none written)."""
     if url.startswith("sqlite://"):
-        return SqliteJobStore(queue, filename=sqlite_path(url), timeout=connect_timeout)
-    return RedisJobStore(queue, url=url, connect_timeout=connect_timeout)
+        return SqliteJobStore(
+            queue, filename=sqlite_path(url), timeout=connect_timeout, events_max_len=events_max_len
+        )
+    return RedisJobStore(
+        queue, url=url, connect_timeout=connect_timeout, events_max_len=events_max_len
+    )

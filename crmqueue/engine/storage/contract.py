@@ -212,6 +212,45 @@ class JobStore(BaseStorage):  # type: ignore[misc]
     def ping(self) -> None:
         raise NotImplementedError
 
+    # Job events: each backend writes one per transition in the step that makes it (see
+    # EVENT_TYPES), into one capped stream per storage; these read it.
+    def read_events(
+        self, after: str, limit: int = 500, timeout: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` events after cursor `after` ("0": from the oldest kept), oldest
+        first, each a dict of EVENT_FIELDS plus its `cursor`; when there are none, waits
+        up to `timeout` seconds for some. Raises ValueError for a cursor of another
+        backend's form."""
+        raise NotImplementedError
+
+    def events_bounds(self) -> tuple[str, str, str]:
+        """(oldest kept cursor, newest cursor, newest trimmed cursor): a reader whose
+        cursor is older than the last has missed events ("0" when none were trimmed; on
+        Redis, whose trimming records no id, the cursor just before the oldest kept
+        once any were trimmed)."""
+        raise NotImplementedError
+
+
+# A job's transitions, each an event: enqueued (waiting or scheduled), active (claimed),
+# progress, completed, failed (an attempt raised; then retrying or dead), retrying (to
+# delayed), dead, stalled (lease expired: back to waiting, or dead), removed, replayed (a
+# dead job put back, crmqueue dlq replay), postponed (delayed, no attempt spent),
+# released (handed back unfinished at shutdown).
+EVENT_TYPES = (
+    "enqueued", "active", "progress", "completed", "failed", "retrying", "dead", "stalled",
+    "removed", "replayed", "postponed", "released",
+)  # fmt: skip
+EVENT_FIELDS = (
+    "type", "id", "queue", "name", "tenant", "state", "progress", "attempt", "consumer",
+    "error", "at",
+)  # fmt: skip
+
+
+def error_summary(error: dict[str, Any]) -> str:
+    """An error record's one-line summary in an event: "Type: message", 300 characters
+    at most (the Redis scripts make the same)."""
+    return f"{error.get('type', '')}: {error.get('message', '')}"[:300]
+
 
 def error_record(exc_type: str, message: str, traceback_excerpt: str = "") -> dict[str, Any]:
     return {"type": exc_type, "message": message, "traceback": traceback_excerpt, "at": time.time()}

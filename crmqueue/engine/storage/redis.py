@@ -63,6 +63,7 @@ class RedisJobStore(JobStore):
         connect_timeout: float = 5.0,
         pool: redis.ConnectionPool | None = None,
         prefix: str = "crmqueue",
+        events_max_len: int = 10_000,
     ) -> None:
         super().__init__(name)
         self.url = url
@@ -73,6 +74,8 @@ class RedisJobStore(JobStore):
         self._local = threading.local()
 
         scripts = _lua_scripts()
+        self._events_key = f"{prefix}:events"
+        scripts = _event_scripts(self._events_key, events_max_len)
 
         def script(name: str) -> _Script:
             return _Script(self.conn, *scripts[name])
@@ -332,6 +335,71 @@ class RedisJobStore(JobStore):
         with self._guard():
             return bool(self.conn.delete(self._kv(key)))
 
+    # Job events: the stream the scripts add to (XADD MAXLEN ~ events_max_len).
+    def read_events(
+        self, after: str, limit: int = 500, timeout: float = 0.0
+    ) -> list[dict[str, Any]]:
+        _stream_id(after)
+        # A blocking read waits at most 1 s, well inside the socket timeout.
+        block = max(1, int(min(timeout, 1.0) * 1000)) if timeout > 0 else None
+        conn = self._blocking_conn() if block else self.conn
+        with self._guard():
+            reply = conn.xread({self._events_key: after}, count=limit, block=block)
+        if not reply:
+            return []
+        return [_decode_event(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    def events_bounds(self) -> tuple[str, str, str]:
+        with self._guard():
+            try:
+                info = self.conn.xinfo_stream(self._events_key)
+            except redis.ResponseError:  # no stream yet: no event written
+                return "0-0", "0-0", "0-0"
+        last = _text(info.get("last-generated-id") or b"0-0")
+        first_entry = info.get("first-entry")
+        first = _text(first_entry[0]) if first_entry else _next_id(last)
+        # Trimming (MAXLEN) leaves max-deleted-entry-id alone: all that is known is that
+        # entries-added exceeds the length, and that what went came before the first.
+        trimmed = int(info.get("entries-added") or 0) > int(info.get("length") or 0)
+        return first, last, _previous_id(first) if trimmed else "0-0"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_id(cursor: str) -> tuple[int, int]:
+    """A stream entry id ("<ms>-<seq>", or "<ms>") as a comparable pair; ValueError else."""
+    ms, _, seq = cursor.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        raise ValueError(
+            f"cursor {cursor!r} is not a Redis event cursor (<milliseconds>-<sequence>)"
+        ) from None
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = _stream_id(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def _previous_id(entry_id: str) -> str:
+    ms, seq = _stream_id(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615"
+
+
+def _decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    event: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
+    cursor = entry_id.decode()
+    event["cursor"] = cursor
+    event["progress"] = int(event.get("progress") or 0)
+    event["attempt"] = int(event.get("attempt") or 0)
+    event["consumer"] = event.get("consumer") or None
+    event["error"] = event.get("error") or None
+    event["at"] = int(cursor.partition("-")[0]) / 1000
+    return event
+
 
 class _Script:
     """A Lua script called by its SHA1, loaded again if the server lost it (a restart).
@@ -441,6 +509,17 @@ def _lua_scripts() -> dict[str, tuple[str, str]]:
     for name in LUA_SCRIPTS:
         source = prelude + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
         scripts[name] = (source, hashlib.sha1(source.encode()).hexdigest())
+    return scripts
+
+
+@functools.cache
+def _event_scripts(key: str, max_len: int) -> dict[str, tuple[str, str]]:
+    """The scripts with the job events' stream key and cap defined first (helpers.lua's
+    emit functions use them), with their SHA1s."""
+    prelude = f"local EVENTS_KEY = {json.dumps(key)}\nlocal EVENTS_MAXLEN = {int(max_len)}\n"
+    scripts = {}
+    for name, (source, _) in _lua_scripts().items():
+        scripts[name] = (prelude + source, hashlib.sha1((prelude + source).encode()).hexdigest())
     return scripts
 
 

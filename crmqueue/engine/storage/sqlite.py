@@ -25,6 +25,7 @@ from crmqueue.engine.storage.contract import (
     KeptRecord,
     NewJob,
     error_record,
+    error_summary,
     key_text,
     postponed_errors,
 )
@@ -86,10 +87,29 @@ create table if not exists consumers (
     expires_at real not null, primary key (queue, consumer)
 );
 """
+# Job events (crmqueue.engine.events): one row a transition, written in the transaction
+# that makes it; seq is the cursor. Not autoincrement (its sqlite_sequence row would be
+# one more page written by every transaction): the trim always keeps the newest rows, so
+# max(seq) + 1 never reuses a cursor.
+_SQLITE_EVENTS_SCHEMA = """
+create table if not exists job_events (
+    seq integer primary key,
+    type text not null, job_id text not null, queue text not null, name text not null,
+    tenant text not null, state text not null, progress integer not null default 0,
+    attempt integer not null default 0, consumer text, error text, at real not null
+);
+"""
+_SQLITE_SCHEMA += _SQLITE_EVENTS_SCHEMA
+_EVENT_INSERT = (
+    "insert into job_events (type, job_id, queue, name, tenant, state, progress, attempt,"
+    " consumer, error, at) select ?, id, queue, name, tenant, coalesce(?, state),"
+    " coalesce(?, progress), attempts, consumer, ?, ? from jobs where "
+)
 
-SQLITE_SCHEMA_VERSION = 2
+SQLITE_SCHEMA_VERSION = 3
 _SQLITE_UPGRADES = {
     1: "drop trigger if exists jobs_count_insert; drop index if exists jobs_lease;",
+    2: _SQLITE_EVENTS_SCHEMA,
 }
 
 _JOB_COLUMNS = (
@@ -179,10 +199,20 @@ class SqliteJobStore(JobStore):
 
     blocking = True
 
-    def __init__(self, name: str, filename: str = "crmqueue-data/queues.db", timeout: float = 5.0):
+    def __init__(
+        self,
+        name: str,
+        filename: str = "crmqueue-data/queues.db",
+        timeout: float = 5.0,
+        events_max_len: int = 10_000,
+    ):
         super().__init__(name)
         self.filename = filename
         self.timeout = timeout
+        self.events_max_len = events_max_len
+        # Trimmed once this process has written this many events since its last trim.
+        self._events_trim_every = max(1, min(500, events_max_len // 10))
+        self._events_untrimmed = 0
         parent = Path(filename).parent
         parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -277,6 +307,8 @@ class SqliteJobStore(JobStore):
                 " on conflict (queue, state) do update set n = n + excluded.n",
                 [(queue, state, n) for (queue, state), n in added.items()],
             )
+            if self.events_max_len and rows:
+                self._new_events(conn, rows, now)
         self._watcher.bump()
 
     @staticmethod
@@ -326,6 +358,11 @@ class SqliteJobStore(JobStore):
                     (now, now + lease_seconds, consumer, *(rowid for rowid, _ in picked)),
                 ).fetchall()
             )
+            if rows:
+                rowids = [r["rowid"] for r in rows]
+                self._events(
+                    conn, "active", f"rowid in ({','.join('?' * len(rowids))})", rowids, now
+                )
             next_due = None
             if not rows:
                 next_due = conn.execute(
@@ -382,11 +419,18 @@ class SqliteJobStore(JobStore):
                         (now, json.dumps(result, default=str), claim.id, claim.token),
                     )
                 else:
+                    self._events(
+                        conn, "completed", "id = ? and state = 'active' and lease_token = ?",
+                        (claim.id, claim.token), now, state="completed", progress=100,
+                    )  # fmt: skip
                     cursor = conn.execute(
                         "delete from jobs where id = ? and state = 'active' and lease_token = ?",
                         (claim.id, claim.token),
                     )
                 owned.append(cursor.rowcount == 1)
+            kept = [c.id for (c, _), mine in zip(done, owned, strict=True) if mine]
+            if keep_seconds > 0 and kept:
+                self._events(conn, "completed", f"id in ({','.join('?' * len(kept))})", kept, now)
             if any(owned):
                 conn.execute(
                     "insert into job_stats (queue, minute, completed) values (?, ?, ?)"
@@ -414,6 +458,10 @@ class SqliteJobStore(JobStore):
                 " lease_until = null, lease_token = null where id = ?",
                 (state, run_at, finished, json.dumps(errors), claim.id),
             )
+            summary = error_summary(error)
+            self._events(conn, "failed", "id = ?", (claim.id,), now, error=summary)
+            then = "dead" if state == "dead" else "retrying"
+            self._events(conn, then, "id = ?", (claim.id,), now, error=summary)
             self._bump_stats(conn, "failed", now)
         return state
 
@@ -432,6 +480,7 @@ class SqliteJobStore(JobStore):
                 " errors = ?, lease_until = null, lease_token = null where id = ?",
                 (now + delay, json.dumps(errors), claim.id),
             )
+            self._events(conn, "postponed", "id = ?", (claim.id,), now, error=reason[:300])
         return True
 
     def release(self, claim: Claim) -> bool:
@@ -442,6 +491,8 @@ class SqliteJobStore(JobStore):
                 " and lease_token = ?",
                 (claim.id, claim.token),
             )
+            if cursor.rowcount == 1:
+                self._events(conn, "released", "id = ?", (claim.id,), time.time())
         self._watcher.bump()
         return cursor.rowcount == 1
 
@@ -452,6 +503,8 @@ class SqliteJobStore(JobStore):
                 " where id = ? and state = 'active' and lease_token = ?",
                 (time.time() + lease_seconds, progress, claim.id, claim.token),
             )
+            if progress is not None and cursor.rowcount == 1:
+                self._events(conn, "progress", "id = ?", (claim.id,), time.time())
         return cursor.rowcount == 1
 
     def reap(self, max_stalls: int) -> list[str]:
@@ -479,6 +532,9 @@ class SqliteJobStore(JobStore):
                         " order_key = 0, lease_until = null, lease_token = null where id = ?",
                         (stalls, row["id"]),
                     )
+                self._events(conn, "stalled", "id = ?", (row["id"],), now, error=_STALLED)
+                if stalls > max_stalls:
+                    self._events(conn, "dead", "id = ?", (row["id"],), now, error=_STALLED)
         return [row["id"] for row in rows]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -532,6 +588,7 @@ class SqliteJobStore(JobStore):
                 " order_key = ?, finished_at = null, progress = 0 where id = ?",
                 (max_attempts, time.time_ns(), job_id),
             )
+            self._events(conn, "replayed", "id = ?", (job_id,), time.time())
         self._watcher.bump()
 
     def remove_job(self, job_id: str) -> dict[str, Any]:
@@ -542,6 +599,7 @@ class SqliteJobStore(JobStore):
                     f"job {job_id} is {state}; only waiting, scheduled, delayed or dead jobs"
                     " can be removed"
                 )
+            self._events(conn, "removed", "id = ?", (job_id,), time.time(), state="removed")
             row = conn.execute(
                 f"delete from jobs where id = ? returning {_JOB_COLUMNS}", (job_id,)
             ).fetchone()
@@ -666,6 +724,84 @@ class SqliteJobStore(JobStore):
 
     def delete_data(self, key: str | bytes) -> bool:
         return self.pop_data(key) is not EmptyData
+
+    # Job events (crmqueue.engine.events).
+    def _events(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        where: str,
+        params: Sequence[Any],
+        now: float,
+        *,
+        state: str | None = None,
+        progress: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One event row per job matching `where`, from its row as this transaction left
+        it (`state`, `progress`: what to record instead, for a row about to go)."""
+        if self.events_max_len:
+            cursor = conn.execute(
+                _EVENT_INSERT + where, (kind, state, progress, error, now, *params)
+            )
+            self._trim_events(conn, cursor.rowcount)
+
+    def _new_events(
+        self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], now: float
+    ) -> None:
+        if len(rows) == 1:  # a single enqueue: execute costs half of executemany
+            conn.execute(_NEW_EVENT, (*rows[0][:5], now))
+        else:
+            conn.executemany(_NEW_EVENT, [(*row[:5], now) for row in rows])
+        self._trim_events(conn, len(rows))
+
+    def _trim_events(self, conn: sqlite3.Connection, written: int) -> None:
+        """Keep about events_max_len events: amortised, a delete once this process has
+        written a tenth of the cap (500 at most) since its last one."""
+        self._events_untrimmed += written
+        if self._events_untrimmed >= self._events_trim_every:
+            self._events_untrimmed = 0
+            conn.execute(
+                "delete from job_events where seq <= (select max(seq) from job_events) - ?",
+                (self.events_max_len,),
+            )
+
+    def read_events(
+        self, after: str, limit: int = 500, timeout: float = 0.0
+    ) -> list[dict[str, Any]]:
+        seen = self._watcher.version
+        rows = self._read(_EVENT_SELECT, (_sqlite_cursor(after), limit))
+        if not rows and timeout > 0:
+            self._watcher.wait(seen, timeout)
+            rows = self._read(_EVENT_SELECT, (_sqlite_cursor(after), limit))
+        return [{**dict(row), "cursor": str(row["seq"])} for row in rows]
+
+    def events_bounds(self) -> tuple[str, str, str]:
+        row = self._read("select min(seq), max(seq) from job_events")[0]
+        last = row[1] or 0
+        first = row[0] if row[0] is not None else last + 1
+        # Everything before the oldest kept event was trimmed.
+        return str(first), str(last), str(first - 1)
+
+
+_NEW_EVENT = (
+    "insert into job_events (type, job_id, queue, name, tenant, state, at)"
+    " values ('enqueued', ?, ?, ?, ?, ?, ?)"
+)
+_EVENT_SELECT = (
+    "select seq, type, job_id as id, queue, name, tenant, state, progress, attempt, consumer,"
+    " error, at from job_events where seq > ? order by seq limit ?"
+)
+_STALLED = "Stalled: lease expired (its consumer stopped renewing it)"
+
+
+def _sqlite_cursor(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError:
+        raise ValueError(
+            f"cursor {cursor!r} is not an SQLite event cursor (a whole number)"
+        ) from None
 
 
 def sqlite_path(url: str) -> str:

@@ -26,6 +26,7 @@ for i = 1, #popped, 2 do
   local v = redis.call('HMGET', jk, 'name', 'message', 'max_attempts', 'priority')
   table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1'), token,
     first_run, tonumber(v[4] or '0')})
+  emit_job('active', id, jk, 'active')
 end
 if #out == 0 then
   local next_due = nil

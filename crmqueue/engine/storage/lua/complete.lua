@@ -16,6 +16,7 @@ for i = 3, jobs_end, 3 do
   local jk = job_key(id)
   if owned(jk, ARGV[i + 1]) then
     redis.call('ZREM', queue_key('active'), id)
+    emit_job('completed', id, jk, 'completed', nil, 100)
     if keep > 0 then
       redis.call('HSET', jk, 'state', 'completed', 'progress', 100, 'finished_at', now,
         'result', ARGV[i + 2])

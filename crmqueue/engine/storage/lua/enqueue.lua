@@ -27,6 +27,7 @@ for i = 0, n - 1 do
       waiting[#waiting + 1] = id
     end
     added = added + 1
+    if EVENTS_MAXLEN > 0 then emit('enqueued', id, state, ARGV[b + 1], ARGV[b + 2]) end
   end
 end
 if #waiting > 0 then redis.call('ZADD', queue_key('waiting'), unpack(waiting)) end

@@ -19,5 +19,6 @@ else
   redis.call('LPUSH', queue_key('wake'), '1')
   redis.call('LTRIM', queue_key('wake'), 0, 63)
 end
+emit_failed(ARGV[1], jk, state, ARGV[3])
 bump_stats('failed', now)
 return state

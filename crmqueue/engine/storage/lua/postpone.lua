@@ -19,6 +19,7 @@ redis.call('HINCRBY', jk, 'attempts', -1)
 redis.call('HDEL', jk, 'lease_until', 'lease_token')
 redis.call('HSET', jk, 'state', 'delayed', 'run_at', run_at, 'errors', cjson.encode(errors))
 redis.call('ZADD', queue_key('delayed'), run_at, ARGV[1])
+emit_job('postponed', ARGV[1], jk, 'delayed', string.sub(ARGV[3], 1, 300))
 -- wake an idle consumer so that it waits for this due time, not its full poll timeout
 redis.call('LPUSH', queue_key('wake'), '1')
 redis.call('LTRIM', queue_key('wake'), 0, 63)

@@ -17,6 +17,7 @@ for _, id in ipairs(expired) do
     redis.call('HSET', jk, 'state', 'waiting')
     redis.call('ZADD', queue_key('waiting'), waiting_score(priority, 0), id)
   end
+  emit_stalled(id, jk)
 end
 if #expired > 0 then redis.call('LPUSH', queue_key('wake'), '1') end
 return expired

@@ -7,6 +7,7 @@ redis.call('HINCRBY', jk, 'attempts', -1)
 redis.call('HSET', jk, 'state', 'waiting')
 redis.call('HDEL', jk, 'lease_until', 'lease_token')
 redis.call('ZADD', queue_key('waiting'), waiting_score(priority, 0), ARGV[1])
+emit_job('released', ARGV[1], jk, 'waiting')
 redis.call('LPUSH', queue_key('wake'), '1')
 redis.call('LTRIM', queue_key('wake'), 0, 63)
 return 1

@@ -5,5 +5,6 @@ if not v[1] or v[2] ~= KEYS[3] then return {'missing'} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. v[1] .. ',', 1, true) then return {v[1]} end
 local all = redis.call('HGETALL', jk)
 redis.call('ZREM', queue_key(v[1]), ARGV[1])
+emit_job('removed', ARGV[1], jk, 'removed')
 redis.call('DEL', jk)
 return {'ok', all}

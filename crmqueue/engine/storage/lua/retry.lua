@@ -9,5 +9,6 @@ redis.call('HSET', jk, 'state', 'waiting', 'attempts', 0, 'stalls', 0, 'progress
   'max_attempts', ARGV[2])
 redis.call('HDEL', jk, 'finished_at')
 redis.call('ZADD', queue_key('waiting'), waiting_score(tonumber(v[3]), seq), ARGV[1])
+emit_job('replayed', ARGV[1], jk, 'waiting')
 redis.call('LPUSH', queue_key('wake'), '1')
 return 'ok'

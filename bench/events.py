@@ -1,0 +1,123 @@
+"""What job events cost: the no-op drain of bench.engine with the event stream written
+(``[events] max_len`` default) and not written (``max_len = 0``, every write skipped),
+alternating in fresh processes, with nobody listening.
+
+    python -m bench.events --storage sqlite --runs 5
+    python -m bench.events --storage redis --url redis://127.0.0.1:6379/15 --runs 5
+
+Per run and setting, one child process: 2,000 single enqueues, then N jobs enqueued in
+batches of 1,000 and drained by one consumer with 10 worker threads. Prints one JSON line
+a child (CPU microseconds per job of this process, and of the Redis server from INFO
+cpu; drain jobs/s), then the medians. CPU per job is the steadier figure on a shared
+machine; wall-clock rates swing with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+FIGURES = ("enqueue_cpu_us", "bulk_cpu_us", "drain_cpu_us", "drain_server_us", "drain_per_s")
+
+
+def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
+    import redis
+
+    from crmqueue.config import load_settings
+    from crmqueue.engine import Consumer, configure, job
+    from crmqueue.engine.queues import Enqueue
+
+    done = threading.Event()
+    count = [0]
+    lock = threading.Lock()
+
+    @job("email")
+    def noop(payload: dict[str, Any]) -> None:
+        with lock:
+            count[0] += 1
+            if count[0] >= jobs:
+                done.set()
+
+    overrides = {"storage.url": url, "queues.email.workers": 10, "events.max_len": max_len}
+    broker = configure(load_settings(overrides=overrides, environ={}))
+    queue = broker.queue("email")
+    queue.store.flush_all()
+    client = redis.Redis.from_url(url) if url.startswith("redis") else None
+
+    def server_cpu() -> float:
+        if client is None:
+            return 0.0
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    name = f"{noop.__module__}.noop"
+    single = 2000
+    cpu = time.process_time()
+    for i in range(single):
+        queue.enqueue(name, {"tenant_id": "t1", "i": i})
+    enqueue_cpu = (time.process_time() - cpu) / single * 1e6
+    queue.store.flush_all()
+    items = [Enqueue(name, {"tenant_id": "t1", "i": i}) for i in range(jobs)]
+    cpu = time.process_time()
+    for start in range(0, jobs, 1000):
+        queue.enqueue_many(items[start : start + 1000])
+    bulk_cpu = (time.process_time() - cpu) / jobs * 1e6
+    consumer = Consumer(broker, ["email"])
+    cpu, wall, server = time.process_time(), time.perf_counter(), server_cpu()
+    consumer.start()
+    if not done.wait(600):
+        raise RuntimeError(f"only {count[0]} of {jobs} jobs ran")
+    figures = {
+        "enqueue_cpu_us": enqueue_cpu,
+        "bulk_cpu_us": bulk_cpu,
+        "drain_cpu_us": (time.process_time() - cpu) / jobs * 1e6,
+        "drain_server_us": (server_cpu() - server) / jobs * 1e6,
+        "drain_per_s": jobs / (time.perf_counter() - wall),
+    }
+    consumer.stop(5)
+    return {k: round(v, 1) for k, v in figures.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--storage", choices=["redis", "sqlite"], required=True)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--jobs", type=int, default=6000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.url, args.jobs, args.child)))
+        os._exit(0)
+    results: dict[int, list[dict[str, Any]]] = {10_000: [], 0: []}
+    for _ in range(args.runs):
+        for max_len in results:
+            with tempfile.TemporaryDirectory() as tmp:
+                url = args.url if args.storage == "redis" else f"sqlite:///{tmp}/bench.db"
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.events", "--storage", args.storage, "--url",
+                     url, "--jobs", str(args.jobs), "--child", str(max_len)],
+                    check=True, capture_output=True, text=True,
+                ).stdout  # fmt: skip
+            row = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps({"storage": args.storage, "max_len": max_len, **row}), flush=True)
+            results[max_len].append(row)
+    medians = {
+        f"events_{'on' if max_len else 'off'}": {
+            k: statistics.median(r[k] for r in rows) for k in FIGURES
+        }
+        for max_len, rows in results.items()
+    }
+    print(json.dumps({"storage": args.storage, "medians": medians}))
+
+
+if __name__ == "__main__":
+    main()
