@@ -1,0 +1,465 @@
+"""Huey's own API on crmqueue's queues: each queue's Huey instance is a full Huey.
+
+``crmqueue.engine.huey("webhook")`` returns the queue's process-wide :class:`QueueHuey`.
+``@h.task(...)``, ``@h.periodic_task(crontab(...))``, ``h.lock_task``, hooks, signals,
+pipelines, revocation, results and ``h.put``/``h.get`` work as in Huey; what differs:
+
+- Messages are jobs of crmqueue's leased registry (stats, ``jobs show``, dead letters,
+  leases): a claimed message stays stored until acknowledged, so a consumer killed
+  mid-task loses nothing (the reaper hands the job back when its lease ends).
+- Messages are JSON, not pickle: arguments JSON cannot carry are refused when the task
+  is called (PayloadError naming ``args.N`` or ``kwargs.NAME``). Results and ``h.put``
+  values keep tuples, datetimes, dates, timedeltas, bytes, sets and Huey's ``Error``
+  (tagged JSON); another object is kept as its ``repr``.
+- Retries are crmqueue's attempts (see :func:`retry_plan`): a task's ``retries=N`` gives
+  N + 1 attempts; a task without retries gets the queue's ``attempts``.
+
+The crmqueue runner runs a claimed Huey message through Huey's execute path (revocation,
+expiry, pre/post hooks, signals, result store, pipelines) and records the outcome in the
+registry; Huey's own ``h.dequeue()`` + ``h.execute(task)`` does the same acknowledgement.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import datetime as dt
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import huey as huey_lib
+from huey.api import Task, TaskWrapper
+from huey.registry import Message
+from huey.serializer import Serializer
+from huey.utils import Error
+
+from crmqueue import json_text
+from crmqueue.errors import PayloadError, PermanentError, RetryableError
+
+if TYPE_CHECKING:
+    from crmqueue.config import QueueSettings
+    from crmqueue.engine.storage import Claim, JobStore
+
+__all__ = ["HueyMessages", "QueueHuey", "UnknownTask", "huey", "retry_plan"]
+
+
+class UnknownTask(PermanentError):
+    """A message names a job body this worker does not have: dead at once (it would fail
+    the same way on every attempt), with the name in its error."""
+
+
+# --- values: tagged JSON -------------------------------------------------------------
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def tag(value: Any) -> Any:
+    """`value` as JSON data, tuples, datetimes, dates, timedeltas, bytes, sets and Huey's
+    Error tagged (``{"~t": [...]}`` ...); any other object as ``{"~repr": "..."}``."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, list):
+        return [tag(item) for item in value]
+    if isinstance(value, Error):  # a namedtuple: before tuples
+        return {"~err": tag(value.metadata)}
+    if isinstance(value, tuple):
+        return {"~t": [tag(item) for item in value]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("~") for k in value):
+            return {k: tag(v) for k, v in value.items()}
+        return {"~d": [[tag(k), tag(v)] for k, v in value.items()]}
+    if isinstance(value, dt.datetime):
+        return {"~dt": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"~date": value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {"~td": value.total_seconds()}
+    if isinstance(value, bytes):
+        return {"~b": base64.b64encode(value).decode()}
+    if isinstance(value, set | frozenset):
+        return {"~s": [tag(item) for item in value]}
+    return {"~repr": repr(value)}
+
+
+_UNTAG: dict[str, Callable[[Any], Any]] = {
+    "~t": lambda v: tuple(untag(i) for i in v),
+    "~d": lambda v: {untag(k): untag(x) for k, x in v},
+    "~dt": dt.datetime.fromisoformat,
+    "~date": dt.date.fromisoformat,
+    "~td": lambda v: dt.timedelta(seconds=v),
+    "~b": base64.b64decode,
+    "~s": lambda v: {untag(i) for i in v},
+    "~err": lambda v: Error(untag(v)),
+    "~repr": str,
+}
+
+
+def untag(data: Any) -> Any:
+    if isinstance(data, list):
+        return [untag(item) for item in data]
+    if isinstance(data, dict):
+        if len(data) == 1:
+            (key, value), *_ = data.items()
+            if key in _UNTAG:
+                return _UNTAG[key](value)
+        return {k: untag(v) for k, v in data.items()}
+    return data
+
+
+# --- messages ------------------------------------------------------------------------
+
+
+def _message_dict(message: Message) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if message.args:
+        options["args"] = list(message.args)
+    for name in ("retries", "retry_delay", "retry_backoff", "priority", "timeout"):
+        value = getattr(message, name)
+        if value:
+            options[name] = value
+    for name in ("eta", "expires", "expires_resolved"):
+        value = getattr(message, name)
+        if value is not None:
+            options[name] = tag(value)
+    if message.on_complete is not None:
+        options["on_complete"] = _message_dict(message.on_complete)
+    if message.on_error is not None:
+        options["on_error"] = _message_dict(message.on_error)
+    if message.chord_config is not None:
+        cid, size, idx, callback = message.chord_config
+        options["chord"] = [cid, size, idx, _message_dict(callback)]
+    data: dict[str, Any] = {"id": message.id, "name": message.name, "payload": message.kwargs}
+    if options:
+        data["huey"] = options
+    return data
+
+
+def _message_from(data: dict[str, Any]) -> Message:
+    options = data.get("huey") or {}
+    chord = options.get("chord")
+    return Message(
+        id=data["id"],
+        name=data["name"],
+        eta=untag(options.get("eta")),
+        retries=options.get("retries"),
+        retry_delay=options.get("retry_delay"),
+        priority=options.get("priority"),
+        args=tuple(options.get("args", ())),
+        kwargs=data["payload"],
+        on_complete=_message_from(options["on_complete"]) if "on_complete" in options else None,
+        on_error=_message_from(options["on_error"]) if "on_error" in options else None,
+        expires=untag(options.get("expires")),
+        expires_resolved=untag(options.get("expires_resolved")),
+        timeout=options.get("timeout"),
+        chord_config=(chord[0], chord[1], chord[2], _message_from(chord[3])) if chord else None,
+        retry_backoff=options.get("retry_backoff"),
+    )
+
+
+def _argument_problems(message: Message) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    while message is not None:
+        errors += json_text.problems({"args": list(message.args), "kwargs": message.kwargs})
+        message = message.on_complete
+    return errors
+
+
+class HueyMessages(Serializer):  # type: ignore[misc]
+    """Messages as JSON (id, name, payload = keyword arguments, and ``huey``: positional
+    arguments and Huey's options when there are any): a crmqueue job body's message is
+    exactly crmqueue's. Other data (results, ``put`` values, revocations) as tagged JSON
+    under ``v`` (see `tag`)."""
+
+    def serialize(self, data: Any) -> bytes:
+        if isinstance(data, Message):
+            message = _message_dict(data)
+            try:
+                return json_text.encode(message, "payload")
+            except PayloadError:
+                errors = _argument_problems(data)
+                raise PayloadError(
+                    [(f"{data.name}: {field}", reason) for field, reason in errors]
+                    + [("arguments", "JSON only: crmqueue's queues do not pickle (see README)")]
+                ) from None
+        if isinstance(data, _SCALARS):
+            return b'{"v":%s}' % json.dumps(data).encode()
+        return json.dumps({"v": tag(data)}, separators=(",", ":")).encode()
+
+    def deserialize(self, data: bytes) -> Any:
+        loaded = json.loads(data)
+        if not isinstance(loaded, dict):
+            raise ValueError("not a crmqueue message or value")
+        if "v" in loaded and "id" not in loaded:
+            return untag(loaded["v"])
+        if not isinstance(loaded.get("payload"), dict):
+            raise ValueError("message is not a crmqueue job message")
+        return _message_from(loaded)
+
+
+# --- retries -------------------------------------------------------------------------
+
+
+def retry_plan(task: Task, attempt: int, retry_eta: dt.datetime | None, utc: bool) -> float | None:
+    """Seconds until the next attempt of a Huey task that asked to be retried, or None for
+    the queue's backoff. A RetryTask's eta/delay wins; then the task's ``retry_delay``
+    (times ``retry_backoff`` ** (attempt - 1), as Huey grows it); a RetryableError's
+    ``delay`` is applied by the runner (crmqueue.engine.retry.next_delay) and wins over
+    both."""
+    if retry_eta is not None:
+        now = dt.datetime.now(dt.UTC) if utc else dt.datetime.now()
+        if utc:
+            retry_eta = retry_eta.replace(tzinfo=dt.UTC)
+        return max(0.0, (retry_eta - now).total_seconds())
+    if task.retry_delay:
+        factor = task.retry_backoff ** max(attempt - 1, 0) if task.retry_backoff else 1
+        return float(task.retry_delay * factor)
+    return None
+
+
+@dataclass
+class _Outcome:
+    claim: Claim | None
+    runner: bool  # True inside the crmqueue runner, which records the outcome itself
+    exception: BaseException | None = None
+    retry: bool = False
+    delay: float | None = None
+    interrupted: bool = False
+    skipped: bool = False
+
+
+_OUTCOME: contextvars.ContextVar[_Outcome | None] = contextvars.ContextVar(
+    "crmqueue_huey_outcome", default=None
+)
+
+
+class HueyTaskWrapper(TaskWrapper):  # type: ignore[misc]
+    """Huey's task wrapper; its tasks run through QueueHuey when the crmqueue runner runs
+    them, and a PermanentError or PayloadError ends their retries."""
+
+    def create_task(
+        self, func: Callable[..., Any], context: bool = False, name: Any = None, **settings: Any
+    ) -> Any:
+        task_class: Any = super().create_task(func, context, name, **settings)
+        raw = task_class.execute
+        owner = self.huey
+
+        if settings.get("crmqueue_body"):
+            return task_class  # a crmqueue job body: run as it is, by the runner
+
+        def execute(task: Task) -> Any:
+            if _OUTCOME.get() is None:
+                active = _runner_job()
+                if active is not None and active.claim.id == task.id:
+                    return owner.run_claimed(task, active.claim)
+            try:
+                return raw(task)
+            except (PermanentError, PayloadError):
+                task.retries = 0
+                raise
+
+        task_class.execute = execute
+        return task_class
+
+
+def _runner_job() -> Any:
+    from crmqueue.engine import runner
+
+    return runner._current.get()
+
+
+class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
+    """A queue's Huey over its leased JobStore (bound lazily: importing a task module
+    opens no storage)."""
+
+    def __init__(
+        self,
+        name: str,
+        store: JobStore | None = None,
+        spec: QueueSettings | None = None,
+        **options: Any,
+    ) -> None:
+        self._store: JobStore | None = None
+        self.spec: QueueSettings | None = None
+        self.result_ttl: float | None = None
+        self._bind_guard = threading.Lock()
+        options.setdefault("results", True)
+        # A result handle waits for the final outcome, not an attempt that will be retried.
+        options.setdefault("store_intermediate_errors", False)
+        super().__init__(name, serializer=HueyMessages(), **options)
+        if store is not None:
+            self.bind(store, spec)
+
+    # storage -------------------------------------------------------------------------
+    def bind(self, store: JobStore, spec: QueueSettings | None = None) -> None:
+        """Use `store` (and the queue's settings `spec`) from now on."""
+        store.huey_utc = self.utc
+        if spec is not None:
+            self.spec = spec
+            store.huey_lease_seconds = spec.lease_seconds
+            store.huey_attempts = spec.attempts
+            store.huey_priority = spec.priority
+            self.result_ttl = float(spec.keep_completed_seconds) or None
+        self._store = store
+
+    def create_storage(self) -> Any:
+        if self._immediate and self.immediate_use_memory:
+            return self.get_immediate_storage()
+        return None  # see the storage property
+
+    @property
+    def storage(self) -> Any:
+        if self._immediate and self.immediate_use_memory:
+            return self._memory
+        if self._store is None:
+            with self._bind_guard:
+                if self._store is None:
+                    from crmqueue.engine.queues import get_broker
+
+                    get_broker()  # binds every queue's instance
+        return self._store
+
+    @storage.setter
+    def storage(self, value: Any) -> None:
+        self._memory = value
+
+    def get_task_wrapper_class(self) -> type:
+        return HueyTaskWrapper
+
+    # messages ------------------------------------------------------------------------
+    def deserialize_task(self, data: bytes) -> Any:
+        """The task of a stored message; UnknownTask when this process has no body of
+        that name on this queue (a producer may enqueue any name without importing it)."""
+        message = self.serializer.deserialize(data)
+        if message.name not in self._registry._registry:
+            raise UnknownTask(
+                f"job body {message.name!r} not found on queue {self.name!r} in this worker:"
+                " add its module to [runner] imports (or fix the name the producer used),"
+                " then replay the job (crmqueue dlq replay)"
+            )
+        return self._registry.create_task(message)
+
+    def put_result(self, key: str, data: Any) -> Any:
+        outcome = _OUTCOME.get()
+        value = self.serializer.serialize(data)
+        if outcome is not None and outcome.runner and not isinstance(data, Error):
+            from crmqueue.engine.runner import record_with_completion
+
+            record_with_completion(key, value, self.result_ttl)
+            return None
+        if self.result_ttl and not self._immediate:
+            self.storage.delete_data(key)
+            return self.storage.put_if_empty(key, value, self.result_ttl)
+        return self.storage.put_data(key, value, is_result=True)
+
+    # execution -----------------------------------------------------------------------
+    def execute(self, task: Task, timestamp: dt.datetime | None = None) -> Any:
+        """Huey's execute; a message this process claimed with dequeue() is acknowledged
+        in the registry afterwards (completed, retried after its delay, or dead)."""
+        claim = None
+        if not self._immediate and _OUTCOME.get() is None:
+            claim = self.storage.take_huey_claim(task.id)
+        if claim is None:
+            return super().execute(task, timestamp)
+        outcome = _Outcome(claim, runner=False)
+        value = self._run(task, claim, outcome, timestamp)
+        self._acknowledge(claim, outcome, value)
+        return value
+
+    def run_claimed(self, task: Task, claim: Claim) -> Any:
+        """Run a task the crmqueue runner claimed; failures are raised for the runner to
+        record (RetryableError with Huey's delay, PermanentError when Huey gives up
+        before the attempts run out, else the task's own exception)."""
+        outcome = _Outcome(claim, runner=True)
+        value = self._run(task, claim, outcome, None)
+        exc = outcome.exception
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        if exc is None:
+            return tag(value)
+        text = f"{type(exc).__name__}: {exc}"
+        if outcome.retry and outcome.delay is not None:
+            raise RetryableError(text, delay=outcome.delay) from exc
+        if not outcome.retry and claim.attempts < claim.max_attempts:
+            raise PermanentError(text) from exc
+        if isinstance(exc, Exception):
+            raise exc
+        raise RuntimeError(text) from exc
+
+    def _run(self, task: Task, claim: Claim, outcome: _Outcome, timestamp: Any) -> Any:
+        task.retries = max(claim.max_attempts - claim.attempts, 0)
+        task.eta = None  # the store ran it when due
+        if claim.attempts > 1 and self.results:
+            self.delete(task.id)  # an earlier attempt's error
+        token = _OUTCOME.set(outcome)
+        try:
+            return super().execute(task, timestamp)
+        finally:
+            _OUTCOME.reset(token)
+
+    def _acknowledge(self, claim: Claim, outcome: _Outcome, value: Any) -> None:
+        from crmqueue.engine.storage import error_record
+
+        store = self.storage
+        exc = outcome.exception
+        if outcome.interrupted:
+            store.release(claim)
+        elif exc is None:
+            store.complete(claim, tag(value), int(self.result_ttl or 3600))
+        else:
+            error = error_record(type(exc).__name__, str(exc))
+            store.fail(claim, error, (outcome.delay or 0.0) if outcome.retry else None)
+
+    def _emit(self, signal: str, task: Task, *args: Any, **kwargs: Any) -> None:
+        if signal == huey_lib.signals.SIGNAL_INTERRUPTED:
+            outcome = _OUTCOME.get()
+            if outcome is not None:
+                outcome.interrupted = True
+        super()._emit(signal, task, *args, **kwargs)
+
+    def _run_post_execute(self, task: Task, task_value: Any, exception: Any) -> None:
+        outcome = _OUTCOME.get()
+        if outcome is not None:
+            outcome.exception = exception
+        super()._run_post_execute(task, task_value, exception)
+
+    def _requeue_task(self, task: Task, timestamp: Any, retry_eta: Any = None) -> None:
+        outcome = _OUTCOME.get()
+        if outcome is None or outcome.claim is None:
+            return super()._requeue_task(task, timestamp, retry_eta)  # type: ignore[no-any-return]
+        outcome.retry = True
+        outcome.delay = retry_plan(task, outcome.claim.attempts, retry_eta, self.utc)
+        return None
+
+    def add_schedule(self, task: Task) -> None:
+        outcome = _OUTCOME.get()
+        if outcome is not None and outcome.claim is not None and task.id == outcome.claim.id:
+            outcome.retry = True  # not due yet by this clock: run it at its eta
+            outcome.delay = retry_plan(task, 0, task.eta, self.utc)
+            return
+        data = self.serialize_task(task)
+        eta = task.eta or dt.datetime.fromtimestamp(0)
+        self.storage.add_to_schedule(data, eta, task.priority)
+        self._emit(huey_lib.signals.SIGNAL_SCHEDULED, task)
+
+
+_HUEYS: dict[str, QueueHuey] = {}
+_HUEYS_GUARD = threading.Lock()
+
+
+def huey(queue: str) -> QueueHuey:
+    """The process-wide Huey instance of `queue` (one of crmqueue's queues): decorate
+    tasks with it as with any Huey. Its storage is the configured queue storage, opened
+    on first use (see crmqueue.engine.configure). Raises ConfigError for an unknown queue."""
+    from crmqueue.config import QUEUE_NAMES
+    from crmqueue.errors import ConfigError
+
+    if queue not in QUEUE_NAMES:
+        raise ConfigError(f"unknown queue {queue!r}; queues are {', '.join(QUEUE_NAMES)}")
+    with _HUEYS_GUARD:
+        instance = _HUEYS.get(queue)
+        if instance is None:
+            instance = _HUEYS[queue] = QueueHuey(queue)
+        return instance
