@@ -24,20 +24,23 @@ from __future__ import annotations
 import base64
 import contextvars
 import datetime as dt
+import functools
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import huey as huey_lib
 from huey.api import Task, TaskWrapper
+from huey.exceptions import RateLimitExceeded, RetryTask
 from huey.registry import Message
 from huey.serializer import Serializer
-from huey.utils import Error
+from huey.utils import SKIPPED, Error
 
 from crmqueue import json_text
-from crmqueue.errors import PayloadError, PermanentError, RetryableError
+from crmqueue.errors import PayloadError, PermanentError, Postpone, RetryableError
 
 if TYPE_CHECKING:
     from crmqueue.config import QueueSettings
@@ -65,6 +68,8 @@ def tag(value: Any) -> Any:
         return [tag(item) for item in value]
     if isinstance(value, Error):  # a namedtuple: before tuples
         return {"~err": tag(value.metadata)}
+    if value is SKIPPED:
+        return {"~skipped": 1}
     if isinstance(value, tuple):
         return {"~t": [tag(item) for item in value]}
     if isinstance(value, dict):
@@ -94,6 +99,7 @@ _UNTAG: dict[str, Callable[[Any], Any]] = {
     "~s": lambda v: {untag(i) for i in v},
     "~err": lambda v: Error(untag(v)),
     "~repr": str,
+    "~skipped": lambda v: SKIPPED,
 }
 
 
@@ -112,25 +118,83 @@ def untag(data: Any) -> Any:
 # --- messages ------------------------------------------------------------------------
 
 
-def _message_dict(message: Message) -> dict[str, Any]:
+class TaskFailure(Exception):
+    """What an ``on_error`` handler (or a chord callback) receives for a task's exception:
+    JSON messages carry its type name, text and repr, not the exception object."""
+
+    def __init__(self, type_name: str, text: str, representation: str) -> None:
+        super().__init__(text)
+        self.type_name = type_name
+        self.representation = representation
+
+    def __repr__(self) -> str:
+        return self.representation
+
+
+@functools.lru_cache(maxsize=256)
+def _failure_class(type_name: str) -> type[TaskFailure]:
+    """A TaskFailure subclass named as the original exception type (``ValueError``), so
+    a handler that looks at ``type(exc).__name__`` sees the name it expects."""
+    return type(type_name.rsplit(".", 1)[-1], (TaskFailure,), {"__module__": __name__})
+
+
+def _needs_internal(args: Any) -> bool:
+    return isinstance(args, list | tuple) and any(
+        isinstance(arg, BaseException | list | tuple) or arg is SKIPPED for arg in args
+    )
+
+
+def _internal(value: Any) -> Any:
+    """Huey's own values among a message's arguments (an error handler's exception, a chord
+    callback's Error and SKIPPED results) as tagged JSON; anything else as it is."""
+    if isinstance(value, BaseException):
+        name = f"{type(value).__module__}.{type(value).__qualname__}"
+        return {"~exc": [name, str(value), repr(value)]}
+    if isinstance(value, Error):
+        return {"~err": tag(value.metadata)}
+    if value is SKIPPED:
+        return {"~skipped": 1}
+    if isinstance(value, list | tuple):
+        return [_internal(item) for item in value]
+    return value
+
+
+def _from_internal(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1:
+        if "~exc" in value:
+            return _failure_class(value["~exc"][0])(*value["~exc"])
+        if "~err" in value:
+            return Error(untag(value["~err"]))
+        if "~skipped" in value:
+            return SKIPPED
+    if isinstance(value, list):
+        return [_from_internal(item) for item in value]
+    return value
+
+
+def _message_dict(message: Message, internal: bool = False) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if message.args:
-        options["args"] = list(message.args)
-    for name in ("retries", "retry_delay", "retry_backoff", "priority", "timeout"):
+        args = message.args
+        args = list(args) if isinstance(args, list | tuple) else args
+        options["args"] = _internal(args) if internal else args
+    for name in ("retries", "retry_delay", "retry_backoff", "priority"):
         value = getattr(message, name)
         if value:
             options[name] = value
+    if message.timeout is not None:
+        options["timeout"] = message.timeout
     for name in ("eta", "expires", "expires_resolved"):
         value = getattr(message, name)
         if value is not None:
             options[name] = tag(value)
     if message.on_complete is not None:
-        options["on_complete"] = _message_dict(message.on_complete)
+        options["on_complete"] = _message_dict(message.on_complete, internal)
     if message.on_error is not None:
-        options["on_error"] = _message_dict(message.on_error)
+        options["on_error"] = _message_dict(message.on_error, internal)
     if message.chord_config is not None:
         cid, size, idx, callback = message.chord_config
-        options["chord"] = [cid, size, idx, _message_dict(callback)]
+        options["chord"] = [cid, size, idx, _message_dict(callback, internal)]
     data: dict[str, Any] = {"id": message.id, "name": message.name, "payload": message.kwargs}
     if options:
         data["huey"] = options
@@ -147,7 +211,7 @@ def _message_from(data: dict[str, Any]) -> Message:
         retries=options.get("retries"),
         retry_delay=options.get("retry_delay"),
         priority=options.get("priority"),
-        args=tuple(options.get("args", ())),
+        args=_message_args(options.get("args", ())),
         kwargs=data["payload"],
         on_complete=_message_from(options["on_complete"]) if "on_complete" in options else None,
         on_error=_message_from(options["on_error"]) if "on_error" in options else None,
@@ -159,10 +223,19 @@ def _message_from(data: dict[str, Any]) -> Message:
     )
 
 
+def _message_args(args: Any) -> Any:
+    if not isinstance(args, list):
+        return args
+    if any(isinstance(arg, dict | list) for arg in args):
+        return tuple(_from_internal(arg) for arg in args)
+    return tuple(args)
+
+
 def _argument_problems(message: Message) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     while message is not None:
-        errors += json_text.problems({"args": list(message.args), "kwargs": message.kwargs})
+        args = message.args if isinstance(message.args, list | tuple) else [message.args]
+        errors += json_text.problems({"args": _internal(args), "kwargs": message.kwargs})
         message = message.on_complete
     return errors
 
@@ -175,9 +248,13 @@ class HueyMessages(Serializer):  # type: ignore[misc]
 
     def serialize(self, data: Any) -> bytes:
         if isinstance(data, Message):
-            message = _message_dict(data)
-            try:
-                return json_text.encode(message, "payload")
+            if not _needs_internal(data.args):
+                try:
+                    return json_text.encode(_message_dict(data), "payload")
+                except PayloadError:
+                    pass
+            try:  # an error handler's exception, a chord's results (see _internal)
+                return json_text.encode(_message_dict(data, internal=True), "payload")
             except PayloadError:
                 errors = _argument_problems(data)
                 raise PayloadError(
@@ -225,6 +302,7 @@ class _Outcome:
     runner: bool  # True inside the crmqueue runner, which records the outcome itself
     exception: BaseException | None = None
     retry: bool = False
+    postpone: bool = False  # RetryTask, a rate limit: Huey spends no retry on them
     delay: float | None = None
     interrupted: bool = False
     skipped: bool = False
@@ -341,6 +419,45 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
             )
         return self._registry.create_task(message)
 
+    def dequeue(self) -> Any:
+        """Huey's dequeue: the next due message, claimed under a lease (see
+        HueyStorageMixin.dequeue); its ``retries`` are the attempts it has left."""
+        data = self.storage.dequeue()
+        if data is None:
+            return None
+        task = self.deserialize_task(data)
+        claim = self.storage._huey_claims().get(task.id)
+        if claim is not None:
+            task.retries = max(claim.max_attempts - claim.attempts, 0)
+        return task
+
+    def scheduled(self, limit: int | None = None) -> list[Task]:
+        """Huey's scheduled(): jobs waiting for their time (scheduled, and retries not yet
+        due), each with the eta and retries left that its registry record holds."""
+        now = time.time()
+        store = self.storage
+        records = store.list_jobs("scheduled", limit or 10_000)
+        records += [r for r in store.list_jobs("delayed", limit or 10_000) if r["run_at"] > now]
+        records.sort(key=lambda r: r["run_at"] or 0.0)
+        tasks = []
+        for record in records[: limit or None]:
+            try:
+                task = self.deserialize_task(bytes(record["message"]))
+            except Exception:
+                continue  # Huey skips what it cannot deserialize too
+            task.eta = self._eta(record["run_at"])
+            if record["attempts"]:
+                task.retries = max(record["max_attempts"] - record["attempts"] - 1, 0)
+            tasks.append(task)
+        return tasks
+
+    def _eta(self, when: float | None) -> dt.datetime | None:
+        if when is None:
+            return None
+        if self.utc:
+            return dt.datetime.fromtimestamp(when, dt.UTC).replace(tzinfo=None)
+        return dt.datetime.fromtimestamp(when)
+
     def put_result(self, key: str, data: Any) -> Any:
         outcome = _OUTCOME.get()
         value = self.serializer.serialize(data)
@@ -380,6 +497,8 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
         if exc is None:
             return tag(value)
         text = f"{type(exc).__name__}: {exc}"
+        if outcome.postpone:
+            raise Postpone(text, outcome.delay or 0.0) from exc
         if outcome.retry and outcome.delay is not None:
             raise RetryableError(text, delay=outcome.delay) from exc
         if not outcome.retry and claim.attempts < claim.max_attempts:
@@ -406,6 +525,8 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
         exc = outcome.exception
         if outcome.interrupted:
             store.release(claim)
+        elif outcome.postpone:
+            store.postpone(claim, outcome.delay or 0.0, f"{type(exc).__name__}: {exc}")
         elif exc is None:
             store.complete(claim, tag(value), int(self.result_ttl or 3600))
         else:
@@ -431,6 +552,10 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
             return super()._requeue_task(task, timestamp, retry_eta)  # type: ignore[no-any-return]
         outcome.retry = True
         outcome.delay = retry_plan(task, outcome.claim.attempts, retry_eta, self.utc)
+        exc = outcome.exception
+        outcome.postpone = isinstance(exc, RetryTask) or (
+            isinstance(exc, RateLimitExceeded) and bool(exc.retry)
+        )
         return None
 
     def add_schedule(self, task: Task) -> None:

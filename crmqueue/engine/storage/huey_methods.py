@@ -15,11 +15,13 @@ rate limits) live apart from them (SQLite: ``huey_counters``; Redis:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from huey.constants import EmptyData
@@ -114,7 +116,9 @@ class HueyStorageMixin:
 
     # Huey's queue interface.
     def enqueue(self: Any, data: bytes, priority: float | None = None) -> None:
-        self.enqueue_jobs((self.huey_new_job(data, priority, None),))
+        """Store a message as a job (its id is the message's). A message whose id is
+        stored already adds nothing: enqueueing by id is idempotent."""
+        self.enqueue_jobs((self.huey_new_job(data, priority, None),), skip_existing=True)
 
     def dequeue(self: Any) -> bytes | None:
         """Claim the next message under a lease of huey_lease_seconds; it stays stored
@@ -133,34 +137,58 @@ class HueyStorageMixin:
     def add_to_schedule(
         self: Any, data: bytes, ts: dt.datetime, priority: float | None = None
     ) -> None:
-        self.enqueue_jobs((self.huey_new_job(data, priority, self.huey_timestamp(ts)),))
+        job = self.huey_new_job(data, priority, self.huey_timestamp(ts))
+        self.enqueue_jobs((job,), skip_existing=True)
 
     def read_schedule(self, ts: Any) -> list[bytes]:
         """Nothing: claim() promotes due messages itself, by the storage's clock, so no
         scheduler process has to move them (and none can lose them in between)."""
         return []
 
+    # Pending, in Huey's sense, is what a claim would take now: waiting jobs and retries
+    # that are due (a retry is the same job, `delayed` until the claim promotes it).
+    def _due_retries(self: Any, limit: int = 10_000) -> list[dict[str, Any]]:
+        now = time.time()
+        return [job for job in self.list_jobs("delayed", limit) if (job["run_at"] or 0) <= now]
+
     def queue_size(self: Any) -> int:
-        return int(self.counts()["waiting"])
+        counts = self.counts()
+        due = len(self._due_retries()) if counts["delayed"] else 0
+        return int(counts["waiting"]) + due
 
     def schedule_size(self: Any) -> int:
         counts = self.counts()
-        return int(counts["scheduled"] + counts["delayed"])
+        due = len(self._due_retries()) if counts["delayed"] else 0
+        return int(counts["scheduled"] + counts["delayed"]) - due
 
     def enqueued_items(self: Any, limit: int | None = None) -> list[bytes]:
-        return [bytes(job["message"]) for job in self.list_jobs("waiting", limit or 10_000)]
+        jobs = self.list_jobs("waiting", limit or 10_000)
+        jobs += self._due_retries(limit or 10_000)
+        return [bytes(job["message"]) for job in jobs[: limit or None]]
 
     def scheduled_items(self: Any, limit: int | None = None) -> list[bytes]:
+        now = time.time()
         jobs = self.list_jobs("scheduled", limit or 10_000)
-        jobs += self.list_jobs("delayed", limit or 10_000)
+        jobs += [j for j in self.list_jobs("delayed", limit or 10_000) if (j["run_at"] or 0) > now]
         jobs.sort(key=lambda job: job["run_at"] or 0.0)
         return [bytes(job["message"]) for job in jobs[: limit or None]]
 
+    def _remove_all(self: Any, states: tuple[str, ...]) -> None:
+        from crmqueue.errors import InvalidJobState, JobNotFound
+
+        for state in states:
+            while jobs := self.list_jobs(state, 1000):
+                for job in jobs:
+                    with contextlib.suppress(InvalidJobState, JobNotFound):  # just claimed
+                        self.remove_job(job["id"])
+
     def flush_queue(self: Any) -> None:
-        self.flush_all()
+        """Remove the waiting jobs (not the leased ones: they are running)."""
+        self._remove_all(("waiting",))
 
     def flush_schedule(self: Any) -> None:
-        self.flush_all()
+        """Remove the scheduled jobs and the retries waiting for their time."""
+        self._remove_all(("scheduled", "delayed"))
 
     # The result store: the key-value records.
     def result_items(self: Any) -> dict[str, bytes]:
@@ -237,8 +265,6 @@ def _counters_table(store: Any) -> None:
 
 def _kv_items(store: JobStore | Any) -> list[tuple[str, bytes]]:
     """(key, value) of every live key-value record of the store's queue."""
-    import time
-
     if hasattr(store, "_kv") and hasattr(store, "conn"):  # Redis
         prefix = store._kv("")
         with store._guard():
