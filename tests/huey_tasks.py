@@ -6,8 +6,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from huey import crontab
-
 from crmqueue.engine import huey
 from crmqueue.errors import PermanentError, RetryableError
 
@@ -58,11 +56,6 @@ def locked(n: int) -> int:
 @h.task(context=True)
 def with_context(n: int, task: Any = None) -> str:
     return f"{n}:{task.id}"
-
-
-@h.periodic_task(crontab(minute="*"))
-def every_minute() -> None:
-    calls.append(("every_minute",))
 
 
 @h.pre_execute()

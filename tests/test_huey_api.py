@@ -6,15 +6,17 @@ Huey's retries mapped onto attempts, and JSON-only arguments checked at enqueue.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
 from conftest import wait_until
+from huey import crontab
 from huey.exceptions import TaskException
 
 from crmqueue import jobs
 from crmqueue.engine import huey
-from crmqueue.engine.huey_api import HueyMessages, tag, untag
+from crmqueue.engine.huey_api import HueyMessages, PeriodicScheduler, tag, untag
 from crmqueue.errors import ConfigError, PayloadError
 from tests import huey_tasks as t
 
@@ -81,7 +83,7 @@ def test_permanent_error_ends_huey_retries(h: Any, broker: Any, start_consumer: 
     start_consumer(broker, ["report"])
     wait_until(lambda: state(broker, result.id) == "dead")
     assert jobs.get(result.id).attempts == 1
-    assert len(t.calls) == 1
+    assert t.calls == [("permanent", 1)]
 
 
 def test_retryable_error_delay_then_success(h: Any, broker: Any, start_consumer: Any) -> None:
@@ -191,3 +193,44 @@ def test_crmqueue_job_messages_keep_their_format() -> None:
 def test_values_round_trip() -> None:
     value = {"a": (1, [2, {3}]), "~odd": dt.timedelta(seconds=5), 4: "int key"}
     assert untag(tag(value)) == value
+
+
+@pytest.fixture
+def every_minute(h: Any) -> Any:
+    @h.periodic_task(crontab(minute="*"), name="every_minute")
+    def every_minute() -> None:
+        t.calls.append(("every_minute",))
+
+    yield every_minute
+    every_minute.unregister()
+
+
+def periodic_jobs(broker: Any) -> list[dict[str, Any]]:
+    store = broker.queue("report").store
+    found = [j for state in ("waiting", "active", "completed") for j in store.list_jobs(state)]
+    return sorted((j for j in found if j["id"].startswith("periodic:")), key=lambda j: j["id"])
+
+
+def test_periodic_task_runs_once_per_occurrence_across_consumers(
+    h: Any, broker: Any, every_minute: Any, start_consumer: Any
+) -> None:
+    # Not in a minute's last seconds, so that the test sees one occurrence at first.
+    wait_until(lambda: time.time() % 60 < 45, timeout=20)
+    # Two consumers of the queue both offer the current minute's occurrence: one job.
+    first = start_consumer(broker, ["report"])
+    second = start_consumer(broker, ["report"])
+    wait_until(lambda: ("every_minute",) in t.calls)
+    wait_until(lambda: [j["state"] for j in periodic_jobs(broker)] == ["completed"])
+    (job,) = periodic_jobs(broker)
+    assert job["name"].endswith(".every_minute")
+    assert job["id"].endswith(
+        ":" + dt.datetime.fromtimestamp(job["created_at"], dt.UTC).strftime("%Y%m%d%H%M")
+    )
+    # The next minute, offered by each consumer's scheduler (and a third): one job more.
+    later = time.time() + 60
+    schedulers = (first._periodic, second._periodic, PeriodicScheduler())
+    offered = [s.tick([broker.queue("report")], later) for s in schedulers]
+    assert offered[0] == offered[1] == offered[2] and len(offered[0]) == 1
+    wait_until(lambda: state(broker, offered[0][0]) == "completed")
+    assert t.calls.count(("every_minute",)) == 2
+    assert len(periodic_jobs(broker)) == 2

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from crmqueue.config import QueueSettings
     from crmqueue.engine.storage import Claim, JobStore
 
-__all__ = ["HueyMessages", "QueueHuey", "UnknownTask", "huey", "retry_plan"]
+__all__ = ["HueyMessages", "PeriodicScheduler", "QueueHuey", "UnknownTask", "huey", "retry_plan"]
 
 
 class UnknownTask(PermanentError):
@@ -568,6 +568,40 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
         eta = task.eta or dt.datetime.fromtimestamp(0)
         self.storage.add_to_schedule(data, eta, task.priority)
         self._emit(huey_lib.signals.SIGNAL_SCHEDULED, task)
+
+
+class PeriodicScheduler:
+    """Enqueues the occurrences of the periodic tasks (``@h.periodic_task``) of some
+    queues, once per minute that their ``validate_datetime`` accepts (the minute as Huey's
+    consumer gives it: naive UTC when the instance is ``utc``, else local time).
+
+    Every consumer runs one for its own queues: the ones that import the task modules.
+    Each occurrence is a job with a deterministic id (``periodic:<task>:<YYYYmmddHHMM>``)
+    enqueued with skip_existing, so however many consumers offer it, it is one job and
+    runs once; a minute no consumer was up for is skipped, as in Huey."""
+
+    def __init__(self) -> None:
+        self._done: dict[str, int] = {}  # queue name -> last minute offered
+
+    def tick(self, queues: Any, now: float | None = None) -> list[str]:
+        """Offer the current minute's occurrences; returns their job ids."""
+        now = time.time() if now is None else now
+        minute = int(now // 60)
+        offered: list[str] = []
+        for queue in queues:
+            h = queue.huey
+            if self._done.get(queue.name) == minute or not h._registry._periodic_tasks:
+                continue
+            stamp = h._eta(minute * 60.0)
+            for task in h._registry.periodic_tasks:
+                if task.validate_datetime(stamp):
+                    name = h._registry.task_to_string(type(task))
+                    task.id = f"periodic:{name}:{stamp:%Y%m%d%H%M}"
+                    task.revoke_id = f"r:{task.id}"
+                    h.enqueue(task)
+                    offered.append(task.id)
+            self._done[queue.name] = minute
+        return offered
 
 
 _HUEYS: dict[str, QueueHuey] = {}
