@@ -138,6 +138,13 @@ def _failure_class(type_name: str) -> type[TaskFailure]:
     return type(type_name.rsplit(".", 1)[-1], (TaskFailure,), {"__module__": __name__})
 
 
+@functools.lru_cache(maxsize=256)
+def _as(base: type[Exception], type_name: str) -> Any:
+    """A subclass of crmqueue's `base` (RetryableError, PermanentError) named as a Huey
+    task's exception, so the job's errors show the task's own exception type."""
+    return type(type_name, (base,), {"__module__": __name__})
+
+
 def _needs_internal(args: Any) -> bool:
     return isinstance(args, list | tuple) and any(
         isinstance(arg, BaseException | list | tuple) or arg is SKIPPED for arg in args
@@ -499,10 +506,11 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
         text = f"{type(exc).__name__}: {exc}"
         if outcome.postpone:
             raise Postpone(text, outcome.delay or 0.0) from exc
+        # The registry records the task's own exception type and text (see _as).
         if outcome.retry and outcome.delay is not None:
-            raise RetryableError(text, delay=outcome.delay) from exc
+            raise _as(RetryableError, type(exc).__name__)(str(exc), outcome.delay) from exc
         if not outcome.retry and claim.attempts < claim.max_attempts:
-            raise PermanentError(text) from exc
+            raise _as(PermanentError, type(exc).__name__)(str(exc)) from exc
         if isinstance(exc, Exception):
             raise exc
         raise RuntimeError(text) from exc
