@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -118,7 +119,17 @@ class HueyStorageMixin:
     def enqueue(self: Any, data: bytes, priority: float | None = None) -> None:
         """Store a message as a job (its id is the message's). A message whose id is
         stored already adds nothing: enqueueing by id is idempotent."""
-        self.enqueue_jobs((self.huey_new_job(data, priority, None),), skip_existing=True)
+        self.huey_enqueue(self.huey_new_job(data, priority, None))
+
+    def huey_enqueue(self: Any, job: NewJob) -> None:
+        """Store one Huey job unless its id is stored already (see enqueue)."""
+        if hasattr(self, "_tx"):  # SQLite: the unique id refuses a duplicate, no lookup
+            try:
+                self.enqueue_jobs((job,))
+            except sqlite3.IntegrityError:
+                self.enqueue_jobs((job,), skip_existing=True)
+        else:  # Redis: the script checks the id in the same step
+            self.enqueue_jobs((job,), skip_existing=True)
 
     def dequeue(self: Any) -> bytes | None:
         """Claim the next message under a lease of huey_lease_seconds; it stays stored
@@ -137,8 +148,7 @@ class HueyStorageMixin:
     def add_to_schedule(
         self: Any, data: bytes, ts: dt.datetime, priority: float | None = None
     ) -> None:
-        job = self.huey_new_job(data, priority, self.huey_timestamp(ts))
-        self.enqueue_jobs((job,), skip_existing=True)
+        self.huey_enqueue(self.huey_new_job(data, priority, self.huey_timestamp(ts)))
 
     def read_schedule(self, ts: Any) -> list[bytes]:
         """Nothing: claim() promotes due messages itself, by the storage's clock, so no
@@ -206,12 +216,44 @@ class HueyStorageMixin:
             with self._guard():
                 values = self.conn.mget([self._kv(key) for key in keys])
             return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+        if hasattr(self, "_read") and keys:  # SQLite: one query
+            names = {(k.decode() if isinstance(k, bytes) else k): k for k in keys}
+            marks = ",".join("?" * len(names))
+            rows = self._read(
+                f"select key, value from kv where queue = ? and key in ({marks})"
+                " and (expires_at is null or expires_at > ?)",
+                (self.name, *names, time.time()),
+            )
+            return {names[row[0]]: bytes(row[1]) for row in rows}
         found = {}
         for key in keys:
             value = self.peek_data(key)
             if value is not EmptyData:
                 found[key] = value
         return found
+
+    # Revocations: does the queue hold any? (Lets a consumer skip the per-task check.)
+    def huey_note_revocation(self: Any, key: str, present: bool) -> None:
+        """Record that revocation `key` was stored (before it is) or deleted (after)."""
+        if hasattr(self, "_qkey") and hasattr(self, "conn"):  # SQLite needs no index
+            with self._guard():
+                member = self._qkey("revocations")
+                if present:
+                    self.conn.sadd(member, key)
+                else:
+                    self.conn.srem(member, key)
+
+    def huey_any_revocations(self: Any) -> bool:
+        """Whether any revocation key (Huey's ``r:<id>``, ``rt:<task>``) may be stored."""
+        if hasattr(self, "_qkey") and hasattr(self, "conn"):
+            with self._guard():
+                return bool(self.conn.scard(self._qkey("revocations")))
+        rows = self._read(
+            "select exists (select 1 from kv where queue = ?1 and ((key >= 'r:' and key < 'r;')"
+            " or (key >= 'rt:' and key < 'rt;')))",
+            (self.name,),
+        )
+        return bool(rows[0][0])
 
     # Huey's counters (chords, rate limits).
     def incr(self: Any, key: str | bytes, amount: int = 1) -> int:
