@@ -72,3 +72,8 @@ def reset() -> None:
     calls.clear()
     hooks.clear()
     gate.clear()
+
+
+@h.task()
+def echo(value: Any) -> Any:
+    return value

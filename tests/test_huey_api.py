@@ -16,7 +16,7 @@ from huey.exceptions import TaskException
 
 from crmqueue import jobs
 from crmqueue.engine import huey
-from crmqueue.engine.huey_api import HueyMessages, PeriodicScheduler, tag, untag
+from crmqueue.engine.huey_api import HueyMessages, PeriodicScheduler, PickleRefused, tag, untag
 from crmqueue.errors import ConfigError, PayloadError
 from tests import huey_tasks as t
 
@@ -234,3 +234,28 @@ def test_periodic_task_runs_once_per_occurrence_across_consumers(
     wait_until(lambda: state(broker, offered[0][0]) == "completed")
     assert t.calls.count(("every_minute",)) == 2
     assert len(periodic_jobs(broker)) == 2
+
+
+def test_pickle_is_opt_in_per_queue(make_broker: Any, start_consumer: Any) -> None:
+    from decimal import Decimal
+
+    t.reset()
+    broker = make_broker({"queues.report.huey_pickle": True})
+    result = t.echo(Decimal("1.5"))
+    message = broker.queue("report").store.get_job(result.id)["message"]
+    assert b'"pickle"' in message  # only the arguments JSON could not carry
+    consumer = start_consumer(broker, ["report"])
+    assert result.get(blocking=True, timeout=10) == Decimal("1.5")
+    consumer.stop(5)
+
+    # The same queue with huey_pickle off: pickled data is refused, never unpickled.
+    stored = t.echo(Decimal("2.5"))
+    t.h.put("kept", Decimal("3.5"))
+    broker = make_broker()
+    with pytest.raises(PayloadError, match="huey_pickle is off"):
+        t.echo(Decimal("2.5"))
+    with pytest.raises(PickleRefused):
+        t.h.get("kept", peek=True)
+    start_consumer(broker, ["report"])
+    wait_until(lambda: state(broker, stored.id) == "dead")
+    assert "huey_pickle is off" in jobs.get(stored.id).errors[-1]["message"]

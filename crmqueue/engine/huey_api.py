@@ -27,6 +27,7 @@ import datetime as dt
 import functools
 import json
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -63,23 +64,24 @@ class UnknownTask(PermanentError):
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def tag(value: Any) -> Any:
+def tag(value: Any, allow_pickle: bool = False) -> Any:
     """`value` as JSON data, tuples, datetimes, dates, timedeltas, bytes, sets and Huey's
-    Error tagged (``{"~t": [...]}`` ...); any other object as ``{"~repr": "..."}``."""
+    Error tagged (``{"~t": [...]}`` ...); any other object as ``{"~repr": "..."}``, or,
+    with `allow_pickle` (the queue's huey_pickle), pickled (``{"~pickle": base64}``)."""
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, list):
-        return [tag(item) for item in value]
+        return [tag(item, allow_pickle) for item in value]
     if isinstance(value, Error):  # a namedtuple: before tuples
-        return {"~err": tag(value.metadata)}
+        return {"~err": tag(value.metadata, allow_pickle)}
     if value is SKIPPED:
         return {"~skipped": 1}
     if isinstance(value, tuple):
-        return {"~t": [tag(item) for item in value]}
+        return {"~t": [tag(item, allow_pickle) for item in value]}
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("~") for k in value):
-            return {k: tag(v) for k, v in value.items()}
-        return {"~d": [[tag(k), tag(v)] for k, v in value.items()]}
+            return {k: tag(v, allow_pickle) for k, v in value.items()}
+        return {"~d": [[tag(k, allow_pickle), tag(v, allow_pickle)] for k, v in value.items()]}
     if isinstance(value, dt.datetime):
         return {"~dt": value.isoformat()}
     if isinstance(value, dt.date):
@@ -89,33 +91,50 @@ def tag(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"~b": base64.b64encode(value).decode()}
     if isinstance(value, set | frozenset):
-        return {"~s": [tag(item) for item in value]}
+        return {"~s": [tag(item, allow_pickle) for item in value]}
+    if allow_pickle:
+        return {"~pickle": base64.b64encode(pickle.dumps(value)).decode()}
     return {"~repr": repr(value)}
 
 
-_UNTAG: dict[str, Callable[[Any], Any]] = {
-    "~t": lambda v: tuple(untag(i) for i in v),
-    "~d": lambda v: {untag(k): untag(x) for k, x in v},
-    "~dt": dt.datetime.fromisoformat,
-    "~date": dt.date.fromisoformat,
-    "~td": lambda v: dt.timedelta(seconds=v),
-    "~b": base64.b64decode,
-    "~s": lambda v: {untag(i) for i in v},
-    "~err": lambda v: Error(untag(v)),
-    "~repr": str,
-    "~skipped": lambda v: SKIPPED,
+class PickleRefused(PermanentError):
+    """Stored data is pickled but this queue does not allow pickle (huey_pickle = false)."""
+
+
+def _unpickle(data: str, allow_pickle: bool) -> Any:
+    if not allow_pickle:
+        raise PickleRefused(
+            "pickled data on a queue whose huey_pickle is off: not unpickled (unpickling"
+            " runs code); turn huey_pickle on for this queue only if every writer is trusted"
+        )
+    return pickle.loads(base64.b64decode(data))  # opted in per queue (huey_pickle)
+
+
+_UNTAG: dict[str, Callable[[Any, bool], Any]] = {
+    "~t": lambda v, p: tuple(untag(i, p) for i in v),
+    "~d": lambda v, p: {untag(k, p): untag(x, p) for k, x in v},
+    "~dt": lambda v, p: dt.datetime.fromisoformat(v),
+    "~date": lambda v, p: dt.date.fromisoformat(v),
+    "~td": lambda v, p: dt.timedelta(seconds=v),
+    "~b": lambda v, p: base64.b64decode(v),
+    "~s": lambda v, p: {untag(i, p) for i in v},
+    "~err": lambda v, p: Error(untag(v, p)),
+    "~repr": lambda v, p: str(v),
+    "~skipped": lambda v, p: SKIPPED,
+    "~pickle": _unpickle,
 }
 
 
-def untag(data: Any) -> Any:
+def untag(data: Any, allow_pickle: bool = False) -> Any:
+    """The value `tag` stored (PickleRefused for pickled data without `allow_pickle`)."""
     if isinstance(data, list):
-        return [untag(item) for item in data]
+        return [untag(item, allow_pickle) for item in data]
     if isinstance(data, dict):
         if len(data) == 1:
             (key, value), *_ = data.items()
             if key in _UNTAG:
-                return _UNTAG[key](value)
-        return {k: untag(v) for k, v in data.items()}
+                return _UNTAG[key](value, allow_pickle)
+        return {k: untag(v, allow_pickle) for k, v in data.items()}
     return data
 
 
@@ -183,7 +202,22 @@ def _from_internal(value: Any) -> Any:
     return value
 
 
-def _message_dict(message: Message, internal: bool = False) -> dict[str, Any]:
+def _message_dict(
+    message: Message, internal: bool = False, pickled: bool = False
+) -> dict[str, Any]:
+    if pickled:  # huey_pickle: the arguments pickled, the rest as JSON
+        args = tuple(message.args) if isinstance(message.args, list | tuple) else message.args
+        dumped = pickle.dumps((args, message.kwargs))
+        tenant = message.kwargs.get("tenant_id") if message.kwargs else None
+        message = message._replace(
+            args=(), kwargs={"tenant_id": tenant} if isinstance(tenant, str) else {}
+        )
+        plain = _message_dict(message, internal, pickled=False)
+        for key, nested in (("on_complete", message.on_complete), ("on_error", message.on_error)):
+            if nested is not None:
+                plain["huey"][key] = _message_dict(nested, internal, pickled=True)
+        plain.setdefault("huey", {})["pickle"] = base64.b64encode(dumped).decode()
+        return plain
     options: dict[str, Any] = {}
     if message.args:
         args = message.args
@@ -200,21 +234,25 @@ def _message_dict(message: Message, internal: bool = False) -> dict[str, Any]:
         if value is not None:
             options[name] = tag(value)
     if message.on_complete is not None:
-        options["on_complete"] = _message_dict(message.on_complete, internal)
+        options["on_complete"] = _message_dict(message.on_complete, internal, pickled)
     if message.on_error is not None:
-        options["on_error"] = _message_dict(message.on_error, internal)
+        options["on_error"] = _message_dict(message.on_error, internal, pickled)
     if message.chord_config is not None:
         cid, size, idx, callback = message.chord_config
-        options["chord"] = [cid, size, idx, _message_dict(callback, internal)]
+        options["chord"] = [cid, size, idx, _message_dict(callback, internal, pickled)]
     data: dict[str, Any] = {"id": message.id, "name": message.name, "payload": message.kwargs}
     if options:
         data["huey"] = options
     return data
 
 
-def _message_from(data: dict[str, Any]) -> Message:
+def _message_from(data: dict[str, Any], allow_pickle: bool = False) -> Message:
     options = data.get("huey") or {}
     chord = options.get("chord")
+    if "pickle" in options:  # huey_pickle: the arguments, pickled
+        args, kwargs = _unpickle(options["pickle"], allow_pickle)
+        data = {**data, "payload": kwargs}
+        options = {**options, "args": list(args)}
     return Message(
         id=data["id"],
         name=data["name"],
@@ -224,12 +262,20 @@ def _message_from(data: dict[str, Any]) -> Message:
         priority=options.get("priority"),
         args=_message_args(options.get("args", ())),
         kwargs=data["payload"],
-        on_complete=_message_from(options["on_complete"]) if "on_complete" in options else None,
-        on_error=_message_from(options["on_error"]) if "on_error" in options else None,
+        on_complete=(
+            _message_from(options["on_complete"], allow_pickle)
+            if "on_complete" in options
+            else None
+        ),
+        on_error=(
+            _message_from(options["on_error"], allow_pickle) if "on_error" in options else None
+        ),
         expires=untag(options.get("expires")),
         expires_resolved=untag(options.get("expires_resolved")),
         timeout=options.get("timeout"),
-        chord_config=(chord[0], chord[1], chord[2], _message_from(chord[3])) if chord else None,
+        chord_config=(
+            (chord[0], chord[1], chord[2], _message_from(chord[3], allow_pickle)) if chord else None
+        ),
         retry_backoff=options.get("retry_backoff"),
     )
 
@@ -255,7 +301,13 @@ class HueyMessages(Serializer):  # type: ignore[misc]
     """Messages as JSON (id, name, payload = keyword arguments, and ``huey``: positional
     arguments and Huey's options when there are any): a crmqueue job body's message is
     exactly crmqueue's. Other data (results, ``put`` values, revocations) as tagged JSON
-    under ``v`` (see `tag`)."""
+    under ``v`` (see `tag`). With `allow_pickle` (the queue's ``huey_pickle``), arguments
+    and values JSON cannot carry are pickled; without it, pickled data read from storage
+    raises PickleRefused."""
+
+    def __init__(self, allow_pickle: bool = False) -> None:
+        super().__init__()
+        self.allow_pickle = allow_pickle
 
     def serialize(self, data: Any) -> bytes:
         if isinstance(data, Message):
@@ -267,24 +319,32 @@ class HueyMessages(Serializer):  # type: ignore[misc]
             try:  # an error handler's exception, a chord's results (see _internal)
                 return json_text.encode(_message_dict(data, internal=True), "payload")
             except PayloadError:
+                if self.allow_pickle:
+                    return json_text.encode(_message_dict(data, True, pickled=True), "payload")
                 errors = _argument_problems(data)
                 raise PayloadError(
                     [(f"{data.name}: {field}", reason) for field, reason in errors]
-                    + [("arguments", "JSON only: crmqueue's queues do not pickle (see README)")]
+                    + [
+                        (
+                            "arguments",
+                            "JSON only: this queue does not pickle (huey_pickle is off: see"
+                            " README, Huey's API on crmqueue's queues)",
+                        )
+                    ]
                 ) from None
         if isinstance(data, _SCALARS):
             return b'{"v":%s}' % json.dumps(data).encode()
-        return json.dumps({"v": tag(data)}, separators=(",", ":")).encode()
+        return json.dumps({"v": tag(data, self.allow_pickle)}, separators=(",", ":")).encode()
 
     def deserialize(self, data: bytes) -> Any:
         loaded = json.loads(data)
         if not isinstance(loaded, dict):
             raise ValueError("not a crmqueue message or value")
         if "v" in loaded and "id" not in loaded:
-            return untag(loaded["v"])
+            return untag(loaded["v"], self.allow_pickle)
         if not isinstance(loaded.get("payload"), dict):
             raise ValueError("message is not a crmqueue job message")
-        return _message_from(loaded)
+        return _message_from(loaded, self.allow_pickle)
 
 
 # --- retries -------------------------------------------------------------------------
@@ -396,6 +456,7 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
             store.huey_lease_seconds = spec.lease_seconds
             store.huey_attempts = spec.attempts
             store.huey_priority = spec.priority
+            self.serializer.allow_pickle = spec.huey_pickle
             self.result_ttl = float(spec.keep_completed_seconds) or None
         self._store = store
 
