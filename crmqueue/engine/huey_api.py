@@ -419,10 +419,18 @@ def _new_id(task: Task) -> str:
     return os.urandom(16).hex()
 
 
-def _runner_job() -> Any:
-    from crmqueue.engine import runner
+_runner_current: Any = None
 
-    return runner._current.get()
+
+def _runner_job() -> Any:
+    """The crmqueue runner's job running in this context, if any (the runner imports this
+    module, so its context variable is looked up on first use)."""
+    global _runner_current
+    if _runner_current is None:
+        from crmqueue.engine import runner
+
+        _runner_current = runner._current
+    return _runner_current.get()
 
 
 class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
