@@ -247,7 +247,9 @@ def _message_dict(
 
 
 def _message_from(data: dict[str, Any], allow_pickle: bool = False) -> Message:
-    options = data.get("huey") or {}
+    options = data.get("huey")
+    if not options:  # crmqueue's own form: keyword arguments only
+        return Message(id=data["id"], name=data["name"], args=(), kwargs=data["payload"])
     chord = options.get("chord")
     if "pickle" in options:  # huey_pickle: the arguments, pickled
         args, kwargs = _unpickle(options["pickle"], allow_pickle)
@@ -384,9 +386,34 @@ _OUTCOME: contextvars.ContextVar[_Outcome | None] = contextvars.ContextVar(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _task_name(task_class: Any) -> str:
+    return f"{task_class.__module__}.{task_class.__name__}"
+
+
+def _encode_plain(task_id: str, name: str, kwargs: dict[str, Any], serializer: Any) -> bytes:
+    try:
+        return json_text.encode({"id": task_id, "name": name, "payload": kwargs}, "payload")
+    except PayloadError:  # name each refused argument, or pickle them (see serialize)
+        message = Message(id=task_id, name=name, args=(), kwargs=kwargs)
+        return bytes(serializer.serialize(message))
+
+
+# The keyword arguments TaskWrapper.s() takes as options of the call, not of the task.
+_CALL_OPTIONS = frozenset(
+    ("eta", "delay", "id", "retries", "retry_delay", "retry_backoff", "priority", "expires",
+     "timeout")
+)  # fmt: skip
+
+
 class HueyTaskWrapper(TaskWrapper):  # type: ignore[misc]
     """Huey's task wrapper; its tasks run through QueueHuey when the crmqueue runner runs
     them, and a PermanentError or PayloadError ends their retries."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _CALL_OPTIONS.isdisjoint(kwargs):  # no per-call options: s() would pop none
+            return self.huey.enqueue(self.task_class(args, kwargs))
+        return super().__call__(*args, **kwargs)
 
     def create_task(
         self, func: Callable[..., Any], context: bool = False, name: Any = None, **settings: Any
@@ -514,8 +541,22 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
         if task.expires:
             task.resolve_expires(self.utc)
         self._emit(huey_lib.signals.SIGNAL_ENQUEUED, task)
-        message = self._registry.create_message(task)
-        data = self.serializer.serialize(message)
+        if (
+            task.on_complete is None
+            and task.on_error is None
+            and task.chord_config is None
+            and not (task.args or task.eta or task.expires or task.retries)
+            and not (task.retry_delay or task.retry_backoff or task.priority)
+            and task.timeout is None
+            and "task" not in task.kwargs
+        ):
+            # A plain call (keyword arguments only): the message is crmqueue's own form.
+            name = _task_name(task.__class__)
+            data = _encode_plain(task.id, name, task.kwargs, self.serializer)
+        else:
+            message = self._registry.create_message(task)
+            name = message.name
+            data = self.serializer.serialize(message)
         store = self.storage
         kwargs = task.kwargs
         tenant = kwargs.get("tenant_id", "-") if kwargs else "-"
@@ -525,7 +566,7 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
         job = NewJob(
             id=task.id,
             queue=store.name,
-            name=message.name,
+            name=name,
             tenant=tenant,
             priority=max(-PRIORITY_LIMIT, min(PRIORITY_LIMIT, priority)),
             max_attempts=task.retries + 1 if task.retries else store.huey_attempts,
@@ -708,7 +749,9 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
             outcome = _OUTCOME.get()
             if outcome is not None:
                 outcome.interrupted = True
-        super()._emit(signal, task, *args, **kwargs)
+        receivers = self._signal.receivers
+        if receivers["any"] or receivers.get(signal):  # most instances have no handlers
+            super()._emit(signal, task, *args, **kwargs)
 
     def _run_post_execute(self, task: Task, task_value: Any, exception: Any) -> None:
         outcome = _OUTCOME.get()
