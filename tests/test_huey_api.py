@@ -259,3 +259,22 @@ def test_pickle_is_opt_in_per_queue(make_broker: Any, start_consumer: Any) -> No
     start_consumer(broker, ["report"])
     wait_until(lambda: state(broker, stored.id) == "dead")
     assert "huey_pickle is off" in jobs.get(stored.id).errors[-1]["message"]
+
+
+def test_revocation_from_another_process_reaches_the_consumer(
+    h: Any, broker: Any, start_consumer: Any
+) -> None:
+    from crmqueue.engine.huey_api import QueueHuey
+    from crmqueue.engine.storage import open_store
+
+    queue = broker.queue("report")
+    start_consumer(broker, ["report"])
+    assert t.add(1, 1).get(blocking=True, timeout=10) == 2  # the consumer saw none
+    later = t.add.schedule((2, 2), delay=2)
+    # Another process's Huey on the same storage revokes it by id.
+    other = QueueHuey("report", open_store(broker.settings.storage.url, "report"), queue.spec)
+    other.revoke_by_id(later.id)
+    wait_until(lambda: state(broker, later.id) == "completed")
+    assert later.get() is None and ("pre", "add") in t.hooks
+    assert ("post", "add", 4, None) not in t.hooks  # skipped, never run
+    assert other.restore_by_id(later.id)  # as in Huey, a revocation by id stays until restored
