@@ -17,6 +17,10 @@ from crmqueue.engine import Broker
 from tests import huey_doc_tasks as doc
 
 MODULE = "tests.huey_doc_tasks"
+# The consumers under test are subprocesses that import the module as it is. This test
+# process only enqueues: without this, any in-process consumer of the webhook queue in
+# this pytest process (other test files) would offer the periodic task's occurrences.
+doc.every_minute.unregister()
 LEASE = 1.5
 
 

@@ -494,6 +494,7 @@ class QueueHuey(huey_lib.Huey):  # type: ignore[misc]
             self.serializer.allow_pickle = spec.huey_pickle
             self.result_ttl = float(spec.keep_completed_seconds) or None
         self._store = store
+        self._revocations_until = 0.0  # another storage: look again
 
     def create_storage(self) -> Any:
         if self._immediate and self.immediate_use_memory:
