@@ -163,9 +163,11 @@ class Queue:
     @property
     def has_bodies(self) -> bool:
         """Whether this process runs any job body or Huey task of this queue."""
-        return bool(self.huey._registry._registry) or any(
-            body.queue == self.name for body in BODIES.values()
-        )
+        if any(body.queue == self.name for body in BODIES.values()):
+            return True
+        # Huey tasks (not crmqueue bodies, which BODIES lists) registered on the instance.
+        tasks = self.huey._registry._registry.values()
+        return any(not getattr(task, "crmqueue_body", False) for task in tasks)
 
     def _new_job(
         self,
