@@ -119,6 +119,8 @@ class QueueSettings(Section):
     keep_failed_seconds: Annotated[int, Field(ge=0)] = 86400
     lease_seconds: PositiveFloat = 30.0
     max_stalls: Annotated[int, Field(ge=0)] = 3
+    # Huey tasks may pickle what JSON cannot carry; off: unpickling runs code (see README).
+    huey_pickle: bool = False
 
 
 def _queue(workers: int, attempts: int, timeout: float, priority: int = 50, **more: Any) -> Any:

@@ -28,7 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # or build the executable: scripts/test.sh runs them on their own after the rest has run
 # in parallel (pytest -m serial / -m "not serial").
 SERIAL_FILES = frozenset(
-    {"test_reliability.py", "test_executable.py", "test_cli.py", "test_import_crash.py"}
+    {
+        "test_reliability.py",
+        "test_executable.py",
+        "test_cli.py",
+        "test_import_crash.py",
+        "test_huey_run.py",
+    }
 )
 
 

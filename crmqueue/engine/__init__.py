@@ -1,5 +1,6 @@
 """Generic job machinery on top of Huey; it knows nothing about CRMs."""
 
+from crmqueue.engine.huey_api import huey
 from crmqueue.engine.queues import Broker, Queue, configure, get_broker, job
 from crmqueue.engine.runner import (
     Consumer,
@@ -20,6 +21,7 @@ __all__ = [
     "current_job_id",
     "current_job_priority",
     "get_broker",
+    "huey",
     "job",
     "job_ran_before",
     "record_with_completion",

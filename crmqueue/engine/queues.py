@@ -17,18 +17,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
-import huey
-from huey.registry import Message
-from huey.serializer import Serializer
 from pydantic import BaseModel
 
 from crmqueue import json_text
 from crmqueue.config import QUEUE_NAMES, QueueSettings, Settings, load_settings
+from crmqueue.engine.huey_api import HueyMessages, QueueHuey, huey
+from crmqueue.engine.huey_api import UnknownTask as UnknownTask
 from crmqueue.engine.storage import JobStore, NewJob, open_store
 from crmqueue.errors import ConfigError, PayloadError, PermanentError
 from crmqueue.tenancy import tenant_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
+JsonMessages = HueyMessages  # the name it had before Huey's API (crmqueue bodies' messages)
 
 
 @dataclass(frozen=True)
@@ -71,24 +71,6 @@ def _runner(body: Body) -> Callable[..., Any]:
     return run
 
 
-class UnknownTask(PermanentError):
-    """A message names a job body this worker does not have: dead at once (it would fail
-    the same way on every attempt), with the name in its error."""
-
-
-class JsonMessages(Serializer):  # type: ignore[misc]
-    """Messages as JSON (id, name, payload): no pickle on shared storage."""
-
-    def serialize(self, data: Message) -> bytes:
-        return encode_message(data.id, data.name, data.kwargs)
-
-    def deserialize(self, data: bytes) -> Message:
-        message = json.loads(data)
-        if not isinstance(message, dict) or not isinstance(message.get("payload"), dict):
-            raise ValueError("message is not a crmqueue job message")
-        return Message(id=message["id"], name=message["name"], args=(), kwargs=message["payload"])
-
-
 class EncodedPayload(NamedTuple):
     """A payload its producer validated and encoded as JSON, checked as encode_message
     checks a mapping (crmqueue.tasks does it with crmqueue.payloads.payload_json): stored
@@ -113,32 +95,6 @@ def encode_message(job_id: str, name: str, payload: Mapping[str, Any] | EncodedP
 @functools.lru_cache(maxsize=1024)
 def _name_json(name: str) -> bytes:
     return json.dumps(name).encode()
-
-
-class QueueHuey(huey.Huey):  # type: ignore[misc]
-    """Huey over an existing JobStore; enqueueing goes through Queue.enqueue."""
-
-    def __init__(self, name: str, store: JobStore) -> None:
-        self._store = store
-        super().__init__(name, results=False, serializer=JsonMessages())
-
-    def create_storage(self) -> JobStore:
-        return self._store
-
-    def enqueue(self, task: Any) -> None:
-        raise NotImplementedError("enqueue through crmqueue.tasks or Queue.enqueue")
-
-    def deserialize_task(self, data: bytes) -> Any:
-        """The task of a stored message; UnknownTask when this process has no body of
-        that name on this queue (a producer may enqueue any name without importing it)."""
-        message = self.serializer.deserialize(data)
-        if message.name not in self._registry._registry:
-            raise UnknownTask(
-                f"job body {message.name!r} not found on queue {self.name!r} in this worker:"
-                " add its module to [runner] imports (or fix the name the producer used),"
-                " then replay the job (crmqueue dlq replay)"
-            )
-        return self._registry.create_task(message)
 
 
 MAX_DELAY = 10 * 366 * 86400.0  # seconds, ten years: a longer delay (or eta) is a mistake
@@ -198,13 +154,20 @@ class Queue:
         self.name = name
         self.spec: QueueSettings = settings.queues.get(name)
         self.store = store
-        self.huey = QueueHuey(name, store)
+        self.huey: QueueHuey = huey(name)
+        self.huey.bind(store, self.spec)
         for body in bodies_for(name):
-            self.huey.task(name=body.func.__name__)(_runner(body))
+            if body.name not in self.huey._registry._registry:
+                self.huey.task(name=body.func.__name__, crmqueue_body=True)(_runner(body))
 
     @property
     def has_bodies(self) -> bool:
-        return any(body.queue == self.name for body in BODIES.values())
+        """Whether this process runs any job body or Huey task of this queue."""
+        if any(body.queue == self.name for body in BODIES.values()):
+            return True
+        # Huey tasks (not crmqueue bodies, which BODIES lists) registered on the instance.
+        tasks = self.huey._registry._registry.values()
+        return any(not getattr(task, "crmqueue_body", False) for task in tasks)
 
     def _new_job(
         self,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
+from crmqueue.engine.huey_api import PeriodicScheduler
 from crmqueue.engine.limits import TimeLimiter
 from crmqueue.engine.queues import MAX_DELAY, Broker, Queue
 from crmqueue.engine.retry import next_delay
@@ -447,6 +448,7 @@ class Consumer:
             target=self._maintain, name="crmqueue-maintenance", daemon=True
         )
         self.is_leader = False
+        self._periodic = PeriodicScheduler()  # Huey periodic tasks of this consumer's queues
 
     def start(self) -> None:
         for runner in self.runners:
@@ -496,6 +498,7 @@ class Consumer:
             now = time.monotonic()
             try:
                 self._renew_leases(now)
+                self._periodic.tick([runner.queue for runner in self.runners if runner.workers])
                 if now >= due["heartbeat"]:
                     due["heartbeat"] = now + runner_settings.heartbeat_seconds
                     self._heartbeat()

@@ -15,6 +15,8 @@ from typing import Any
 
 from huey.storage import BaseStorage
 
+from crmqueue.engine.storage.huey_methods import HueyStorageMixin
+
 STATES = ("waiting", "scheduled", "active", "delayed", "completed", "dead")
 REMOVABLE = ("waiting", "scheduled", "delayed", "dead")
 MAX_ERRORS_KEPT = 25
@@ -63,56 +65,15 @@ class ClaimResult:
     next_due: float | None  # epoch seconds of the earliest scheduled or delayed job
 
 
-class JobStore(BaseStorage):  # type: ignore[misc]
-    """One queue's leased storage. Huey's key-value methods serve locks and records."""
+class JobStore(HueyStorageMixin, BaseStorage):  # type: ignore[misc]
+    """One queue's leased storage. Huey's key-value methods serve locks and records;
+    Huey's queue, schedule, result and counter methods come from HueyStorageMixin."""
 
     blocking = True
     priority = True
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name)
-
-    # Huey's plain queue interface deletes on dequeue; crmqueue always goes through
-    # enqueue_jobs/claim so that nothing is lost, so these entry points are closed.
-    def enqueue(self, data: bytes, priority: float | None = None) -> None:
-        raise NotImplementedError("use JobStore.enqueue_jobs")
-
-    def dequeue(self) -> bytes | None:
-        raise NotImplementedError("use JobStore.claim")
-
-    def add_to_schedule(self, data: bytes, ts: Any) -> None:
-        raise NotImplementedError("use JobStore.enqueue_jobs with run_at")
-
-    def read_schedule(self, ts: Any) -> list[bytes]:
-        return []  # due jobs are promoted inside claim()
-
-    def queue_size(self) -> int:
-        return self.counts()["waiting"]
-
-    def schedule_size(self) -> int:
-        counts = self.counts()
-        return counts["scheduled"] + counts["delayed"]
-
-    def enqueued_items(self, limit: int | None = None) -> list[bytes]:
-        return [job["message"] for job in self.list_jobs("waiting", limit or 1000)]
-
-    def scheduled_items(self, limit: int | None = None) -> list[bytes]:
-        return [job["message"] for job in self.list_jobs("scheduled", limit or 1000)]
-
-    def result_store_size(self) -> int:
-        return self.counts()["completed"]
-
-    def result_items(self) -> dict[str, Any]:
-        return {}
-
-    def flush_queue(self) -> None:
-        self.flush_all()
-
-    def flush_schedule(self) -> None:
-        self.flush_all()
-
-    def flush_results(self) -> None:
-        self.flush_all()
 
     # The crmqueue interface, implemented by each backend.
     def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
