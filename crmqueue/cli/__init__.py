@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from crmqueue.cli import (
+    api,
     configuration,
     db,
     deploy,
@@ -18,6 +19,7 @@ from crmqueue.cli import (
     jobs,
     monitor,
     notifications,
+    queues,
     report,
     serve,
     transfer,
@@ -58,6 +60,8 @@ for _module in (
     users,
     report,
     webhooks,
+    api,
+    queues,
 ):
     for _command in _module.COMMANDS:
         main.add_command(_command)

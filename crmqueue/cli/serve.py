@@ -104,8 +104,10 @@ def _reexec(started_from: tuple[int, int, int] | None) -> None:
 
 @command()
 @click.option("--queues", default=",".join(QUEUE_NAMES), help="Comma-separated queues to consume.")
-def run(queues: str) -> None:
-    """Run the consumers of all (or the given) queues, with periodic health and retention."""
+@click.option("--no-api", is_flag=True, help="Do not serve the admin API ([api] enabled).")
+def run(queues: str, no_api: bool) -> None:
+    """Run the consumers of all (or the given) queues, with periodic health and retention,
+    and the admin API in a separate process (unless --no-api or [api] enabled = false)."""
     names = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = [name for name in names if name not in QUEUE_NAMES]
     if unknown or not names:
@@ -114,7 +116,14 @@ def run(queues: str) -> None:
             + ", ".join(QUEUE_NAMES),
             param_hint="--queues",
         )
-    _serve(open_broker(), names, {})
+    broker = open_broker()
+    if broker.settings.api.enabled and not no_api:
+        from crmqueue.api.server import describe, start_child
+        from crmqueue.cli.common import config_file
+
+        start_child(config_file())  # its own process: the consumers lose no CPU to it
+        click.echo(f"crmqueue admin API on {describe(broker.settings)}", err=True)
+    _serve(broker, names, {})
 
 
 @command()

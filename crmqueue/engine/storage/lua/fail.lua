@@ -20,4 +20,5 @@ else
   redis.call('LTRIM', queue_key('wake'), 0, 63)
 end
 bump_stats('failed', now)
+redis.call('HINCRBY', queue_key('totals'), state == 'dead' and 'dead' or 'retried', 1)
 return state
