@@ -10,7 +10,6 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from crmqueue.api.deps import Caller, State, tenant_for
-from crmqueue.tenancy import TENANT_ID_PATTERN
 from crmqueue.webhooks import Delivery, Endpoint, WebhookService, service
 
 router = APIRouter(tags=["webhooks"])
@@ -18,7 +17,7 @@ router = APIRouter(tags=["webhooks"])
 WebhookId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 TenantQuery = Annotated[
     str | None,
-    Query(pattern=TENANT_ID_PATTERN, description="Admin token: the tenant. Others: omit."),
+    Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Admin token: the tenant. Others: omit."),
 ]
 
 
