@@ -13,11 +13,11 @@ import httpx
 import pytest
 import uvicorn
 from click.testing import CliRunner
+from conftest import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, wait_until
-from crmqueue.api.auth import config_line, new_token, parse_role
 from crmqueue.api.app import create_app
+from crmqueue.api.auth import config_line, new_token, parse_role
 
 ROLES = ("admin", "tenant:t1", "tenant:t2", "tenant:t1:user:u1")
 
@@ -79,9 +79,7 @@ def api(make_api: Callable[..., Api]) -> Api:
 
 def statuses(api: Api, method: str, path: str, **kwargs: Any) -> dict[str | None, int]:
     """The status each role (None: no token) gets for one call."""
-    return {
-        role: api.call(method, path, role, **kwargs).status_code for role in (*ROLES, None)
-    }
+    return {role: api.call(method, path, role, **kwargs).status_code for role in (*ROLES, None)}
 
 
 def enqueue(api: Api, tenant: str, name: str = "tests.fixture_jobs.noop", **options: Any) -> str:

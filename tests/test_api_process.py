@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, wait_until
 from crmqueue.api.auth import config_line, new_token, parse_role
 
 ROOT = Path(__file__).resolve().parent.parent
