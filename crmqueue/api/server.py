@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 from crmqueue.config import Settings
 
@@ -39,6 +41,8 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
     )
     server = uvicorn.Server(config)
     if watch_fd is not None:
+        # After a SIGHUP re-exec the previous child may still be closing its socket.
+        _wait_for_port(config.host, config.port, 5.0)
 
         def watch() -> None:
             with os.fdopen(watch_fd, "rb", buffering=0) as pipe:
@@ -48,6 +52,17 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
 
         threading.Thread(target=watch, name="crmqueue-api-parent", daemon=True).start()
     server.run()
+
+
+def _wait_for_port(host: str, port: int, seconds: float) -> None:
+    """Return once `host:port` can be bound (or after `seconds`: uvicorn then says why)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_server((host, port), reuse_port=False) as _probe:
+                return
+        except OSError:
+            time.sleep(0.1)
 
 
 def start_child(config_file: str | None) -> subprocess.Popen[bytes]:
