@@ -372,3 +372,38 @@ def test_metrics_read_the_storage(api: Api, start_consumer: Callable[..., Any]) 
     assert samples[("crmqueue_job_wait_seconds_count", email)] == 3
     assert samples[("crmqueue_storage_up", ())] == 1
     assert samples[("crmqueue_webhook_deliveries_total", (("status_class", "2xx"),))] == 0
+
+
+def test_token_create_prints_the_token_once_and_its_config_line(tmp_path: Any) -> None:
+    from crmqueue.api.auth import TokenTable
+    from crmqueue.cli import main
+
+    result = CliRunner().invoke(main, ["api", "token", "create", "--role", "tenant:t1:user:u 1"])
+    assert result.exit_code == 2 and "user id" in result.output
+    result = CliRunner().invoke(main, ["api", "token", "create", "--role", "tenant:t1"])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert token.startswith("cq_") and len(token) > 40
+    line = result.stderr.split('tokens = ["', 1)[1].split('"]', 1)[0]
+    assert token not in line and line.startswith("tenant:t1=sha256:")
+    table = TokenTable([line])
+    assert str(table.role_of(token)) == "tenant:t1"
+    assert table.role_of(token + "x") is None
+    from crmqueue.config import load_settings
+    from crmqueue.errors import ConfigError
+
+    env = {"CRMQUEUE_API__TOKENS": f"{line}, admin=sha256:{'0' * 64}"}
+    assert len(load_settings(environ=env).api.tokens) == 2
+    with pytest.raises(ConfigError, match=r"api.tokens\[0\]"):
+        TokenTable(["admin=md5:abc"])
+
+
+def test_the_stream_refuses_before_it_starts(api: Api) -> None:
+    path = "/api/v1/notifications/stream"
+    assert api.call("GET", path).status_code == 401
+    assert api.call("GET", path, "tenant:t1:user:u1", params={"user_id": "u2"}).status_code == 404
+    assert (
+        api.call("GET", path, "tenant:t2", params={"tenant_id": "t1", "user_id": "u1"}).status_code
+        == 404
+    )
+    assert api.call("GET", path, "admin", params={"user_id": "u1"}).status_code == 422
