@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -30,7 +31,12 @@ from crmqueue.errors import CrmQueueError
 SIGNAL_ECHO_SECONDS = 0.5
 
 
-def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
+def _serve(
+    broker: Broker,
+    queues: list[str],
+    workers: dict[str, int],
+    started: Callable[[], None] | None = None,
+) -> None:
     from crmqueue.engine.runner import Consumer, exit_process
 
     configure_logging(broker.settings)
@@ -57,6 +63,8 @@ def _serve(broker: Broker, queues: list[str], workers: dict[str, int]) -> None:
     click.echo(
         f"crmqueue {__version__} consuming {', '.join(queues)} (consumer {consumer.id})", err=True
     )
+    if started is not None:  # after the consumers: what it starts never delays them
+        started()
     while not stop.wait(1.0):
         pass
     consumer.stop()
@@ -117,13 +125,18 @@ def run(queues: str, no_api: bool) -> None:
             param_hint="--queues",
         )
     broker = open_broker()
+    serve_api = None
     if broker.settings.api.enabled and not no_api:
         from crmqueue.api.server import describe, start_child
         from crmqueue.cli.common import config_file
 
-        start_child(config_file())  # its own process: the consumers lose no CPU to it
-        click.echo(f"crmqueue admin API on {describe(broker.settings)}", err=True)
-    _serve(broker, names, {})
+        given = config_file()
+
+        def serve_api() -> None:
+            start_child(given)  # its own process: the consumers lose no CPU to it
+            click.echo(f"crmqueue admin API on {describe(broker.settings)}", err=True)
+
+    _serve(broker, names, {}, serve_api)
 
 
 @command()
