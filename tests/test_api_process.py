@@ -237,3 +237,28 @@ def test_a_paused_queue_is_not_claimed_from(
     assert queue.store.get_job(held)["state"] == "waiting"
     pause.resume(queue.store)
     wait_until(lambda: queue.store.get_job(held)["state"] == "completed", timeout=5)
+
+
+def test_api_stops_on_sigterm_with_a_stream_open(deployment: Deployment) -> None:
+    api = deployment.start("api")
+    wait_until(deployment.answers, timeout=30, message="crmqueue api")
+    connected = threading.Event()
+
+    def listen() -> None:
+        headers = {"Authorization": f"Bearer {deployment.tokens['tenant:t1:user:u1']}"}
+        url = deployment.url + "/api/v1/notifications/stream"
+        try:
+            with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+                for line in response.iter_lines():
+                    if line.startswith(": connected"):
+                        connected.set()
+        except httpx.HTTPError:
+            pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert connected.wait(10)
+    stopping = time.monotonic()
+    api.send_signal(signal.SIGTERM)
+    # uvicorn shuts down, then re-raises the signal it caught (exit status -SIGTERM).
+    assert api.wait(10) in (0, -signal.SIGTERM)
+    assert time.monotonic() - stopping < 5

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 
 from crmqueue import jobs as jobs_api
@@ -120,7 +120,7 @@ def list_jobs(
     if id:  # an exact id first: a job found in any position
         try:
             info = _visible(role, queue, id)
-        except Exception:
+        except HTTPException:
             info = None
         if info is not None and info.state == state and (tenant is None or info.tenant == tenant):
             return JobPage(items=[JobView.of(info)], next_cursor=None)
@@ -235,8 +235,6 @@ def enqueue(
     require_tenant_role(role)
     given = payload.get("tenant_id", payload.get("tenantId"))
     if not role.admin and given is not None and given != role.tenant:
-        from fastapi import HTTPException
-
         raise HTTPException(403, f"this token enqueues for tenant {role.tenant} only")
     job = tasks.enqueue(queue, payload, kind=kind, priority=priority, delay=delay)
     return Enqueued(id=job.id, queue=job.queue)

@@ -20,6 +20,7 @@ import time
 from crmqueue.config import Settings
 
 log = logging.getLogger("crmqueue.api")
+GRACE_SECONDS = 2  # how long a stopping server lets open requests (streams) finish
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None,
@@ -38,6 +39,8 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
         access_log=False,
         lifespan="off",
         server_header=False,
+        # Open notification streams never end by themselves: close them on shutdown.
+        timeout_graceful_shutdown=GRACE_SECONDS,
     )
     server = uvicorn.Server(config)
     if watch_fd is not None:
