@@ -36,6 +36,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
         host=host or settings.api.host,
         port=settings.api.port if port is None else port,
         log_level=settings.logging.level.lower(),
+        log_config=None,  # uvicorn's records go through crmqueue's handler (text or JSON)
         access_log=False,
         lifespan="off",
         server_header=False,
