@@ -407,3 +407,23 @@ def test_the_stream_refuses_before_it_starts(api: Api) -> None:
         == 404
     )
     assert api.call("GET", path, "admin", params={"user_id": "u1"}).status_code == 422
+
+
+def test_storage_totals_count_every_transition(broker: Any) -> None:
+    from crmqueue.engine.storage import error_record
+
+    queue = broker.queue("email")
+    store = queue.store
+    for n in range(4):
+        queue.enqueue("tests.fixture_jobs.noop", {"tenant_id": "t1", "n": n})
+    claims = store.claim("test-consumer", 0.05, 4).jobs
+    assert len(claims) == 4
+    assert store.complete_many([(claims[0], None)], 3600) == [True]
+    error = error_record("RuntimeError", "boom")
+    assert store.fail(claims[1], error, 60.0) == "delayed"
+    assert store.fail(claims[2], error, None) == "dead"
+    wait_until(lambda: store.reap(0), message="the last lease to expire and be reaped")
+    assert store.get_job(claims[3].id)["state"] == "dead"
+    assert store.totals() == {"completed": 1, "failed": 3, "retried": 1, "dead": 2, "stalled": 1}
+    store.flush_all()
+    assert store.totals() == dict.fromkeys(store.totals(), 0)
