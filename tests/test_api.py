@@ -427,3 +427,31 @@ def test_storage_totals_count_every_transition(broker: Any) -> None:
     assert store.totals() == {"completed": 1, "failed": 3, "retried": 1, "dead": 2, "stalled": 1}
     store.flush_all()
     assert store.totals() == dict.fromkeys(store.totals(), 0)
+
+
+def test_a_logged_delivery_is_replayed_only_by_its_tenant(api: Api) -> None:
+    import datetime as dt
+
+    from crmqueue.webhooks import Attempt, Message, service
+
+    body = {"url": "http://127.0.0.1:9/hook", "webhook_id": "wh-r"}
+    assert api.call("POST", "/api/v1/webhooks", "tenant:t1", json=body).status_code == 201
+    webhooks = service(api.broker.settings)
+    endpoint = webhooks.get("t1", "wh-r")
+    message = Message("t1", "msg_1", "contact.created", dt.datetime.now(dt.UTC), {"id": 7})
+    attempt = Attempt("msg_1", "contact.created", None, 1, False, 503, 12, "busy", None)
+    webhooks.record_attempt(endpoint, attempt, message=message)
+    log = api.call("GET", "/api/v1/webhooks/wh-r/deliveries", "tenant:t1").json()
+    assert [(d["status_code"], d["succeeded"]) for d in log] == [(503, False)]
+    replay = f"/api/v1/webhooks/deliveries/{log[0]['id']}/replay"
+    assert api.call("POST", replay, "tenant:t2").status_code == 404
+    assert api.call("POST", replay, "tenant:t1:user:u1").status_code == 403
+    assert api.call("POST", replay).status_code == 401
+    replayed = api.call("POST", replay, "tenant:t1")
+    assert replayed.status_code == 202, replayed.text
+    job = api.call("GET", f"/api/v1/admin/jobs/webhook/{replayed.json()['job_id']}", "tenant:t1")
+    assert job.json()["payload"]["message_id"] == "msg_1"
+    metrics = metric_samples(api.call("GET", "/metrics", "admin").text)
+    assert metrics[("crmqueue_webhook_deliveries_total", (("status_class", "5xx"),))] == 1
+    api.call("PATCH", "/api/v1/webhooks/wh-r", "tenant:t1", json={"enabled": False})
+    assert api.call("POST", replay, "tenant:t1").status_code == 409
