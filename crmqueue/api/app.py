@@ -107,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Jobs, queues, notifications and webhook endpoints of crmqueue."
         " Every /api/v1 route needs `Authorization: Bearer <token>`"
         " (`crmqueue api token create`).",
+        # Swagger UI and ReDoc load their scripts from a CDN: not served (the document is).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.crmqueue = state
     _install_errors(app)
