@@ -2,10 +2,11 @@
 
     python -m bench.api --url redis://... [--jobs 20000] [--rounds 3]
 
-Drains no-op jobs with `crmqueue run --queues email`, alternately with `--no-api` and
-with the API on while a poller process asks it what a dashboard and Prometheus would
-(stats every 2 s, /metrics every 5 s, a job page every 2 s). Prints the median drain rate
-of each and the consumer process's CPU time per job (its own, not the API child's).
+Drains no-op jobs with `crmqueue run --queues email` in three modes, in turn: `--no-api`;
+the API on and idle; the API on while a poller process asks it what a dashboard and
+Prometheus would (stats and a job page every 2 s, /metrics every 10 s). Prints the median
+drain rate of each and the consumer process's CPU time per job (its own, not the API
+child's), and their ratios to --no-api.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drain(url: str, config: Path, api: bool, jobs: int, token: str, port: int) -> dict[str, float]:
+def drain(url: str, config: Path, mode: str, jobs: int, token: str, port: int) -> dict[str, float]:
+    api = mode != "no_api"
     queue = configure(load_settings(overrides={"storage.url": url}, environ={})).queue("email")
     queue.store.flush_all()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -64,7 +66,7 @@ def drain(url: str, config: Path, api: bool, jobs: int, token: str, port: int) -
     try:
         while not queue.store.live_consumers():
             time.sleep(0.05)
-        if api:
+        if mode == "api_polled":
             poller = subprocess.Popen(
                 [sys.executable, "-c", POLLER, f"http://127.0.0.1:{port}", token], env=env
             )
@@ -102,20 +104,23 @@ def main() -> None:
             f'[storage]\nurl = "{args.url}"\n[runner]\nimports = ["bench.jobs"]\n'
             f'[logging]\nlevel = "WARNING"\n[api]\nport = {port}\ntokens = ["{line}"]\n'
         )
-        results: dict[str, list[dict[str, float]]] = {"no_api": [], "api": []}
-        for _ in range(args.rounds):
-            for name in ("no_api", "api"):
-                results[name].append(drain(args.url, config, name == "api", args.jobs, token, port))
+        modes = ["no_api", "api_idle", "api_polled"]
+        results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+        for round_ in range(args.rounds):  # rotate which goes first
+            for mode in modes[round_ % 3 :] + modes[: round_ % 3]:
+                results[mode].append(drain(args.url, config, mode, args.jobs, token, port))
     figures = {
         f"{name}_{key}": statistics.median(r[key] for r in runs)
         for name, runs in results.items()
         for key in ("per_s", "cpu_us_per_job")
     }
-    figures["rate_ratio_api_over_no_api"] = figures["api_per_s"] / figures["no_api_per_s"]
-    figures["cpu_ratio_api_over_no_api"] = (
-        figures["api_cpu_us_per_job"] / figures["no_api_cpu_us_per_job"]
-    )
-    print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+    for mode in ("api_idle", "api_polled"):
+        figures[f"rate_ratio_{mode}"] = figures[f"{mode}_per_s"] / figures["no_api_per_s"]
+        figures[f"cpu_ratio_{mode}"] = (
+            figures[f"{mode}_cpu_us_per_job"] / figures["no_api_cpu_us_per_job"]
+        )
+    rounds = {name: [round(r["per_s"]) for r in runs] for name, runs in results.items()}
+    print(json.dumps({**{k: round(v, 3) for k, v in figures.items()}, "rounds_per_s": rounds}))
 
 
 if __name__ == "__main__":

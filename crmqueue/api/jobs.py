@@ -133,8 +133,10 @@ def list_jobs(
     found: list[JobView] = []
     position = start
     fetched = 0
+    # Unfiltered, one page is the next limit + 1 records; filtered, the scan goes on in steps.
+    step = SCAN_STEP if tenant is not None or id else limit + 1
     while len(found) <= limit and position < MAX_SCAN:
-        want = min(position + SCAN_STEP, MAX_SCAN)
+        want = min(position + step, MAX_SCAN)
         records = store.list_jobs(state, want)
         fetched = len(records)
         for record in records[position:]:
