@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 from bench.common import free_port
 from crmqueue.api.auth import config_line, new_token, parse_role
 from crmqueue.config import load_settings
@@ -66,6 +68,13 @@ def drain(url: str, config: Path, mode: str, jobs: int, token: str, port: int) -
     try:
         while not queue.store.live_consumers():
             time.sleep(0.05)
+        if api:  # the figure is the API serving, not its start-up
+            answered = False
+            while not answered:
+                try:
+                    answered = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+                except httpx.TransportError:
+                    time.sleep(0.1)
         if mode == "api_polled":
             poller = subprocess.Popen(
                 [sys.executable, "-c", POLLER, f"http://127.0.0.1:{port}", token], env=env
