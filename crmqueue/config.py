@@ -739,6 +739,32 @@ class ScheduleSettings(Section):
         return self
 
 
+class ApiSettings(Section):
+    """The admin HTTP API (issue #15): where it listens and who may call it."""
+
+    # `crmqueue run` serves it in a separate process beside the consumers.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    # Bearer tokens as ROLE=sha256:HEX (the hash `crmqueue api token create` prints; the
+    # token itself is never stored). ROLE: admin, tenant:<id> or tenant:<id>:user:<id>.
+    tokens: list[str] = Field(default_factory=list)
+    # Failed token checks allowed per client address and minute before 429.
+    auth_failures_per_minute: PositiveInt = 20
+    # /metrics needs an admin token too (false: open to whoever reaches the port).
+    metrics_require_token: bool = True
+    # Seconds between the server's looks at a user's inbox, per notification stream.
+    stream_poll_seconds: Annotated[float, Field(gt=0, le=5)] = 0.5
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        # CRMQUEUE_API__TOKENS="admin=sha256:...,tenant:t1=sha256:...": commas or spaces.
+        if isinstance(value, str):
+            return [part for part in re.split(r"[,\s]+", value) if part]
+        return value
+
+
 class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
@@ -757,6 +783,7 @@ class Settings(Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     def public_dict(self) -> dict[str, Any]:
         """The effective settings as JSON-ready data, secrets masked."""

@@ -52,7 +52,7 @@ from tests import fixture_jobs as fj
 
 STATS_KEYS = {
     "queue", "waiting", "active", "delayed", "scheduled", "completed", "failed", "dead",
-    "workers", "throughput_per_min", "failure_rate", "healthy", "consumers",
+    "workers", "throughput_per_min", "failure_rate", "healthy", "consumers", "paused",
 }  # fmt: skip
 ALL_ZERO = dict.fromkeys(("waiting", "scheduled", "active", "delayed", "completed", "dead"), 0)
 
@@ -667,7 +667,7 @@ def test_stats_keys_and_failure_rate(broker: Broker, start_consumer: Callable[..
     assert stats == {
         "queue": "email", "waiting": 0, "active": 0, "delayed": 0, "scheduled": 0,
         "completed": 3, "failed": 1, "dead": 1, "workers": 3, "consumers": 1,
-        "throughput_per_min": 0.6, "failure_rate": 0.25, "healthy": False,
+        "throughput_per_min": 0.6, "failure_rate": 0.25, "healthy": False, "paused": False,
     }  # fmt: skip
     assert set(jobs.stats("webhook")) == STATS_KEYS
 

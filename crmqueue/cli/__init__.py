@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from crmqueue.cli import (
+    api,
     configuration,
     db,
     deploy,
@@ -20,6 +21,7 @@ from crmqueue.cli import (
     monitor,
     notifications,
     push,
+    queues,
     report,
     schedules,
     serve,
@@ -64,6 +66,8 @@ for _module in (
     webhooks,
     schedules,
     events,
+    api,
+    queues,
 ):
     for _command in _module.COMMANDS:
         main.add_command(_command)

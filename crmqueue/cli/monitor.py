@@ -17,7 +17,7 @@ from crmqueue.engine import health as health_mod
 _STATS_COLUMNS = {
     "queue": "queue", "waiting": "wait", "active": "active", "delayed": "delay",
     "scheduled": "sched", "completed": "done", "failed": "failed", "dead": "dead",
-    "workers": "workers", "throughput_per_min": "/min", "failure_rate": "fail%",
+    "workers": "workers", "paused": "paused", "throughput_per_min": "/min", "failure_rate": "fail%",
     "healthy": "ok",
 }  # fmt: skip
 
@@ -29,6 +29,7 @@ def _stats_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         cells: list[str | Text] = [str(row[key]) for key in _STATS_COLUMNS]
         cells[-2] = f"{row['failure_rate'] * 100:.1f}"
+        cells[-4] = "yes" if row["paused"] else "no"
         cells[-1] = Text("yes", style="green") if row["healthy"] else Text("no", style="red")
         table.add_row(*cells)
     return table

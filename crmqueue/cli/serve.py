@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -31,7 +32,11 @@ SIGNAL_ECHO_SECONDS = 0.5
 
 
 def _serve(
-    broker: Broker, queues: list[str], workers: dict[str, int], scheduler: bool = False
+    broker: Broker,
+    queues: list[str],
+    workers: dict[str, int],
+    started: Callable[[], None] | None = None,
+    scheduler: bool = False,
 ) -> None:
     from crmqueue.engine.runner import Consumer, exit_process
 
@@ -66,6 +71,8 @@ def _serve(
     click.echo(
         f"crmqueue {__version__} consuming {', '.join(queues)} (consumer {consumer.id})", err=True
     )
+    if started is not None:  # after the consumers: what it starts never delays them
+        started()
     while not stop.wait(1.0):
         pass
     if schedules is not None:
@@ -115,9 +122,11 @@ def _reexec(started_from: tuple[int, int, int] | None) -> None:
 
 @command()
 @click.option("--queues", default=",".join(QUEUE_NAMES), help="Comma-separated queues to consume.")
-def run(queues: str) -> None:
+@click.option("--no-api", is_flag=True, help="Do not serve the admin API ([api] enabled).")
+def run(queues: str, no_api: bool) -> None:
     """Run the consumers of all (or the given) queues, with periodic health and retention,
-    and the scheduler of recurring schedules ([runner] scheduler)."""
+    the scheduler of recurring schedules ([runner] scheduler), and the admin API in a
+    separate process (unless --no-api or [api] enabled = false)."""
     names = [name.strip() for name in queues.split(",") if name.strip()]
     unknown = [name for name in names if name not in QUEUE_NAMES]
     if unknown or not names:
@@ -126,7 +135,19 @@ def run(queues: str) -> None:
             + ", ".join(QUEUE_NAMES),
             param_hint="--queues",
         )
-    _serve(open_broker(), names, {}, scheduler=True)
+    broker = open_broker()
+    serve_api = None
+    if broker.settings.api.enabled and not no_api:
+        from crmqueue.api.server import describe, start_child
+        from crmqueue.cli.common import config_file
+
+        given = config_file()
+
+        def serve_api() -> None:
+            start_child(given)  # its own process: the consumers lose no CPU to it
+            click.echo(f"crmqueue admin API on {describe(broker.settings)}", err=True)
+
+    _serve(broker, names, {}, serve_api, scheduler=True)
 
 
 @command()

@@ -8,6 +8,7 @@ from typing import Any
 
 from huey.constants import EmptyData
 
+from crmqueue.engine.pause import is_paused
 from crmqueue.engine.queues import Broker, Queue
 from crmqueue.errors import StorageUnavailable
 
@@ -37,6 +38,7 @@ def queue_stats(queue: Queue, window_seconds: int, threshold: float) -> dict[str
         "throughput_per_min": round(completed_recent / (window_seconds / 60), 2),
         "failure_rate": round(failure_rate, 4),
         "healthy": failure_rate < threshold and not stranded,
+        "paused": is_paused(queue.store),
     }
 
 

@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 from crmqueue.engine.huey_api import PeriodicScheduler
 from crmqueue.engine.limits import TimeLimiter
+from crmqueue.engine.pause import PauseCheck
 from crmqueue.engine.queues import MAX_DELAY, Broker, Queue
 from crmqueue.engine.retry import next_delay
 from crmqueue.engine.storage import Claim, KeptRecord, error_record
@@ -217,6 +218,7 @@ class QueueRunner:
         self._inbox: stdqueue.SimpleQueue[ActiveJob | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.recorder = CompletionRecorder(self)
+        self._pause = PauseCheck(queue.store)  # crmqueue queues pause|resume
 
     def start(self) -> None:
         if not self.workers:
@@ -244,6 +246,10 @@ class QueueRunner:
                 continue
             if self.stopping.is_set():  # woken by wind_down(): claim nothing more
                 return
+            if self._pause.paused():  # a paused queue: claim nothing, look again soon
+                self._slots.release()
+                self.stopping.wait(0.25)
+                continue
             free = 1
             while free < self.workers and self._slots.acquire(blocking=False):
                 free += 1

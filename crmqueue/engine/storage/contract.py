@@ -19,6 +19,8 @@ from crmqueue.engine.storage.huey_methods import HueyStorageMixin
 
 STATES = ("waiting", "scheduled", "active", "delayed", "completed", "dead")
 REMOVABLE = ("waiting", "scheduled", "delayed", "dead")
+# Counters a store keeps since its queue was created (see JobStore.totals).
+TOTALS = ("completed", "failed", "retried", "dead", "stalled")
 MAX_ERRORS_KEPT = 25
 PRIORITY_LIMIT = 1000
 
@@ -145,6 +147,14 @@ class JobStore(HueyStorageMixin, BaseStorage):  # type: ignore[misc]
 
     def window_counts(self, seconds: int) -> tuple[int, int]:
         """(completed, failed attempts) over the last `seconds`."""
+        raise NotImplementedError
+
+    def totals(self) -> dict[str, int]:
+        """Counters since the queue was created, one per name in TOTALS: jobs completed,
+        failed attempts (those retried and those that ended dead, stalls included), failed
+        attempts scheduled to be retried, jobs that went dead, and expired leases (stalled:
+        returned to the queue or dead). Every consumer process adds to the same counters in
+        the step that moves the job, so a scrape of any process sees them all."""
         raise NotImplementedError
 
     def retry_job(self, job_id: str, max_attempts: int) -> None:

@@ -21,6 +21,7 @@ from huey.constants import EmptyData
 from crmqueue.engine.storage.contract import (
     MAX_ERRORS_KEPT,
     REMOVABLE,
+    TOTALS,
     Claim,
     ClaimResult,
     JobStore,
@@ -232,6 +233,13 @@ class RedisJobStore(JobStore):
         completed = sum(int(r[0] or 0) for r in rows)
         failed = sum(int(r[1] or 0) for r in rows)
         return completed, failed
+
+    def totals(self) -> dict[str, int]:
+        with self._guard():
+            raw = self.conn.hgetall(self._qkey("totals"))
+        counts = dict.fromkeys(TOTALS, 0)
+        counts.update({k.decode(): int(v) for k, v in raw.items() if k.decode() in counts})
+        return counts
 
     def retry_job(self, job_id: str, max_attempts: int) -> None:
         with self._guard():

@@ -19,6 +19,7 @@ from crmqueue.engine.storage.contract import (
     MAX_ERRORS_KEPT,
     REMOVABLE,
     STATES,
+    TOTALS,
     Claim,
     ClaimResult,
     JobStore,
@@ -78,6 +79,10 @@ create table if not exists job_stats (
     completed integer not null default 0, failed integer not null default 0,
     primary key (queue, minute)
 );
+create table if not exists job_totals (
+    queue text not null, name text not null, n integer not null default 0,
+    primary key (queue, name)
+);
 create table if not exists kv (
     queue text not null, key text not null, value blob not null, expires_at real,
     primary key (queue, key)
@@ -111,6 +116,12 @@ _SQLITE_UPGRADES = {
     1: "drop trigger if exists jobs_count_insert; drop index if exists jobs_lease;",
     2: _SQLITE_EVENTS_SCHEMA,
 }
+
+# Counters since the queue was created (Prometheus *_total): see JobStore.totals.
+_TOTALS_TABLE = (
+    "create table if not exists job_totals (queue text not null, name text not null,"
+    " n integer not null default 0, primary key (queue, name))"
+)
 
 _JOB_COLUMNS = (
     "id, queue, name, tenant, state, priority, run_at, progress, attempts, max_attempts, "
@@ -230,6 +241,7 @@ class SqliteJobStore(JobStore):
                 f"{filename}: queue schema version {version}; this crmqueue uses"
                 f" {SQLITE_SCHEMA_VERSION}"
             )
+        conn.execute(_TOTALS_TABLE)  # added after schema 2 shipped: no version step needed
         self._watcher = _SqliteWatcher.for_file(filename)
         self._seen = self._watcher.version
 
@@ -399,6 +411,13 @@ class SqliteJobStore(JobStore):
             (self.name, int(now // 60)),
         )
 
+    def _bump_totals(self, conn: sqlite3.Connection, **counts: int) -> None:
+        conn.executemany(
+            "insert into job_totals (queue, name, n) values (?, ?, ?)"
+            " on conflict (queue, name) do update set n = n + excluded.n",
+            [(self.name, name, n) for name, n in counts.items()],
+        )
+
     def complete_many(
         self,
         done: Sequence[tuple[Claim, Any]],
@@ -437,6 +456,7 @@ class SqliteJobStore(JobStore):
                     " on conflict (queue, minute) do update set completed = completed + ?",
                     (self.name, int(now // 60), sum(owned), sum(owned)),
                 )
+                self._bump_totals(conn, completed=sum(owned))
         return owned
 
     def fail(self, claim: Claim, error: dict[str, Any], retry_delay: float | None) -> str | None:
@@ -463,6 +483,7 @@ class SqliteJobStore(JobStore):
             then = "dead" if state == "dead" else "retrying"
             self._events(conn, then, "id = ?", (claim.id,), now, error=summary)
             self._bump_stats(conn, "failed", now)
+            self._bump_totals(conn, failed=1, **{"dead" if state == "dead" else "retried": 1})
         return state
 
     def postpone(self, claim: Claim, delay: float, reason: str) -> bool:
@@ -526,6 +547,7 @@ class SqliteJobStore(JobStore):
                         (stalls, now, json.dumps(errors[-MAX_ERRORS_KEPT:]), row["id"]),
                     )
                     self._bump_stats(conn, "failed", now)
+                    self._bump_totals(conn, failed=1, dead=1)
                 else:
                     conn.execute(
                         "update jobs set state = 'waiting', stalls = ?, attempts = attempts - 1,"
@@ -535,6 +557,8 @@ class SqliteJobStore(JobStore):
                 self._events(conn, "stalled", "id = ?", (row["id"],), now, error=_STALLED)
                 if stalls > max_stalls:
                     self._events(conn, "dead", "id = ?", (row["id"],), now, error=_STALLED)
+            if rows:
+                self._bump_totals(conn, stalled=len(rows))
         return [row["id"] for row in rows]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -569,6 +593,12 @@ class SqliteJobStore(JobStore):
             (self.name, since),
         )[0]
         return int(row[0]), int(row[1])
+
+    def totals(self) -> dict[str, int]:
+        counts = dict.fromkeys(TOTALS, 0)
+        for row in self._read("select name, n from job_totals where queue = ?", (self.name,)):
+            counts[row["name"]] = row["n"]
+        return counts
 
     def _job_state(self, conn: sqlite3.Connection, job_id: str) -> str:
         row = conn.execute(
@@ -670,7 +700,7 @@ class SqliteJobStore(JobStore):
 
     def flush_all(self) -> None:
         with self._tx() as conn:
-            for table in ("jobs", "job_stats", "kv", "consumers"):
+            for table in ("jobs", "job_stats", "job_totals", "kv", "consumers"):
                 conn.execute(f"delete from {table} where queue = ?", (self.name,))
 
     # Huey's key-value interface (locks, health records).

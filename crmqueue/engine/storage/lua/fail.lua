@@ -21,4 +21,5 @@ else
 end
 emit_failed(ARGV[1], jk, state, ARGV[3])
 bump_stats('failed', now)
+redis.call('HINCRBY', queue_key('totals'), state == 'dead' and 'dead' or 'retried', 1)
 return state

@@ -12,6 +12,7 @@ local function bump_stats(field, now)
   local key = queue_key('stats:' .. math.floor(now / 60))
   redis.call('HINCRBY', key, field, 1)
   redis.call('EXPIRE', key, 90000)
+  redis.call('HINCRBY', queue_key('totals'), field, 1)
 end
 local function owned(jk, token)
   local v = redis.call('HMGET', jk, 'state', 'lease_token')

@@ -11,6 +11,7 @@ for _, id in ipairs(expired) do
       'errors', append_error(jk, ARGV[2]))
     redis.call('ZADD', queue_key('dead'), now, id)
     bump_stats('failed', now)
+    redis.call('HINCRBY', queue_key('totals'), 'dead', 1)
   else
     local priority = tonumber(redis.call('HGET', jk, 'priority') or '0')
     redis.call('HINCRBY', jk, 'attempts', -1)
@@ -20,4 +21,5 @@ for _, id in ipairs(expired) do
   emit_stalled(id, jk)
 end
 if #expired > 0 then redis.call('LPUSH', queue_key('wake'), '1') end
+if #expired > 0 then redis.call('HINCRBY', queue_key('totals'), 'stalled', #expired) end
 return expired

@@ -1,0 +1,90 @@
+"""Serving the admin API with uvicorn: alone (`crmqueue api`) or, for `crmqueue run`, in a
+child process beside the consumers, so that serving it takes nothing from their threads
+(the GIL) and a crash of one leaves the other running.
+
+The child is tied to its parent by a pipe: it reads the pipe's end and stops when that
+ends, which happens when the parent exits in any way (a kill -9 included) or re-executes
+itself (SIGHUP: the write end is not inherited), so no API process outlives its consumers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from crmqueue.config import Settings
+
+log = logging.getLogger("crmqueue.api")
+GRACE_SECONDS = 2  # how long a stopping server lets open requests (streams) finish
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None,
+          watch_fd: int | None = None) -> None:  # fmt: skip
+    """Serve the API until SIGINT/SIGTERM (or the end of `watch_fd`'s pipe)."""
+    import uvicorn
+
+    from crmqueue.api.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host or settings.api.host,
+        port=settings.api.port if port is None else port,
+        log_level=settings.logging.level.lower(),
+        log_config=None,  # uvicorn's records go through crmqueue's handler (text or JSON)
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        # Open notification streams never end by themselves: close them on shutdown.
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    if watch_fd is not None:
+        # After a SIGHUP re-exec the previous child may still be closing its socket.
+        _wait_for_port(config.host, config.port, 5.0)
+
+        def watch() -> None:
+            with os.fdopen(watch_fd, "rb", buffering=0) as pipe:
+                while pipe.read(1):
+                    pass
+            server.should_exit = True
+
+        threading.Thread(target=watch, name="crmqueue-api-parent", daemon=True).start()
+    server.run()
+
+
+def _wait_for_port(host: str, port: int, seconds: float) -> None:
+    """Return once `host:port` can be bound (or after `seconds`: uvicorn then says why)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_server((host, port), reuse_port=False) as _probe:
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
+def start_child(config_file: str | None) -> subprocess.Popen[bytes]:
+    """Start `crmqueue api` in a child process tied to this one (see the module docs);
+    the same configuration file (and the inherited environment)."""
+    read_end, write_end = os.pipe()  # both non-inheritable: only read_end is passed
+    argv = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "crmqueue"]
+    argv += ["api", "--watch-fd", str(read_end)]
+    if config_file:
+        argv += ["--config", config_file]
+    child = subprocess.Popen(argv, pass_fds=(read_end,))
+    os.close(read_end)
+    _keep_open.append(write_end)  # closed by the exit (or exec) of this process
+    return child
+
+
+_keep_open: list[int] = []
+
+
+def describe(settings: Settings) -> str:
+    return f"http://{settings.api.host}:{settings.api.port}"
