@@ -232,19 +232,22 @@
 
   // ------------------------------------------------------------------ throughput chart
 
-  const W = 600;
-  const H = 160;
   const PAD = { left: 34, right: 8, top: 8, bottom: 20 };
+  let drawn = null; // the history last drawn, redrawn at a new width
 
+  /** One line per queue, drawn at the chart's own pixel size (text stays legible). */
   function renderChart(history) {
+    drawn = history;
     const chart = $("chart");
     const legend = $("legend");
+    const W = Math.max(260, chart.clientWidth - 10);
+    const H = Math.round(Math.min(200, Math.max(130, W * 0.28)));
     const minutes = history.length ? history[0].minutes.length : 60;
     let top = 1;
     for (const series of history) for (const m of series.minutes) top = Math.max(top, m.completed);
     const x = (i) => PAD.left + (i * (W - PAD.left - PAD.right)) / Math.max(1, minutes - 1);
     const y = (v) => H - PAD.bottom - (v * (H - PAD.top - PAD.bottom)) / top;
-    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "jobs completed per minute, last hour" });
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": "jobs completed per minute, last hour" });
     root.append(svg("line", { x1: PAD.left, y1: y(0), x2: W - PAD.right, y2: y(0), class: "axis" }));
     root.append(svg("line", { x1: PAD.left, y1: y(top), x2: W - PAD.right, y2: y(top), class: "grid" }));
     const label = (text, attrs) => {
@@ -270,10 +273,21 @@
     chart.replaceChildren(root);
   }
 
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => drawn && renderChart(drawn), 150);
+  });
+
   let chartAt = 0;
-  async function refreshChart(force) {
-    if (!force && Date.now() - chartAt < CHART_MS) return;
+  let chartSeen = "";
+  /** Redraw when jobs finished since the last drawing, else every CHART_MS (the minutes
+   * move on). */
+  async function refreshChart(queues) {
+    const seen = queues.map((q) => `${q.queue}:${q.completed}:${q.dead}`).join(" ");
+    if (seen === chartSeen && Date.now() - chartAt < CHART_MS) return;
     chartAt = Date.now();
+    chartSeen = seen;
     renderChart(await api("GET", "/api/v1/admin/queues/history"));
   }
 
@@ -430,11 +444,12 @@
       const badge = $("health");
       badge.textContent = report.status;
       badge.className = `badge ${report.status === "healthy" ? "ok" : "bad"}`;
-      badge.title = report.error || "";
+      const idle = report.queues.filter((q) => q.consumers === 0).map((q) => q.queue);
+      badge.title = report.error || (idle.length ? `no live consumer: ${idle.join(", ")}` : "");
       if (!list.queue && report.queues.length) await loadJobs("new");
       else if (!list.paged) await loadJobs("again");
       await renderJob();
-      await refreshChart(false);
+      await refreshChart(report.queues);
       $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
       showError(report.error ? `Storage: ${report.error}` : "");
     } catch (error) {
