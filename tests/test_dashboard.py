@@ -63,7 +63,8 @@ def served(make_broker: Callable[..., Any]) -> Iterator[Served]:
 def test_assets_are_small_package_data() -> None:
     files = sorted(p.name for p in STATIC.iterdir() if p.is_file())
     assert files == ["app.js", "favicon.svg", "index.html", "style.css"]
-    assert set(dashboard.assets()) == set(files)
+    assert sorted(dashboard.ASSET_NAMES) == files
+    assert dashboard.assets() == {name: (STATIC / name).read_bytes() for name in files}
     total = sum(p.stat().st_size for p in STATIC.iterdir())
     assert total < dashboard.ASSET_LIMIT_BYTES, f"{total} bytes of dashboard assets"
     # Installed (wheel) and frozen (PyInstaller collects crmqueue's package data): the

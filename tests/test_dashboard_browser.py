@@ -385,3 +385,31 @@ def test_fits_a_phone_screen(
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
     view.screenshot("phone-job", full_page=False)
     assert view.problems == []
+
+
+def test_the_job_view_follows_a_running_jobs_progress(
+    site: Site, open_page: Callable[..., Page], start_consumer: Callable[..., Any]
+) -> None:
+    from tests import fixture_jobs
+
+    job_id = site.enqueue("progress", key="p1")
+    start_consumer(site.broker, ["email"])
+    store = site.broker.queue("email").store
+    wait_until(lambda: store.get_job(job_id)["progress"] == 10, message="progress 10")
+    view = open_page()
+    page = view.page
+    view.sign_in()
+    expect(view.field("email", "active")).to_have_text("1")
+    view.field("email", "active").click()
+    page.locator(f"#job-rows tr[data-job='{job_id}'] button").click()
+    bar = page.locator("#job-progress")
+    expect(bar).to_have_js_property("value", 10)
+    fixture_jobs.step("p1").release()  # the body reports 50 and waits again
+    expect(bar).to_have_js_property("value", 50)
+    expect(page.locator("#job-progress-text")).to_have_text("50 %")
+    view.screenshot("job-progress", full_page=False)
+    fixture_jobs.step("p1").release(2)  # 90, then done
+    expect(page.locator("#job-fields [data-field=state] dd")).to_have_text("completed")
+    expect(bar).to_have_js_property("value", 100)
+    expect(page.locator("#job-result")).to_have_text('"done"')
+    assert view.problems == []

@@ -49,14 +49,14 @@ ASSET_LIMIT_BYTES = 200 * 1024  # issue #15: under 200 KB of assets in all
 HISTORY_MINUTES = 60
 
 
+ASSET_NAMES = ("index.html", "app.js", "style.css", "favicon.svg")  # crmqueue/api/static
+
+
 def assets() -> dict[str, bytes]:
-    """Every file of crmqueue/api/static by name (``index.html``, ``app.js``, ...)."""
+    """The files of crmqueue/api/static by name (named, not listed: a frozen package's
+    resources are read by name, as the Redis store reads its Lua scripts)."""
     folder = resources.files("crmqueue.api").joinpath("static")
-    return {
-        item.name: item.read_bytes()
-        for item in folder.iterdir()
-        if item.is_file() and "." + item.name.rpartition(".")[2] in MEDIA_TYPES
-    }
+    return {name: folder.joinpath(name).read_bytes() for name in ASSET_NAMES}
 
 
 _ASSETS = assets()

@@ -293,7 +293,7 @@
 
   // ------------------------------------------------------------------ job lists
 
-  const list = { queue: "", state: "waiting", id: "", tenant: "", cursor: null, paged: false };
+  const list = { queue: "", state: "waiting", id: "", tenant: "", cursor: null, paged: false, seen: "" };
 
   function showJobs(queue, state) {
     $("f-queue").value = queue;
@@ -349,6 +349,10 @@
       showError(`Jobs: ${error.message}`);
       return;
     }
+    // Polling redraws only what changed (a click or a selection is not lost).
+    const seen = JSON.stringify(page);
+    if (mode === "again" && seen === list.seen) return;
+    list.seen = more ? "" : seen;
     const rows = page.items.map(jobRow);
     if (more) $("job-rows").append(...rows);
     else $("job-rows").replaceChildren(...rows);
@@ -361,12 +365,14 @@
   // ------------------------------------------------------------------ job view
 
   let shown = null; // {queue, id} of the job in the dialog
+  let shownSeen = ""; // the job as last drawn: polling redraws it only when it changed
 
   $("job-close").addEventListener("click", () => $("job-dialog").close());
   $("job-dialog").addEventListener("close", () => { shown = null; });
 
   async function openJob(queue, id) {
     shown = { queue, id };
+    shownSeen = "";
     await renderJob();
     if (shown && !$("job-dialog").open) $("job-dialog").showModal();
   }
@@ -387,6 +393,9 @@
       showError(`Job ${id}: ${error.message}`);
       return;
     }
+    const seen = JSON.stringify(job);
+    if (seen === shownSeen) return; // an opened traceback stays open
+    shownSeen = seen;
     $("job-title").textContent = `${job.name}`;
     const fields = [
       ["id", job.id], ["queue", job.queue], ["tenant", job.tenant], ["state", job.state],
