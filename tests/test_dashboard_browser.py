@@ -231,6 +231,7 @@ def test_asks_for_the_token_shows_counts_and_updates_live(
     view.sign_in("cq_not-a-token")  # 401: asked again, saying why
     expect(page.locator("#token-error")).to_contain_text("401")
     expect(page.locator("#token-dialog")).to_be_visible()
+    view.screenshot("token", full_page=False)
     view.sign_in()
     expect(page.locator("#token-dialog")).to_be_hidden()
     expect(page.locator(".card")).to_have_count(5)

@@ -7,6 +7,8 @@
   const TOKEN_KEY = "crmqueue.token";
   const POLL_MS = 2000;
   const CHART_MS = 10000;
+  const FULL_MS = 300000;
+  const HOUR = 60;
   const PAGE = 50;
   const STATES = ["waiting", "active", "delayed", "scheduled", "completed", "dead"];
   const REMOVABLE = ["waiting", "scheduled", "delayed", "dead"];
@@ -281,14 +283,41 @@
 
   let chartAt = 0;
   let chartSeen = "";
+  let hour = null; // the history: the whole hour fetched now and then, else its last minutes
+  let hourAt = 0;
+
+  /** `fresh` (the last minutes) merged into `hour`; false if they do not join up. */
+  function merge(fresh) {
+    for (const series of fresh) {
+      const kept = hour.find((s) => s.queue === series.queue);
+      if (!kept) return false;
+      for (const minute of series.minutes) {
+        const last = kept.minutes[kept.minutes.length - 1];
+        const at = kept.minutes.findIndex((m) => m.minute === minute.minute);
+        if (at >= 0) kept.minutes[at] = minute;
+        else if (minute.minute === last.minute + 60) kept.minutes.push(minute);
+        else if (minute.minute > last.minute) return false;
+      }
+      kept.minutes.splice(0, Math.max(0, kept.minutes.length - HOUR));
+    }
+    return true;
+  }
+
   /** Redraw when jobs finished since the last drawing, else every CHART_MS (the minutes
-   * move on). */
+   * move on); the whole hour every FULL_MS, else only the last two minutes (cheap). */
   async function refreshChart(queues) {
     const seen = queues.map((q) => `${q.queue}:${q.completed}:${q.dead}`).join(" ");
     if (seen === chartSeen && Date.now() - chartAt < CHART_MS) return;
     chartAt = Date.now();
     chartSeen = seen;
-    renderChart(await api("GET", "/api/v1/admin/queues/history"));
+    const path = "/api/v1/admin/queues/history";
+    if (hour && Date.now() - hourAt < FULL_MS && merge(await api("GET", `${path}?minutes=2`))) {
+      renderChart(hour);
+      return;
+    }
+    hour = await api("GET", path);
+    hourAt = Date.now();
+    renderChart(hour);
   }
 
   // ------------------------------------------------------------------ job lists
