@@ -4,8 +4,9 @@ real consumer on the same storage: it asks for the token (and again after a 401)
 the right counts, updates without a reload, retries a dead job after a confirmation,
 pauses and resumes a queue, shows a `<script>` payload as text, and fits a phone screen.
 
-Screenshots go to build/test-artifacts/dashboard/ (gitignored). Without Chromium or
-Playwright the tests are skipped, except under CI=true, where they fail.
+Screenshots go to build/test-artifacts/dashboard/ (gitignored). Without Chromium
+(/usr/bin/chromium, or $CHROMIUM_BIN) or Playwright the tests are skipped, except under
+CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from conftest import free_port, wait_until
 from crmqueue.api.auth import config_line, new_token, parse_role
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path(os.environ.get("CRMQUEUE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
 ARTIFACTS = ROOT / "build" / "test-artifacts" / "dashboard"
 TIMEOUT_MS = 10_000  # every expectation below polls until then (Playwright's expect)
 
