@@ -310,13 +310,24 @@ def test_retry_button_moves_a_dead_job_back_to_waiting(
     assert view.problems == []
 
 
-def test_pause_resume_and_remove_after_confirmation(
-    site: Site, open_page: Callable[..., Page]
+def test_pause_resume_replay_and_remove_after_confirmation(
+    site: Site, open_page: Callable[..., Page], start_consumer: Callable[..., Any]
 ) -> None:
+    dead = [site.enqueue("always_fail", n=n) for n in range(2)]
+    finish(site, start_consumer, dead, "dead")
     waiting = site.enqueue("noop")
     view = open_page()
     page = view.page
     view.sign_in()
+    replay = page.locator("[data-testid=card-email] [data-action=replay]")
+    expect(view.field("email", "dead")).to_have_text("2")
+    replay.click()
+    view.confirm(ok=True)
+    expect(view.field("email", "dead")).to_have_text("0")
+    expect(view.field("email", "waiting")).to_have_text("3")
+    expect(page.locator("#notice")).to_have_text("2 dead job(s) of email back to waiting")
+    expect(replay).to_be_disabled()
+    assert [site.state(i) for i in dead] == ["waiting", "waiting"]
     pause = page.locator("[data-testid=card-email] [data-action=pause]")
     expect(pause).to_have_text("Pause")
     pause.click()
@@ -333,7 +344,7 @@ def test_pause_resume_and_remove_after_confirmation(
     page.click("#job-remove")
     view.confirm(ok=True)
     expect(page.locator(f"#job-rows tr[data-job='{waiting}']")).to_have_count(0)
-    expect(view.field("email", "waiting")).to_have_text("0")
+    expect(view.field("email", "waiting")).to_have_text("2")
     assert site.broker.queue("email").store.get_job(waiting) is None
     assert view.problems == []
 
