@@ -263,6 +263,14 @@ def test_asks_for_the_token_shows_counts_and_updates_live(
     page.click("#filters button[type=submit]")
     expect(page.locator("#job-rows tr")).to_have_count(1)
     expect(page.locator(f"#job-rows tr[data-job='{done[0]}']")).to_be_visible()
+    page.fill("#f-id", "")
+    page.fill("#f-tenant", "t2")  # by tenant: t1's jobs only here
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#job-rows tr")).to_have_count(0)
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    page.fill("#f-tenant", "t1")
+    page.press("#f-tenant", "Enter")
+    expect(page.locator("#job-rows tr")).to_have_count(5)
     consumer.stop(5.0)
     view.screenshot("desktop")
 
