@@ -415,6 +415,8 @@
     } catch (error) {
       if (error.status === 404) {
         $("job-title").textContent = `Job ${id}: gone (removed or swept)`;
+        for (const part of ["job-fields", "job-payload", "job-result", "job-timeline"]) $(part).replaceChildren();
+        shownSeen = "";
         $("job-retry").disabled = true;
         $("job-remove").disabled = true;
         return;
@@ -437,7 +439,7 @@
     $("job-progress-text").textContent = `${job.progress} %`;
     $("job-payload").textContent = JSON.stringify(job.payload, null, 2);
     $("job-result").textContent = job.result === null ? "—" : JSON.stringify(job.result, null, 2);
-    const steps = job.errors.map((error, index) => {
+    const steps = job.errors.map((error) => {
       const at = error.at ? new Date(error.at * 1000).toLocaleString() : "";
       const count = error.count ? ` (×${error.count})` : "";
       const item = el("li", { class: "failed" },
