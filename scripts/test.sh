@@ -11,6 +11,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server (the tests start their own on a free port)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (tests/test_dashboard_browser.py drives the dashboard in it)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 bash scripts/setup.sh dev
 if [ "$#" -gt 0 ]; then
   .venv/bin/ruff check crmqueue tests bench

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from crmqueue import __version__
+from crmqueue.api import dashboard as dashboard_routes
 from crmqueue.api import jobs, notifications, webhooks
 from crmqueue.api.auth import FailureLimiter, TokenTable
 from crmqueue.api.deps import ApiState, Caller, require_admin
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_errors(app)
     for module in (jobs, notifications, webhooks):
         app.include_router(module.router, responses=_COMMON)
+    app.include_router(dashboard_routes.router, responses=_COMMON)  # the page at / (#15)
     registry = registry_for(broker)
 
     @app.get("/healthz", tags=["probes"], response_model=dict[str, str])
