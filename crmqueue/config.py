@@ -62,6 +62,10 @@ class FilesSettings(Section):
     # cell here (13-18 ms a row of all 16 contact fields), so 80,000 cells stay inside
     # the import-export job timeout (crmqueue.formats.pdf has the figures).
     max_pdf_cells: PositiveInt = 80_000
+    # Longest whole download of an http(s) import source, in seconds, however slowly the
+    # server sends (each read's own timeout restarts with every byte); also kept inside the
+    # import-export queue's timeout_seconds, with a margin for the import itself.
+    download_timeout_seconds: PositiveFloat = 120.0
 
 
 # The original system's contact lifecycle; `crm.contact_statuses` replaces it.
