@@ -38,7 +38,6 @@ the time the job was enqueued); ``webhook-timestamp`` is the attempt's own.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -63,6 +62,8 @@ from crmqueue.errors import CrmQueueError, PermanentError, Postpone, RetryableEr
 from crmqueue.payloads import EventPayload, WebhookDeliveryPayload
 from crmqueue.providers.http import Response, guarded_request, redirect_host, retry_after
 from crmqueue.url_rules import IPNetwork
+from crmqueue.webhook_ids import fanout_job_id as fanout_job_id
+from crmqueue.webhook_ids import message_source as message_source
 
 log = logging.getLogger(__name__)
 
@@ -558,21 +559,6 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- fan-out
-
-
-def fanout_job_id(publish_job_id: str, webhook_id: str) -> str:
-    """The delivery job of one endpoint for one publish job: the same on a re-run of the
-    fan-out, so nothing is enqueued twice."""
-    digest = hashlib.blake2b(f"{publish_job_id}\0{webhook_id}".encode(), digest_size=16)
-    return digest.hexdigest()
-
-
-def message_source(tenant_id: str, message_id: str) -> str:
-    """What names the fan-out of a message with a caller's own id, in place of the publish
-    job's id: a publish retried by its caller (it may have been enqueued although the
-    call failed) makes the same delivery jobs, which enqueue_many(skip_existing) drops.
-    (':' is in no tenant id.)"""
-    return f"message:{tenant_id}:{message_id}"
 
 
 @job(QUEUE, payload=EventPayload)
