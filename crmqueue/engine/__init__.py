@@ -3,6 +3,7 @@
 from crmqueue.engine.queues import Broker, Queue, configure, get_broker, job
 from crmqueue.engine.runner import (
     Consumer,
+    complete_after,
     current_attempt,
     current_job_id,
     job_ran_before,
@@ -14,6 +15,7 @@ __all__ = [
     "Broker",
     "Consumer",
     "Queue",
+    "complete_after",
     "configure",
     "current_attempt",
     "current_job_id",

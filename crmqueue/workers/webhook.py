@@ -28,7 +28,9 @@ A delivery attempt, in order:
 6. one delivery-log row and the breaker's update (WebhookService.record_attempt), with
    the message stored for replay on its first attempt, all in one transaction; an
    endpoint disabled automatically is announced to the tenant's other endpoints as a
-   ``webhook.endpoint_disabled`` event.
+   ``webhook.endpoint_disabled`` event. A success's row goes to the process's log
+   writer (WebhookService.record_success) while the worker takes its next job; the
+   job's completion is written only after the row (crmqueue.engine.complete_after).
 
 Every attempt and replay of one message sends the same ``webhook-id`` and body (the
 payload's message_id and timestamp, set at publish or replay; else ``msg_<job id>`` and
@@ -55,7 +57,7 @@ import urllib3
 
 from crmqueue import __version__, webhooks
 from crmqueue.config import QueueSettings, Settings
-from crmqueue.engine import current_attempt, current_job_id, get_broker, job
+from crmqueue.engine import complete_after, current_attempt, current_job_id, get_broker, job
 from crmqueue.engine.queues import EncodedPayload, Enqueue
 from crmqueue.engine.retry import backoff_delay
 from crmqueue.errors import CrmQueueError, PermanentError, Postpone, RetryableError
@@ -506,6 +508,21 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     # The message (for replay) is stored with the attempt's log row, in one transaction.
     unsaved = None if SAVED.known(service, message) else message
     log_error = None
+    if outcome.action == "ok" and outcome.disable is None and logged.job_id is not None:
+        # In a running job: the log writer commits the row while this worker goes on;
+        # the job's completion is written only after it (complete_after).
+        done: dict[str, Any] = {
+            "webhook_id": endpoint.webhook_id,
+            "message_id": message.message_id,
+            "status": outcome.status,
+            "attempt": attempt,
+            "latency_ms": latency_ms,
+        }
+        pending = service.record_success(endpoint, logged, message=unsaved, result=done)
+        complete_after(pending.done)
+        if unsaved is not None:
+            SAVED.mark(service, message)
+        return done
     try:
         breaker = service.record_attempt(endpoint, logged, message=unsaved)
         if unsaved is not None:
