@@ -518,7 +518,16 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
             "attempt": attempt,
             "latency_ms": latency_ms,
         }
-        pending = service.record_success(endpoint, logged, message=unsaved, result=done)
+        try:
+            pending = service.record_success(endpoint, logged, message=unsaved, result=done)
+        except Exception as exc:  # delivered all the same: never send it again for this
+            done["warning"] = f"the delivery log could not be written ({type(exc).__name__})"
+            log.error(
+                "webhook %s of tenant %s, message %s, attempt %d (ok): %s",
+                endpoint.webhook_id, endpoint.tenant_id, message.message_id, attempt,
+                done["warning"],
+            )  # fmt: skip
+            return done
         complete_after(pending.done)
         if unsaved is not None:
             SAVED.mark(service, message)
