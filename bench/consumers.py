@@ -2,9 +2,13 @@
 
     python -m bench.consumers scaleout --url redis://... [--jobs 10000]
     python -m bench.consumers memory --url redis://... [--jobs 20000]
+    python -m bench.consumers iobound --url redis://... [--jobs 10000]
 
 scaleout: I/O-bound jobs (5 ms waits) drained by one `crmqueue worker email` process,
 then by two; prints both drain rates and their ratio.
+iobound: the same I/O-bound jobs drained by one `crmqueue worker email` process (10
+threads), then by one Dramatiq worker process (10 threads, Redis broker), alternately;
+prints both rates and their share of the ideal (10 workers / 5 ms = 2,000 jobs/s).
 memory: `crmqueue run` with all five queues: peak RSS idle, then after draining no-op jobs.
 """
 
@@ -14,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +58,9 @@ def wait_for_consumers(queue: object, count: int) -> None:
         time.sleep(0.05)
 
 
-def drain(url: str, config: Path, processes: int, jobs: int) -> float:
+def drain(url: str, config: Path, processes: int, jobs: int, first_done: bool = False) -> float:
+    """Drain rate from the first job seen active (or, with `first_done`, completed: the
+    point Dramatiq's count can show) until the last completes."""
     queue = configure(load_settings(overrides={"storage.url": url}, environ={})).queue("email")
     queue.store.flush_all()
     items = [Enqueue("bench.jobs.io_wait", {"tenant_id": "t1"}) for _ in range(jobs)]
@@ -64,7 +71,8 @@ def drain(url: str, config: Path, processes: int, jobs: int) -> float:
         started = None
         while True:
             counts = queue.store.counts()
-            if started is None and (counts["active"] or counts["completed"]):
+            begun = counts["completed"] if first_done else counts["active"] or counts["completed"]
+            if started is None and begun:
                 started = time.perf_counter()
             if counts["completed"] >= jobs:
                 break
@@ -75,6 +83,64 @@ def drain(url: str, config: Path, processes: int, jobs: int) -> float:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(30)
+
+
+def drain_dramatiq(url: str, jobs: int) -> float:
+    """Dramatiq's rate on the same jobs: from its first acknowledgement until its queue's
+    message hash (a message leaves it when acknowledged) is empty."""
+    import redis
+
+    os.environ["BENCH_REDIS_URL"] = url
+    from bench.dramatiq_jobs import io_wait
+
+    client = redis.Redis.from_url(url)
+    broker = io_wait.broker
+    broker.flush_all()
+    pipe_size = 1000
+    for begin in range(0, jobs, pipe_size):
+        for _ in range(min(pipe_size, jobs - begin)):
+            io_wait.send()
+    key = f"dramatiq:{io_wait.queue_name}.msgs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dramatiq"), "bench.dramatiq_jobs",
+         "--processes", "1", "--threads", "10"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        started = None
+        deadline = time.monotonic() + 300
+        while True:
+            left = int(client.hlen(key))
+            if started is None and left < jobs:
+                started = time.perf_counter()
+            if left == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dramatiq left {left} jobs")
+            time.sleep(0.02)
+        return jobs / (time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def iobound(url: str, config: Path, jobs: int, rounds: int) -> dict[str, float]:
+    """crmqueue and Dramatiq alternately, `rounds` times each; medians."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(rounds):
+        ours.append(drain(url, config, 1, jobs, first_done=True))
+        theirs.append(drain_dramatiq(url, jobs))
+    ideal = 10 / 0.005
+    one, other = statistics.median(ours), statistics.median(theirs)
+    return {
+        "crmqueue_per_s": one,
+        "dramatiq_per_s": other,
+        "crmqueue_of_ideal": one / ideal,
+        "dramatiq_of_ideal": other / ideal,
+        "ratio": one / other,
+    }
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -106,9 +172,10 @@ def memory(url: str, config: Path, jobs: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=["scaleout", "memory"])
+    parser.add_argument("part", choices=["scaleout", "memory", "iobound"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), args.url)
@@ -116,6 +183,8 @@ def main() -> None:
             one = drain(args.url, config, 1, args.jobs)
             two = drain(args.url, config, 2, args.jobs)
             figures = {"one_per_s": one, "two_per_s": two, "ratio": two / one}
+        elif args.part == "iobound":
+            figures = iobound(args.url, config, args.jobs, args.rounds)
         else:
             figures = memory(args.url, config, args.jobs)
     print(json.dumps(figures))

@@ -36,6 +36,7 @@ PARTS = (
     "webhook",
     "notification",
     "scaleout",
+    "iobound",
     "memory",
     "import-export",
     "report",
@@ -233,6 +234,30 @@ def scaleout_section(r: dict[str, float], jobs: int) -> list[str]:
     ]
 
 
+def iobound_section(r: dict[str, float], jobs: int, runs: int) -> list[str]:
+    """I/O-bound drain against Dramatiq (issue #17): bench.consumers iobound."""
+    met = "met" if r["ratio"] >= 1.0 else "**missed**"
+    aim = "met" if r["crmqueue_of_ideal"] >= 0.9 else "not reached"
+    return [
+        "## I/O-bound drain",
+        "",
+        f"{jobs:,} I/O-bound jobs (each waits 5 ms) on one Redis, drained by one consumer"
+        " process with 10 worker threads: `crmqueue worker email` (leases, registry,"
+        " retries on; `prefetch = 10`) and Dramatiq's worker (`--processes 1 --threads 10`,"
+        " Redis broker, its default prefetch), alternating within each run; the ideal is"
+        f" 10 workers / 5 ms = 2,000 jobs/s. Rates from the first completion to the last;"
+        f" medians of {runs} runs (`python -m bench.consumers iobound`).",
+        "",
+        "| consumer | jobs/s | share of the ideal |",
+        "|---|---:|---:|",
+        f"| crmqueue | {r['crmqueue_per_s']:,.0f} | {r['crmqueue_of_ideal']:.0%} |",
+        f"| Dramatiq | {r['dramatiq_per_s']:,.0f} | {r['dramatiq_of_ideal']:.0%} |",
+        "",
+        f"Ratio {r['ratio']:.2f}× Dramatiq (target ≥ 1×: {met}; aim 90 % of the ideal: {aim}).",
+        "",
+    ]
+
+
 def memory_section(r: dict[str, float], jobs: int) -> list[str]:
     worst = max(r["idle_peak_rss_mb"], r["loaded_peak_rss_mb"])
     return [
@@ -311,6 +336,17 @@ def main() -> None:
             sections += scaleout_section(
                 collect_consumers("scaleout", args.runs, url, 10_000), 10_000
             )
+        if "iobound" in parts:
+            samples = []
+            for run in range(args.runs):
+                figures = measure(
+                    "bench.consumers",
+                    ["iobound", "--url", url, "--jobs", "10000", "--rounds", "1"],
+                )
+                print(f"run {run + 1}/{args.runs} iobound: {figures}", flush=True)
+                samples.append(figures)
+            medians = {name: median([s[name] for s in samples]) for name in samples[0]}
+            sections += iobound_section(medians, 10_000, args.runs)
         if "memory" in parts:
             sections += memory_section(collect_consumers("memory", args.runs, url, 20_000), 20_000)
     if "import-export" in parts:

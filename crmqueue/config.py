@@ -70,6 +70,10 @@ class FilesSettings(Section):
     # cell here (13-18 ms a row of all 16 contact fields), so 80,000 cells stay inside
     # the import-export job timeout (crmqueue.formats.pdf has the figures).
     max_pdf_cells: PositiveInt = 80_000
+    # Longest whole download of an http(s) import source, in seconds, however slowly the
+    # server sends (each read's own timeout restarts with every byte); also kept inside the
+    # import-export queue's timeout_seconds, with a margin for the import itself.
+    download_timeout_seconds: PositiveFloat = 120.0
 
 
 # The original system's contact lifecycle; `crm.contact_statuses` replaces it.
@@ -121,6 +125,9 @@ class QueueSettings(Section):
     max_stalls: Annotated[int, Field(ge=0)] = 3
     # Huey tasks may pickle what JSON cannot carry; off: unpickling runs code (see README).
     huey_pickle: bool = False
+    # Jobs a consumer claims ahead of its free workers (held leased, renewed, handed back
+    # at shutdown); 0 for long jobs, whose queue other consumers should share.
+    prefetch: Annotated[int, Field(ge=0, le=1000)] = 0
 
 
 def _queue(workers: int, attempts: int, timeout: float, priority: int = 50, **more: Any) -> Any:
@@ -132,7 +139,7 @@ def _queue(workers: int, attempts: int, timeout: float, priority: int = 50, **mo
 
 
 class QueuesSettings(Section):
-    email: QueueSettings = _queue(10, 5, 30, priority=100)
+    email: QueueSettings = _queue(10, 5, 30, priority=100, prefetch=10)
     import_export: QueueSettings = Field(
         alias="import-export",
         default_factory=lambda: QueueSettings(workers=3, attempts=2, timeout_seconds=300),
@@ -140,8 +147,10 @@ class QueuesSettings(Section):
     report: QueueSettings = _queue(2, 3, 600)
     # A receiver may be down for hours: its 9 retries back off from 1 minute to at most 6
     # hours apart (full jitter: about 4 hours in all on average, 8.5 at most).
-    webhook: QueueSettings = _queue(5, 10, 30, backoff_seconds=60.0, backoff_max_seconds=21600.0)
-    notification: QueueSettings = _queue(20, 3, 30, priority=150)
+    webhook: QueueSettings = _queue(
+        5, 10, 30, backoff_seconds=60.0, backoff_max_seconds=21600.0, prefetch=5
+    )
+    notification: QueueSettings = _queue(20, 3, 30, priority=150, prefetch=20)
 
     def get(self, queue: str) -> QueueSettings:
         if queue not in QUEUE_NAMES:

@@ -32,6 +32,7 @@ from crmqueue.payloads import (
     payload_json,
     validate_payload,
 )
+from crmqueue.webhook_ids import delivery_job_id
 
 __all__ = [
     "KINDS",
@@ -356,18 +357,36 @@ def deliver_webhook(
     priority: int | None = None,
     delay: float | None = None,
     eta: dt.datetime | None = None,
+    replay: bool = False,
 ) -> Job:
     """Deliver one event to one endpoint of the tenant (crmqueue.webhooks). `message_id`
     (the ``webhook-id`` every attempt sends; default ``msg_<job id>``) and `timestamp`
-    (the event's time in the body; default now) are given by a replay. PayloadError also
-    when the payload's JSON is over ``webhooks.max_payload_bytes``; an unknown or
-    disabled endpoint is known only in the worker (the job goes dead naming it)."""
+    (the event's time in the body; default now). With the CRM's own `message_id` the
+    call is idempotent: a second call for the same tenant, endpoint and message id (or
+    a publish_event with that message id, for this endpoint) enqueues nothing and
+    returns the job already stored (crmqueue.webhook_ids), whatever state it is in;
+    `replay=True` sends it again all the same (``crmqueue webhooks replay``).
+    PayloadError also when the payload's JSON is over ``webhooks.max_payload_bytes``;
+    an unknown or disabled endpoint is known only in the worker (the job goes dead
+    naming it)."""
     fields = {
         "tenant_id": tenant_id, "webhook_id": webhook_id, "event_type": event_type,
         "payload": payload, "message_id": message_id,
         "timestamp": timestamp or dt.datetime.now(dt.UTC),
     }  # fmt: skip
-    return _submit(KINDS["webhook"]["deliver"], fields, priority, delay, eta)
+    kind = KINDS["webhook"]["deliver"]
+    if message_id is None or replay:
+        return _submit(kind, fields, priority, delay, eta)
+    data = {key: value for key, value in fields.items() if value is not None}
+    valid, encoded = payload_json(kind.payload, data)
+    _check_size(kind.payload, valid, encoded)
+    assert isinstance(valid, WebhookDeliveryPayload) and valid.message_id is not None
+    job_id = delivery_job_id(valid.tenant_id, valid.webhook_id, valid.message_id)
+    item = Enqueue(
+        kind.name, EncodedPayload(valid.tenant_id, encoded), priority, delay, eta, job_id
+    )
+    (stored,) = get_broker().queue(kind.queue).enqueue_many([item], skip_existing=True)
+    return Job(stored, kind.queue)
 
 
 def publish_event(

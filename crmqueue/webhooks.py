@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import queue
 import re
@@ -40,6 +41,8 @@ from crmqueue.crm import schema
 from crmqueue.crm.store import get_engine
 from crmqueue.errors import PayloadError, PermanentError, RetryableError
 from crmqueue.providers.http import check_url
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SECRET_PREFIX",
@@ -816,25 +819,45 @@ class WebhookService:
         finally:
             if not attempt.succeeded:  # and after the commit (see _change)
                 _RECENT.forget(self, endpoint.tenant_id, endpoint.webhook_id)
+        self._trim_now_and_then()
+        return state
+
+    def record_success(
+        self,
+        endpoint: Endpoint,
+        attempt: Attempt,
+        *,
+        message: Message | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> PendingLog:
+        """record_attempt for a successful attempt, without waiting for the commit: the
+        row (and `message`) go to this process's log writer, and the returned PendingLog's
+        `done` is set once they are committed, or the commit failed (logged as an error
+        naming the endpoint and message, never the database's text, which may quote the
+        row; an endpoint removed meanwhile took its log with it) and noted as a "warning"
+        in `result` (the job's result, not yet recorded). The caller keeps its job from
+        completing before `done` (crmqueue.engine.complete_after)."""
+        if not attempt.succeeded:
+            raise ValueError("record_success() takes a successful attempt")
+        saved = self._message_values(message) if message is not None else None
+        row = self._log_row(endpoint, attempt, _now())
+        pending = PendingLog(row, saved, waited=False, result=result)
+        self._log_writer.submit(pending)
+        self._trim_now_and_then()
+        return pending
+
+    def _trim_now_and_then(self) -> None:
         if time.monotonic() >= self._next_trim and self._trim_lock.acquire(blocking=False):
             try:
                 self._next_trim = time.monotonic() + TRIM_INTERVAL
                 self.trim()
             finally:
                 self._trim_lock.release()
-        return state
 
-    def _record(
-        self,
-        endpoint: Endpoint,
-        attempt: Attempt,
-        at: dt.datetime,
-        message: dict[str, Any] | None,
-    ) -> BreakerState:
-        rules = self.settings.webhooks
+    def _log_row(self, endpoint: Endpoint, attempt: Attempt, at: dt.datetime) -> dict[str, Any]:
         hidden = (endpoint.secret, endpoint.previous_secret)
         error = attempt.error
-        logged = {
+        return {
             "tenant_id": endpoint.tenant_id,
             "webhook_id": endpoint.webhook_id,
             "message_id": attempt.message_id[:64],
@@ -849,8 +872,18 @@ class WebhookService:
             "response_excerpt": storable(_scrub(attempt.response_excerpt[:EXCERPT_CHARS], hidden)),
             "error": None if error is None else storable(_scrub(error[:MAX_ERROR_CHARS], hidden)),
         }
+
+    def _record(
+        self,
+        endpoint: Endpoint,
+        attempt: Attempt,
+        at: dt.datetime,
+        message: dict[str, Any] | None,
+    ) -> BreakerState:
+        rules = self.settings.webhooks
+        logged = self._log_row(endpoint, attempt, at)
         if attempt.succeeded:
-            self._log_writer.write(_Success(logged, message))
+            self._log_writer.write(PendingLog(logged, message))
             return BreakerState(0, None, None, tripped=False, disabled=False)
         mine = {"p_tenant_id": endpoint.tenant_id, "p_webhook_id": endpoint.webhook_id}
         # The breaker changes: deliveries read the endpoint afresh.
@@ -1023,13 +1056,21 @@ class _EndpointGone(Exception):
 
 
 @dataclass
-class _Success:
-    """A successful attempt waiting for the log writer: its row, its message (or None)."""
+class PendingLog:
+    """A successful attempt waiting for the log writer: its row, its message (or None).
+    `done` is set once written (or failed: `error`); `waited`: a caller waits for it and
+    learns the error, else the writer logs it."""
 
     logged: dict[str, Any]
     message: dict[str, Any] | None
     done: threading.Event = field(default_factory=threading.Event)
     error: Exception | None = None
+    waited: bool = True
+    # A job result not yet recorded (record_success): a failed write adds a "warning".
+    result: dict[str, Any] | None = None
+
+
+_Success = PendingLog
 
 
 class _LogWriter:
@@ -1052,6 +1093,13 @@ class _LogWriter:
 
     def write(self, item: _Success) -> None:
         """Log `item`; raises what writing it raised (EndpointNotFound, database errors)."""
+        self.submit(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def submit(self, item: _Success) -> None:
+        """Queue `item` for the next commit; its `done` is set once it is written."""
         with self._lock:  # put under the lock: the thread cannot end in between
             if self._inbox is None or self._pid != os.getpid():
                 self._inbox, self._pid = queue.SimpleQueue(), os.getpid()
@@ -1059,9 +1107,6 @@ class _LogWriter:
                     target=self._run, args=(self._inbox,), name="webhook-log", daemon=True
                 ).start()
             self._inbox.put(item)
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
 
     def _run(self, inbox: queue.SimpleQueue[_Success]) -> None:
         while True:
@@ -1085,6 +1130,18 @@ class _LogWriter:
                 for item in batch:
                     item.error = exc
             for item in batch:
+                # An endpoint removed meanwhile took its log with it: nothing to say.
+                gone = isinstance(item.error, EndpointNotFound)
+                if item.error is not None and not item.waited and not gone:
+                    warning = f"the delivery log could not be written ({type(item.error).__name__})"
+                    if item.result is not None:
+                        item.result["warning"] = warning
+                    row = item.logged
+                    log.error(
+                        "webhook %s of tenant %s, message %s, attempt %d (ok): %s",
+                        row["webhook_id"], row["tenant_id"], row["message_id"], row["attempt"],
+                        warning,
+                    )  # fmt: skip
                 item.done.set()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from crmqueue.engine import current_job_id, job, report_progress
+from crmqueue.engine import complete_after, current_job_id, job, report_progress
 from crmqueue.errors import PermanentError, RetryableError
 
 GATE_TIMEOUT = 30.0
@@ -142,6 +142,15 @@ def slow(payload: dict[str, Any]) -> str:
     if not gate(str(payload["key"])).wait(GATE_TIMEOUT):
         raise RuntimeError("test never opened the gate")
     return "finished"
+
+
+@job("email")
+def after_gate(payload: dict[str, Any]) -> str:
+    """Returns at once; its completion is written only once gate(payload["key"]) opens
+    (crmqueue.engine.complete_after)."""
+    _start(payload)
+    complete_after(gate(str(payload["key"])))
+    return "recorded after the gate"
 
 
 class Greeting(BaseModel):

@@ -97,7 +97,7 @@ def test_model_walk_sees_the_whole_model() -> None:
     # Guards the walk the drift tests rely on: nested sections, aliases and secrets.
     assert ("queues", "import-export", "workers") in ALL_KEYS
     assert ("email", "smtp", "password") in ALL_KEYS
-    assert len([p for p in ALL_KEYS if p[0] == "queues"]) == 5 * 11
+    assert len([p for p in ALL_KEYS if p[0] == "queues"]) == 5 * 12
     assert {
         ("email", "sendgrid", "api_key"),
         ("email", "ses", "secret_access_key"),

@@ -347,6 +347,7 @@ def webhooks_replay(delivery_id: int, tenant: str) -> None:
         payload=message.data,
         message_id=message.message_id,
         timestamp=message.timestamp,
+        replay=True,  # the message may have its delivery job stored: send it all the same
     )
     click.echo(
         f"delivery {delivery_id} replayed as job {job.id}"

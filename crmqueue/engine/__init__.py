@@ -4,6 +4,7 @@ from crmqueue.engine.huey_api import huey
 from crmqueue.engine.queues import Broker, Queue, configure, get_broker, job
 from crmqueue.engine.runner import (
     Consumer,
+    complete_after,
     current_attempt,
     current_job_id,
     current_job_priority,
@@ -16,6 +17,7 @@ __all__ = [
     "Broker",
     "Consumer",
     "Queue",
+    "complete_after",
     "configure",
     "current_attempt",
     "current_job_id",

@@ -45,6 +45,10 @@ class ActiveJob:
     touched: float = field(default_factory=time.monotonic)
     progress: int = 0
     records: list[KeptRecord] = field(default_factory=list)
+    started: float = 0.0  # monotonic, when a worker began it (0: prefetched, waiting)
+    done: bool = False  # its body succeeded; the completion is being written
+    # Events its completion waits for before it is written (complete_after).
+    barriers: list[threading.Event] = field(default_factory=list)
 
 
 _current: contextvars.ContextVar[ActiveJob | None] = contextvars.ContextVar(
@@ -106,6 +110,23 @@ def record_with_completion(key: str, value: bytes, ttl: float | None = None) -> 
     active.records.append(KeptRecord(key, value, ttl))
 
 
+# How long a completion waits for a complete_after() event before it is written anyway.
+BARRIER_SECONDS = 60.0
+
+
+def complete_after(done: threading.Event) -> None:
+    """Write the running job's completion (if it succeeds) only once `done` is set, at
+    most BARRIER_SECONDS later: a body that hands a record of its own to another thread
+    (a delivery log's group commit) returns at once, and the job is still never recorded
+    as completed before that record is written (a crash loses no record of a completed
+    job). Outside a running job (a body called directly), waits for `done` here."""
+    active = _current.get()
+    if active is None:
+        done.wait(BARRIER_SECONDS)
+        return
+    active.barriers.append(done)
+
+
 class OutageLog:
     """Logs a storage outage once when it starts and once when it ends."""
 
@@ -128,10 +149,13 @@ class OutageLog:
 
 
 class CompletionRecorder:
-    """Group commit: the completions of a queue's workers are written together, one
-    transaction (SQLite) or one script call (Redis) for all the jobs that finished while
-    the previous write was in flight. Each worker waits until its own job is recorded, so
-    a job is acknowledged before its worker takes the next one."""
+    """Group commit without holding the workers: a worker whose job succeeded hands the
+    completion over and takes its next job at once; this thread writes every completion
+    waiting in one transaction (SQLite) or one script call (Redis) while the previous
+    write was in flight. Until its completion is written a job stays in the runner's
+    `inflight` (its lease is renewed, a stopping consumer waits for it, and it is never
+    handed back: its body ran), and its outcome line is logged once it is written. Its
+    worker slot frees only then: a slow write holds back claims, not workers."""
 
     MAX_BATCH = 256
 
@@ -141,32 +165,45 @@ class CompletionRecorder:
         self._stopped = False
         self._lock = threading.Lock()
 
-    def complete(self, claim: Claim, result: Any, records: list[KeptRecord]) -> bool:
-        item = _Completion(claim, result, records)
+    def submit(self, item: _Completion) -> None:
+        """Queue `item` for the next write; once the recorder has stopped (a job that
+        outlived its consumer's stop), write it in this thread."""
         with self._lock:
             queued = not self._stopped
             if queued:
                 self._pending.put(item)
         if not queued:
-            self._write([item])  # a job that outlived its consumer's stop records itself
-        item.recorded.wait()
-        return item.owned
+            self._write([item])
 
     def _write(self, batch: list[_Completion]) -> None:
-        store = self.runner.queue.store
-        keep = self.runner.queue.spec.keep_completed_seconds
-        done = [(item.claim, item.result) for item in batch]
-        records = [record for item in batch for record in item.records]
+        for item in batch:
+            for barrier in item.active.barriers:
+                if not barrier.wait(BARRIER_SECONDS):
+                    log.error(
+                        "job %s: a record its completion waits for was not written within"
+                        " %.0f s; recording the completion all the same",
+                        item.active.claim.id, BARRIER_SECONDS,
+                    )  # fmt: skip
+        runner = self.runner
+        store = runner.queue.store
+        keep = runner.queue.spec.keep_completed_seconds
+        done = [(item.active.claim, item.result) for item in batch]
+        records = [record for item in batch for record in item.active.records]
         try:
-            owned = self.runner._persist(
-                functools.partial(store.complete_many, done, keep, records)
-            )
+            owned = runner._persist(functools.partial(store.complete_many, done, keep, records))
         except Exception:
             log.exception("could not record %d completed job(s)", len(batch))
             owned = [False] * len(batch)
-        for item, flag in zip(batch, owned, strict=True):
-            item.owned = flag
-            item.recorded.set()
+        with runner._handoff:
+            for item in batch:
+                runner._forget(item.active)
+        runner._give_back(len(batch))
+        if log.isEnabledFor(logging.INFO):
+            now = time.monotonic()
+            for item, flag in zip(batch, owned, strict=True):
+                runner._log_outcome(
+                    item.active, item.tenant, "completed" if flag else "lease-lost", now
+                )
 
     def run(self) -> None:
         while True:
@@ -174,34 +211,43 @@ class CompletionRecorder:
             if first is None:
                 return
             batch = [first]
+            stop = False
             while len(batch) < self.MAX_BATCH:
                 try:
                     item = self._pending.get_nowait()
                 except stdqueue.Empty:
                     break
                 if item is None:
-                    self._pending.put(None)
+                    stop = True
                     break
                 batch.append(item)
             self._write(batch)
+            if stop:
+                return
 
     def stop(self) -> None:
+        """Write what is queued, then end the thread; later completions write themselves."""
         with self._lock:
-            self._stopped = True
-            self._pending.put(None)
+            if not self._stopped:
+                self._stopped = True
+                self._pending.put(None)
 
 
 @dataclass
 class _Completion:
-    claim: Claim
+    active: ActiveJob
     result: Any
-    records: list[KeptRecord]
-    owned: bool = False
-    recorded: threading.Event = field(default_factory=threading.Event)
+    tenant: str
 
 
 class QueueRunner:
-    """One queue's fetcher, worker and completion-recorder threads inside a consumer."""
+    """One queue's fetcher, worker and completion-recorder threads inside a consumer.
+
+    The fetcher claims jobs for the free workers and up to `prefetch` more
+    (``[queues.<name>] prefetch``), so that a worker finishing a job finds the next one
+    waiting instead of waiting for a claim's round trip. A prefetched job is in `inflight`
+    from its claim: its lease is renewed like a running job's, and a stopping consumer
+    hands it back unstarted at once."""
 
     def __init__(
         self, queue: Queue, consumer: str, workers: int, outage: OutageLog, limiter: TimeLimiter
@@ -210,11 +256,16 @@ class QueueRunner:
         self.limiter = limiter
         self.consumer = consumer
         self.workers = workers if queue.has_bodies else 0
+        self.prefetch = queue.spec.prefetch if self.workers else 0
         self.outage = outage
         self.stopping = threading.Event()
         self._handoff = threading.Lock()
         self.inflight: dict[str, ActiveJob] = {}
-        self._slots = threading.Semaphore(self.workers)
+        # One slot per job claimed and not yet recorded: running, waiting for a worker
+        # (prefetched) or finished with its completion not yet written. So a consumer that
+        # dies can have run at most workers + prefetch jobs that run again elsewhere.
+        self._capacity = self.workers + self.prefetch
+        self._slots = threading.Semaphore(self._capacity)
         self._inbox: stdqueue.SimpleQueue[ActiveJob | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.recorder = CompletionRecorder(self)
@@ -247,12 +298,10 @@ class QueueRunner:
             if self.stopping.is_set():  # woken by wind_down(): claim nothing more
                 return
             if self._pause.paused():  # a paused queue: claim nothing, look again soon
-                self._slots.release()
+                self._give_back(1)
                 self.stopping.wait(0.25)
                 continue
-            free = 1
-            while free < self.workers and self._slots.acquire(blocking=False):
-                free += 1
+            free = self._gather(1)
             try:
                 result = store.claim(self.consumer, spec.lease_seconds, free)
             except StorageUnavailable as exc:
@@ -285,6 +334,22 @@ class QueueRunner:
                         self.outage.down(exc)
                         self.stopping.wait(backoff)
 
+    def _gather(self, free: int) -> int:
+        """More free slots for one claim: all free now and, while the workers still have
+        prefetched jobs to start, those freeing within a few ms up to half the prefetch,
+        so that one round trip claims several jobs instead of one per finished job."""
+        capacity = self._capacity
+        while free < capacity and self._slots.acquire(blocking=False):
+            free += 1
+        batch = max(1, self.prefetch // 2)
+        while free < batch and self._inbox.qsize() > 0 and not self.stopping.is_set():
+            if not self._slots.acquire(timeout=0.005):
+                break
+            free += 1
+            while free < capacity and self._slots.acquire(blocking=False):
+                free += 1
+        return free
+
     def _hand_back(self, claims: list[Claim]) -> None:
         for claim in claims:
             with contextlib.suppress(StorageUnavailable):
@@ -292,29 +357,49 @@ class QueueRunner:
         self._give_back(len(claims))
 
     def _give_back(self, count: int) -> None:
-        for _ in range(count):
-            self._slots.release()
+        if count > 0:
+            self._slots.release(count)
+
+    def _forget(self, active: ActiveJob) -> None:
+        """Drop `active` from inflight (under _handoff). A job due again at once (retried
+        or postponed with no delay) may be claimed anew meanwhile: that newer entry is not
+        ours to drop."""
+        if self.inflight.get(active.claim.id) is active:
+            del self.inflight[active.claim.id]
 
     def _work_loop(self) -> None:
         while True:
             active = self._inbox.get()
             if active is None:
                 return
+            if self.stopping.is_set():
+                # Prefetched and not started when the consumer began to stop: back to the
+                # queue now (stop_fetching hands back those still in the inbox).
+                self._hand_back_unstarted(active)
+                continue
+            handed = False
             try:
-                self._execute(active)
+                handed = self._execute(active)
             except Exception:
                 log.exception("job %s: could not record its outcome", active.claim.id)
             finally:
-                # A job due again at once (retried or postponed with no delay) may be
-                # claimed anew before this line: that newer entry is not ours to drop.
-                with self._handoff:
-                    if self.inflight.get(active.claim.id) is active:
-                        del self.inflight[active.claim.id]
-                self._slots.release()
+                if not handed:  # else the recorder does both once the completion is written
+                    with self._handoff:
+                        self._forget(active)
+                    self._slots.release()
 
-    def _execute(self, active: ActiveJob) -> None:
+    def _hand_back_unstarted(self, active: ActiveJob) -> None:
+        with contextlib.suppress(StorageUnavailable):
+            self.queue.store.release(active.claim)
+        with self._handoff:
+            self._forget(active)
+        self._slots.release()
+
+    def _execute(self, active: ActiveJob) -> bool:
+        """Run the job's body and record its outcome; True when a success was handed to
+        the completion recorder (which logs it and drops it from inflight once written)."""
         claim = active.claim
-        started = time.monotonic()
+        active.started = time.monotonic()
         token = _current.set(active)
         tenant = "-"
         try:
@@ -322,7 +407,7 @@ class QueueRunner:
                 task = self.queue.huey.deserialize_task(claim.message)
             except Exception as exc:
                 self._record_poison(claim, exc)
-                return
+                return False
             tenant = str(task.kwargs.get("tenant_id", "-"))
             log.debug("job %s %s active (attempt %d)", claim.id, claim.name, claim.attempts)
             try:
@@ -333,14 +418,20 @@ class QueueRunner:
             except Exception as exc:
                 outcome = self._record_failure(claim, exc)
             else:
-                recorded = self.recorder.complete(claim, result, active.records)
-                outcome = "completed" if recorded else "lease-lost"
+                active.done = True
+                self.recorder.submit(_Completion(active, result, tenant))
+                return True
         finally:
             _current.reset(token)
+        self._log_outcome(active, tenant, outcome, time.monotonic())
+        return False
+
+    def _log_outcome(self, active: ActiveJob, tenant: str, outcome: str, now: float) -> None:
+        claim = active.claim
         log.info(
             "job %s queue=%s tenant=%s name=%s outcome=%s attempts=%d/%d duration=%.3fs",
             claim.id, self.queue.name, tenant, claim.name.rsplit(".", 1)[-1], outcome,
-            claim.attempts, claim.max_attempts, time.monotonic() - started,
+            claim.attempts, claim.max_attempts, now - active.started,
         )  # fmt: skip
 
     def _record_failure(self, claim: Claim, exc: Exception) -> str:
@@ -387,13 +478,28 @@ class QueueRunner:
     def stop_fetching(self) -> None:
         with self._handoff:  # once this returns, nothing new enters inflight
             self.stopping.set()
+        # Prefetched jobs no worker has started go back to the queue now, not after the
+        # grace: a worker that takes one from here on hands it back too (_work_loop).
+        while True:
+            try:
+                active = self._inbox.get_nowait()
+            except stdqueue.Empty:
+                break
+            if active is None:
+                self._inbox.put(None)
+                break
+            self._hand_back_unstarted(active)
         if self._threads:  # end the fetcher's blocking wait now: gone when the grace ends
             with contextlib.suppress(StorageUnavailable):
                 self.queue.store.wake()
 
     def release_unfinished(self) -> int:
+        """Hand back the jobs still running (their bodies overran the grace). A job whose
+        body succeeded is not handed back: the recorder writes its completion."""
         released = 0
         for active in list(self.inflight.values()):
+            if active.done:
+                continue
             try:
                 if self.queue.store.release(active.claim):
                     released += 1
@@ -402,8 +508,9 @@ class QueueRunner:
         return released
 
     def wind_down(self) -> None:
-        """Let idle workers and the recorder exit, and wake the fetcher wherever it waits
-        (a blocking wait for jobs, or a free worker slot)."""
+        """Let idle workers and the recorder exit (the recorder after writing what is
+        queued), and wake the fetcher wherever it waits (a blocking wait for jobs, or a
+        free worker slot)."""
         for _ in range(self.workers):
             self._inbox.put(None)
         self.recorder.stop()
@@ -413,10 +520,12 @@ class QueueRunner:
                 self.queue.store.wake()
 
     def join(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the fetcher to end (after wind_down). Workers
-        still inside an overrunning job are daemons: they die with the process."""
-        if self._threads:
-            self._threads[0].join(timeout)
+        """Wait up to `timeout` seconds for the fetcher and the recorder to end (after
+        wind_down). Workers still inside an overrunning job are daemons: they die with
+        the process."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads[:2]:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 class Consumer:

@@ -19,7 +19,9 @@ import base64
 import contextlib
 import datetime as dt
 import email.utils
+import heapq
 import ipaddress
+import itertools
 import os
 import re
 import socket
@@ -192,6 +194,7 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 _CHUNK = 64 * 1024
 
 _guarded: urllib3.PoolManager | None = None
+GUARDED_CONNECTIONS_PER_HOST = 16
 
 
 class _Deadline:
@@ -199,31 +202,38 @@ class _Deadline:
     timeouts bound each socket operation (a read timeout restarts with every byte), so a
     receiver sending its headers or body a byte a second would hold a worker for as long
     as it likes; at the deadline this shuts the connection's socket down, which ends any
-    read at once. The connection is the one the pool hands this thread (_WatchedPool)."""
+    read at once. The connection is the one the pool hands this thread (_WatchedPool).
+    One watchdog thread per process (_Watchdog) serves every deadline: no thread is
+    started per request."""
+
+    __slots__ = ("_connections", "_done", "_lock", "at", "expired", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.at = 0.0
         self.expired = False
         self._lock = threading.Lock()
         self._done = False
         self._connections: list[object] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
         _watch.current = self
-        self._timer.start()
+        self.at = time.monotonic() + self.seconds
+        _WATCHDOG.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.finish()
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     def finish(self) -> None:
         """Stop watching (before the connection goes back to the pool: once done, the
-        timer never touches a connection another request may be using)."""
+        watchdog never touches a connection another request may be using)."""
         with self._lock:
             self._done = True
-        self._timer.cancel()
         if getattr(_watch, "current", None) is self:
             _watch.current = None
 
@@ -231,7 +241,7 @@ class _Deadline:
         with self._lock:
             self._connections.append(connection)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
             if self._done:
                 return
@@ -241,6 +251,59 @@ class _Deadline:
                 if sock is not None:
                     with contextlib.suppress(OSError):  # already closed
                         sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """Expires the process's _Deadlines in time order: one daemon thread waiting on a heap
+    of deadlines (started on first use, and again in a forked child). A finished deadline
+    stays in the heap until it comes up or the heap is compacted."""
+
+    COMPACT_AT = 4096  # entries: past this (and twice the last compaction), drop finished ones
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._pid = 0
+        self._compact_at = self.COMPACT_AT
+
+    def after_fork(self) -> None:
+        """In a forked child: no thread, nothing to watch, a lock nobody holds."""
+        self._changed = threading.Condition()
+        self._heap = []
+        self._pid = 0
+
+    def add(self, deadline: _Deadline) -> None:
+        with self._changed:
+            if self._pid != os.getpid():  # first use (after_fork resets it in a child)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="http-deadlines", daemon=True).start()
+            heap = self._heap
+            if len(heap) >= self._compact_at:
+                heap[:] = [entry for entry in heap if not entry[2].done]
+                heapq.heapify(heap)
+                self._compact_at = max(self.COMPACT_AT, 2 * len(heap))
+            heapq.heappush(heap, (deadline.at, next(self._order), deadline))
+            if heap[0][2] is deadline:  # sooner than what the thread waits for
+                self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while True:
+                    heap = self._heap
+                    while heap and heap[0][2].done:
+                        heapq.heappop(heap)
+                    now = time.monotonic()
+                    if heap and heap[0][0] <= now:
+                        due = heapq.heappop(heap)[2]
+                        break
+                    self._changed.wait(heap[0][0] - now if heap else None)
+            due.expire()
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.after_fork)
 
 
 _watch = threading.local()
@@ -270,7 +333,10 @@ def _guarded_pool() -> urllib3.PoolManager:
     global _guarded
     with _pool_guard:
         if _guarded is None:
-            _guarded = _new_pool(num_pools=32, maxsize=4)
+            # Kept-alive connections per address: as many as a process's workers may send
+            # to one receiver at once, else each one over is closed after its answer and
+            # the next request connects anew (urllib3: "Connection pool is full").
+            _guarded = _new_pool(num_pools=32, maxsize=GUARDED_CONNECTIONS_PER_HOST)
             _guarded.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
         return _guarded
 
@@ -544,15 +610,38 @@ def download(
     timeout: urllib3.Timeout | float | None = None,
     what: str = "download",
     ca_certs: str | None = None,
+    deadline: float | None = None,
 ) -> int:
     """GET a tenant-supplied URL (see `check_url`) into `dest`, returning its size.
 
     The body streams into a temporary file beside `dest`, renamed into place only when
     complete, so `dest` never holds a partial download. Over `max_bytes` (by
     Content-Length, or counted while streaming) or any 3xx/4xx: PermanentError; 408, 429
-    and 5xx: RetryableError. A failed download leaves no file behind.
+    and 5xx: RetryableError. `deadline` (seconds, from the connection's start) bounds the
+    whole download however slowly the server sends (see _Deadline): past it,
+    RetryableError saying so. A failed download leaves no file behind.
     """
     target = check_url(url, allowed_networks=allowed_networks, what=what)
+    watch = _Deadline(max(deadline, 0.001)) if deadline is not None else None
+    with watch if watch is not None else contextlib.nullcontext():
+        try:
+            return _download(target, dest, max_bytes, headers, timeout, what, ca_certs, watch)
+        except RetryableError:
+            if watch is not None and watch.expired:
+                raise _past_deadline(what, target.host, watch.seconds) from None
+            raise
+
+
+def _download(
+    target: Target,
+    dest: Path,
+    max_bytes: int,
+    headers: Mapping[str, str] | None,
+    timeout: urllib3.Timeout | float | None,
+    what: str,
+    ca_certs: str | None,
+    watch: _Deadline | None,
+) -> int:
     response = _open(
         target, "GET", headers=headers, body=None, timeout=timeout, what=what, ca_certs=ca_certs
     )
@@ -572,6 +661,10 @@ def download(
                             f"{what}: {target.host} sent more than the limit of {max_bytes} bytes"
                         )
                     handle.write(chunk)
+            if watch is not None:
+                watch.finish()
+                if watch.expired:  # cut off: what was read may look complete but is not
+                    raise _past_deadline(what, target.host, watch.seconds)
             complete = True
             os.replace(part, dest)
         except BaseException:
@@ -581,6 +674,9 @@ def download(
     except urllib3.exceptions.HTTPError as exc:
         raise _transport_error(exc, what, target.host) from exc
     finally:
+        if watch is not None:
+            watch.finish()  # before the connection can go back to the pool
+            complete = complete and not watch.expired
         _finish(response, complete)
 
 

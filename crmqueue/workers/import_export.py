@@ -91,10 +91,16 @@ def is_remote_source(file_url: str) -> bool:
     return urlsplit(file_url).scheme.lower() in ("http", "https")
 
 
-def download_source(url: str, files_dir: Path, extension: str, outbound: OutboundSettings) -> Path:
+def download_source(
+    url: str,
+    files_dir: Path,
+    extension: str,
+    outbound: OutboundSettings,
+    deadline: float | None = None,
+) -> Path:
     """Fetch an http(s) source through the SSRF-guarded client into a file of this run's
     own (a fresh name, so a stalled earlier attempt still writing cannot collide); the
-    caller deletes it."""
+    caller deletes it. `deadline`: seconds for the whole download (RetryableError past it)."""
     dest = files_dir.resolve() / "imports" / "downloads" / f"{uuid.uuid4().hex}.{extension}"
     http.download(
         url,
@@ -102,6 +108,7 @@ def download_source(url: str, files_dir: Path, extension: str, outbound: Outboun
         max_bytes=MAX_IMPORT_BYTES,
         allowed_networks=outbound.networks(),
         what="import source",
+        deadline=deadline,
     )
     return dest
 
@@ -112,6 +119,7 @@ def resolve_source(
     *,
     file_type: str | None = None,
     outbound: OutboundSettings | None = None,
+    download_deadline: float | None = None,
 ) -> tuple[Path, str | None]:
     """The local file a payload's `file_url` names, confined to the files directory (or,
     for an http(s) URL, downloaded there: see `download_source`), and the sheet named by a
@@ -121,8 +129,9 @@ def resolve_source(
     parts = urlsplit(url)
     if scheme in ("http", "https"):
         path = download_source(
-            url, files_dir, file_type or "download", outbound or OutboundSettings()
-        )
+            url, files_dir, file_type or "download", outbound or OutboundSettings(),
+            download_deadline,
+        )  # fmt: skip
         return path, sheet
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -239,8 +248,11 @@ class Importer:
         on_batch: Callable[[int], None] | None = None,
         outbound: OutboundSettings | None = None,
         contact_statuses: Sequence[str] | None = None,
+        download_deadline: float | None = None,
     ) -> None:
         self.p = payload
+        # Seconds for the whole download of an http(s) source (see download_deadline()).
+        self.download_deadline = download_deadline
         # The validation context of each row: the statuses a contact may have (None: the
         # configured ones, crmqueue.crm.entities.contact_statuses).
         self.row_context: dict[str, Any] | None = (
@@ -274,8 +286,9 @@ class Importer:
 
     def run(self) -> dict[str, Any]:
         path, sheet = resolve_source(
-            self.p.file_url, self.files_dir, file_type=self.p.file_type, outbound=self.outbound
-        )
+            self.p.file_url, self.files_dir, file_type=self.p.file_type, outbound=self.outbound,
+            download_deadline=self.download_deadline,
+        )  # fmt: skip
         try:
             return self._import(path, sheet)
         finally:
@@ -745,6 +758,15 @@ def _settings() -> Settings:
     return get_broker().settings
 
 
+def download_deadline(settings: Settings) -> float:
+    """Seconds an import's http(s) source may take to download in all: files.
+    download_timeout_seconds, and at most half the import-export queue's time limit (the
+    import itself needs the rest), so a server sending a byte at a time cannot hold the
+    worker past its limit."""
+    limit = settings.queues.get("import-export").timeout_seconds
+    return min(settings.files.download_timeout_seconds, limit / 2)
+
+
 @job("import-export", payload=ImportPayload)
 def import_records(payload: ImportPayload) -> dict[str, Any]:
     """Import records into the CRM store (see the module docstring), then email the user
@@ -755,6 +777,7 @@ def import_records(payload: ImportPayload) -> dict[str, Any]:
     result = Importer(
         payload, engine, settings.files.dir, job_id, outbound=settings.outbound,
         contact_statuses=settings.crm.contact_statuses,
+        download_deadline=download_deadline(settings),
     ).run()  # fmt: skip
     counts = result["counts"]
     context = {

@@ -28,7 +28,9 @@ A delivery attempt, in order:
 6. one delivery-log row and the breaker's update (WebhookService.record_attempt), with
    the message stored for replay on its first attempt, all in one transaction; an
    endpoint disabled automatically is announced to the tenant's other endpoints as a
-   ``webhook.endpoint_disabled`` event.
+   ``webhook.endpoint_disabled`` event. A success's row goes to the process's log
+   writer (WebhookService.record_success) while the worker takes its next job; the
+   job's completion is written only after the row (crmqueue.engine.complete_after).
 
 Every attempt and replay of one message sends the same ``webhook-id`` and body (the
 payload's message_id and timestamp, set at publish or replay; else ``msg_<job id>`` and
@@ -38,7 +40,6 @@ the time the job was enqueued); ``webhook-timestamp`` is the attempt's own.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -56,13 +57,15 @@ import urllib3
 
 from crmqueue import __version__, webhooks
 from crmqueue.config import QueueSettings, Settings
-from crmqueue.engine import current_attempt, current_job_id, get_broker, job
+from crmqueue.engine import complete_after, current_attempt, current_job_id, get_broker, job
 from crmqueue.engine.queues import EncodedPayload, Enqueue
 from crmqueue.engine.retry import backoff_delay
 from crmqueue.errors import CrmQueueError, PermanentError, Postpone, RetryableError
 from crmqueue.payloads import EventPayload, WebhookDeliveryPayload
 from crmqueue.providers.http import Response, guarded_request, redirect_host, retry_after
 from crmqueue.url_rules import IPNetwork
+from crmqueue.webhook_ids import fanout_job_id as fanout_job_id
+from crmqueue.webhook_ids import message_source as message_source
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +508,30 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
     # The message (for replay) is stored with the attempt's log row, in one transaction.
     unsaved = None if SAVED.known(service, message) else message
     log_error = None
+    if outcome.action == "ok" and outcome.disable is None and logged.job_id is not None:
+        # In a running job: the log writer commits the row while this worker goes on;
+        # the job's completion is written only after it (complete_after).
+        done: dict[str, Any] = {
+            "webhook_id": endpoint.webhook_id,
+            "message_id": message.message_id,
+            "status": outcome.status,
+            "attempt": attempt,
+            "latency_ms": latency_ms,
+        }
+        try:
+            pending = service.record_success(endpoint, logged, message=unsaved, result=done)
+        except Exception as exc:  # delivered all the same: never send it again for this
+            done["warning"] = f"the delivery log could not be written ({type(exc).__name__})"
+            log.error(
+                "webhook %s of tenant %s, message %s, attempt %d (ok): %s",
+                endpoint.webhook_id, endpoint.tenant_id, message.message_id, attempt,
+                done["warning"],
+            )  # fmt: skip
+            return done
+        complete_after(pending.done)
+        if unsaved is not None:
+            SAVED.mark(service, message)
+        return done
     try:
         breaker = service.record_attempt(endpoint, logged, message=unsaved)
         if unsaved is not None:
@@ -558,21 +585,6 @@ def deliver_webhook(payload: WebhookDeliveryPayload) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- fan-out
-
-
-def fanout_job_id(publish_job_id: str, webhook_id: str) -> str:
-    """The delivery job of one endpoint for one publish job: the same on a re-run of the
-    fan-out, so nothing is enqueued twice."""
-    digest = hashlib.blake2b(f"{publish_job_id}\0{webhook_id}".encode(), digest_size=16)
-    return digest.hexdigest()
-
-
-def message_source(tenant_id: str, message_id: str) -> str:
-    """What names the fan-out of a message with a caller's own id, in place of the publish
-    job's id: a publish retried by its caller (it may have been enqueued although the
-    call failed) makes the same delivery jobs, which enqueue_many(skip_existing) drops.
-    (':' is in no tenant id.)"""
-    return f"message:{tenant_id}:{message_id}"
 
 
 @job(QUEUE, payload=EventPayload)
