@@ -1,12 +1,12 @@
 -- ARGV: count, skip_existing ('1': a job whose id is stored already is left as it is and
 -- this one dropped), now (the producer's clock, as the SQLite store's created_at and every
 -- run_at given), then per job id, name, tenant, priority, max_attempts, message, run_at
--- ('' = now). Each redis.call costs the server about as much as the command itself: the
--- common single enqueue makes five (INCRBY, HSET, SET, ZADD, LLEN), a sixth (LPUSH) when
--- a consumer may be waiting.
+-- ('' = now). Each redis.call costs the server about as much again as its command: a
+-- single enqueue makes five (INCRBY, HSET, SET, ZADD, LLEN), and an LPUSH when the wake
+-- list is short.
+local now = tonumber(ARGV[3])
 local n = tonumber(ARGV[1])
 local skip_existing = ARGV[2] == '1'
-local now = ARGV[3]
 local added = 0
 -- One sequence step and one ZADD for the whole batch (in order), not one per job.
 local seq = redis.call('INCRBY', queue_key('seq'), n) - n
@@ -16,20 +16,21 @@ for i = 0, n - 1 do
   local id, priority, run_at = ARGV[b], tonumber(ARGV[b + 3]), ARGV[b + 6]
   local jk = job_key(id)
   if not (skip_existing and redis.call('EXISTS', jk) == 1) then
+    local state = 'waiting'
+    if run_at ~= '' and tonumber(run_at) > now then state = 'scheduled' end
     -- progress, attempts, stalls and errors start absent: readers take them as 0 and [].
-    if run_at ~= '' and tonumber(run_at) > tonumber(now) then
-      redis.call('HSET', jk, 'id', id, 'queue', KEYS[3], 'name', ARGV[b + 1],
-        'tenant', ARGV[b + 2], 'state', 'scheduled', 'priority', priority,
-        'max_attempts', ARGV[b + 4], 'created_at', now, 'run_at', run_at)
+    -- The message goes to its own key: the hash stays a listpack (helpers.lua).
+    redis.call('HSET', jk, 'id', id, 'queue', KEYS[3], 'name', ARGV[b + 1],
+      'tenant', ARGV[b + 2], 'state', state, 'priority', priority,
+      'max_attempts', ARGV[b + 4], 'created_at', ARGV[3])
+    redis.call('SET', message_key(id), ARGV[b + 5])
+    if state == 'scheduled' then
+      redis.call('HSET', jk, 'run_at', run_at)
       redis.call('ZADD', queue_key('scheduled'), tonumber(run_at), id)
     else
-      redis.call('HSET', jk, 'id', id, 'queue', KEYS[3], 'name', ARGV[b + 1],
-        'tenant', ARGV[b + 2], 'state', 'waiting', 'priority', priority,
-        'max_attempts', ARGV[b + 4], 'created_at', now)
       waiting[#waiting + 1] = waiting_score(priority, seq + i + 1)
       waiting[#waiting + 1] = id
     end
-    redis.call('SET', message_key(id), ARGV[b + 5])
     added = added + 1
   end
 end
