@@ -1,6 +1,5 @@
-"""The Redis store: sorted-set indexes per queue, a hash and a message string per job,
-each step one Lua script (the scripts are the .lua files beside this module, read once a
-process)."""
+"""The Redis store: sorted-set indexes per queue and a hash per job, each step one Lua
+script (the scripts are the .lua files beside this module, read once a process)."""
 
 from __future__ import annotations
 
@@ -37,12 +36,8 @@ _REDIS_INT_FIELDS = ("priority", "progress", "attempts", "max_attempts", "stalls
 _REDIS_FLOAT_FIELDS = ("run_at", "created_at", "started_at", "finished_at", "lease_until")
 
 
-def _decode_hash(raw: dict[bytes, bytes], message: bytes | None = None) -> dict[str, Any]:
-    """A job record from its hash and its message key's value (None: absent, as for a job
-    stored before messages had keys of their own: the hash's 'message' field then)."""
+def _decode_hash(raw: dict[bytes, bytes]) -> dict[str, Any]:
     job: dict[str, Any] = {k.decode(): v for k, v in raw.items()}
-    if message is not None:
-        job["message"] = message
     for key, value in list(job.items()):
         if key != "message":
             job[key] = value.decode()
@@ -57,12 +52,7 @@ def _decode_hash(raw: dict[bytes, bytes], message: bytes | None = None) -> dict[
 
 
 class RedisJobStore(JobStore):
-    """Keys: crmqueue:q:<queue>:<index> sorted sets, crmqueue:job:<id> hashes of a job's
-    short fields and crmqueue:msg:<id> strings holding its message. Apart from the hash,
-    the message leaves the hash small enough for Redis's compact listpack encoding
-    (hash-max-listpack-value, 64 bytes by default): an enqueue costs the server a third
-    less. A job stored by an earlier version has its message in the hash's 'message'
-    field and no message key: every script and read here takes that instead."""
+    """Keys: crmqueue:q:<queue>:<index> sorted sets and crmqueue:job:<id> hashes."""
 
     blocking = True
 
@@ -80,8 +70,6 @@ class RedisJobStore(JobStore):
         # redis-py's command stubs are unions of sync and async results; Any keeps them honest here.
         self.conn: Any = redis.Redis(connection_pool=self.pool)
         self._keys = [f"{prefix}:q:{name}:", f"{prefix}:job:", name]
-        # The scripts derive the message keys' prefix from the job keys' (helpers.lua).
-        self._message_prefix = f"{prefix}:msg:"
         self._local = threading.local()
 
         scripts = _lua_scripts()
@@ -120,6 +108,7 @@ class RedisJobStore(JobStore):
             self.conn.ping()
 
     def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
+        """created_at is this process's clock, as the SQLite store's and every run_at."""
         if len(jobs) == 1:  # the common single enqueue, with the least Python
             job = jobs[0]
             args: list[Any] = [
@@ -221,11 +210,8 @@ class RedisJobStore(JobStore):
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self._guard():
-            pipe = self.conn.pipeline(transaction=True)
-            pipe.hgetall(self._keys[1] + job_id)
-            pipe.get(self._message_prefix + job_id)
-            raw, message = pipe.execute()
-        return _decode_hash(raw, message) if raw else None
+            raw = self.conn.hgetall(self._keys[1] + job_id)
+        return _decode_hash(raw) if raw else None
 
     def list_jobs(self, state: str, limit: int = 100) -> list[dict[str, Any]]:
         key = self._qkey(state)
@@ -234,17 +220,11 @@ class RedisJobStore(JobStore):
                 ids = self.conn.zrevrange(key, 0, limit - 1)
             else:
                 ids = self.conn.zrange(key, 0, limit - 1)
-            # One transaction: each job's hash and message read together.
-            pipe = self.conn.pipeline(transaction=True)
+            pipe = self.conn.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hgetall(self._keys[1] + job_id.decode())
-                pipe.get(self._message_prefix + job_id.decode())
             rows = pipe.execute()
-        return [
-            _decode_hash(raw, message)
-            for raw, message in zip(rows[::2], rows[1::2], strict=True)
-            if raw
-        ]
+        return [_decode_hash(raw) for raw in rows if raw]
 
     def counts(self) -> dict[str, int]:
         with self._guard():
@@ -286,8 +266,7 @@ class RedisJobStore(JobStore):
                 " can be removed"
             )
         flat = outcome[1]
-        message = outcome[2] if len(outcome) > 2 else None
-        return _decode_hash(dict(zip(flat[::2], flat[1::2], strict=True)), message)
+        return _decode_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def sweep(self, keep_completed: int, keep_failed: int) -> int:
         now = time.time()
@@ -335,7 +314,6 @@ class RedisJobStore(JobStore):
                 ids += self.conn.zrange(self._qkey(state), 0, -1)
             for chunk in _chunks(ids, 500):
                 self.conn.delete(*(self._keys[1] + i.decode() for i in chunk))
-                self.conn.delete(*(self._message_prefix + i.decode() for i in chunk))
             keys = list(self.conn.scan_iter(match=self._qkey("*"), count=1000))
             for chunk in _chunks(keys, 500):
                 self.conn.delete(*chunk)

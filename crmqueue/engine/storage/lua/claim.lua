@@ -23,9 +23,8 @@ for i = 1, #popped, 2 do
   redis.call('HSET', jk, 'state', 'active', 'started_at', now, 'lease_until', lease_until,
     'consumer', ARGV[1], 'lease_token', token)
   redis.call('ZADD', queue_key('active'), lease_until, id)
-  local v = redis.call('HMGET', jk, 'name', 'max_attempts', 'message')
-  local message = redis.call('GET', message_key(id)) or v[3] or ''
-  table.insert(out, {id, v[1] or '', message, attempts, tonumber(v[2] or '1'), token,
+  local v = redis.call('HMGET', jk, 'name', 'message', 'max_attempts')
+  table.insert(out, {id, v[1] or '', v[2] or '', attempts, tonumber(v[3] or '1'), token,
     first_run})
 end
 if #out == 0 then

@@ -22,7 +22,7 @@ for i = 3, jobs_end, 3 do
       redis.call('HDEL', jk, 'lease_until', 'lease_token')
       redis.call('ZADD', queue_key('completed'), now, id)
     else
-      redis.call('DEL', jk, message_key(id))
+      redis.call('DEL', jk)
     end
     bump_stats('completed', now)
     table.insert(out, 1)

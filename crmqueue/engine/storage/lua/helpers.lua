@@ -7,12 +7,6 @@ local function now_seconds()
 end
 local function queue_key(name) return KEYS[1] .. name end
 local function job_key(id) return KEYS[2] .. id end
--- A job's message is a string key of its own beside the job hash (<prefix>:msg:<id> for
--- the hash <prefix>:job:<id>): the hash keeps short fields only, which Redis stores as a
--- compact listpack instead of a hashtable. Jobs stored before this layout keep their
--- message in the hash's 'message' field; every reader takes that when the key is absent.
-local MESSAGE_PREFIX = string.sub(KEYS[2], 1, -5) .. 'msg:'
-local function message_key(id) return MESSAGE_PREFIX .. id end
 local function waiting_score(priority, seq) return (1000 - priority) * 1099511627776 + seq end
 local function bump_stats(field, now)
   local key = queue_key('stats:' .. math.floor(now / 60))
