@@ -164,6 +164,26 @@ def tasks_section(results: dict[str, dict[str, float]], jobs: int, runs: int) ->
                 f" {r[f'{case}_huey_per_s']:,.0f} | {ratio:.2f}× |"
                 f" ≥ 0.8× {'met' if ratio >= 0.8 else '**missed**'} |"
             )
+    lines += [
+        "",
+        "CPU per enqueue, steadier than wall time on a loaded machine (µs; the producer"
+        " process's user+system time, and Redis's own from INFO cpu):",
+        "",
+        "| storage | call | crmqueue producer | plain Huey producer | crmqueue Redis |"
+        " plain Huey Redis |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for storage in ("redis", "sqlite"):
+        r = results[storage]
+        for case in CASES:
+            if f"{case}_crmqueue_cpu_us" not in r:
+                continue
+            server = [r.get(f"{case}_{system}_redis_cpu_us") for system in ("crmqueue", "huey")]
+            shown = ["–" if value is None else f"{value:.0f}" for value in server]
+            lines.append(
+                f"| {storage} | {calls[case]} | {r[f'{case}_crmqueue_cpu_us']:.0f} |"
+                f" {r[f'{case}_huey_cpu_us']:.0f} | {shown[0]} | {shown[1]} |"
+            )
     return [*lines, ""]
 
 

@@ -6,7 +6,10 @@ the store) against plain Huey enqueuing the same payload dict.
 Both systems run in this one process, in alternating rounds of jobs/rounds enqueues per
 case (one call per job), so a burst of load from elsewhere on a shared machine hits both
 alike; the figures are the median round's rate and the median of the rounds' ratios.
-Prints one JSON line. The cases:
+CPU per enqueue is steadier than wall time on a loaded machine: ``<case>_<system>_cpu_us``
+is this process's user+system time per call over all rounds, and on Redis
+``<case>_<system>_redis_cpu_us`` the server's own (INFO cpu; the benchmark's server serves
+nobody else). Prints one JSON line. The cases:
 
 - ``send_email``: ``crmqueue.tasks.send_email(...)`` with the built-in ``welcome``
   template, a context, a subject and a tag;
@@ -27,6 +30,7 @@ import cProfile
 import json
 import logging
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -111,10 +115,33 @@ def timed(count: int, call: Callable[[], Any], profiler: cProfile.Profile | None
     return elapsed
 
 
+def process_cpu() -> float:
+    """This process's user+system CPU seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu(url: str) -> Callable[[], float]:
+    """A reader of the Redis server's user+system CPU seconds (INFO cpu, microsecond
+    precision), or of 0.0 for SQLite."""
+    if url.startswith("sqlite"):
+        return lambda: 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+
+    def read() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    return read
+
+
 def measure(
     crmqueue_url: str, huey_url: str, jobs: int, rounds: int, profile: str | None
 ) -> dict[str, float]:
     ours, base = crmqueue_calls(crmqueue_url), huey_calls(huey_url)
+    server = server_cpu(crmqueue_url)
     profiler = cProfile.Profile() if profile else None
     per_round = max(jobs // rounds, 1)
     figures: dict[str, float] = {}
@@ -122,6 +149,7 @@ def measure(
         ours[case]()  # first calls: caches and connections, not measured
         base[case]()
         rates: dict[str, list[float]] = {"crmqueue": [], "huey": []}
+        cpu = {"crmqueue": [0.0, 0.0], "huey": [0.0, 0.0]}  # process, server seconds
         ratios = []
         for index in range(rounds):
             # Alternate which system goes first: neither always gets the warmer cache.
@@ -129,12 +157,19 @@ def measure(
             seconds = {}
             for system in order:
                 call = ours[case] if system == "crmqueue" else base[case]
+                before = process_cpu(), server()
                 seconds[system] = timed(per_round, call, profiler if system == "crmqueue" else None)
+                cpu[system][0] += process_cpu() - before[0]
+                cpu[system][1] += server() - before[1]
                 rates[system].append(per_round / seconds[system])
             ratios.append(seconds["huey"] / seconds["crmqueue"])
         figures[f"{case}_crmqueue_per_s"] = statistics.median(rates["crmqueue"])
         figures[f"{case}_huey_per_s"] = statistics.median(rates["huey"])
         figures[f"{case}_ratio"] = statistics.median(ratios)
+        for system, (process, on_server) in cpu.items():
+            figures[f"{case}_{system}_cpu_us"] = process / (per_round * rounds) * 1e6
+            if not crmqueue_url.startswith("sqlite"):
+                figures[f"{case}_{system}_redis_cpu_us"] = on_server / (per_round * rounds) * 1e6
     if profiler and profile:
         profiler.dump_stats(profile)
     return figures

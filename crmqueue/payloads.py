@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, cast
@@ -224,12 +225,14 @@ class EmailPayload(Payload):
     @classmethod
     def _known_template(cls, value: str, info: ValidationInfo) -> str:
         """A built-in template, or one registered for the tenant (reported on `template`,
-        so `context` is checked only against a template that exists)."""
+        so `context` is checked only against a template that exists). The declaration
+        found is kept for `_template_variables`, next in this validation."""
         tenant = info.data.get("tenant_id")
         if tenant is not None:
-            files_dir = (info.context or {}).get("files_dir") or _email_settings()[0]
+            files_dir = str((info.context or {}).get("files_dir") or _email_settings()[0])
             try:
-                email_rules.declaration_for(str(files_dir), tenant, value)
+                declaration = email_rules.declaration_for(files_dir, tenant, value)
+                _looked_up.found = (files_dir, tenant, value, declaration)
             except email_rules.UnknownTemplate:
                 raise PydanticCustomError(
                     "unknown_template",
@@ -245,13 +248,17 @@ class EmailPayload(Payload):
         manifest, or the one recorded when the tenant registered it). The files directory
         comes from the validation context's `files_dir`, else the configured one."""
         template, tenant = info.data.get("template"), info.data.get("tenant_id")
+        found, _looked_up.found = _looked_up.found, None
         if template is None or tenant is None:  # that error is reported already
             return value
-        files_dir = (info.context or {}).get("files_dir") or _email_settings()[0]
-        try:
-            declaration = email_rules.declaration_for(str(files_dir), tenant, template)
-        except email_rules.UnknownTemplate:  # reported on `template`
-            return value
+        files_dir = str((info.context or {}).get("files_dir") or _email_settings()[0])
+        if found is not None and found[:3] == (files_dir, tenant, template):
+            declaration = found[3]  # _known_template's look-up, a moment ago
+        else:
+            try:
+                declaration = email_rules.declaration_for(files_dir, tenant, template)
+            except email_rules.UnknownTemplate:  # reported on `template`
+                return value
         missing = email_rules.missing_variables(declaration, value) if declaration else []
         if missing:
             raise PydanticCustomError(
@@ -306,6 +313,16 @@ class EmailPayload(Payload):
             )
         return value
 
+
+class _LookedUp(threading.local):
+    """The template declaration EmailPayload._known_template found last in this thread:
+    (files_dir, tenant_id, template, declaration), or None. _template_variables takes it
+    (validated right after) instead of looking the template up a second time."""
+
+    found: tuple[str, str, str, email_rules.Declaration | None] | None = None
+
+
+_looked_up = _LookedUp()
 
 _settings_seen: list[Any] = [None, ("", ""), None]
 

@@ -479,10 +479,12 @@ def test_export_csv_and_xlsx_with_fields_and_formula_injection(cli: Cli) -> None
     assert count == len(names) and path.suffix == ".xlsx"
     sheet, cells = read_xlsx(path)
     assert cells[0] == ["email", "first_name"]
-    # A CR is stored as _x000D_ (or as a raw CR that XML parsers read as LF): the same
-    # text either way, still behind the apostrophe.
+    # XLSX text is a string cell, never run as a formula: no apostrophe but before a
+    # leading tab or CR (which an import would strip). A CR is stored as _x000D_ (or as a
+    # raw CR that XML parsers read as LF): the same text either way.
+    in_xlsx = [v if v[:1] not in ("\t", "\r") else "'" + v for v in names]
     assert [[xlsx_text(cell) for cell in row] for row in cells[1:]] == [
-        [f"f{n}@x.com", xlsx_text(v)] for n, v in enumerate(escaped)
+        [f"f{n}@x.com", xlsx_text(v)] for n, v in enumerate(in_xlsx)
     ]
     for row in sheet.iter_rows(min_row=2):
         for cell in row:

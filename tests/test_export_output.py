@@ -23,9 +23,9 @@ from crmqueue.formats.writers import (
     XLSX_MAX_CELL_CHARS,
     ExportNotes,
     cell_name,
-    escape_cell,
     write_csv,
     write_xlsx,
+    xlsx_text,
 )
 from crmqueue.payloads import ExportPayload
 from crmqueue.workers.import_export import run_export
@@ -61,15 +61,16 @@ def test_cell_names() -> None:
             max_size=30),
     st.integers(min_value=XLSX_MAX_CELL_CHARS - 40, max_value=XLSX_MAX_CELL_CHARS + 40),
 )  # fmt: skip
-@example("=", XLSX_MAX_CELL_CHARS - 1)  # 32,767 "=" escaped: one over the limit
+@example("=", XLSX_MAX_CELL_CHARS - 1)  # 32,767 "=": a string cell, not escaped, not cut
+@example("\t", XLSX_MAX_CELL_CHARS - 1)  # 32,767 tabs escaped: one over the limit
 @settings(max_examples=25, deadline=None)
 def test_xlsx_lists_exactly_the_cells_it_cuts(piece: str, units: int) -> None:
     """Texts around Excel's limit, counted in UTF-16 units (an emoji is two); a text that
-    starts like a formula is written escaped, one apostrophe longer."""
+    xlsx_text escapes (leading tab, say) is written one apostrophe longer."""
     import tempfile
 
     text = piece * (units // utf16_len(piece) + 1)
-    written = escape_cell(text)
+    written = xlsx_text(text)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.xlsx"

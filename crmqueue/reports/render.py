@@ -16,8 +16,8 @@
   column widths from the longest value.
 
 Every value is the tenant's: Jinja2 autoescapes it in HTML and PDF, ReportLab writes
-chart text as text, and text cells that a spreadsheet would run as a formula are escaped
-as exports escape them (crmqueue.formats.writers.escape_cell).
+chart text as text, and XLSX text goes into string cells, which no spreadsheet runs as a
+formula, as exports write it (crmqueue.formats.writers.xlsx_text).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import jinja2
 from markupsafe import Markup
 
 from crmqueue.formats.pdf import FONT_FAMILY, html_to_pdf, missing_glyphs, register_fonts
-from crmqueue.formats.writers import escape_cell
+from crmqueue.formats.writers import xlsx_text
 from crmqueue.reports import charts
 from crmqueue.reports.model import (
     NO_DATA,
@@ -380,7 +380,7 @@ def _write_cell(sheet: Any, row: int, col: int, value: Any, kind: ColumnKind, fm
     if _numeric(kind) and isinstance(value, int | float | Decimal):
         sheet.write_number(row, col, float(value), fmt)
         return format_value(value, kind)
-    text = str(escape_cell(value if isinstance(value, str) else format_value(value, kind)))
+    text = xlsx_text(str(value if isinstance(value, str) else format_value(value, kind)))
     sheet.write_string(row, col, text)
     return text
 
@@ -414,7 +414,7 @@ def _write_table(book: Any, formats: _Formats, name: str, table: Table) -> None:
     widths = [len(column.title) + 1 for column in table.columns]
     for col, column in enumerate(table.columns):
         style = formats.header_right if _numeric(column.kind) else formats.header
-        sheet.write_string(0, col, str(escape_cell(column.title)), style)
+        sheet.write_string(0, col, xlsx_text(str(column.title)), style)
     for line, row in enumerate(table.rows, start=1):
         currency = row[currency_at] if currency_at is not None else None
         for col, (value, column) in enumerate(zip(row, table.columns, strict=False)):
@@ -443,11 +443,11 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
         formats = _Formats(book)
         summary = book.add_worksheet("Summary")
         data_sheet = book.add_worksheet("Chart data")
-        summary.write_string(0, 0, str(escape_cell(data.title)), formats.title)
+        summary.write_string(0, 0, xlsx_text(str(data.title)), formats.title)
         row = 2
         for label, text in _cover(data):
             summary.write_string(row, 0, label, formats.bold)
-            summary.write_string(row, 1, str(escape_cell(text)))
+            summary.write_string(row, 1, xlsx_text(str(text)))
             row += 1
         row += 1
         if data.empty:
@@ -461,7 +461,7 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
             row += 1
             for figure in data.figures:
                 widths[0] = max(widths[0], len(figure.label))
-                summary.write_string(row, 0, str(escape_cell(figure.label)))
+                summary.write_string(row, 0, xlsx_text(str(figure.label)))
                 if figure.value is None:  # e.g. the average of no deals: say so, no blank
                     summary.write_string(row, 1, "–", formats.header_right_plain)
                     shown = "–"
@@ -470,7 +470,7 @@ def render_xlsx(data: ReportData, path: Path, charted: Callable[[], None] | None
                                         formats.of(figure.kind, figure.currency))  # fmt: skip
                 widths[1] = max(widths[1], len(shown) + 4)
                 if figure.currency:
-                    summary.write_string(row, 2, str(escape_cell(figure.currency)))
+                    summary.write_string(row, 2, xlsx_text(str(figure.currency)))
                 row += 1
             row += 1
         _fit(summary, widths)

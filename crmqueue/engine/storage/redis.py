@@ -102,16 +102,32 @@ class RedisJobStore(JobStore):
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StorageUnavailable(f"Redis storage {_masked(self.url)}: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        return StorageUnavailable(f"Redis storage {_masked(self.url)}: {exc}")
 
     def ping(self) -> None:
         with self._guard():
             self.conn.ping()
 
     def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
+        """created_at is this process's clock, as the SQLite store's and every run_at."""
+        if len(jobs) == 1:  # the common single enqueue, with the least Python
+            job = jobs[0]
+            args: list[Any] = [
+                1, 1 if skip_existing else 0, repr(time.time()),
+                job.id, job.name, job.tenant, job.priority, job.max_attempts, job.message,
+                "" if job.run_at is None else repr(job.run_at),
+            ]  # fmt: skip
+            try:
+                self._enqueue(self._keys, args)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise self._unavailable(exc) from exc
+            return
         for start in range(0, len(jobs), 500):
             chunk = jobs[start : start + 500]
-            args: list[Any] = [len(chunk), 1 if skip_existing else 0]
+            args = [len(chunk), 1 if skip_existing else 0, repr(time.time())]
             for job in chunk:
                 args += [
                     job.id, job.name, job.tenant, job.priority, job.max_attempts, job.message,

@@ -53,23 +53,41 @@ _HIGH_BYTES = bytes(range(128, 256))
 _SEP_HINT = re.compile(r'"?sep=(\\t|[,;\t|])"?\r?\n')
 
 
+# A character that two cp1252 bytes make when read as UTF-8 by chance ("É»" is U+027B,
+# "Ñ«" U+046B): outside the Western ranges (Latin-1, Latin Extended-A, general punctuation,
+# the euro and trade mark signs) and next to an ASCII letter or a byte that is not UTF-8,
+# as no word of a real UTF-8 text puts it ("CAFɻ"; a Cyrillic or Greek word's letters
+# stand next to their own script's).
+_NOT_WESTERN = "[^\x00-\x7f\u00a0-\u017f\u2000-\u206f\u20ac\u2122\udc80-\udcff]"
+_BY_CHANCE = re.compile(
+    f"(?<=[A-Za-z\udc80-\udcff]){_NOT_WESTERN}|{_NOT_WESTERN}(?=[A-Za-z\udc80-\udcff])"
+)
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+
+
 def _detect_encoding(path: Path) -> tuple[str, list[str]]:
     """UTF-8 unless the file's non-ASCII bytes are mostly invalid UTF-8 (then cp1252, as
     Excel on Windows saves "CSV"); a few invalid bytes in a UTF-8 file are refused in
-    their rows instead of turning every other row's accents into mojibake."""
+    their rows instead of turning every other row's accents into mojibake. But a file
+    with invalid bytes whose valid-looking UTF-8 characters are mostly ones two cp1252
+    bytes make by chance (see _BY_CHANCE; at least as many as the others) is cp1252,
+    however few its bytes: "José" and "CAFÉ»", not a refused row and "CAFɻ"."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    invalid = non_ascii = 0
+    invalid = non_ascii = valid = by_chance = 0
     with path.open("rb") as handle:
         while chunk := handle.read(1024 * 1024):
             text = decoder.decode(chunk)
             if text.isascii():
                 continue
-            invalid += len(_ESCAPED.findall(text))
+            escaped = len(_ESCAPED.findall(text))
+            invalid += escaped
             non_ascii += len(chunk) - len(chunk.translate(None, _HIGH_BYTES))
+            valid += len(_NON_ASCII.findall(text)) - escaped  # characters
+            by_chance += len(_BY_CHANCE.findall(text))
     invalid += len(_ESCAPED.findall(decoder.decode(b"", final=True)))
     if invalid == 0:
         return "utf-8-sig", []
-    if non_ascii - invalid >= invalid:
+    if non_ascii - invalid >= invalid and not (by_chance and by_chance >= valid - by_chance):
         return "utf-8-sig", [
             f"{invalid} byte(s) are not valid UTF-8: the rows holding them are refused"
         ]
