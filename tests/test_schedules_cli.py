@@ -202,6 +202,8 @@ def test_a_schedule_is_named_by_id_or_name(cli: Callable[..., Result]) -> None:
     shown = ok(cli("show", "every min", "--tenant", "t1"))
     assert f"schedule {sid}" in shown and '"to": "ann@example.com"' in shown
     assert json.loads(ok(cli("pause", "every min", "--tenant", "t1", "--json")))["paused"]
+    row = next(line for line in ok(cli("list", "--tenant", "t1")).splitlines() if "every" in line)
+    assert "paused" in row and "+00:00" not in row  # no stale "next" while paused
     assert "resumed" in ok(cli("resume", "every min", "--tenant", "t1"))
     run = json.loads(ok(cli("run-now", "every min", "--tenant", "t1", "--json")))
     assert run["schedule_id"] == sid and run["job_id"].startswith(f"sched-{sid}-now-")

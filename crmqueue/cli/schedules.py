@@ -173,7 +173,8 @@ def schedules_list(tenant: str, as_json: bool) -> None:
         table.add_row(
             str(one.id), one.name, one.every, f"{one.queue} {one.kind or ''}".strip(),
             one.catch_up, "paused" if one.paused else "active",
-            _time(one.next_due_at) or "-", _time(one.last_run_at) or "-",
+            "-" if one.paused else _time(one.next_due_at) or "-",  # stale while paused
+            _time(one.last_run_at) or "-",
         )  # fmt: skip
     console.print(table)
 
