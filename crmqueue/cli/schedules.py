@@ -141,6 +141,8 @@ def schedules_add(
     """Add a schedule; its payload is validated now as its jobs will be. A report's
     date_range may be last_7_days, previous_month or month_to_date: each run gets the
     dates of its day in --tz."""
+    if (cron is None) == (interval is None):
+        raise click.UsageError("give exactly one of --cron or --every")
     try:
         payload = _read_payload(json_text, file)
     except click.UsageError:
