@@ -50,6 +50,16 @@ __all__ = [
 _engine.SHORT_KINDS.update(
     {entry.name: kind for kinds in KINDS.values() for kind, entry in kinds.items()}
 )
+# The notification queue's follow-up jobs (one per channel of a notification job): not
+# kinds a producer enqueues, but what `events tail --kind sms` / `--kind push` should
+# find. The names are crmqueue.workers.notification.SMS_TASK and workers.push.SEND_PUSH
+# (not imported here: that would load worker-side libraries into every producer).
+_engine.SHORT_KINDS.update(
+    {
+        "crmqueue.workers.notification.send_sms": "sms",
+        "crmqueue.workers.push.send_push": "push",
+    }
+)
 
 _hub: ListenerHub | None = None
 _hub_guard = threading.Lock()

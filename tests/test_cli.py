@@ -232,3 +232,25 @@ def test_sighup_restarts_in_place_and_keeps_serving(cli: Cli) -> None:
     log = proc.stdout.read() if proc.stdout else ""
     assert "received SIGHUP: restarting gracefully" in log
     assert log.count("consuming email") == 2, log
+
+
+def test_enqueue_notification_wait_prints_each_channel(running: Cli) -> None:
+    """A new user enqueued an sms notification with --wait and saw only "completed": the
+    channel had been skipped (SMS not configured). --wait now prints each channel."""
+    cli = running
+    added = cli("users", "add", "--tenant", "t1", "--user", "ann", "--name", "Ann",
+                "--email", "ann@example.com", "--phone", "+14155550123")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    payload = {"tenant_id": "t1", "user_id": "ann", "channels": ["in-app", "sms"],
+               "title": "New Lead", "message": "Acme wants a demo"}  # fmt: skip
+    done = cli("enqueue", "notification", "--json", json.dumps(payload), "--wait",
+               "--timeout", "30")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_id, *lines = done.stdout.splitlines()
+    result = json.loads(cli("jobs", "show", job_id, "--json").stdout)["result"]
+    stored = result["channels"]["in-app"]["id"]
+    assert lines == [
+        "notification delivered (general)",
+        f"  in-app: stored, id {stored}",
+        '  sms: skipped: SMS is not configured (sms.provider is "none")',
+    ]

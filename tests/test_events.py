@@ -369,3 +369,39 @@ def test_a_version_2_sqlite_queue_database_gains_the_events_table(tmp_path: Path
     ]
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("pragma user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION == 3
+
+
+def test_notification_follow_up_jobs_have_short_kinds() -> None:
+    """The sms and push jobs a notification queues show (and filter) as kinds `sms` and
+    `push`, like `send` for the notification itself, not as their dotted task names."""
+    from crmqueue.engine.events import Event
+    from crmqueue.workers.notification import SMS_TASK
+    from crmqueue.workers.push import SEND_PUSH
+
+    def event(name: str) -> Event:
+        return Event("completed", "j1", "notification", name, "t1", "completed", 100, 1,
+                     None, None, 0.0, "1")  # fmt: skip
+
+    sms, push = event(SMS_TASK), event(SEND_PUSH)
+    assert (sms.kind, push.kind) == ("sms", "push")
+    assert sms.to_dict()["kind"] == "sms"
+    assert EventFilter.of(kinds="sms").matches(sms)
+    assert not EventFilter.of(kinds="sms").matches(push)
+    assert EventFilter.of(kinds=SEND_PUSH).matches(push)  # the task name still works
+
+
+def test_a_cursor_after_the_newest_event_is_warned_about(
+    make_broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new user resumed from a cursor no event has had yet (the README's Redis example on
+    SQLite, or a cursor from a storage since reset): tail waited silently. It warns."""
+    broker = make_broker()
+    broker.queue("email").enqueue(f"{FIXTURE}.noop", {"tenant_id": "t1"})
+    newest = events.latest_cursor()
+    first, dash, rest = newest.partition("-")
+    ahead = f"{int(first) + 10**6}{dash}{rest}"
+    with caplog.at_level(logging.WARNING, "crmqueue.events"):
+        assert follow_all(newest, idle=0.2) == []
+        assert "after the newest event" not in caplog.text
+        assert follow_all(ahead, idle=0.2) == []
+    assert f"cursor {ahead} is after the newest event ({newest})" in caplog.text

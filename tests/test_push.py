@@ -249,6 +249,14 @@ def test_cli_subscribe_list_unsubscribe(tmp_path: Path, service: PushService) ->
     assert gone.exit_code == 1 and "no such subscription" in gone.output
     listed = json.loads(runner.invoke(main, [*base, "subscriptions", *who, "--json"]).output)
     assert [s["endpoint"] for s in listed] == [other.endpoint]
+    # By the id the listing shows (what a user tries first); only the user's own ids.
+    other_id = str(listed[0]["id"])
+    not_mine = runner.invoke(main, [*base, "unsubscribe", "--tenant", "t2", "--user", "u1",
+                                    other_id])  # fmt: skip
+    assert not_mine.exit_code == 1 and "no such subscription" in not_mine.output
+    by_id = runner.invoke(main, [*base, "unsubscribe", *who, other_id])
+    assert by_id.exit_code == 0, by_id.output
+    assert json.loads(runner.invoke(main, [*base, "subscriptions", *who, "--json"]).output) == []
 
 
 def test_schema_step_adds_the_table_to_an_older_database(crm_url: str) -> None:

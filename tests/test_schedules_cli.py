@@ -121,7 +121,6 @@ def test_round_trip(cli: Callable[..., Result], config: Path) -> None:
     [
         (["--cron", "0 25 * * *"], "cron:"),
         (["--cron", "0 8 * * *", "--tz", "Berlin"], "time_zone:"),
-        (["--cron", "0 8 * * *", "--every", "60"], "cron:"),
         (["--every", "0"], "interval_seconds:"),
         (["--cron", "0 8 * * *", "--kind", "fax"], "kind:"),
     ],
@@ -191,3 +190,27 @@ def test_crmqueue_run_enqueues_and_runs_a_configured_schedule(config: Path, tmp_
     done = [job["id"] for job in store.list_jobs("completed", 1000)]
     assert len(done) >= 2 and all(job_id.startswith("sched-") for job_id in done)
     assert len(done) == len(set(done))
+
+
+def test_a_schedule_is_named_by_id_or_name(cli: Callable[..., Result]) -> None:
+    """A new user tries the name `schedules list` shows: every command takes it as well as
+    the id; an unknown one is one line naming it, and `show` prints the payload as JSON."""
+    args = ["--every", "60", "--queue", "email", "--payload", EMAIL, "--json"]
+    sid = json.loads(ok(cli("add", "--tenant", "t1", "--name", "every min", *args)))["id"]
+    ok(cli("add", "--tenant", "t2", "--name", "other", *args))
+    shown = ok(cli("show", "every min", "--tenant", "t1"))
+    assert f"schedule {sid}" in shown and '"to": "ann@example.com"' in shown
+    assert json.loads(ok(cli("pause", "every min", "--tenant", "t1", "--json")))["paused"]
+    row = next(line for line in ok(cli("list", "--tenant", "t1")).splitlines() if "every" in line)
+    assert "paused" in row and "+00:00" not in row  # no stale "next" while paused
+    assert "resumed" in ok(cli("resume", "every min", "--tenant", "t1"))
+    run = json.loads(ok(cli("run-now", "every min", "--tenant", "t1", "--json")))
+    assert run["schedule_id"] == sid and run["job_id"].startswith(f"sched-{sid}-now-")
+    for timing in ([], ["--cron", "0 8 * * *", "--every", "60"]):  # flags, not field names
+        both = cli("add", "--tenant", "t1", "--name", "x", *timing, *args[2:])
+        assert both.exit_code == 2 and "one of --cron or --every" in both.stderr
+    one_line_error(cli("show", "other", "--tenant", "t1"), "no schedule 'other'")
+    one_line_error(cli("show", "0", "--tenant", "t1"), "no schedule '0'")
+    one_line_error(cli("show", "9" * 30, "--tenant", "t1"), "no schedule")
+    assert "removed" in ok(cli("remove", "every min", "--tenant", "t1"))
+    one_line_error(cli("show", str(sid), "--tenant", "t1"), f"no schedule {sid}")

@@ -89,6 +89,10 @@ def enqueue(
             from crmqueue.cli.report import print_result
 
             print_result(info.result or {})
+        elif queue == "notification" and kind in (None, "send"):  # each channel's outcome
+            from crmqueue.cli.notifications import print_result as print_channels
+
+            print_channels(info.result or {})
 
 
 COMMANDS = (enqueue,)

@@ -26,7 +26,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 @events.command("tail")
 @click.option("--queue", type=QUEUE_CHOICE, default=None, help="Only this queue's jobs.")
 @click.option("--tenant", default=None, help="Only this tenant's jobs.")
-@click.option("--kind", default=None, help="Only this job kind (e.g. send, export) or task name.")
+@click.option(
+    "--kind", default=None, help="Only this job kind (send, export, sms, push...) or task name."
+)
 @click.option(
     "--type",
     "types",

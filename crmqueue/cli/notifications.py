@@ -163,4 +163,27 @@ def notifications_prefs(
     click.echo(f"quiet hours: {hours} ({data['time_zone'] or 'UTC'})")
 
 
+def print_result(result: dict[str, Any]) -> None:
+    """A completed notification job's result as ``crmqueue enqueue notification --wait``
+    prints it: the outcome, then one line per channel (``sms: skipped: SMS is not
+    configured ...``, ``email: queued, job <id>``, ``push: held until <time>``)."""
+    click.echo(f"notification {result.get('status', '?')} ({result.get('category', '-')})")
+    for key in ("reason", "warning"):
+        if result.get(key):
+            click.echo(f"  {key}: {result[key]}")
+    for channel, outcome in (result.get("channels") or {}).items():
+        parts = [str(outcome.get("status", "?"))]
+        if outcome.get("id") is not None:
+            parts.append(f"id {outcome['id']}")
+        if outcome.get("until"):
+            parts.append(f"until {outcome['until']}")
+        if outcome.get("job_id"):
+            parts.append(f"job {outcome['job_id']}")
+        line = f"  {channel}: {', '.join(parts)}"
+        for key in ("reason", "note"):
+            if outcome.get(key):
+                line += f": {outcome[key]}"
+        click.echo(line)
+
+
 COMMANDS = (notifications_group,)

@@ -121,13 +121,17 @@ def push_subscribe(
 @push_group.command("unsubscribe")
 @_TENANT
 @_USER
-@click.argument("endpoint")
+@click.argument("endpoint", metavar="ENDPOINT|ID")
 def push_unsubscribe(tenant: str, user_id: str, endpoint: str) -> None:
-    """Remove the user's subscription with ENDPOINT."""
+    """Remove the user's subscription with ENDPOINT (its URL), or the ID that
+    `push subscriptions` lists."""
     from crmqueue import push
     from crmqueue.errors import CrmQueueError
 
     settings, engine = _engine()
+    if endpoint.isascii() and endpoint.isdigit():
+        mine = push.subscriptions(tenant, user_id, engine=engine, settings=settings)
+        endpoint = next((item.endpoint for item in mine if str(item.id) == endpoint), endpoint)
     if not push.unsubscribe(tenant, user_id, endpoint, engine=engine, settings=settings):
         raise CrmQueueError(f"user {user_id!r} of tenant {tenant!r} has no such subscription")
     click.echo("removed")

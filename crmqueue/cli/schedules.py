@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,18 @@ if TYPE_CHECKING:
 
 TENANT = click.option("--tenant", required=True, help="The tenant the schedule belongs to.")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-SCHEDULE_ID = click.argument("schedule_id", metavar="ID", type=click.IntRange(min=1))
+SCHEDULE_ID = click.argument("schedule_ref", metavar="ID|NAME")
+
+
+def _schedule_id(schedules: ScheduleService, tenant: str, ref: str) -> int:
+    """The id of the tenant's schedule `ref` names: its number (as `schedules list` shows
+    it), else its name; CrmQueueError naming it when there is none."""
+    if ref.isascii() and ref.isdigit() and 0 < int(ref) < 2**63:
+        return int(ref)
+    for schedule in schedules.list(tenant):
+        if schedule.name == ref:
+            return schedule.id
+    raise CrmQueueError(f"tenant {tenant!r} has no schedule {ref!r} (give its id or name)")
 
 
 @contextlib.contextmanager
@@ -129,6 +141,8 @@ def schedules_add(
     """Add a schedule; its payload is validated now as its jobs will be. A report's
     date_range may be last_7_days, previous_month or month_to_date: each run gets the
     dates of its day in --tz."""
+    if (cron is None) == (interval is None):
+        raise click.UsageError("give exactly one of --cron or --every")
     try:
         payload = _read_payload(json_text, file)
     except click.UsageError:
@@ -161,7 +175,8 @@ def schedules_list(tenant: str, as_json: bool) -> None:
         table.add_row(
             str(one.id), one.name, one.every, f"{one.queue} {one.kind or ''}".strip(),
             one.catch_up, "paused" if one.paused else "active",
-            _time(one.next_due_at) or "-", _time(one.last_run_at) or "-",
+            "-" if one.paused else _time(one.next_due_at) or "-",  # stale while paused
+            _time(one.last_run_at) or "-",
         )  # fmt: skip
     console.print(table)
 
@@ -170,16 +185,18 @@ def schedules_list(tenant: str, as_json: bool) -> None:
 @SCHEDULE_ID
 @TENANT
 @AS_JSON
-def schedules_show(schedule_id: int, tenant: str, as_json: bool) -> None:
+def schedules_show(schedule_ref: str, tenant: str, as_json: bool) -> None:
     """Show one schedule: timing, job, state, last run and last error."""
     with _service(tenant) as schedules:
+        schedule_id = _schedule_id(schedules, tenant, schedule_ref)
         data = _dict(schedules.show(tenant, schedule_id))
     if as_json:
         emit_json(data)
         return
     table = Table(show_header=False, title=f"schedule {schedule_id}")
     for key, value in data.items():
-        table.add_row(key, "-" if value is None else str(value))
+        shown = json.dumps(value) if isinstance(value, dict) else str(value)
+        table.add_row(key, "-" if value is None else shown)
     console.print(table)
 
 
@@ -187,9 +204,10 @@ def schedules_show(schedule_id: int, tenant: str, as_json: bool) -> None:
 @SCHEDULE_ID
 @TENANT
 @AS_JSON
-def schedules_pause(schedule_id: int, tenant: str, as_json: bool) -> None:
+def schedules_pause(schedule_ref: str, tenant: str, as_json: bool) -> None:
     """Stop enqueueing its occurrences (those of the paused time never run)."""
     with _service(tenant) as schedules:
+        schedule_id = _schedule_id(schedules, tenant, schedule_ref)
         schedule = schedules.pause(tenant, schedule_id)
     if as_json:
         emit_json(_dict(schedule))
@@ -201,9 +219,10 @@ def schedules_pause(schedule_id: int, tenant: str, as_json: bool) -> None:
 @SCHEDULE_ID
 @TENANT
 @AS_JSON
-def schedules_resume(schedule_id: int, tenant: str, as_json: bool) -> None:
+def schedules_resume(schedule_ref: str, tenant: str, as_json: bool) -> None:
     """Enqueue its occurrences again, from the next one on."""
     with _service(tenant) as schedules:
+        schedule_id = _schedule_id(schedules, tenant, schedule_ref)
         schedule = schedules.resume(tenant, schedule_id)
     if as_json:
         emit_json(_dict(schedule))
@@ -215,9 +234,10 @@ def schedules_resume(schedule_id: int, tenant: str, as_json: bool) -> None:
 @SCHEDULE_ID
 @TENANT
 @AS_JSON
-def schedules_remove(schedule_id: int, tenant: str, as_json: bool) -> None:
+def schedules_remove(schedule_ref: str, tenant: str, as_json: bool) -> None:
     """Delete the schedule (jobs it enqueued stay)."""
     with _service(tenant) as schedules:
+        schedule_id = _schedule_id(schedules, tenant, schedule_ref)
         schedule = schedules.remove(tenant, schedule_id)
     if as_json:
         emit_json(_dict(schedule))
@@ -229,9 +249,10 @@ def schedules_remove(schedule_id: int, tenant: str, as_json: bool) -> None:
 @SCHEDULE_ID
 @TENANT
 @AS_JSON
-def schedules_run_now(schedule_id: int, tenant: str, as_json: bool) -> None:
+def schedules_run_now(schedule_ref: str, tenant: str, as_json: bool) -> None:
     """Enqueue the schedule's job now (paused or not); prints the job id."""
     with _service(tenant) as schedules:
+        schedule_id = _schedule_id(schedules, tenant, schedule_ref)
         job_id = schedules.run_now(tenant, schedule_id)
     if as_json:
         emit_json({"schedule_id": schedule_id, "job_id": job_id})
