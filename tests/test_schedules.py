@@ -395,6 +395,14 @@ def test_names_are_unique_per_tenant_and_tenants_are_isolated(service: ScheduleS
     assert service.list("t2") == []
 
 
+def test_a_removed_schedules_id_is_never_reused(service: ScheduleService) -> None:
+    now = at("2026-06-01T10:00:00")
+    old = add_email(service, now, name="a", cron="0 8 * * *")
+    service.remove("t1", old.id)
+    new = add_email(service, now, name="b", cron="0 8 * * *")
+    assert new.id != old.id
+
+
 # --------------------------------------------------------------------------- stores
 
 

@@ -362,6 +362,9 @@ schedules = sa.Table(
     sa.Column("revision", sa.Integer, nullable=False),
     *_stamps(),
     sa.UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),
+    # Never reuse a removed schedule's id: occurrence job ids (sched-<id>-<time>) of a new
+    # schedule would match the old one's jobs still kept, and be skipped as duplicates.
+    sqlite_autoincrement=True,
 )
 sa.Index("ix_schedules_due", schedules.c.paused, schedules.c.next_due_at)
 # _push_subscriptions: a user's web push subscriptions (issue #14), one per browser or
