@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 TENANT = click.option("--tenant", required=True, help="The tenant the schedule belongs to.")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-SCHEDULE_ID = click.argument("schedule_id", metavar="ID", type=click.IntRange(min=1))
+SCHEDULE_ID = click.argument("schedule_id", metavar="ID", type=click.IntRange(min=1, max=2**63 - 1))
 
 
 @contextlib.contextmanager
