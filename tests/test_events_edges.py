@@ -3,12 +3,20 @@ naming the cursor (not a storage traceback, not a silent stream), on SQLite and 
 
 from __future__ import annotations
 
-import pytest
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
 
+import pytest
+from conftest import engine_settings, wait_until
+
+import crmqueue.engine
 from crmqueue import events
 from crmqueue.engine import Broker
 from crmqueue.engine.queues import Enqueue
-from crmqueue.errors import CrmQueueError
+from crmqueue.errors import CrmQueueError, StorageUnavailable
 
 EMAIL = {"to": "ann@example.com", "template": "welcome", "context": {"firstName": "Ann"}}
 
@@ -46,3 +54,55 @@ def test_a_cursor_after_the_newest_event_is_refused(broker: Broker) -> None:
     # the newest itself and "0" are fine
     assert list(events.subscribe(cursor=newest, idle_timeout=0.1)) == []
     assert len(list(events.subscribe(cursor="0", idle_timeout=0.1))) == 1
+
+
+def test_tail_follows_across_a_redis_restart(redis_server_aof: Any, tmp_path: Path) -> None:
+    """``events tail`` as a process, its Redis stopped and started again under it: the
+    events before and after all appear, once each, in order, and tail exits cleanly."""
+    from tests.test_events import CRMQUEUE, subprocess_env
+
+    config = tmp_path / "crmqueue.toml"
+    config.write_text(
+        f'[storage]\nurl = "{redis_server_aof.url}"\nconnect_timeout_seconds = 1.0\n'
+        f'[database]\nurl = "sqlite:///{tmp_path}/crm.db"\n',
+        encoding="utf-8",
+    )
+    settings = engine_settings(redis_server_aof.url, tmp_path)
+    broker = crmqueue.engine.configure(settings)
+    out = tmp_path / "tail.out"
+    with out.open("wb") as sink:
+        tail = subprocess.Popen(
+            [CRMQUEUE, "events", "tail", "--json", "--from", "0", "--config", str(config)],
+            cwd=tmp_path, env=subprocess_env(), stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        def seen() -> list[str]:
+            lines = out.read_text(encoding="utf-8", errors="replace").splitlines()
+            return [json.loads(line)["job_id"] for line in lines if line.startswith("{")]
+
+        def enqueue(n: int) -> list[str]:
+            job = {**EMAIL, "tenant_id": "t1"}
+            return broker.queue("email").enqueue_many(
+                [Enqueue("crmqueue.workers.email.send", job) for _ in range(n)]
+            )
+
+        before = enqueue(5)
+        wait_until(lambda: len(seen()) >= 5, timeout=15, message=lambda: out.read_text())
+        redis_server_aof.stop()  # tail is now blocked on a dead connection
+        redis_server_aof.start()
+
+        def enqueue_after() -> list[str] | None:
+            try:
+                return enqueue(5)
+            except StorageUnavailable:  # the producer's own reconnect is not under test
+                return None
+
+        after: list[str] = wait_until(enqueue_after, timeout=20, interval=0.1)
+        wait_until(lambda: len(seen()) >= 10, timeout=20, message=lambda: out.read_text())
+        assert seen() == before + after, out.read_text()
+        assert tail.poll() is None, out.read_text()
+    finally:
+        tail.send_signal(signal.SIGTERM)
+        tail.wait(10)
+    assert tail.returncode == 0, out.read_text()

@@ -5,13 +5,21 @@ reports.max_range_days on the day it is added but not on every later occurrence.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crmqueue.config import load_settings
+from crmqueue.engine.storage import open_store
 from crmqueue.errors import CrmQueueError, PayloadError
 from crmqueue.schedules import ScheduleService
+from tests.conftest import ROOT, wait_until
 from tests.test_schedules_cli import cli, config  # noqa: F401  (fixtures)
 
 UTC = dt.UTC
@@ -71,3 +79,55 @@ def test_a_relative_range_is_checked_at_its_longest(
         )  # fmt: skip
     assert any(field.startswith("payload.date_range") for field, _ in caught.value.errors)
     assert service.list("t1") == []
+
+
+def test_a_sigkilled_leader_is_taken_over_and_no_occurrence_doubles(
+    config: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Two ``crmqueue run`` processes on one storage, an every-second schedule: the
+    leader is SIGKILLed (no hand-over); the other takes the lock once it expires and the
+    occurrences go on, each enqueued once (one job per occurrence time)."""
+    with config.open("a") as file:
+        file.write(
+            "[runner]\nheartbeat_seconds = 0.5\nschedules_refresh_seconds = 1.0\n"
+            '[[schedules]]\nname = "tick"\ntenant_id = "t1"\ninterval_seconds = 1\n'
+            'queue = "email"\npayload = { to = "ann@example.com", template = "welcome",'
+            ' context = { firstName = "Ann" } }\n'
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMQUEUE_", "REDIS_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    settings = load_settings(str(config), environ={})
+    store = open_store(settings.storage.url, "email", 2.0)
+
+    def occurrences() -> list[str]:
+        found = [job["id"] for state in ("waiting", "active", "completed")
+                 for job in store.list_jobs(state, 10_000)]  # fmt: skip
+        return sorted(job_id for job_id in found if job_id.startswith("sched-"))
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "crmqueue", "run", "--config", str(config)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    first = start()
+    second = None
+    try:
+        wait_until(lambda: len(occurrences()) >= 2, timeout=60, message="the first leads")
+        second = start()
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = len(occurrences())
+        wait_until(
+            lambda: len(occurrences()) >= killed_at + 3, timeout=60, message="the second leads"
+        )
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=60)
+    ids = occurrences()
+    stamps = [job_id.rsplit("-", 1)[1] for job_id in ids]
+    assert len(stamps) == len(set(stamps)), ids  # one job per occurrence time
+    assert second is not None and second.returncode == 0, second.stderr
