@@ -106,3 +106,27 @@ def test_tail_follows_across_a_redis_restart(redis_server_aof: Any, tmp_path: Pa
         tail.send_signal(signal.SIGTERM)
         tail.wait(10)
     assert tail.returncode == 0, out.read_text()
+
+
+def test_idle_timeout_counts_only_the_events_the_filter_lets_through(broker: Broker) -> None:
+    """A tail for a tenant with no jobs, while other tenants' jobs go on: it prints
+    nothing, so it is idle, and stops after its idle timeout (it followed forever)."""
+    import threading
+
+    done = threading.Event()
+    seen: list[Any] = []
+
+    def follow() -> None:
+        seen.extend(events.subscribe(tenant="nobody", idle_timeout=0.5))
+        done.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    job = {**EMAIL, "tenant_id": "t1"}
+
+    def busy_elsewhere() -> bool:
+        broker.queue("email").enqueue_many([Enqueue("crmqueue.workers.email.send", job)])
+        return done.wait(0.05)
+
+    wait_until(busy_elsewhere, timeout=10, message="the idle tail to stop")
+    assert seen == []

@@ -174,8 +174,8 @@ def follow(
     """Events after `cursor` (None: only those written from now on; "0": from the oldest
     kept), oldest first, as they are written: a blocking XREAD on Redis, on SQLite a read
     whenever the database changes (the store's data_version watcher, a few ms). Ends
-    after `idle_timeout` seconds without any event (None: never) or once `stop` is set;
-    a storage outage is waited out. Resuming from an event's cursor yields what followed
+    after `idle_timeout` seconds without any event `where` matches (None: never) or once
+    `stop` is set; a storage outage is waited out. Resuming from an event's cursor yields what followed
     it, without gaps. Logs a warning when events after `cursor` were trimmed already (the
     stream's cap) and carries on from the oldest kept."""
     if cursor is None:
@@ -223,12 +223,12 @@ def _follow(
             backoff = min(backoff * 2, 5.0)
             continue
         backoff = 0.1
-        if batch:
-            last_seen = time.monotonic()
         for raw in batch:
             cursor = raw["cursor"]
             event = Event.from_record(raw)
             if where.matches(event):
+                # idle means nothing for this reader: others' events do not count
+                last_seen = time.monotonic()
                 yield event
 
 
