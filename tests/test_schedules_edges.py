@@ -17,7 +17,7 @@ import pytest
 
 from crmqueue.config import load_settings
 from crmqueue.engine.storage import open_store
-from crmqueue.errors import CrmQueueError, PayloadError
+from crmqueue.errors import ConfigError, CrmQueueError, PayloadError
 from crmqueue.schedules import ScheduleService
 from tests.conftest import ROOT, wait_until
 from tests.test_schedules_cli import cli, config  # noqa: F401  (fixtures)
@@ -131,3 +131,34 @@ def test_a_sigkilled_leader_is_taken_over_and_no_occurrence_doubles(
     stamps = [job_id.rsplit("-", 1)[1] for job_id in ids]
     assert len(stamps) == len(set(stamps)), ids  # one job per occurrence time
     assert second is not None and second.returncode == 0, second.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"interval_seconds": 10**12}, "schedules.0.interval_seconds"),
+        ({"tenant_id": "bad tenant"}, "schedules.0.tenant_id"),
+        ({"name": "two\nlines"}, "schedules.0.name"),
+        ({"name": "   "}, "schedules.0.name"),
+    ],
+)
+def test_bad_configured_schedules_are_refused_at_load_naming_the_key(
+    change: dict[str, Any], field: str
+) -> None:
+    """Refused when the file is loaded, not left out later by the scheduler's leader
+    with only a log line."""
+    entry = {"name": "x", "tenant_id": "t1", "interval_seconds": 60, "queue": "email", **change}
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_settings(config_file=None, overrides={"schedules": [entry]}, environ={})
+
+
+def test_two_configured_schedules_of_one_name_are_refused() -> None:
+    """The scheduler keys them by tenant and name: the second replaced the first."""
+    first = {"name": "x", "tenant_id": "t1", "interval_seconds": 60, "queue": "email"}
+    second = {**first, "interval_seconds": None, "cron": "0 8 * * *"}
+    with pytest.raises(ConfigError, match="two schedules of tenant 't1' are named 'x'"):
+        load_settings(config_file=None, overrides={"schedules": [first, second]}, environ={})
+    other = {**first, "tenant_id": "t2"}
+    assert (
+        len(load_settings(None, overrides={"schedules": [first, other]}, environ={}).schedules) == 2
+    )
