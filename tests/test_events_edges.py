@@ -14,9 +14,9 @@ from conftest import engine_settings, wait_until
 
 import crmqueue.engine
 from crmqueue import events
-from crmqueue.engine import Broker
+from crmqueue.engine import Broker, job
 from crmqueue.engine.queues import Enqueue
-from crmqueue.errors import CrmQueueError, StorageUnavailable
+from crmqueue.errors import CrmQueueError, PermanentError, Postpone, StorageUnavailable
 
 EMAIL = {"to": "ann@example.com", "template": "welcome", "context": {"firstName": "Ann"}}
 
@@ -130,3 +130,51 @@ def test_idle_timeout_counts_only_the_events_the_filter_lets_through(broker: Bro
 
     wait_until(busy_elsewhere, timeout=10, message="the idle tail to stop")
     assert seen == []
+
+
+# a lone surrogate (os.fsdecode of a Latin-1 file name) and a NUL
+ODD = "bad file name caf\udce9\x00.csv"
+
+
+@job("email")
+def fail_with_odd_text(payload: dict[str, Any]) -> None:
+    raise PermanentError(ODD)
+
+
+@job("email")
+def postpone_with_odd_text(payload: dict[str, Any]) -> None:
+    raise Postpone(ODD, 3600)
+
+
+@job("email")
+def return_odd_text(payload: dict[str, Any]) -> str:
+    return ODD
+
+
+@pytest.mark.parametrize(
+    ("body", "state", "event_type"),
+    [
+        ("fail_with_odd_text", "dead", "dead"),
+        ("postpone_with_odd_text", "delayed", "postponed"),
+        ("return_odd_text", "completed", "completed"),
+    ],
+)
+def test_odd_text_from_a_job_is_recorded(
+    broker: Broker, start_consumer: Any, body: str, state: str, event_type: str
+) -> None:
+    """A lone surrogate and a NUL in what a job raises, postpones with or returns: the
+    outcome is recorded (not the job stuck active, its consumer's step failing on the
+    encoding: SQLite's UnicodeEncodeError, Redis's cjson 'invalid unicode escape') and
+    its event written."""
+    start = events.latest_cursor()
+    [job_id] = broker.queue("email").enqueue_many(
+        [Enqueue(f"{__name__}.{body}", {"tenant_id": "t1"})]
+    )
+    start_consumer(broker, ["email"])
+    wait_until(
+        lambda: (broker.queue("email").store.get_job(job_id) or {}).get("state") == state,
+        timeout=15,
+        message=lambda: str(broker.queue("email").store.get_job(job_id)),
+    )
+    seen = [e for e in events.subscribe(cursor=start, idle_timeout=0.3) if e.type == event_type]
+    assert [e.job_id for e in seen] == [job_id]
