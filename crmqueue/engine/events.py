@@ -175,9 +175,9 @@ def follow(
     kept), oldest first, as they are written: a blocking XREAD on Redis, on SQLite a read
     whenever the database changes (the store's data_version watcher, a few ms). Ends
     after `idle_timeout` seconds without any event `where` matches (None: never) or once
-    `stop` is set; a storage outage is waited out. Resuming from an event's cursor yields what followed
-    it, without gaps. Logs a warning when events after `cursor` were trimmed already (the
-    stream's cap) and carries on from the oldest kept."""
+    `stop` is set; a storage outage is waited out. Resuming from an event's cursor yields
+    what followed it, without gaps. Logs a warning when events after `cursor` were
+    trimmed already (the stream's cap) and carries on from the oldest kept."""
     if cursor is None:
         cursor = newest_cursor(store)
     else:
