@@ -162,3 +162,28 @@ def test_two_configured_schedules_of_one_name_are_refused() -> None:
     assert (
         len(load_settings(None, overrides={"schedules": [first, other]}, environ={}).schedules) == 2
     )
+
+
+def test_config_check_validates_configured_schedules_payloads(config: Path) -> None:  # noqa: F811
+    """'config check' said "configuration ok" for a [[schedules]] payload the leading
+    scheduler then left out with only a log line."""
+    from click.testing import CliRunner
+
+    from crmqueue.cli import main
+
+    text = config.read_text()
+    config.write_text(
+        text + '[[schedules]]\nname = "x"\ntenant_id = "t1"\ninterval_seconds = 60\n'
+        'queue = "email"\npayload = { to = "not-an-email" }\n'
+    )
+    result = CliRunner().invoke(main, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "schedules.0.payload.to" in result.output
+    assert "schedules.0.payload.template" in result.output
+    config.write_text(
+        text + '[[schedules]]\nname = "x"\ntenant_id = "t1"\ninterval_seconds = 60\n'
+        'queue = "email"\npayload = { to = "ann@example.com", template = "welcome",'
+        ' context = { firstName = "Ann" } }\n'
+    )
+    result = CliRunner().invoke(main, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 0 and "configuration ok" in result.output, result.output
