@@ -711,12 +711,29 @@ class ScheduleSettings(Section):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     tenant_id: str
     cron: str | None = None
-    interval_seconds: Annotated[int, Field(gt=0)] | None = None
+    interval_seconds: Annotated[int, Field(gt=0, le=366 * 86400)] | None = None  # a year
     time_zone: str = "UTC"
     queue: str
     kind: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     catch_up: Literal["skip", "run-once"] = "skip"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError("must be printable text on one line (no control characters)")
+        return value
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        from crmqueue.tenancy import tenant_problem
+
+        problem = tenant_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("time_zone")
     @classmethod
@@ -793,6 +810,17 @@ class Settings(Section):
     events: EventsSettings = Field(default_factory=EventsSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)
     api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedules(cls, value: list[ScheduleSettings]) -> list[ScheduleSettings]:
+        seen: set[tuple[str, str]] = set()
+        for entry in value:  # the scheduler stores them by tenant and name: one would go
+            key = (entry.tenant_id, entry.name.strip())
+            if key in seen:
+                raise ValueError(f"two schedules of tenant {key[0]!r} are named {key[1]!r}")
+            seen.add(key)
+        return value
 
     def public_dict(self) -> dict[str, Any]:
         """The effective settings as JSON-ready data, secrets masked."""

@@ -146,7 +146,7 @@ def subscribe(
     optionally only of a queue, tenant, job kind or event type(s). Each event's `cursor`
     resumes after it without gaps (a warning is logged if the stream's cap trimmed
     events before they were read). Stops after `idle_timeout` seconds without any event
-    (None: never). Raises CrmQueueError for a malformed cursor or unknown event type."""
+    it yields (None: never). Raises CrmQueueError for a malformed cursor or unknown event type."""
     if cursor is not None:
         cursor_key(cursor)
     where = EventFilter.of(types, queue, tenant, kind)

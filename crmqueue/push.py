@@ -195,6 +195,8 @@ def subscribe(
     url = check_endpoint(endpoint, config)
     p256dh = _check_key(p256dh, "p256dh", 65)
     auth = _check_key(auth, "auth", 16)
+    if user_agent is not None and not isinstance(user_agent, str):
+        raise PayloadError([("user_agent", f"must be text, not {type(user_agent).__name__}")])
     if user_agent is not None:
         user_agent = user_agent.strip() or None
     if user_agent is not None and (
@@ -234,7 +236,11 @@ def subscribe_json(
         raise PayloadError([("keys", "must be an object with p256dh and auth")])
     unknown = set(subscription) - {"endpoint", "expirationTime", "keys"}
     if unknown:
-        raise PayloadError([(name, "unknown field") for name in sorted(unknown)])
+        raise PayloadError([(str(name), "unknown field") for name in sorted(map(str, unknown))])
+    expires = subscription.get("expirationTime")
+    if expires is not None and (type(expires) not in (int, float) or not expires >= 0):
+        # W3C Push API: a DOMHighResTimeStamp (milliseconds since the epoch) or null
+        raise PayloadError([("expirationTime", "must be null or milliseconds since 1970")])
     return subscribe(
         tenant_id, user_id, subscription.get("endpoint"), keys.get("p256dh"),  # type: ignore[arg-type]
         keys.get("auth"), user_agent=user_agent, engine=engine, settings=settings,  # type: ignore[arg-type]
@@ -252,6 +258,11 @@ def unsubscribe(
     """Remove the user's subscription with `endpoint`; False when the user has none
     (another user's subscription is never touched)."""
     user_id = _check_owner(tenant_id, user_id)
+    if not isinstance(endpoint, str) or not endpoint.strip():
+        raise PayloadError([("endpoint", "must be a non-empty URL")])
+    if not endpoint.isascii() or not endpoint.strip().isprintable():
+        # every stored endpoint is (check_endpoint); and hashing a lone surrogate raised
+        raise PayloadError([("endpoint", "must be an ASCII URL without spaces")])
     config = _settings(settings)
     return store.delete(_engine(engine, config), tenant_id, user_id, endpoint.strip())
 

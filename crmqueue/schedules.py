@@ -72,6 +72,7 @@ CATCH_UP = ("skip", "run-once")
 SCHEDULER_LOCK = "scheduler"
 MAX_NAME = 100
 MAX_INTERVAL = 366 * 86400  # seconds: a year; longer is a cron expression's job
+MAX_ID = 2**63 - 1  # a schedule id is a BIGINT
 DUE_BATCH = 500  # schedules fired per store read
 
 _table = schema.schedules
@@ -195,6 +196,13 @@ def resolve_payload(
     return resolved
 
 
+# Days on which the relative ranges are at their longest, 31 days (previous_month on
+# 1 February: January; month_to_date on 31 January): a definition that fits
+# reports.max_range_days today (10 March: February's 28 days) must fit on every
+# occurrence. Checked at noon of those days in the schedule's zone.
+_LONGEST_RANGE_DAYS = (dt.date(2026, 2, 1), dt.date(2026, 1, 31))
+
+
 def _prepared(
     queue: str, kind: str | None, payload: Mapping[str, Any], time_zone: str, moment: dt.datetime
 ) -> tuple[str, Any]:
@@ -239,6 +247,9 @@ def check_definition(
         errors.append(("name", f"at most {MAX_NAME} characters"))
     elif problems := text_problems(name):
         errors.append(("name", problems[0][1]))
+    elif not name.isprintable():
+        # A line break splits the one-line listings; a bidi override reverses them.
+        errors.append(("name", "must be printable text on one line (no control characters)"))
     if (cron is None) == (interval_seconds is None):
         errors.append(("cron", "give cron or interval_seconds, one of them"))
     elif cron is not None and (why := cron_problem(cron)) is not None:
@@ -270,12 +281,18 @@ def check_definition(
             told = {field for field, _ in errors}
             if not {"tenant_id", "queue", "time_zone", "kind"} & told:
                 assert isinstance(queue, str) and isinstance(time_zone, str)
-                try:
-                    _prepared(
-                        queue, kind if isinstance(kind, str) else None, payload, time_zone, now
-                    )
-                except PayloadError as exc:
-                    errors += exc.errors
+                zone = zoneinfo.ZoneInfo(time_zone)
+                longest = [dt.datetime.combine(d, dt.time(12), zone) for d in _LONGEST_RANGE_DAYS]
+                for moment in (now, *longest):
+                    try:
+                        _prepared(
+                            queue, kind if isinstance(kind, str) else None, payload,
+                            time_zone, moment,
+                        )  # fmt: skip
+                    except PayloadError as exc:
+                        later = "" if moment is now else f" (on an occurrence on {moment:%d %B})"
+                        errors += [(field, why + later) for field, why in exc.errors]
+                        break
     if errors:
         raise ScheduleError(errors)
     assert isinstance(payload, dict) and isinstance(name, str)
@@ -364,6 +381,9 @@ class ScheduleService:
             return self._get(conn, tenant_id, schedule_id)
 
     def _get(self, conn: Connection, tenant_id: str, schedule_id: int) -> Schedule:
+        if type(schedule_id) is not int or not 1 <= schedule_id <= MAX_ID:
+            # beyond SQL's BIGINT: SQLite raised OverflowError, PostgreSQL a DataError
+            raise ScheduleNotFound(f"tenant {tenant_id!r} has no schedule {schedule_id!r}")
         row = conn.execute(
             sa.select(_table).where(_table.c.tenant_id == tenant_id, _table.c.id == schedule_id)
         ).first()

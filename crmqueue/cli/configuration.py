@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from crmqueue.cli.common import emit_json, group, load_config
+from crmqueue.config import Settings
 from crmqueue.errors import CrmQueueError
 from crmqueue.workers.loading import load_bodies
 
@@ -31,7 +32,37 @@ def config_check() -> None:
     from crmqueue.providers.push import get_provider
 
     get_provider(settings)  # a configured VAPID key must read and match its public key
+    _check_schedules(settings)
     click.echo("configuration ok")
+
+
+def _check_schedules(settings: Settings) -> None:
+    """Each [[schedules]] entry's job validated as its occurrences' will be (the leading
+    scheduler leaves a failing one out with only a log line); ConfigError naming every
+    bad field as ``schedules.<index>.<field>``."""
+    if not settings.schedules:
+        return
+    import datetime as dt
+
+    from crmqueue.engine import configure
+    from crmqueue.errors import ConfigError, PayloadError
+    from crmqueue.schedules import check_definition
+
+    configure(settings)  # payload rules read the settings (templates, report limits)
+    now = dt.datetime.now(dt.UTC)
+    errors: list[str] = []
+    for index, entry in enumerate(settings.schedules):
+        try:
+            check_definition(
+                tenant_id=entry.tenant_id, name=entry.name, cron=entry.cron,
+                interval_seconds=entry.interval_seconds, time_zone=entry.time_zone,
+                queue=entry.queue, kind=entry.kind, payload=entry.payload,
+                catch_up=entry.catch_up, now=now,
+            )  # fmt: skip
+        except PayloadError as exc:
+            errors += [f"schedules.{index}.{field}: {why}" for field, why in exc.errors]
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def default_config_file() -> Path | None:

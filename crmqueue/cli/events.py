@@ -48,7 +48,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     "--idle-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Stop after this many seconds without any event (default: follow until stopped).",
+    help="Stop after this many seconds without any event shown (default: follow until stopped).",
 )
 def tail(
     queue: str | None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import queue as stdqueue
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -94,14 +95,22 @@ class Event:
 def cursor_key(cursor: str) -> tuple[int, int]:
     """A cursor of either storage as a comparable pair (SQLite "<seq>", Redis
     "<ms>-<seq>"); CrmQueueError naming it when it is neither."""
-    first, _, second = cursor.partition("-")
-    try:
-        return int(first), int(second or 0)
-    except ValueError:
-        raise CrmQueueError(
-            f"cursor {cursor!r} is not an event cursor (SQLite: a whole number; Redis:"
-            " <milliseconds>-<sequence>; 0 for the oldest kept event)"
-        ) from None
+    # ASCII digits only, each part within 64 bits (int() alone would take " 3", "1_0"
+    # and other scripts' digits, and any size, which the storages then refuse with a
+    # traceback: SQLite's OverflowError, Redis's "Invalid stream ID").
+    found = _CURSOR.fullmatch(cursor) if isinstance(cursor, str) else None
+    if found is not None:
+        first, second = int(found[1]), int(found[2] or 0)
+        if first <= _MAX_PART and second <= _MAX_PART:
+            return first, second
+    raise CrmQueueError(
+        f"cursor {cursor!r} is not an event cursor (SQLite: a whole number; Redis:"
+        " <milliseconds>-<sequence>; 0 for the oldest kept event)"
+    )
+
+
+_CURSOR = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
+_MAX_PART = 2**63 - 1  # SQLite's INTEGER; a Redis stream id's parts are 64-bit unsigned
 
 
 @dataclass(frozen=True)
@@ -165,10 +174,10 @@ def follow(
     """Events after `cursor` (None: only those written from now on; "0": from the oldest
     kept), oldest first, as they are written: a blocking XREAD on Redis, on SQLite a read
     whenever the database changes (the store's data_version watcher, a few ms). Ends
-    after `idle_timeout` seconds without any event (None: never) or once `stop` is set;
-    a storage outage is waited out. Resuming from an event's cursor yields what followed
-    it, without gaps. Logs a warning when events after `cursor` were trimmed already (the
-    stream's cap) and carries on from the oldest kept."""
+    after `idle_timeout` seconds without any event `where` matches (None: never) or once
+    `stop` is set; a storage outage is waited out. Resuming from an event's cursor yields
+    what followed it, without gaps. Logs a warning when events after `cursor` were
+    trimmed already (the stream's cap) and carries on from the oldest kept."""
     if cursor is None:
         cursor = newest_cursor(store)
     else:
@@ -177,6 +186,14 @@ def follow(
             store.read_events(cursor, 1)  # a cursor of the other storage's form
         except ValueError as exc:
             raise CrmQueueError(str(exc)) from None
+        newest = newest_cursor(store)
+        if cursor_key(cursor) > cursor_key(newest):
+            # Nothing would ever come (SQLite) or not until that time (Redis): a cursor
+            # of another storage, or of one since emptied.
+            raise CrmQueueError(
+                f"cursor {cursor!r} is after the newest event ({newest}): not a cursor"
+                " this storage gave (another storage's, or from before it was emptied?)"
+            )
         _warn_if_trimmed(store, cursor)
     return _follow(store, cursor, where or EventFilter(), idle_timeout, poll_seconds, stop)
 
@@ -206,12 +223,12 @@ def _follow(
             backoff = min(backoff * 2, 5.0)
             continue
         backoff = 0.1
-        if batch:
-            last_seen = time.monotonic()
         for raw in batch:
             cursor = raw["cursor"]
             event = Event.from_record(raw)
             if where.matches(event):
+                # idle means nothing for this reader: others' events do not count
+                last_seen = time.monotonic()
                 yield event
 
 

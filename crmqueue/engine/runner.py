@@ -29,6 +29,7 @@ from crmqueue.engine.pause import PauseCheck
 from crmqueue.engine.queues import MAX_DELAY, Broker, Queue
 from crmqueue.engine.retry import next_delay
 from crmqueue.engine.storage import Claim, KeptRecord, error_record
+from crmqueue.engine.storage.contract import storable_text
 from crmqueue.errors import CrmQueueError, Postpone, StorageUnavailable
 
 log = logging.getLogger("crmqueue.runner")
@@ -448,7 +449,8 @@ class QueueRunner:
         delay = postpone.delay if math.isfinite(postpone.delay) else 0.0
         delay = min(max(delay, 0.0), MAX_DELAY)
         store = self.queue.store
-        owned = self._persist(lambda: store.postpone(claim, delay, postpone.reason))
+        reason = storable_text(postpone.reason)
+        owned = self._persist(lambda: store.postpone(claim, delay, reason))
         return f"postponed-{delay:.1f}s" if owned else "lease-lost"
 
     def _record_poison(self, claim: Claim, exc: Exception) -> None:

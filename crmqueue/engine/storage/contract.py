@@ -224,7 +224,19 @@ def error_summary(error: dict[str, Any]) -> str:
 
 
 def error_record(exc_type: str, message: str, traceback_excerpt: str = "") -> dict[str, Any]:
-    return {"type": exc_type, "message": message, "traceback": traceback_excerpt, "at": time.time()}
+    """A job's error entry; its texts storable on every storage (storable_text)."""
+    return {
+        "type": storable_text(exc_type), "message": storable_text(message),
+        "traceback": storable_text(traceback_excerpt), "at": time.time(),
+    }  # fmt: skip
+
+
+def storable_text(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (``\\udce9``): an error
+    message may carry one (os.fsdecode of a file name in another encoding), and neither
+    UTF-8 (SQLite), nor Redis's cjson reading "\\udce9" from JSON, can store one; the
+    job's failure could then never be recorded."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def postponed_errors(errors: list[dict[str, Any]], reason: str, now: float) -> list[dict[str, Any]]:
