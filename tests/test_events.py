@@ -388,20 +388,3 @@ def test_notification_follow_up_jobs_have_short_kinds() -> None:
     assert EventFilter.of(kinds="sms").matches(sms)
     assert not EventFilter.of(kinds="sms").matches(push)
     assert EventFilter.of(kinds=SEND_PUSH).matches(push)  # the task name still works
-
-
-def test_a_cursor_after_the_newest_event_is_warned_about(
-    make_broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture
-) -> None:
-    """A new user resumed from a cursor no event has had yet (the README's Redis example on
-    SQLite, or a cursor from a storage since reset): tail waited silently. It warns."""
-    broker = make_broker()
-    broker.queue("email").enqueue(f"{FIXTURE}.noop", {"tenant_id": "t1"})
-    newest = events.latest_cursor()
-    first, dash, rest = newest.partition("-")
-    ahead = f"{int(first) + 10**6}{dash}{rest}"
-    with caplog.at_level(logging.WARNING, "crmqueue.events"):
-        assert follow_all(newest, idle=0.2) == []
-        assert "after the newest event" not in caplog.text
-        assert follow_all(ahead, idle=0.2) == []
-    assert f"cursor {ahead} is after the newest event ({newest})" in caplog.text

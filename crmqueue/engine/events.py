@@ -233,15 +233,7 @@ def _follow(
 
 
 def _warn_if_trimmed(store: JobStore, cursor: str) -> None:
-    first, newest, trimmed = store.events_bounds()
-    if cursor_key(cursor) > cursor_key(newest):
-        # A cursor no event has had yet (of another storage, or one reset since): only
-        # events written after it are read, which on SQLite may be none for a long time.
-        log.warning(
-            "cursor %s is after the newest event (%s): waiting for events after it"
-            " (--from 0 reads from the oldest kept)",
-            cursor, newest,
-        )  # fmt: skip
+    first, _newest, trimmed = store.events_bounds()
     if cursor_key(cursor) < cursor_key(trimmed):
         log.warning(
             "events after cursor %s up to %s were trimmed before they were read (the"
