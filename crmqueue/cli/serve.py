@@ -144,8 +144,20 @@ def run(queues: str, no_api: bool) -> None:
         given = config_file()
 
         def serve_api() -> None:
-            start_child(given)  # its own process: the consumers lose no CPU to it
+            child = start_child(given)  # its own process: the consumers lose no CPU to it
             click.echo(f"crmqueue admin API on {describe(broker.settings)}", err=True)
+
+            def report_exit() -> None:
+                # The consumers keep running without the API; say so, not only the child.
+                code = child.wait()
+                if code:
+                    log.error(
+                        "admin API process exited with code %s (its error is above); the"
+                        " consumers keep running without the API",
+                        code,
+                    )
+
+            threading.Thread(target=report_exit, name="crmqueue-api-exit", daemon=True).start()
 
     _serve(broker, names, {}, serve_api, scheduler=True)
 
