@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -135,6 +136,55 @@ def test_run_no_api_serves_no_api(deployment: Deployment) -> None:
     wait_until(lambda: jobs.stats("email")["consumers"] == 1, timeout=30, message="consumer")
     assert not deployment.answers()
     assert Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split() == []
+
+
+RUN_EMAIL = [sys.executable, "-m", "crmqueue", "run", "--queues", "email"]
+
+
+def _hold_port(port: int) -> socket.socket:
+    """Someone else's listener on the API's port."""
+    return socket.create_server(("127.0.0.1", port))
+
+
+def test_api_on_a_taken_port_says_so_and_how_to_choose_another(deployment: Deployment) -> None:
+    with _hold_port(deployment.port):
+        done = subprocess.run(
+            [sys.executable, "-m", "crmqueue", "api", "--config", str(deployment.config)],
+            cwd=deployment.dir,
+            env=deployment.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"cannot listen on 127.0.0.1:{deployment.port}: Address already in use" in last
+    assert "[api] port" in last and "CRMQUEUE_API__PORT" in last and "--no-api" in last
+
+
+def test_run_on_a_taken_api_port_keeps_consuming_and_says_the_api_is_gone(
+    deployment: Deployment,
+) -> None:
+    from crmqueue import jobs
+
+    log = deployment.dir / "run.log"
+    with _hold_port(deployment.port), log.open("wb") as sink:
+        run = subprocess.Popen(
+            [*RUN_EMAIL, "--config", str(deployment.config)],
+            cwd=deployment.dir,
+            env=deployment.env,
+            stderr=sink,
+        )
+        deployment.procs.append(run)
+        wait_until(
+            lambda: "the consumers keep running without the API" in log.read_text(),
+            timeout=40,
+            message="the parent to report the API child's exit",
+        )
+        text = log.read_text()
+        assert f"cannot listen on 127.0.0.1:{deployment.port}" in text
+        assert run.poll() is None
+        assert jobs.stats("email")["consumers"] == 1
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -326,3 +326,27 @@ def test_tables_show_job_data_with_square_brackets_as_written(cli: Cli) -> None:
     shown = cli("jobs", "show", enqueued.stdout.strip())
     assert shown.returncode == 0, shown.stderr
     assert subject in " ".join(shown.stdout.split()), shown.stdout
+
+
+def test_dlq_list_marks_a_shortened_error_and_names_the_whole(cli: Cli) -> None:
+    enqueued = cli("enqueue", "webhook", "--kind", "nosuch.fn", "--json", '{"tenant_id": "t1"}')
+    assert enqueued.returncode == 0, enqueued.stderr
+    worker = subprocess.Popen([CRMQUEUE, "worker", "webhook"], cwd=cli.workdir, env=cli.env)
+    try:
+        wait_until(
+            lambda: json.loads(cli("dlq", "list", "--json").stdout),
+            timeout=30,
+            message="the job with no body to go dead",
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    env = {**cli.env, "COLUMNS": "250"}
+    shown = subprocess.run(
+        [CRMQUEUE, "dlq", "list"], cwd=cli.workdir, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "not found on queue 'webhook'" in text  # the message is long: 120 characters shown
+    assert "\u2026" in text and "crmqueue jobs show ID" in text

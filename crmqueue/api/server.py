@@ -18,6 +18,7 @@ import threading
 import time
 
 from crmqueue.config import Settings
+from crmqueue.errors import CrmQueueError
 
 log = logging.getLogger("crmqueue.api")
 GRACE_SECONDS = 2  # how long a stopping server lets open requests (streams) finish
@@ -47,6 +48,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
     if watch_fd is not None:
         # After a SIGHUP re-exec the previous child may still be closing its socket.
         _wait_for_port(config.host, config.port, 5.0)
+    problem = _bind_problem(config.host, config.port)
+    if problem is not None:
+        raise CrmQueueError(
+            f"admin API: cannot listen on {config.host}:{config.port}: {problem} (another"
+            " process may hold it); choose another port with [api] port,"
+            " CRMQUEUE_API__PORT or `crmqueue api --port`, or run without the API:"
+            " `crmqueue run --no-api`"
+        )
+    if watch_fd is not None:
 
         def watch() -> None:
             with os.fdopen(watch_fd, "rb", buffering=0) as pipe:
@@ -56,6 +66,16 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
 
         threading.Thread(target=watch, name="crmqueue-api-parent", daemon=True).start()
     server.run()
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound now (the OS's words), or None when it can."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            return None
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def _wait_for_port(host: str, port: int, seconds: float) -> None:

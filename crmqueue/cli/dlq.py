@@ -29,7 +29,7 @@ def dlq_list(queue: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json([info.to_dict() for info in dead])
         return
-    table = Table(title="dead jobs")
+    table = Table(title="dead jobs", caption="whole errors: crmqueue jobs show ID")
     for column in ("id", "queue", "tenant", "name", "attempts", "died", "last error"):
         table.add_column(column)
     for info in dead:
@@ -37,9 +37,14 @@ def dlq_list(queue: str | None, limit: int, as_json: bool) -> None:
         table.add_row(
             info.id, info.queue, info.tenant, info.name.rsplit(".", 1)[-1],
             f"{info.attempts}/{info.max_attempts}", info.finished_at or "-",
-            f"{last['type']}: {last['message']}"[:120],
+            _shortened(f"{last['type']}: {last['message']}", 120),
         )  # fmt: skip
     console.print(table)
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and an ellipsis, so a cut is visible."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 @dlq.command("replay")

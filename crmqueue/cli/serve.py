@@ -29,6 +29,9 @@ from crmqueue.errors import CrmQueueError
 # systemd's default KillMode) arrives twice within microseconds. The same signal again
 # within this window is that echo, not a second request.
 SIGNAL_ECHO_SECONDS = 0.5
+# Set on the first stop/restart signal: the API child then ends too (a signal to the
+# whole process group reaches it as well), which is no error to report.
+_stopping = threading.Event()
 
 
 def _serve(
@@ -56,6 +59,7 @@ def _serve(
             os._exit(1)
         action = "restarting" if signum == signal.SIGHUP else "stopping"
         log.info("received %s: %s gracefully", signal.Signals(signum).name, action)
+        _stopping.set()
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -144,8 +148,20 @@ def run(queues: str, no_api: bool) -> None:
         given = config_file()
 
         def serve_api() -> None:
-            start_child(given)  # its own process: the consumers lose no CPU to it
+            child = start_child(given)  # its own process: the consumers lose no CPU to it
             click.echo(f"crmqueue admin API on {describe(broker.settings)}", err=True)
+
+            def report_exit() -> None:
+                # The consumers keep running without the API; say so, not only the child.
+                code = child.wait()
+                if code and not _stopping.is_set():
+                    log.error(
+                        "admin API process exited with code %s (its error is above); the"
+                        " consumers keep running without the API",
+                        code,
+                    )
+
+            threading.Thread(target=report_exit, name="crmqueue-api-exit", daemon=True).start()
 
     _serve(broker, names, {}, serve_api, scheduler=True)
 
