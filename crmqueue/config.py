@@ -764,6 +764,8 @@ class ApiSettings(Section):
     metrics_require_token: bool = True
     # Seconds between the server's looks at a user's inbox, per notification stream.
     stream_poll_seconds: Annotated[float, Field(gt=0, le=5)] = 0.5
+    # Largest request body read, in bytes; a larger one is answered 413 unread.
+    max_body_bytes: PositiveInt = 1_048_576
 
     @field_validator("tokens", mode="before")
     @classmethod

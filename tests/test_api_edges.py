@@ -4,8 +4,10 @@ behind X-Forwarded-For. Over real HTTP on loopback (test_api's fixtures)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 from conftest import wait_until
 from test_api import Api, api, enqueue, make_api  # noqa: F401  (fixtures)
 
@@ -56,3 +58,44 @@ def test_secrets_never_in_job_views(api: Api, start_consumer: Any) -> None:  # n
     assert "leaks_in_error" in body["errors"][0]["traceback"]
     assert body["payload"]["headers"]["Authorization"] == "********"
     assert body["payload"]["private"]["Cookie"] == "********"
+
+
+def test_huge_body_is_413_before_it_is_read(make_api: Any) -> None:  # noqa: F811
+    small_api = make_api({"api.max_body_bytes": 10_000})
+    token = {"Authorization": f"Bearer {small_api.tokens['tenant:t1']}"}
+    payload = {"tenant_id": "t1", "to": "a@example.com", "template": "welcome"}
+    big = {**payload, "subject": "x" * 20_000}
+    response = httpx.post(small_api.url + "/api/v1/jobs/email", json=big, headers=token)
+    assert response.status_code == 413, response.text
+    assert "max_body_bytes" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes are counted
+        yield b'{"tenant_id": "t1", "subject": "'
+        for _ in range(30):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = httpx.post(
+        small_api.url + "/api/v1/jobs/email",
+        content=chunks(),
+        headers={**token, "content-type": "application/json"},
+    )
+    assert response.status_code == 413, response.text
+    assert small_api.broker.queue("email").store.counts()["waiting"] == 0
+    small = httpx.post(small_api.url + "/api/v1/jobs/email", json=payload, headers=token)
+    assert small.status_code == 201, small.text
+
+
+def test_bodies_the_json_parser_refuses_are_422(api: Api) -> None:  # noqa: F811
+    token = {
+        "Authorization": f"Bearer {api.tokens['tenant:t1']}",
+        "content-type": "application/json",
+    }
+    for body in (
+        '{"tenant_id": "t1", "context": {"n": ' + "9" * 5000 + "}}",  # over int digits limit
+        '{"tenant_id": "t1", "context": ' + "[" * 100_000 + "]" * 100_000 + "}",  # too deep
+        b'{"tenant_id": "t1", "subject": "\xff\xfe"}',  # not UTF-8
+    ):
+        response = httpx.post(api.url + "/api/v1/jobs/email", content=body, headers=token)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "body"
