@@ -99,3 +99,27 @@ def test_bodies_the_json_parser_refuses_are_422(api: Api) -> None:  # noqa: F811
         response = httpx.post(api.url + "/api/v1/jobs/email", content=body, headers=token)
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["field"] == "body"
+
+
+def test_secret_query_parameters_of_endpoint_urls_are_masked(api: Api) -> None:  # noqa: F811
+    """Receivers that authenticate by URL (?token=, ?api_key=, ?sig=) get it sent as is;
+    the API's add answer, listing and show mask those values."""
+    url = "https://127.0.0.1:9/hook?team=ops&token=QSEKRET-1&api_key=QSEKRET-2&sig=QSEKRET-3#x"
+    added = api.call("POST", "/api/v1/webhooks", "tenant:t1", json={"url": url})
+    assert added.status_code == 201, added.text
+    webhook_id = added.json()["endpoint"]["webhook_id"]
+    shown = added.json()["endpoint"]["url"]
+    assert shown == (
+        "https://127.0.0.1:9/hook?team=ops&token=********&api_key=********&sig=********#x"
+    )
+    for response in (
+        added,
+        api.call("GET", "/api/v1/webhooks", "tenant:t1"),
+        api.call("GET", f"/api/v1/webhooks/{webhook_id}", "tenant:t1"),
+        api.call("GET", "/api/v1/webhooks?tenant_id=t1", "admin"),
+    ):
+        assert response.status_code == 200 or response.status_code == 201
+        assert "QSEKRET" not in response.text, response.text
+    from crmqueue.webhooks import service
+
+    assert service(api.broker.settings).get("t1", webhook_id).url == url  # sent as given
