@@ -4,11 +4,13 @@ behind X-Forwarded-For. Over real HTTP on loopback (test_api's fixtures)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from conftest import wait_until
+import uvicorn
+from conftest import free_port, wait_until
 from test_api import Api, api, enqueue, make_api  # noqa: F401  (fixtures)
 
 from crmqueue.engine import job
@@ -123,3 +125,46 @@ def test_secret_query_parameters_of_endpoint_urls_are_masked(api: Api) -> None: 
     from crmqueue.webhooks import service
 
     assert service(api.broker.settings).get("t1", webhook_id).url == url  # sent as given
+
+
+def _served(settings: Any) -> tuple[str, Any, threading.Thread]:
+    """The app served with the uvicorn settings `crmqueue api` uses (crmqueue.api.server)."""
+    from crmqueue.api.app import create_app
+    from crmqueue.api.server import uvicorn_config
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(create_app(), settings, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, message="uvicorn to start")
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def _stats_codes(url: str, spoof: bool) -> list[int]:
+    return [
+        httpx.get(
+            url + "/api/v1/admin/jobs/stats",
+            headers={"Authorization": "Bearer cq_wrong"}
+            | ({"X-Forwarded-For": f"203.0.113.{i}"} if spoof else {}),
+        ).status_code
+        for i in range(5)
+    ]
+
+
+def test_forwarded_for_cannot_dodge_the_failed_token_limit(make_broker: Any) -> None:
+    """A client that sends its own X-Forwarded-For (through a TCP-level TLS proxy on this
+    host, say) is not another address unless [api] trusted_proxies says so."""
+    broker = make_broker({"api.auth_failures_per_minute": 3})
+    url, server, thread = _served(broker.settings)
+    try:
+        assert _stats_codes(url, spoof=True) == [401, 401, 401, 429, 429]
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    broker = make_broker({"api.auth_failures_per_minute": 3, "api.trusted_proxies": ["127.0.0.1"]})
+    url, server, thread = _served(broker.settings)
+    try:  # behind a trusted proxy each forwarded address has its own budget
+        assert _stats_codes(url, spoof=True) == [401] * 5
+    finally:
+        server.should_exit = True
+        thread.join(5)
