@@ -168,3 +168,20 @@ def test_forwarded_for_cannot_dodge_the_failed_token_limit(make_broker: Any) -> 
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+def test_no_token_for_the_no_tenant_marker() -> None:
+    """Jobs without a (valid) tenant, such as Huey tasks and periodic tasks, are stored
+    with tenant "-"; "-" is a valid tenant id, so a tenant:- token would have seen,
+    retried and removed all of them. No such role can be configured."""
+    import pytest
+
+    from crmqueue.api.auth import TokenTable, parse_role
+    from crmqueue.errors import ConfigError
+
+    for text in ("tenant:-", "tenant:-:user:u1"):
+        with pytest.raises(ValueError, match="jobs without a tenant"):
+            parse_role(text)
+    with pytest.raises(ConfigError, match=r"api\.tokens\[0\]"):
+        TokenTable(["tenant:-=sha256:" + "0" * 64])
+    assert parse_role("tenant:a-b").tenant == "a-b"
