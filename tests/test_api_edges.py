@@ -10,10 +10,13 @@ from typing import Any
 
 import httpx
 import uvicorn
+import crm_db
 from conftest import free_port, wait_until
 from test_api import Api, api, enqueue, make_api  # noqa: F401  (fixtures)
 
 from crmqueue.engine import job
+
+pg_url = crm_db.pg_url
 
 SECRET_PAYLOAD = {
     "apiKey": "SEKRET-1",
@@ -185,3 +188,51 @@ def test_no_token_for_the_no_tenant_marker() -> None:
     with pytest.raises(ConfigError, match=r"api\.tokens\[0\]"):
         TokenTable(["tenant:-=sha256:" + "0" * 64])
     assert parse_role("tenant:a-b").tenant == "a-b"
+
+
+def test_stream_delivers_a_notification_committed_after_a_newer_one(
+    pg_url: str,  # first: the database outlives the server
+    make_api: Any,  # noqa: F811
+) -> None:
+    """PostgreSQL hands out ids at insert, so two workers' notifications can commit out
+    of id order: the stream must not skip the lower id that commits second."""
+    import datetime as dt
+    import json
+
+    from crmqueue import notifications
+    from crmqueue.crm import schema
+    from crmqueue.crm.store import get_engine, init_db
+
+    api = make_api({"database.url": pg_url, "api.stream_poll_seconds": 0.05})
+    engine = get_engine(pg_url)
+    init_db(engine)
+    events: list[dict[str, Any]] = []
+    opened = threading.Event()
+
+    def listen() -> None:
+        headers = {"Authorization": f"Bearer {api.tokens['tenant:t1:user:u1']}"}
+        url = api.url + "/api/v1/notifications/stream"
+        with httpx.stream("GET", url, headers=headers, timeout=20) as response:
+            for line in response.iter_lines():
+                opened.set()  # "retry: 1000": the stream's starting point is taken
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if len(events) == 2:
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    wait_until(opened.is_set, message="the stream to open")
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    row = {"tenant_id": "t1", "user_id": "u1", "type": "in-app", "title": "first",
+           "message": "committed last", "created_at": dt.datetime.now(dt.UTC)}  # fmt: skip
+    first_id = slow.execute(schema.notifications.insert().values(**row)).inserted_primary_key[0]
+    second_id = notifications.store("t1", "u1", title="second", message="m", engine=engine)
+    assert second_id > first_id
+    wait_until(lambda: len(events) == 1, message="the second notification on the stream")
+    slow_tx.commit()
+    slow.close()
+    wait_until(lambda: len(events) == 2, timeout=5, message="the first, committed later")
+    listener.join(5)
+    assert [e["id"] for e in events] == [second_id, first_id]
