@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import crm_db
 import httpx
 import uvicorn
-import crm_db
 from conftest import free_port, wait_until
 from test_api import Api, api, enqueue, make_api  # noqa: F401  (fixtures)
 
@@ -203,7 +203,7 @@ def test_stream_delivers_a_notification_committed_after_a_newer_one(
     from crmqueue.crm import schema
     from crmqueue.crm.store import get_engine, init_db
 
-    api = make_api({"database.url": pg_url, "api.stream_poll_seconds": 0.05})
+    api = make_api({"database.url": pg_url, "api.stream_poll_seconds": 0.05})  # noqa: F811
     engine = get_engine(pg_url)
     init_db(engine)
     events: list[dict[str, Any]] = []
