@@ -781,6 +781,22 @@ class ApiSettings(Section):
     metrics_require_token: bool = True
     # Seconds between the server's looks at a user's inbox, per notification stream.
     stream_poll_seconds: Annotated[float, Field(gt=0, le=5)] = 0.5
+    # Largest request body read, in bytes; a larger one is answered 413 unread.
+    max_body_bytes: PositiveInt = 1_048_576
+    # Proxies (IPs or networks) whose X-Forwarded-For/-Proto are believed; [] believes none.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
 
     @field_validator("tokens", mode="before")
     @classmethod

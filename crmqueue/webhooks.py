@@ -316,6 +316,13 @@ class DeliveryNotFound(PermanentError):
     """No logged delivery attempt with that id for that tenant."""
 
 
+# A query parameter whose name looks like a credential, and its value (up to & or #).
+_SECRET_QUERY = re.compile(
+    r"([?&])([^=&#]*(?:key|secret|token|passw|auth|sig|credential)[^=&#]*)=[^&#]*",
+    re.IGNORECASE,
+)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One endpoint of one tenant. `secret` and `previous_secret` never appear in repr,
@@ -340,8 +347,10 @@ class Endpoint:
 
     @property
     def shown_url(self) -> str:
-        """`url` with its password, if any, replaced by asterisks (crmqueue.config.mask_url)."""
-        return mask_url(self.url)
+        """`url` with its password, if any, replaced by asterisks (crmqueue.config.mask_url),
+        and so the values of query parameters named like a credential (``?token=``,
+        ``?api_key=``, ``?sig=``: receivers that authenticate by URL)."""
+        return _SECRET_QUERY.sub(r"\1\2=********", mask_url(self.url))
 
     def __repr__(self) -> str:  # dataclass keeps a __repr__ the class defines
         shown = [

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crmqueue import __version__
 from crmqueue.api import dashboard as dashboard_routes
@@ -61,11 +63,64 @@ def _not_found_types() -> tuple[type[Exception], ...]:
     return (JobNotFound, EndpointNotFound, DeliveryNotFound, MessageNotFound)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 (RFC 9110
+    15.5.14) before the route reads it: by its Content-Length, or, without one (chunked),
+    once the bytes received pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(send)
+                return
+        received = 0
+        over = False
+
+        async def counted() -> Message:
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # the route sees a cut body, broken by a NUL
+                    over = True
+                    return {"type": "http.request", "body": b"\x00", "more_body": False}
+            return message
+
+        async def watched(message: Message) -> None:
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)  # instead of the route's answer to the cut body
+
+        await self.app(scope, counted, watched)
+
+    async def _refuse(self, send: Send) -> None:
+        detail = f"request body over {self.limit:,} bytes (api.max_body_bytes)"
+        await _problem(413, detail)({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
 def _install_errors(app: FastAPI) -> None:
     not_found = _not_found_types()
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own and Starlette's
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer when the JSON parser itself fails (not UTF-8, nesting too
+            # deep, an integer over Python's digit limit): a bad field like any other.
+            return _payload_problem([("body", "not JSON this server can read")])
         return _problem(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -113,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.crmqueue = state
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     _install_errors(app)
     for module in (jobs, notifications, webhooks):
         app.include_router(module.router, responses=_COMMON)

@@ -25,6 +25,7 @@ from crmqueue.tenancy import tenant_problem, user_id_problem
 
 TOKEN_PREFIX = "cq_"
 HASH_PREFIX = "sha256:"
+NO_TENANT = "-"  # the tenant the engine records for a job without one (crmqueue.engine)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ def parse_role(text: str) -> Role:
     tenant, sep, user_part = rest.partition(":user:")
     if (problem := tenant_problem(tenant)) is not None:
         raise ValueError(f"{text!r}: tenant id {problem}")
+    if tenant == NO_TENANT:
+        raise ValueError(
+            f"{text!r}: tenant id '-' marks the jobs without a tenant (Huey and periodic"
+            " tasks); only an admin token sees those"
+        )
     if not sep:
         return Role(admin=False, tenant=tenant)
     if (problem := user_id_problem(user_part)) is not None:

@@ -4,8 +4,9 @@ and a server-sent-events stream of new notifications."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -17,6 +18,7 @@ from crmqueue import notifications
 from crmqueue.api.auth import Role
 from crmqueue.api.deps import ApiState, Caller, State, not_found
 from crmqueue.errors import PayloadError
+from crmqueue.notifications import Notification
 
 router = APIRouter(tags=["notifications"])
 KEEPALIVE_SECONDS = 15.0
@@ -134,25 +136,56 @@ def mark_read(
     return Marked(marked=1)
 
 
-def _newer(app: ApiState, tenant: str, user: str, after: int) -> list[dict[str, Any]]:
-    """The user's notifications with ids above `after`, oldest first."""
+# PostgreSQL hands out ids at insert, so a notification can commit after one with a
+# higher id: a stream looks this far back for ids below its high mark it has not sent.
+LATE_COMMIT_SECONDS = 60.0
+MAX_SENT_IDS = 10_000  # ids a stream remembers as sent (for the look-back)
+
+
+def _pages(app: ApiState, tenant: str, user: str) -> Iterator[Sequence[Notification]]:
     engine = app.crm_engine()
-    found: list[dict[str, Any]] = []
     cursor = None
     while True:
         page = notifications.list_notifications(
             tenant, user, limit=notifications.MAX_PAGE, cursor=cursor, engine=engine
         )
-        fresh = [n.to_dict() for n in page.items if n.id > after]
-        found += fresh
-        if len(fresh) < len(page.items) or page.next_cursor is None:
-            return found[::-1]
+        yield page.items
+        if page.next_cursor is None:
+            return
         cursor = page.next_cursor
 
 
-def _newest_id(app: ApiState, tenant: str, user: str) -> int:
-    page = notifications.list_notifications(tenant, user, limit=1, engine=app.crm_engine())
-    return page.items[0].id if page.items else 0
+def _newer(
+    app: ApiState, tenant: str, user: str, after: int, sent: set[int]
+) -> list[dict[str, Any]]:
+    """The user's notifications not sent yet, oldest first: ids above `after`, and those
+    below it stored in the last LATE_COMMIT_SECONDS whose ids are not in `sent`."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=LATE_COMMIT_SECONDS)
+    found: list[dict[str, Any]] = []
+    for items in _pages(app, tenant, user):
+        for n in items:
+            if n.id > after or (n.id not in sent and n.created_at >= cutoff):
+                found.append(n.to_dict())
+        if not items or (items[-1].id <= after and items[-1].created_at < cutoff):
+            break
+    return found[::-1]
+
+
+def _start(app: ApiState, tenant: str, user: str, after: int | None) -> tuple[int, set[int]]:
+    """(high mark, ids taken as sent): `after` (Last-Event-ID) or the newest id, and the
+    ids at or below it stored in the last LATE_COMMIT_SECONDS."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=LATE_COMMIT_SECONDS)
+    newest = 0
+    recent: set[int] = set()
+    for items in _pages(app, tenant, user):
+        for n in items:
+            newest = max(newest, n.id)
+            if n.created_at >= cutoff:
+                recent.add(n.id)
+        if not items or items[-1].created_at < cutoff:
+            break
+    mark = newest if after is None else after
+    return mark, {i for i in recent if i <= mark}
 
 
 @router.get(
@@ -173,22 +206,25 @@ async def stream(
     with Last-Event-ID gets what it missed); within ``[api] stream_poll_seconds`` of its
     storing; a comment line every 15 s keeps proxies from closing the connection."""
     tenant, user = _user(role, tenant_id, user_id)
+    given = None
     if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
-        after = int(last_event_id)
-    else:
-        after = await run_in_threadpool(_newest_id, app, tenant, user)
+        given = int(last_event_id)
+    after, sent = await run_in_threadpool(_start, app, tenant, user, given)
     poll = app.settings.api.stream_poll_seconds
 
     async def events() -> AsyncIterator[bytes]:
-        nonlocal after
+        nonlocal after, sent
         yield b"retry: 1000\n: connected\n\n"
         quiet = 0.0
         while not await request.is_disconnected():
-            fresh = await run_in_threadpool(_newer, app, tenant, user, after)
+            fresh = await run_in_threadpool(_newer, app, tenant, user, after, sent)
             for item in fresh:
                 after = max(after, int(item["id"]))
+                sent.add(int(item["id"]))
                 data = json.dumps(item, separators=(",", ":"))
                 yield f"id: {item['id']}\nevent: notification\ndata: {data}\n\n".encode()
+            if len(sent) > MAX_SENT_IDS:  # the lowest ids are long past the look-back
+                sent = set(sorted(sent)[-MAX_SENT_IDS // 2 :])
             quiet = 0.0 if fresh else quiet + poll
             if quiet >= KEEPALIVE_SECONDS:
                 quiet = 0.0

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from crmqueue.config import Settings
 from crmqueue.errors import CrmQueueError
@@ -32,18 +33,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None,
     from crmqueue.api.app import create_app
 
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host or settings.api.host,
-        port=settings.api.port if port is None else port,
-        log_level=settings.logging.level.lower(),
-        log_config=None,  # uvicorn's records go through crmqueue's handler (text or JSON)
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-        # Open notification streams never end by themselves: close them on shutdown.
-        timeout_graceful_shutdown=GRACE_SECONDS,
-    )
+    config = uvicorn_config(app, settings, host, port)
     server = uvicorn.Server(config)
     if watch_fd is not None:
         # After a SIGHUP re-exec the previous child may still be closing its socket.
@@ -76,6 +66,32 @@ def _bind_problem(host: str, port: int) -> str | None:
             return None
     except OSError as exc:
         return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def uvicorn_config(
+    app: Any, settings: Settings, host: str | None = None, port: int | None = None
+) -> Any:
+    """The uvicorn.Config `serve` runs `app` with. X-Forwarded-For and -Proto are believed
+    only from ``[api] trusted_proxies`` (uvicorn's default would trust 127.0.0.1, so a
+    client behind a TCP-level proxy on this host could pick its own address and dodge
+    the failed-token limit)."""
+    import uvicorn
+
+    trusted = settings.api.trusted_proxies
+    return uvicorn.Config(
+        app,
+        host=host or settings.api.host,
+        port=settings.api.port if port is None else port,
+        log_level=settings.logging.level.lower(),
+        log_config=None,  # uvicorn's records go through crmqueue's handler (text or JSON)
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        # Open notification streams never end by themselves: close them on shutdown.
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=list(trusted) if trusted else [],
+    )
 
 
 def _wait_for_port(host: str, port: int, seconds: float) -> None:

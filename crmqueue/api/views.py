@@ -16,8 +16,57 @@ assert QueueName.__args__ == QUEUE_NAMES  # type: ignore[attr-defined]
 StateName = Literal["waiting", "scheduled", "active", "delayed", "completed", "dead"]
 
 MASK = "********"
-# Issue #15: fields named *key*, *secret*, *token* or password (any case) are masked.
-_SECRET_NAME = re.compile(r"key|secret|token|password|passwd", re.IGNORECASE)
+# Issue #15: fields named *key*, *secret*, *token* or password (any case) are masked; and
+# the names HTTP gives credentials (RFC 9110 Authorization, RFC 6265 Cookie, "credentials").
+_SECRET_NAME = re.compile(
+    r"key|secret|token|password|passwd|authori[sz]ation|credential|cookie", re.IGNORECASE
+)
+MIN_SECRET_CHARS = 4  # shorter secret values are not searched for in free text
+
+
+def secret_values(value: Any, found: set[str] | None = None) -> set[str]:
+    """Every text value (at least MIN_SECRET_CHARS long) under a secret-looking field of
+    `value`, at any depth: what `scrubbed` removes from free text such as error messages."""
+    found = set() if found is None else found
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SECRET_NAME.search(str(key)):
+                _texts(item, found)
+            else:
+                secret_values(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            secret_values(item, found)
+    return found
+
+
+def _texts(value: Any, found: set[str]) -> None:
+    if isinstance(value, str):
+        if len(value) >= MIN_SECRET_CHARS:
+            found.add(value)
+            # repr() (a traceback's "{'k': 'v'}") escapes quotes and backslashes.
+            found.add(repr(value)[1:-1])
+    elif isinstance(value, dict):
+        for item in value.values():
+            _texts(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _texts(item, found)
+
+
+def scrubbed(value: Any, secrets: set[str]) -> Any:
+    """`value` with every occurrence of each of `secrets` in its texts replaced by MASK."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {key: scrubbed(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(item, secrets) for item in value]
+    return value
 
 
 def masked(value: Any) -> Any:
@@ -52,7 +101,8 @@ class ValidationProblem(BaseModel):
 
 class JobView(BaseModel):
     """One job (crmqueue.jobs.JobInfo); times ISO 8601 UTC; payload and result with
-    secret-looking fields masked."""
+    secret-looking fields masked, and their values masked wherever else they appear
+    (errors, tracebacks, result texts)."""
 
     id: str
     queue: str
@@ -73,8 +123,12 @@ class JobView(BaseModel):
     @classmethod
     def of(cls, info: JobInfo) -> JobView:
         data = info.to_dict()
+        # The payload's (and result's) secret values, wherever a job body copied them
+        # (error messages, tracebacks, result texts), are masked too.
+        secrets = secret_values(data["payload"], secret_values(data["result"]))
         data["payload"] = masked(data["payload"])
-        data["result"] = masked(data["result"])
+        data["result"] = scrubbed(masked(data["result"]), secrets)
+        data["errors"] = scrubbed(data["errors"], secrets)
         return cls.model_validate(data)
 
 

@@ -168,9 +168,19 @@ def _as(base: type[Exception], type_name: str) -> Any:
     return type(type_name, (base,), {"__module__": __name__})
 
 
+_INTERNAL_TAGS = ("~exc", "~err", "~skipped", "~lit")
+
+
+def _looks_internal(value: Any) -> bool:
+    """A one-key dict whose key is one of `_internal`'s tags: a caller's own dict that
+    must be escaped (``{"~lit": value}``) to arrive as it was given."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _INTERNAL_TAGS
+
+
 def _needs_internal(args: Any) -> bool:
     return isinstance(args, list | tuple) and any(
-        isinstance(arg, BaseException | list | tuple) or arg is SKIPPED for arg in args
+        isinstance(arg, BaseException | list | tuple) or arg is SKIPPED or _looks_internal(arg)
+        for arg in args
     )
 
 
@@ -186,11 +196,15 @@ def _internal(value: Any) -> Any:
         return {"~skipped": 1}
     if isinstance(value, list | tuple):
         return [_internal(item) for item in value]
+    if _looks_internal(value):
+        return {"~lit": value}
     return value
 
 
 def _from_internal(value: Any) -> Any:
     if isinstance(value, dict) and len(value) == 1:
+        if "~lit" in value:
+            return value["~lit"]
         if "~exc" in value:
             return _failure_class(value["~exc"][0])(*value["~exc"])
         if "~err" in value:
