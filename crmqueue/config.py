@@ -643,6 +643,113 @@ class ReportsSettings(Section):
         return {stage.strip(): Decimal(text.strip()) for stage, _, text in pairs}
 
 
+def _queue_counts(value: Any, where: str) -> dict[str, int]:
+    """{queue: jobs a day} from a table or "queue=n" entries (commas or a list)."""
+    if isinstance(value, str | list):
+        pairs: dict[str, Any] = {}
+        for entry in _pairs(value):
+            queue, sep, text = (part.strip() for part in str(entry).partition("="))
+            if not sep:
+                raise ValueError(f"{where}: {entry!r}: expected queue=jobs_a_day")
+            pairs[queue] = text
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a table of queue = jobs a day")
+    counts: dict[str, int] = {}
+    for queue, limit in value.items():
+        if queue not in QUEUE_NAMES:
+            raise ValueError(f"{where}.{queue}: unknown queue; queues are {', '.join(QUEUE_NAMES)}")
+        try:
+            number = int(limit)
+        except (TypeError, ValueError):
+            number = -1
+        if isinstance(limit, bool | float) or number < 0:
+            raise ValueError(f"{where}.{queue}: must be a whole number of jobs a day, 0 or more")
+        counts[queue] = number
+    return counts
+
+
+class TenantsSettings(Section):
+    """Per-tenant rules of the engine (issue #17): daily quotas and tenants' time zones."""
+
+    # IANA time zone of a tenant's day (quotas) when neither time_zones nor
+    # [reports] tenant_time_zones lists the tenant.
+    time_zone: str = "UTC"
+    # "tenant=Area/City" entries or a table: a tenant's own time zone.
+    time_zones: list[str] = Field(default_factory=list)
+    # Jobs a tenant may enqueue per queue and local day, e.g. {email = 10000}; a queue not
+    # listed (or 0 here) has no quota.
+    daily_quota: dict[str, int] = Field(default_factory=dict)
+    # Per-tenant overrides: {acme = {email = 50000}}; 0 lifts the quota for that tenant.
+    daily_quota_overrides: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+    @field_validator("time_zones", mode="before")
+    @classmethod
+    def _split_zones(cls, value: Any) -> Any:
+        return _pairs(value)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+    @field_validator("time_zones")
+    @classmethod
+    def _tenant_zones(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for entry in value:
+            tenant, sep, zone = (part.strip() for part in entry.partition("="))
+            if not sep or not tenant or not zone:
+                raise ValueError(f"{entry!r}: expected tenant=Area/City")
+            if tenant in seen:
+                raise ValueError(f"tenant {tenant!r} is listed twice")
+            seen.add(tenant)
+            check_time_zone(zone)
+        return value
+
+    @field_validator("daily_quota", mode="before")
+    @classmethod
+    def _quota(cls, value: Any) -> Any:
+        return _queue_counts(value, "daily_quota")
+
+    @field_validator("daily_quota_overrides", mode="before")
+    @classmethod
+    def _overrides(cls, value: Any) -> Any:
+        from crmqueue.tenancy import tenant_problem
+
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a table of tenant = {queue = jobs a day}")
+        out = {}
+        for tenant, counts in value.items():
+            problem = tenant_problem(tenant)
+            if problem is not None:
+                raise ValueError(f"{tenant!r}: {problem}")
+            out[tenant] = _queue_counts(counts, f"daily_quota_overrides.{tenant}")
+        return out
+
+    def zone_for(self, tenant_id: str, reports: ReportsSettings | None = None) -> str:
+        """The tenant's time zone: its time_zones entry, else its [reports]
+        tenant_time_zones entry (when `reports` is given), else time_zone."""
+        for entries in (self.time_zones, reports.tenant_time_zones if reports else []):
+            for entry in entries:
+                tenant, _, zone = (part.strip() for part in entry.partition("="))
+                if tenant == tenant_id:
+                    return zone
+        return self.time_zone
+
+    def quota_for(self, queue: str, tenant_id: str) -> int | None:
+        """The tenant's daily cap on `queue` (jobs a day), or None when it has none."""
+        override = self.daily_quota_overrides.get(tenant_id, {})
+        limit = override.get(queue, self.daily_quota.get(queue, 0))
+        return limit or None
+
+    def has_quota(self, queue: str) -> bool:
+        """Whether any tenant has a daily cap on `queue` (else enqueue skips quotas)."""
+        if self.daily_quota.get(queue):
+            return True
+        return any(counts.get(queue) for counts in self.daily_quota_overrides.values())
+
+
 def check_time_zone(name: str) -> str:
     """`name` if it is a time zone by crmqueue.zones' rule (IANA Area/Location or UTC);
     ValueError saying why otherwise."""
@@ -780,6 +887,7 @@ class Settings(Section):
     files: FilesSettings = Field(default_factory=FilesSettings)
     crm: CrmSettings = Field(default_factory=CrmSettings)
     reports: ReportsSettings = Field(default_factory=ReportsSettings)
+    tenants: TenantsSettings = Field(default_factory=TenantsSettings)
     queues: QueuesSettings = Field(default_factory=QueuesSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
