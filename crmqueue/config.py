@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -644,28 +645,19 @@ class ReportsSettings(Section):
 
 
 def _queue_counts(value: Any, where: str) -> dict[str, int]:
-    """{queue: jobs a day} from a table or "queue=n" entries (commas or a list)."""
-    if isinstance(value, str | list):
-        pairs: dict[str, Any] = {}
-        for entry in _pairs(value):
-            queue, sep, text = (part.strip() for part in str(entry).partition("="))
-            if not sep:
-                raise ValueError(f"{where}: {entry!r}: expected queue=jobs_a_day")
-            pairs[queue] = text
-        value = pairs
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where}: expected a table of queue = jobs a day")
+    """{queue: jobs a day} from "queue=n" entries, checked."""
     counts: dict[str, int] = {}
-    for queue, limit in value.items():
+    for entry in value:
+        queue, sep, text = (part.strip() for part in str(entry).partition("="))
+        if not sep:
+            raise ValueError(f"{where}: {entry!r}: expected queue=jobs_a_day")
         if queue not in QUEUE_NAMES:
             raise ValueError(f"{where}.{queue}: unknown queue; queues are {', '.join(QUEUE_NAMES)}")
-        try:
-            number = int(limit)
-        except (TypeError, ValueError):
-            number = -1
-        if isinstance(limit, bool | float) or number < 0:
+        if not text.isdigit():
             raise ValueError(f"{where}.{queue}: must be a whole number of jobs a day, 0 or more")
-        counts[queue] = number
+        if queue in counts:
+            raise ValueError(f"{where}.{queue}: listed twice")
+        counts[queue] = int(text)
     return counts
 
 
@@ -677,15 +669,29 @@ class TenantsSettings(Section):
     time_zone: str = "UTC"
     # "tenant=Area/City" entries or a table: a tenant's own time zone.
     time_zones: list[str] = Field(default_factory=list)
-    # Jobs a tenant may enqueue per queue and local day, e.g. {email = 10000}; a queue not
-    # listed (or 0 here) has no quota.
-    daily_quota: dict[str, int] = Field(default_factory=dict)
-    # Per-tenant overrides: {acme = {email = 50000}}; 0 lifts the quota for that tenant.
-    daily_quota_overrides: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # "queue=n" entries or a table {email = 10000}: jobs a tenant may enqueue per queue
+    # and local day; a queue not listed (or 0) has no quota.
+    daily_quota: list[str] = Field(default_factory=list)
+    # "tenant:queue=n" entries or a table {acme = {email = 50000}}: per-tenant overrides;
+    # 0 lifts the quota for that tenant and queue.
+    daily_quota_overrides: list[str] = Field(default_factory=list)
+    _quota: dict[str, int] = PrivateAttr(default_factory=dict)
+    _overrides: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
 
-    @field_validator("time_zones", mode="before")
+    @field_validator("time_zones", "daily_quota", mode="before")
     @classmethod
-    def _split_zones(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
+        return _pairs(value)
+
+    @field_validator("daily_quota_overrides", mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return [
+                f"{tenant}:{entry}"
+                for tenant, counts in value.items()
+                for entry in _pairs(counts if isinstance(counts, Mapping | str) else [])
+            ]
         return _pairs(value)
 
     @field_validator("time_zone")
@@ -707,25 +713,35 @@ class TenantsSettings(Section):
             check_time_zone(zone)
         return value
 
-    @field_validator("daily_quota", mode="before")
+    @field_validator("daily_quota")
     @classmethod
-    def _quota(cls, value: Any) -> Any:
-        return _queue_counts(value, "daily_quota")
+    def _quota_entries(cls, value: list[str]) -> list[str]:
+        _queue_counts(value, "daily_quota")
+        return value
 
-    @field_validator("daily_quota_overrides", mode="before")
+    @field_validator("daily_quota_overrides")
     @classmethod
-    def _overrides(cls, value: Any) -> Any:
+    def _override_entries(cls, value: list[str]) -> list[str]:
         from crmqueue.tenancy import tenant_problem
 
-        if not isinstance(value, Mapping):
-            raise ValueError("expected a table of tenant = {queue = jobs a day}")
-        out = {}
-        for tenant, counts in value.items():
+        by_tenant: dict[str, list[str]] = {}
+        for entry in value:
+            tenant, sep, rest = (part.strip() for part in entry.partition(":"))
             problem = tenant_problem(tenant)
-            if problem is not None:
-                raise ValueError(f"{tenant!r}: {problem}")
-            out[tenant] = _queue_counts(counts, f"daily_quota_overrides.{tenant}")
-        return out
+            if not sep or problem is not None:
+                raise ValueError(f"{entry!r}: expected tenant:queue=n ({problem or 'no tenant'})")
+            by_tenant.setdefault(tenant, []).append(rest)
+        for tenant, entries in by_tenant.items():
+            _queue_counts(entries, f"daily_quota_overrides.{tenant}")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._quota = _queue_counts(self.daily_quota, "daily_quota")
+        by_tenant: dict[str, list[str]] = {}
+        for entry in self.daily_quota_overrides:
+            tenant, _, rest = (part.strip() for part in entry.partition(":"))
+            by_tenant.setdefault(tenant, []).append(rest)
+        self._overrides = {t: _queue_counts(e, t) for t, e in by_tenant.items()}
 
     def zone_for(self, tenant_id: str, reports: ReportsSettings | None = None) -> str:
         """The tenant's time zone: its time_zones entry, else its [reports]
@@ -739,15 +755,15 @@ class TenantsSettings(Section):
 
     def quota_for(self, queue: str, tenant_id: str) -> int | None:
         """The tenant's daily cap on `queue` (jobs a day), or None when it has none."""
-        override = self.daily_quota_overrides.get(tenant_id, {})
-        limit = override.get(queue, self.daily_quota.get(queue, 0))
+        override = self._overrides.get(tenant_id, {})
+        limit = override.get(queue, self._quota.get(queue, 0))
         return limit or None
 
     def has_quota(self, queue: str) -> bool:
         """Whether any tenant has a daily cap on `queue` (else enqueue skips quotas)."""
-        if self.daily_quota.get(queue):
+        if self._quota.get(queue):
             return True
-        return any(counts.get(queue) for counts in self.daily_quota_overrides.values())
+        return any(counts.get(queue) for counts in self._overrides.values())
 
 
 def check_time_zone(name: str) -> str:

@@ -156,14 +156,15 @@ def test_reports_time_zones_serve_tenants_not_listed_in_tenants(tmp_path: Path) 
         environ={"CRMQUEUE_TENANTS__DAILY_QUOTA": "email=10,report=2"},
     )
     tenants = settings.tenants
-    assert tenants.daily_quota == {"email": 10, "report": 2}
+    assert tenants.quota_for("email", "x") == 10 and tenants.quota_for("report", "x") == 2
     assert tenants.zone_for("a", settings.reports) == "Asia/Tokyo"
     assert tenants.zone_for("b", settings.reports) == "Europe/Berlin"
     assert tenants.zone_for("c", settings.reports) == "UTC"
     for bad, field in (
         ({"tenants.daily_quota": {"emails": 1}}, "daily_quota.emails"),
         ({"tenants.daily_quota": {"email": -1}}, "daily_quota.email"),
-        ({"tenants.daily_quota_overrides": {"a b": {"email": 1}}}, "'a b'"),
+        ({"tenants.daily_quota_overrides": {"a b": {"email": 1}}}, "a b:email=1"),
+        ({"tenants.daily_quota_overrides": ["a:emails=1"]}, "daily_quota_overrides.a.emails"),
         ({"tenants.time_zones": ["a=Mars/Base"]}, "Mars/Base"),
     ):
         with pytest.raises(ConfigError, match=field):
@@ -207,7 +208,7 @@ def test_two_producer_processes_never_pass_the_cap(broker: Any, storage_url: str
             text=True,
             env=env,
             cwd=ROOT,
-        )  # fmt: skip
+        )
         for _ in range(2)
     ]
     for racer in racers:

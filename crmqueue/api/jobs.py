@@ -59,10 +59,11 @@ def get_stats(
     """Counts, throughput, failure rate and paused flag of every queue (admin); with
     `top_tenants=true` also the tenants with most waiting jobs per queue (admin). With
     `tenant`, that tenant's jobs per state and quota use per queue: an admin names any
-    tenant, a tenant token gets its own (naming another: 404; no `tenant`: its own)."""
-    if tenant is not None or not role.admin:
+    tenant, a tenant token only its own (another: 404, as if it did not exist)."""
+    if tenant is not None and not top_tenants:
         who = tenant_for(role, tenant)
         return [jobs_api.stats(name, tenant=who) for name in app.broker.queues]
+    require_admin(role)
     rows = [health_mod.stats(app.broker, name) for name in app.broker.queues]
     if top_tenants:
         for row in rows:
