@@ -47,6 +47,8 @@ class QuotaPolicy:
         self.tenants = settings.tenants
         self.reports = settings.reports
         self.clock = clock
+        self._zones: dict[str, str] = {}
+        self._days: dict[str, tuple[float, str, float]] = {}
 
     def for_jobs(self, jobs: Iterable[NewJob]) -> list[Quota]:
         """One Quota per tenant among `jobs` that has a cap on this queue (empty: none)."""
@@ -56,10 +58,22 @@ class QuotaPolicy:
             limit = self.tenants.quota_for(self.queue, tenant)
             if limit is None:
                 continue
-            zone = self.tenants.zone_for(tenant, self.reports)
-            day, reset = local_day(zone, now)
+            zone = self._zones.get(tenant)
+            if zone is None:
+                zone = self._zones[tenant] = self.tenants.zone_for(tenant, self.reports)
+            day, reset = self._day(zone, now)
             quotas.append(Quota(tenant, day, limit, reset, zone, now))
         return quotas
+
+    def _day(self, zone: str, now: float) -> tuple[str, float]:
+        """local_day, remembered per zone until its day ends (a clock that goes back
+        reads it afresh)."""
+        known = self._days.get(zone)
+        if known is not None and known[0] <= now < known[2]:
+            return known[1], known[2]
+        day, reset = local_day(zone, now)
+        self._days[zone] = (now, day, reset)
+        return day, reset
 
     def usage(self, tenant: str) -> tuple[str, float] | None:
         """The tenant's current (day, reset time) when it has a cap here, else None."""
