@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -643,6 +644,128 @@ class ReportsSettings(Section):
         return {stage.strip(): Decimal(text.strip()) for stage, _, text in pairs}
 
 
+def _queue_counts(value: Any, where: str) -> dict[str, int]:
+    """{queue: jobs a day} from "queue=n" entries, checked."""
+    counts: dict[str, int] = {}
+    for entry in value:
+        queue, sep, text = (part.strip() for part in str(entry).partition("="))
+        if not sep:
+            raise ValueError(f"{where}: {entry!r}: expected queue=jobs_a_day")
+        if queue not in QUEUE_NAMES:
+            raise ValueError(f"{where}.{queue}: unknown queue; queues are {', '.join(QUEUE_NAMES)}")
+        if not text.isdigit():
+            raise ValueError(f"{where}.{queue}: must be a whole number of jobs a day, 0 or more")
+        if queue in counts:
+            raise ValueError(f"{where}.{queue}: listed twice")
+        counts[queue] = int(text)
+    return counts
+
+
+class TenantsSettings(Section):
+    """Per-tenant rules of the engine (issue #17): daily quotas and tenants' time zones."""
+
+    # IANA time zone of a tenant's day (quotas) when neither time_zones nor
+    # [reports] tenant_time_zones lists the tenant.
+    time_zone: str = "UTC"
+    # "tenant=Area/City" entries or a table: a tenant's own time zone.
+    time_zones: list[str] = Field(default_factory=list)
+    # "queue=n" entries or a table {email = 10000}: jobs a tenant may enqueue per queue
+    # and local day; a queue not listed (or 0) has no quota.
+    daily_quota: list[str] = Field(default_factory=list)
+    # "tenant:queue=n" entries or a table {acme = {email = 50000}}: per-tenant overrides;
+    # 0 lifts the quota for that tenant and queue.
+    daily_quota_overrides: list[str] = Field(default_factory=list)
+    _quota: dict[str, int] = PrivateAttr(default_factory=dict)
+    _overrides: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("time_zones", "daily_quota", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return _pairs(value)
+
+    @field_validator("daily_quota_overrides", mode="before")
+    @classmethod
+    def _flatten(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return [
+                f"{tenant}:{entry}"
+                for tenant, counts in value.items()
+                for entry in _pairs(counts if isinstance(counts, Mapping | str) else [])
+            ]
+        return _pairs(value)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+    @field_validator("time_zones")
+    @classmethod
+    def _tenant_zones(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for entry in value:
+            tenant, sep, zone = (part.strip() for part in entry.partition("="))
+            if not sep or not tenant or not zone:
+                raise ValueError(f"{entry!r}: expected tenant=Area/City")
+            if tenant in seen:
+                raise ValueError(f"tenant {tenant!r} is listed twice")
+            seen.add(tenant)
+            check_time_zone(zone)
+        return value
+
+    @field_validator("daily_quota")
+    @classmethod
+    def _quota_entries(cls, value: list[str]) -> list[str]:
+        _queue_counts(value, "daily_quota")
+        return value
+
+    @field_validator("daily_quota_overrides")
+    @classmethod
+    def _override_entries(cls, value: list[str]) -> list[str]:
+        from crmqueue.tenancy import tenant_problem
+
+        by_tenant: dict[str, list[str]] = {}
+        for entry in value:
+            tenant, sep, rest = (part.strip() for part in entry.partition(":"))
+            problem = tenant_problem(tenant)
+            if not sep or problem is not None:
+                raise ValueError(f"{entry!r}: expected tenant:queue=n ({problem or 'no tenant'})")
+            by_tenant.setdefault(tenant, []).append(rest)
+        for tenant, entries in by_tenant.items():
+            _queue_counts(entries, f"daily_quota_overrides.{tenant}")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._quota = _queue_counts(self.daily_quota, "daily_quota")
+        by_tenant: dict[str, list[str]] = {}
+        for entry in self.daily_quota_overrides:
+            tenant, _, rest = (part.strip() for part in entry.partition(":"))
+            by_tenant.setdefault(tenant, []).append(rest)
+        self._overrides = {t: _queue_counts(e, t) for t, e in by_tenant.items()}
+
+    def zone_for(self, tenant_id: str, reports: ReportsSettings | None = None) -> str:
+        """The tenant's time zone: its time_zones entry, else its [reports]
+        tenant_time_zones entry (when `reports` is given), else time_zone."""
+        for entries in (self.time_zones, reports.tenant_time_zones if reports else []):
+            for entry in entries:
+                tenant, _, zone = (part.strip() for part in entry.partition("="))
+                if tenant == tenant_id:
+                    return zone
+        return self.time_zone
+
+    def quota_for(self, queue: str, tenant_id: str) -> int | None:
+        """The tenant's daily cap on `queue` (jobs a day), or None when it has none."""
+        override = self._overrides.get(tenant_id, {})
+        limit = override.get(queue, self._quota.get(queue, 0))
+        return limit or None
+
+    def has_quota(self, queue: str) -> bool:
+        """Whether any tenant has a daily cap on `queue` (else enqueue skips quotas)."""
+        if self._quota.get(queue):
+            return True
+        return any(counts.get(queue) for counts in self._overrides.values())
+
+
 def check_time_zone(name: str) -> str:
     """`name` if it is a time zone by crmqueue.zones' rule (IANA Area/Location or UTC);
     ValueError saying why otherwise."""
@@ -813,6 +936,7 @@ class Settings(Section):
     files: FilesSettings = Field(default_factory=FilesSettings)
     crm: CrmSettings = Field(default_factory=CrmSettings)
     reports: ReportsSettings = Field(default_factory=ReportsSettings)
+    tenants: TenantsSettings = Field(default_factory=TenantsSettings)
     queues: QueuesSettings = Field(default_factory=QueuesSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)

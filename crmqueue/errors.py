@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+
 
 class CrmQueueError(Exception):
     """Root of every error crmqueue raises on purpose."""
@@ -62,3 +64,38 @@ class Postpone(CrmQueueError):
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+
+
+class QuotaExceeded(PayloadError):
+    """A tenant's daily quota for a queue ([tenants] daily_quota) would be exceeded by
+    this enqueue; nothing was enqueued (a bulk enqueue is all or nothing).
+
+    `tenant`, `queue`, `limit` (jobs a day), `used` (jobs counted today before this
+    call), `requested` (jobs this call would have added), `reset_at` (an aware datetime in
+    the tenant's time zone: its next local midnight, when the count starts again) and
+    `retry_after` (whole seconds until then, at least 1; the API's Retry-After)."""
+
+    def __init__(
+        self,
+        tenant: str,
+        queue: str,
+        limit: int,
+        used: int,
+        requested: int,
+        reset_at: _dt.datetime,
+        retry_after: int,
+    ) -> None:
+        self.tenant = tenant
+        self.queue = queue
+        self.limit = limit
+        self.used = used
+        self.requested = requested
+        self.reset_at = reset_at
+        self.retry_after = retry_after
+        message = (
+            f"daily quota of {limit} {queue} jobs for tenant {tenant} exceeded ({used} used"
+            f" today, {requested} more asked); resets at {reset_at.isoformat()}"
+            f" (in {retry_after} s)"
+        )
+        self.errors = [("tenant_id", message)]
+        CrmQueueError.__init__(self, f"quota exceeded: {message}")

@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from crmqueue.engine import health as _health
+from crmqueue.engine import tenant_stats as _tenant_stats
 from crmqueue.engine.queues import get_broker
 from crmqueue.engine.storage import STATES
-from crmqueue.errors import CrmQueueError, InvalidJobState, JobNotFound
+from crmqueue.errors import CrmQueueError, InvalidJobState, JobNotFound, PayloadError
+from crmqueue.tenancy import tenant_problem
 
 FINAL_STATES = ("completed", "dead")
 
@@ -114,8 +116,21 @@ def dead(queue: str, limit: int = 100) -> list[JobInfo]:
     return list_jobs(queue, "dead", limit)
 
 
-def stats(queue: str) -> dict[str, Any]:
-    return _health.stats(get_broker(), queue)
+def stats(queue: str, tenant: str | None = None) -> dict[str, Any]:
+    """The queue's stats (DESIGN.md §3); with `tenant`, that tenant's job counts per state
+    and its daily quota use instead (crmqueue.engine.tenant_stats; O(jobs kept), read from
+    the storage). PayloadError for a malformed tenant id."""
+    if tenant is None:
+        return _health.stats(get_broker(), queue)
+    problem = tenant_problem(tenant)
+    if problem is not None:
+        raise PayloadError([("tenant", problem)])
+    return _tenant_stats.tenant_stats(get_broker().queue(queue), tenant)
+
+
+def top_tenants(queue: str, limit: int = _tenant_stats.TOP_TENANTS) -> list[dict[str, Any]]:
+    """The tenants with the most waiting jobs on `queue`: [{"tenant", "waiting"}]."""
+    return _tenant_stats.top_tenants(get_broker().queue(queue), limit)
 
 
 def health() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from crmqueue.errors import (
     InvalidJobState,
     JobNotFound,
     PayloadError,
+    QuotaExceeded,
     StorageUnavailable,
 )
 
@@ -133,6 +134,8 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(CrmQueueError)
     async def crmqueue_error(_request: Request, exc: CrmQueueError) -> JSONResponse:
+        if isinstance(exc, QuotaExceeded):  # a PayloadError: 429 with the wait (issue #17)
+            return _problem(429, str(exc), {"Retry-After": str(exc.retry_after)})
         if isinstance(exc, PayloadError):
             return _payload_problem(exc.errors)
         if isinstance(exc, not_found):

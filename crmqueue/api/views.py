@@ -154,6 +154,9 @@ class QueueStats(BaseModel):
     failure_rate: float
     healthy: bool
     paused: bool
+    top_tenants: list[TenantWaiting] | None = Field(
+        None, description="With ?top_tenants=true: the tenants with most waiting jobs."
+    )
 
 
 class HealthReport(BaseModel):
@@ -188,3 +191,29 @@ class EmailTest(BaseModel):
 class EmailSent(BaseModel):
     provider: str
     message_id: str | None
+
+
+class TenantWaiting(BaseModel):
+    tenant: str
+    waiting: int
+
+
+class QuotaUse(BaseModel):
+    limit: int = Field(description="Jobs a day on this queue.")
+    used: int = Field(description="Jobs counted today (the tenant's local day).")
+    resets_at: str = Field(description="Next local midnight, ISO 8601 with offset.")
+
+
+class TenantQueueStats(BaseModel):
+    """One tenant's jobs per state on a queue, as `crmqueue stats --tenant T --json`."""
+
+    queue: str
+    tenant: str
+    waiting: int
+    active: int
+    delayed: int
+    scheduled: int
+    completed: int
+    failed: int = Field(description="Delayed after a failed attempt (waiting for a retry).")
+    dead: int
+    quota: QuotaUse | None = None

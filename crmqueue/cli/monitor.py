@@ -38,10 +38,19 @@ def _stats_table(rows: list[dict[str, Any]]) -> Table:
 @command()
 @click.argument("queue", type=QUEUE_CHOICE, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(queue: str | None, as_json: bool) -> None:
+@click.option("--tenant", default=None, help="One tenant's jobs per state and quota use.")
+@click.option(
+    "--top-tenants", is_flag=True, help="Also the tenants with most waiting jobs per queue."
+)
+def stats(queue: str | None, as_json: bool, tenant: str | None, top_tenants: bool) -> None:
     """Counts, throughput and failure rate per queue."""
     broker = open_broker()
     names = [queue] if queue else list(QUEUE_NAMES)
+    if tenant is not None or top_tenants:
+        from crmqueue.cli.tenant_stats import show_tenant_stats
+
+        show_tenant_stats(broker, names, tenant, as_json, single=queue is not None)
+        return
     rows = [health_mod.stats(broker, name) for name in names]
     if as_json:
         emit_json(rows[0] if queue else rows)

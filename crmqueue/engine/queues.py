@@ -23,6 +23,7 @@ from crmqueue import json_text
 from crmqueue.config import QUEUE_NAMES, QueueSettings, Settings, load_settings
 from crmqueue.engine.huey_api import HueyMessages, QueueHuey, huey
 from crmqueue.engine.huey_api import UnknownTask as UnknownTask
+from crmqueue.engine.quotas import quota_policy
 from crmqueue.engine.storage import JobStore, NewJob, open_store
 from crmqueue.errors import ConfigError, PayloadError, PermanentError
 from crmqueue.tenancy import tenant_problem
@@ -186,6 +187,8 @@ class Queue:
         self.name = name
         self.spec: QueueSettings = settings.queues.get(name)
         self.store = store
+        # Daily quotas (crmqueue.engine.quotas): None when no tenant has one on this queue.
+        self.quotas = quota_policy(name, settings)
         self.huey: QueueHuey = huey(name)
         self.huey.bind(store, self.spec)
         for body in bodies_for(name):
@@ -250,7 +253,10 @@ class Queue:
         `run_at`). Raises PayloadError naming the tenant_id, priority, delay or eta, or
         each field whose text no attempt could use (see `encode_message`)."""
         new = self._new_job(name, payload, priority, delay, eta, job_id)
-        self.store.enqueue_jobs((new,))
+        if self.quotas is None:
+            self.store.enqueue_jobs((new,))
+        else:
+            self.store.enqueue_jobs((new,), quotas=self.quotas.for_jobs((new,)))
         return new.id
 
     def enqueue_many(self, items: Sequence[Enqueue], *, skip_existing: bool = False) -> list[str]:
@@ -266,7 +272,11 @@ class Queue:
                 errors += [(f"{index}.{field}", reason) for field, reason in exc.errors]
         if errors:
             raise PayloadError(errors)
-        if skip_existing:
+        if self.quotas is not None:
+            # QuotaExceeded (a PayloadError): nothing stored.
+            quotas = self.quotas.for_jobs(jobs)
+            self.store.enqueue_jobs(jobs, skip_existing=skip_existing, quotas=quotas)
+        elif skip_existing:
             self.store.enqueue_jobs(jobs, skip_existing=True)
         else:
             self.store.enqueue_jobs(jobs)

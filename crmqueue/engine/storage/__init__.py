@@ -28,6 +28,7 @@ from crmqueue.engine.storage.contract import (
     JobStore,
     KeptRecord,
     NewJob,
+    Quota,
     error_record,
 )
 from crmqueue.engine.storage.redis import RedisJobStore, redis_pool
@@ -48,6 +49,7 @@ __all__ = [
     "JobStore",
     "KeptRecord",
     "NewJob",
+    "Quota",
     "RedisJobStore",
     "SqliteJobStore",
     "error_record",

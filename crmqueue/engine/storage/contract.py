@@ -8,7 +8,10 @@ the counts in one atomic step.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import time
+import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 from huey.storage import BaseStorage
 
 from crmqueue.engine.storage.huey_methods import HueyStorageMixin
+from crmqueue.errors import QuotaExceeded
 
 STATES = ("waiting", "scheduled", "active", "delayed", "completed", "dead")
 REMOVABLE = ("waiting", "scheduled", "delayed", "dead")
@@ -35,6 +39,29 @@ class NewJob:
     max_attempts: int
     message: bytes
     run_at: float | None = None  # epoch seconds; None runs now
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's daily cap on this queue, checked by enqueue_jobs in the step that stores
+    the jobs (see crmqueue.engine.quotas): at most `limit` jobs of `tenant` counted under
+    `day` (its local date, YYYY-MM-DD, in time zone `zone`); the count is forgotten after
+    `reset_at` (epoch seconds of the next local midnight). `now`: the producer's clock
+    when the day was read (the error's wait counts from it)."""
+
+    tenant: str
+    day: str
+    limit: int
+    reset_at: float
+    zone: str
+    now: float
+
+    def exceeded(self, queue: str, used: int, requested: int) -> QuotaExceeded:
+        """The error enqueue_jobs raises when `requested` more would pass the limit."""
+        zone = zoneinfo.ZoneInfo(self.zone)
+        reset = dt.datetime.fromtimestamp(self.reset_at, zone)
+        wait = max(1, math.ceil(self.reset_at - self.now))
+        return QuotaExceeded(self.tenant, queue, self.limit, used, requested, reset, wait)
 
 
 @dataclass(frozen=True)
@@ -78,10 +105,15 @@ class JobStore(HueyStorageMixin, BaseStorage):  # type: ignore[misc]
         super().__init__(name)
 
     # The crmqueue interface, implemented by each backend.
-    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
+    def enqueue_jobs(
+        self, jobs: Sequence[NewJob], skip_existing: bool = False, quotas: Sequence[Quota] = ()
+    ) -> None:
         """Store new jobs in one step. `skip_existing`: a job whose id is already stored
         (in any state) is left as it is and this one dropped, so a producer that runs
-        again with deterministic ids (a fan-out re-run) adds nothing twice."""
+        again with deterministic ids (a fan-out re-run) adds nothing twice. `quotas`: per
+        tenant, a daily cap checked and counted in the same step, shared by every producer
+        on the storage (jobs dropped by skip_existing do not count); when any tenant would
+        pass its cap nothing is stored and QuotaExceeded is raised."""
         raise NotImplementedError
 
     def claim(self, consumer: str, lease_seconds: float, limit: int = 1) -> ClaimResult:
@@ -143,6 +175,20 @@ class JobStore(HueyStorageMixin, BaseStorage):  # type: ignore[misc]
         raise NotImplementedError
 
     def counts(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def tenant_counts(
+        self, states: Sequence[str], tenant: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Jobs per state and tenant ({state: {tenant: n}}, states without jobs empty);
+        only `tenant`'s when given. The pseudo-state "failed" counts delayed jobs that
+        failed an attempt (waiting for their retry). Reads the jobs of those states:
+        O(jobs) (SQLite: one grouped query over the queue's state index; Redis: each
+        state's index read and each job's tenant field fetched in pipelined batches)."""
+        raise NotImplementedError
+
+    def quota_used(self, tenant: str, day: str) -> int:
+        """Jobs counted against `tenant`'s daily quota on this queue for local `day`."""
         raise NotImplementedError
 
     def window_counts(self, seconds: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from crmqueue.engine.storage.contract import (
     JobStore,
     KeptRecord,
     NewJob,
+    Quota,
     error_record,
     error_summary,
     key_text,
@@ -121,6 +122,14 @@ _SQLITE_UPGRADES = {
 _TOTALS_TABLE = (
     "create table if not exists job_totals (queue text not null, name text not null,"
     " n integer not null default 0, primary key (queue, name))"
+)
+
+# Daily quota counters (crmqueue.engine.quotas): created at open like job_totals, no
+# version step; rows past expires_at are deleted now and then by a quota enqueue.
+_QUOTA_TABLE = (
+    "create table if not exists quota_counts (queue text not null, tenant text not null,"
+    " day text not null, n integer not null, expires_at real not null,"
+    " primary key (queue, tenant, day))"
 )
 
 _JOB_COLUMNS = (
@@ -242,6 +251,8 @@ class SqliteJobStore(JobStore):
                 f" {SQLITE_SCHEMA_VERSION}"
             )
         conn.execute(_TOTALS_TABLE)  # added after schema 2 shipped: no version step needed
+        conn.execute(_QUOTA_TABLE)
+        self._quota_writes = 0
         self._watcher = _SqliteWatcher.for_file(filename)
         self._seen = self._watcher.version
 
@@ -291,7 +302,9 @@ class SqliteJobStore(JobStore):
     def ping(self) -> None:
         self._read("select 1")
 
-    def enqueue_jobs(self, jobs: Sequence[NewJob], skip_existing: bool = False) -> None:
+    def enqueue_jobs(
+        self, jobs: Sequence[NewJob], skip_existing: bool = False, quotas: Sequence[Quota] = ()
+    ) -> None:
         now = time.time()
         rows = []
         for job in jobs:
@@ -308,6 +321,8 @@ class SqliteJobStore(JobStore):
             if skip_existing:
                 taken = self._existing(conn, [row[0] for row in rows])
                 rows = [row for row in rows if row[0] not in taken]
+            if quotas:
+                self._count_quotas(conn, quotas, Counter(row[3] for row in rows), now)
             added = Counter((row[1], row[4]) for row in rows)
             conn.executemany(
                 "insert into jobs (id, queue, name, tenant, state, priority, order_key, run_at,"
@@ -322,6 +337,33 @@ class SqliteJobStore(JobStore):
             if self.events_max_len and rows:
                 self._new_events(conn, rows, now)
         self._watcher.bump()
+
+    def _count_quotas(
+        self,
+        conn: sqlite3.Connection,
+        quotas: Sequence[Quota],
+        wanted: Counter[str],
+        now: float,
+    ) -> None:
+        """Check every quota against the jobs about to be stored, then count them; inside
+        enqueue_jobs' write transaction (begin immediate), so producers take turns."""
+        self._quota_writes += 1
+        if self._quota_writes % 1000 == 1:  # amortised: past days' counters go
+            conn.execute("delete from quota_counts where expires_at < ?", (now - 3600,))
+        asked = [(quota, wanted[quota.tenant]) for quota in quotas if wanted[quota.tenant]]
+        for quota, n in asked:
+            row = conn.execute(
+                "select n from quota_counts where queue = ? and tenant = ? and day = ?",
+                (self.name, quota.tenant, quota.day),
+            ).fetchone()
+            used = row[0] if row else 0
+            if used + n > quota.limit:
+                raise quota.exceeded(self.name, used, n)
+        conn.executemany(
+            "insert into quota_counts (queue, tenant, day, n, expires_at) values (?,?,?,?,?)"
+            " on conflict (queue, tenant, day) do update set n = n + excluded.n",
+            [(self.name, q.tenant, q.day, n, q.reset_at) for q, n in asked],
+        )
 
     @staticmethod
     def _existing(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
@@ -584,6 +626,37 @@ class SqliteJobStore(JobStore):
         for row in self._read("select state, n from job_counts where queue = ?", (self.name,)):
             counts[row["state"]] = row["n"]
         return counts
+
+    def tenant_counts(
+        self, states: Sequence[str], tenant: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {state: {} for state in states}
+        # "failed": delayed jobs that failed an attempt (retrying), read with `delayed`.
+        marks = ",".join("?" * len(states))
+        sql = (
+            "select state, tenant, count(*), sum(attempts > 0) from jobs"
+            f" where queue = ? and state in ({marks})"
+        )
+        params: list[Any] = [self.name, *states]
+        if "failed" in states and "delayed" not in states:
+            params.append("delayed")
+            sql = sql.replace(f"({marks})", f"({marks},?)")
+        if tenant is not None:
+            sql += " and tenant = ?"
+            params.append(tenant)
+        for state, who, n, tried in self._read(sql + " group by state, tenant", params):
+            if state in found:
+                found[state][who] = n
+            if state == "delayed" and "failed" in found and tried:
+                found["failed"][who] = tried
+        return found
+
+    def quota_used(self, tenant: str, day: str) -> int:
+        rows = self._read(
+            "select n from quota_counts where queue = ? and tenant = ? and day = ?",
+            (self.name, tenant, day),
+        )
+        return int(rows[0][0]) if rows else 0
 
     def window_counts(self, seconds: int) -> tuple[int, int]:
         since = int((time.time() - seconds) // 60)

@@ -9,6 +9,34 @@ local now = tonumber(ARGV[3])
 local n = tonumber(ARGV[1])
 local skip_existing = ARGV[2] == '1'
 local added = 0
+-- Daily quotas (crmqueue.engine.quotas), passed only when one applies: after the jobs a
+-- count, then per quota tenant, counter key suffix, limit and expiry (Unix seconds). All
+-- are checked before anything is stored; over a limit the reply is {tenant, used, asked}.
+local qb = 4 + n * 7
+if ARGV[qb] then
+  local want = {}
+  for i = 0, n - 1 do
+    local b = 4 + i * 7
+    if not (skip_existing and redis.call('EXISTS', job_key(ARGV[b])) == 1) then
+      want[ARGV[b + 2]] = (want[ARGV[b + 2]] or 0) + 1
+    end
+  end
+  local nq = tonumber(ARGV[qb])
+  for q = 0, nq - 1 do
+    local b = qb + 1 + q * 4
+    local asked = want[ARGV[b]] or 0
+    local used = tonumber(redis.call('GET', queue_key(ARGV[b + 1])) or '0')
+    if asked > 0 and used + asked > tonumber(ARGV[b + 2]) then return {ARGV[b], used, asked} end
+  end
+  for q = 0, nq - 1 do
+    local b = qb + 1 + q * 4
+    local asked = want[ARGV[b]] or 0
+    if asked > 0 then
+      redis.call('INCRBY', queue_key(ARGV[b + 1]), asked)
+      redis.call('EXPIREAT', queue_key(ARGV[b + 1]), ARGV[b + 3])
+    end
+  end
+end
 -- One sequence step and one ZADD for the whole batch (in order), not one per job.
 local seq = redis.call('INCRBY', queue_key('seq'), n) - n
 local waiting = {}
@@ -34,7 +62,10 @@ for i = 0, n - 1 do
     if EVENTS_MAXLEN > 0 then emit('enqueued', id, state, ARGV[b + 1], ARGV[b + 2]) end
   end
 end
-if #waiting > 0 then redis.call('ZADD', queue_key('waiting'), unpack(waiting)) end
+-- (In steps of 500 jobs: Lua's unpack has a limit, and a quota enqueue is one call.)
+for s = 1, #waiting, 1000 do
+  redis.call('ZADD', queue_key('waiting'), unpack(waiting, s, math.min(s + 999, #waiting)))
+end
 -- Scheduled jobs wake a consumer too: it learns the new due time instead of sleeping on.
 -- The wake list is kept at most 64 long. A consumer blocked on it takes a push at once,
 -- so a long list means nobody was waiting: a push onto it is left out.
