@@ -8,7 +8,9 @@ alternating in fresh processes, with nobody listening.
 Per run and setting, one child process: 2,000 single enqueues, then N jobs enqueued in
 batches of 1,000 and drained by one consumer with 10 worker threads. Prints one JSON line
 a child (CPU microseconds per job of this process, and of the Redis server from INFO
-cpu; drain jobs/s), then the medians. CPU per job is the steadier figure on a shared
+cpu; kilobytes per job this process wrote during the drain, /proc/self/io wchar: on SQLite
+the WAL frames and checkpoints, a steady figure; drain jobs/s), then the medians and the
+ratio of the medians (events on / off). CPU per job is the steadier figure on a shared
 machine; wall-clock rates swing with the load.
 """
 
@@ -25,7 +27,20 @@ import threading
 import time
 from typing import Any
 
-FIGURES = ("enqueue_cpu_us", "bulk_cpu_us", "drain_cpu_us", "drain_server_us", "drain_per_s")
+FIGURES = (
+    "enqueue_cpu_us", "bulk_cpu_us", "drain_cpu_us", "drain_server_us", "drain_write_kb",
+    "drain_per_s",
+)  # fmt: skip
+
+
+def written_bytes() -> int:
+    """Bytes this process has passed to write calls (Linux /proc/self/io wchar: the WAL
+    frames and checkpoints of SQLite, the socket of Redis); 0 elsewhere."""
+    try:
+        with open("/proc/self/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
@@ -71,7 +86,9 @@ def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
         queue.enqueue_many(items[start : start + 1000])
     bulk_cpu = (time.process_time() - cpu) / jobs * 1e6
     consumer = Consumer(broker, ["email"])
-    cpu, wall, server = time.process_time(), time.perf_counter(), server_cpu()
+    cpu, wall, server, written = (
+        time.process_time(), time.perf_counter(), server_cpu(), written_bytes()
+    )  # fmt: skip
     consumer.start()
     if not done.wait(600):
         raise RuntimeError(f"only {count[0]} of {jobs} jobs ran")
@@ -80,6 +97,7 @@ def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
         "bulk_cpu_us": bulk_cpu,
         "drain_cpu_us": (time.process_time() - cpu) / jobs * 1e6,
         "drain_server_us": (server_cpu() - server) / jobs * 1e6,
+        "drain_write_kb": (written_bytes() - written) / jobs / 1024,
         "drain_per_s": jobs / (time.perf_counter() - wall),
     }
     consumer.stop(5)
@@ -116,7 +134,9 @@ def main() -> None:
         }
         for max_len, rows in results.items()
     }
-    print(json.dumps({"storage": args.storage, "medians": medians}))
+    on, off = medians["events_on"], medians["events_off"]
+    ratios = {k: round(on[k] / off[k], 3) for k in FIGURES if off[k]}
+    print(json.dumps({"storage": args.storage, "medians": medians, "ratios": ratios}))
 
 
 if __name__ == "__main__":

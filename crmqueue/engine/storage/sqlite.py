@@ -16,6 +16,7 @@ from typing import Any
 from huey.constants import EmptyData
 
 from crmqueue.engine.storage.contract import (
+    EVENT_TYPES,
     MAX_ERRORS_KEPT,
     REMOVABLE,
     STATES,
@@ -90,8 +91,37 @@ create table if not exists consumers (
 # Job events (crmqueue.engine.events): one row a transition, written in the transaction
 # that makes it; seq is the cursor. Not autoincrement (its sqlite_sequence row would be
 # one more page written by every transaction): the trim always keeps the newest rows, so
-# max(seq) + 1 never reuses a cursor.
+# max(seq) + 1 never reuses a cursor. Compact: type and state are their index in
+# EVENT_TYPES and _EVENT_STATES (one byte, no text to copy), the state passed by each
+# transition rather than read back; no index besides seq. The job's own fields (id,
+# queue, name, tenant) are copied, since an event outlives its job (sweep, removal).
+_EVENT_STATES = (*STATES, "removed")
+_TYPE_CODE = {kind: code for code, kind in enumerate(EVENT_TYPES)}
+_STATE_CODE = {state: code for code, state in enumerate(_EVENT_STATES)}
 _SQLITE_EVENTS_SCHEMA = """
+create table if not exists job_events (
+    seq integer primary key,
+    type integer not null, job_id text not null, queue text not null, name text not null,
+    tenant text not null, state integer not null, progress integer not null default 0,
+    attempt integer not null default 0, consumer text, error text, at real not null
+);
+"""
+_SQLITE_SCHEMA += _SQLITE_EVENTS_SCHEMA
+_EVENT_INSERT = (
+    "insert into job_events (type, state, progress, error, at, job_id, queue, name, tenant,"
+    " attempt, consumer) select ?, ?, coalesce(?, progress), ?, ?, id, queue, name, tenant,"
+    " attempts, consumer from jobs where "
+)
+
+
+def _code_case(column: str, names: Sequence[str]) -> str:
+    return (
+        f"case {column} " + " ".join(f"when '{n}' then {i}" for i, n in enumerate(names)) + " end"
+    )
+
+
+# Version 3's events table (type and state as text), and its conversion to version 4's.
+_SQLITE_EVENTS_V3 = """
 create table if not exists job_events (
     seq integer primary key,
     type text not null, job_id text not null, queue text not null, name text not null,
@@ -99,17 +129,22 @@ create table if not exists job_events (
     attempt integer not null default 0, consumer text, error text, at real not null
 );
 """
-_SQLITE_SCHEMA += _SQLITE_EVENTS_SCHEMA
-_EVENT_INSERT = (
-    "insert into job_events (type, job_id, queue, name, tenant, state, progress, attempt,"
-    " consumer, error, at) select ?, id, queue, name, tenant, coalesce(?, state),"
-    " coalesce(?, progress), attempts, consumer, ?, ? from jobs where "
-)
+_SQLITE_EVENTS_TO_V4 = f"""
+alter table job_events rename to job_events_v3;
+{_SQLITE_EVENTS_SCHEMA}
+insert into job_events (seq, type, job_id, queue, name, tenant, state, progress, attempt,
+    consumer, error, at)
+select seq, {_code_case("type", EVENT_TYPES)}, job_id, queue, name, tenant,
+    {_code_case("state", _EVENT_STATES)}, progress, attempt, consumer, error, at
+from job_events_v3;
+drop table job_events_v3;
+"""
 
-SQLITE_SCHEMA_VERSION = 3
+SQLITE_SCHEMA_VERSION = 4
 _SQLITE_UPGRADES = {
     1: "drop trigger if exists jobs_count_insert; drop index if exists jobs_lease;",
-    2: _SQLITE_EVENTS_SCHEMA,
+    2: _SQLITE_EVENTS_V3,
+    3: _SQLITE_EVENTS_TO_V4,
 }
 
 _JOB_COLUMNS = (
@@ -361,7 +396,12 @@ class SqliteJobStore(JobStore):
             if rows:
                 rowids = [r["rowid"] for r in rows]
                 self._events(
-                    conn, "active", f"rowid in ({','.join('?' * len(rowids))})", rowids, now
+                    conn,
+                    "active",
+                    "active",
+                    f"rowid in ({','.join('?' * len(rowids))})",
+                    rowids,
+                    now,
                 )
             next_due = None
             if not rows:
@@ -420,8 +460,9 @@ class SqliteJobStore(JobStore):
                     )
                 else:
                     self._events(
-                        conn, "completed", "id = ? and state = 'active' and lease_token = ?",
-                        (claim.id, claim.token), now, state="completed", progress=100,
+                        conn, "completed", "completed",
+                        "id = ? and state = 'active' and lease_token = ?",
+                        (claim.id, claim.token), now, progress=100,
                     )  # fmt: skip
                     cursor = conn.execute(
                         "delete from jobs where id = ? and state = 'active' and lease_token = ?",
@@ -430,7 +471,10 @@ class SqliteJobStore(JobStore):
                 owned.append(cursor.rowcount == 1)
             kept = [c.id for (c, _), mine in zip(done, owned, strict=True) if mine]
             if keep_seconds > 0 and kept:
-                self._events(conn, "completed", f"id in ({','.join('?' * len(kept))})", kept, now)
+                self._events(
+                    conn, "completed", "completed", f"id in ({','.join('?' * len(kept))})", kept,
+                    now,
+                )  # fmt: skip
             if any(owned):
                 conn.execute(
                     "insert into job_stats (queue, minute, completed) values (?, ?, ?)"
@@ -459,9 +503,9 @@ class SqliteJobStore(JobStore):
                 (state, run_at, finished, json.dumps(errors), claim.id),
             )
             summary = error_summary(error)
-            self._events(conn, "failed", "id = ?", (claim.id,), now, error=summary)
+            self._events(conn, "failed", state, "id = ?", (claim.id,), now, error=summary)
             then = "dead" if state == "dead" else "retrying"
-            self._events(conn, then, "id = ?", (claim.id,), now, error=summary)
+            self._events(conn, then, state, "id = ?", (claim.id,), now, error=summary)
             self._bump_stats(conn, "failed", now)
         return state
 
@@ -480,7 +524,9 @@ class SqliteJobStore(JobStore):
                 " errors = ?, lease_until = null, lease_token = null where id = ?",
                 (now + delay, json.dumps(errors), claim.id),
             )
-            self._events(conn, "postponed", "id = ?", (claim.id,), now, error=reason[:300])
+            self._events(
+                conn, "postponed", "delayed", "id = ?", (claim.id,), now, error=reason[:300]
+            )
         return True
 
     def release(self, claim: Claim) -> bool:
@@ -492,7 +538,7 @@ class SqliteJobStore(JobStore):
                 (claim.id, claim.token),
             )
             if cursor.rowcount == 1:
-                self._events(conn, "released", "id = ?", (claim.id,), time.time())
+                self._events(conn, "released", "waiting", "id = ?", (claim.id,), time.time())
         self._watcher.bump()
         return cursor.rowcount == 1
 
@@ -504,7 +550,7 @@ class SqliteJobStore(JobStore):
                 (time.time() + lease_seconds, progress, claim.id, claim.token),
             )
             if progress is not None and cursor.rowcount == 1:
-                self._events(conn, "progress", "id = ?", (claim.id,), time.time())
+                self._events(conn, "progress", "active", "id = ?", (claim.id,), time.time())
         return cursor.rowcount == 1
 
     def reap(self, max_stalls: int) -> list[str]:
@@ -532,9 +578,10 @@ class SqliteJobStore(JobStore):
                         " order_key = 0, lease_until = null, lease_token = null where id = ?",
                         (stalls, row["id"]),
                     )
-                self._events(conn, "stalled", "id = ?", (row["id"],), now, error=_STALLED)
+                after = "dead" if stalls > max_stalls else "waiting"
+                self._events(conn, "stalled", after, "id = ?", (row["id"],), now, error=_STALLED)
                 if stalls > max_stalls:
-                    self._events(conn, "dead", "id = ?", (row["id"],), now, error=_STALLED)
+                    self._events(conn, "dead", "dead", "id = ?", (row["id"],), now, error=_STALLED)
         return [row["id"] for row in rows]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -588,7 +635,7 @@ class SqliteJobStore(JobStore):
                 " order_key = ?, finished_at = null, progress = 0 where id = ?",
                 (max_attempts, time.time_ns(), job_id),
             )
-            self._events(conn, "replayed", "id = ?", (job_id,), time.time())
+            self._events(conn, "replayed", "waiting", "id = ?", (job_id,), time.time())
         self._watcher.bump()
 
     def remove_job(self, job_id: str) -> dict[str, Any]:
@@ -599,7 +646,7 @@ class SqliteJobStore(JobStore):
                     f"job {job_id} is {state}; only waiting, scheduled, delayed or dead jobs"
                     " can be removed"
                 )
-            self._events(conn, "removed", "id = ?", (job_id,), time.time(), state="removed")
+            self._events(conn, "removed", "removed", "id = ?", (job_id,), time.time())
             row = conn.execute(
                 f"delete from jobs where id = ? returning {_JOB_COLUMNS}", (job_id,)
             ).fetchone()
@@ -730,19 +777,22 @@ class SqliteJobStore(JobStore):
         self,
         conn: sqlite3.Connection,
         kind: str,
+        state: str,
         where: str,
         params: Sequence[Any],
         now: float,
         *,
-        state: str | None = None,
         progress: int | None = None,
         error: str | None = None,
     ) -> None:
-        """One event row per job matching `where`, from its row as this transaction left
-        it (`state`, `progress`: what to record instead, for a row about to go)."""
+        """One event row per job matching `where` (one statement for a batch), from its
+        row as this transaction left it; `state`: the job's state after the transition
+        (known to every caller, so not read back), `progress`: what to record instead of
+        the row's, for a row about to go."""
         if self.events_max_len:
             cursor = conn.execute(
-                _EVENT_INSERT + where, (kind, state, progress, error, now, *params)
+                _EVENT_INSERT + where,
+                (_TYPE_CODE[kind], _STATE_CODE[state], progress, error, now, *params),
             )
             self._trim_events(conn, cursor.rowcount)
 
@@ -750,9 +800,10 @@ class SqliteJobStore(JobStore):
         self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], now: float
     ) -> None:
         if len(rows) == 1:  # a single enqueue: execute costs half of executemany
-            conn.execute(_NEW_EVENT, (*rows[0][:5], now))
+            row = rows[0]
+            conn.execute(_NEW_EVENT, (*row[:4], _STATE_CODE[row[4]], now))
         else:
-            conn.executemany(_NEW_EVENT, [(*row[:5], now) for row in rows])
+            conn.executemany(_NEW_EVENT, [(*row[:4], _STATE_CODE[row[4]], now) for row in rows])
         self._trim_events(conn, len(rows))
 
     def _trim_events(self, conn: sqlite3.Connection, written: int) -> None:
@@ -774,7 +825,15 @@ class SqliteJobStore(JobStore):
         if not rows and timeout > 0:
             self._watcher.wait(seen, timeout)
             rows = self._read(_EVENT_SELECT, (_sqlite_cursor(after), limit))
-        return [{**dict(row), "cursor": str(row["seq"])} for row in rows]
+        return [
+            {
+                **dict(row),
+                "type": EVENT_TYPES[row["type"]],
+                "state": _EVENT_STATES[row["state"]],
+                "cursor": str(row["seq"]),
+            }
+            for row in rows
+        ]
 
     def events_bounds(self) -> tuple[str, str, str]:
         row = self._read("select min(seq), max(seq) from job_events")[0]
@@ -786,7 +845,7 @@ class SqliteJobStore(JobStore):
 
 _NEW_EVENT = (
     "insert into job_events (type, job_id, queue, name, tenant, state, at)"
-    " values ('enqueued', ?, ?, ?, ?, ?, ?)"
+    f" values ({_TYPE_CODE['enqueued']}, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_SELECT = (
     "select seq, type, job_id as id, queue, name, tenant, state, progress, attempt, consumer,"
