@@ -113,6 +113,14 @@ _EVENT_INSERT = (
     " attempts, consumer from jobs where "
 )
 
+_EVENT_INSERT_EACH = {
+    key: "insert into job_events (type, state, progress, at, job_id, queue, name, tenant,"
+    " attempt, consumer) select ?, ?, jobs.progress, ?, jobs.id, jobs.queue, jobs.name,"
+    " jobs.tenant, jobs.attempts, jobs.consumer from json_each(?) as batch cross join jobs"
+    f" on jobs.{key} = batch.value"
+    for key in ("rowid", "id")
+}
+
 
 def _code_case(column: str, names: Sequence[str]) -> str:
     return (
@@ -394,14 +402,8 @@ class SqliteJobStore(JobStore):
                 ).fetchall()
             )
             if rows:
-                rowids = [r["rowid"] for r in rows]
-                self._events(
-                    conn,
-                    "active",
-                    "active",
-                    f"rowid in ({','.join('?' * len(rowids))})",
-                    rowids,
-                    now,
+                self._batch_events(
+                    conn, "active", "active", "rowid", [r["rowid"] for r in rows], now
                 )
             next_due = None
             if not rows:
@@ -471,10 +473,7 @@ class SqliteJobStore(JobStore):
                 owned.append(cursor.rowcount == 1)
             kept = [c.id for (c, _), mine in zip(done, owned, strict=True) if mine]
             if keep_seconds > 0 and kept:
-                self._events(
-                    conn, "completed", "completed", f"id in ({','.join('?' * len(kept))})", kept,
-                    now,
-                )  # fmt: skip
+                self._batch_events(conn, "completed", "completed", "id", kept, now)
             if any(owned):
                 conn.execute(
                     "insert into job_stats (queue, minute, completed) values (?, ?, ?)"
@@ -793,6 +792,28 @@ class SqliteJobStore(JobStore):
             cursor = conn.execute(
                 _EVENT_INSERT + where,
                 (_TYPE_CODE[kind], _STATE_CODE[state], progress, error, now, *params),
+            )
+            self._trim_events(conn, cursor.rowcount)
+
+    def _batch_events(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        state: str,
+        key: str,
+        values: Sequence[Any],
+        now: float,
+    ) -> None:
+        """`_events` for the jobs whose `key` ("rowid" or "id") is one of `values` (a
+        claim's or a group commit's batch): one statement walking a JSON array of them,
+        each a lookup by that key. (`key in (?, ...)` would build a temporary b-tree
+        first, a third of the cost of the whole event write.)"""
+        if len(values) == 1:
+            self._events(conn, kind, state, f"{key} = ?", values, now)
+        elif self.events_max_len:
+            cursor = conn.execute(
+                _EVENT_INSERT_EACH[key],
+                (_TYPE_CODE[kind], _STATE_CODE[state], now, json.dumps(values)),
             )
             self._trim_events(conn, cursor.rowcount)
 
