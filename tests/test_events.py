@@ -409,3 +409,38 @@ def test_a_version_3_sqlite_events_table_is_converted_to_the_compact_one(tmp_pat
     with contextlib.closing(sqlite3.connect(path)) as conn:
         types = {row[1]: row[2] for row in conn.execute("pragma table_info(job_events)")}
         assert types["type"] == types["state"] == "INTEGER"
+
+
+@pytest.mark.parametrize("keep", [3600, 0])
+def test_a_batch_claim_and_group_commit_write_one_event_a_job(tmp_path: Path, keep: int) -> None:
+    """Claims and completions of several jobs write their events in one statement over
+    the batch (SQLite): exactly one event a job, with that job's fields, also for ids
+    that need quoting, and none for a job the batch no longer owns."""
+    from crmqueue.engine.storage import NewJob, SqliteJobStore
+
+    store = SqliteJobStore("email", filename=str(tmp_path / "queues.db"))
+    ids = ["plain", 'q"uote', "back\\slash", "ünï", "gone"]
+    store.enqueue_jobs([NewJob(i, "email", "a.b", f"t-{i}", 0, 3, b"{}") for i in ids])
+    claims = store.claim("host:1:abc", 60, limit=5).jobs
+    assert sorted(c.id for c in claims) == sorted(ids)
+    store.complete_many([(c, None) for c in claims if c.id == "gone"], keep)
+    lost = next(c for c in claims if c.id == "gone")  # already recorded: no second event
+    rest = [c for c in claims if c.id != "gone"]
+    assert store.complete_many([(c, None) for c in [*rest, lost]], keep) == [True] * 4 + [False]
+    got = store.read_events("0")
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for event in got:
+        by_type.setdefault(event["type"], []).append(event)
+    assert sorted(by_type) == ["active", "completed", "enqueued"]
+    for kind, state in (("active", "active"), ("completed", "completed")):
+        assert sorted(e["id"] for e in by_type[kind]) == sorted(ids)
+        for e in by_type[kind]:
+            assert (e["tenant"], e["name"], e["queue"], e["state"]) == (
+                f"t-{e['id']}",
+                "a.b",
+                "email",
+                state,
+            )
+            assert (e["attempt"], e["consumer"]) == (1, "host:1:abc")
+    assert {e["progress"] for e in by_type["completed"]} == {100}
+    assert [int(e["cursor"]) for e in got] == list(range(1, len(got) + 1))
