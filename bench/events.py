@@ -5,11 +5,23 @@ alternating in fresh processes, with nobody listening.
     python -m bench.events --storage sqlite --runs 5
     python -m bench.events --storage redis --url redis://127.0.0.1:6379/15 --runs 5
 
+    python -m bench.events --storage sqlite --store-drain 10 --runs 5
+
 Per run and setting, one child process: 2,000 single enqueues, then N jobs enqueued in
 batches of 1,000 and drained by one consumer with 10 worker threads. Prints one JSON line
 a child (CPU microseconds per job of this process, and of the Redis server from INFO
-cpu; drain jobs/s), then the medians. CPU per job is the steadier figure on a shared
+cpu; kilobytes per job this process wrote during the drain, /proc/self/io wchar: on SQLite
+the WAL frames and checkpoints, a steady figure; drain jobs/s), then the medians and the
+ratio of the medians (events on / off). CPU per job is the steadier figure on a shared
 machine; wall-clock rates swing with the load.
+
+``--store-drain K`` measures the SQLite store alone, in this process (no consumer, no
+threads): N jobs enqueued in batches of 1,000, then claimed K at a time, each claim's
+jobs completed in one complete_many, with automatic checkpoints off so that the WAL holds
+every frame the drain wrote. Prints CPU microseconds and WAL frames (pages written) per
+job for events on and off; frames are exact and do not depend on the machine's load.
+(Under ``valgrind --tool=callgrind`` at two values of --jobs the same mode gives
+instructions per job.)
 """
 
 from __future__ import annotations
@@ -25,7 +37,20 @@ import threading
 import time
 from typing import Any
 
-FIGURES = ("enqueue_cpu_us", "bulk_cpu_us", "drain_cpu_us", "drain_server_us", "drain_per_s")
+FIGURES = (
+    "enqueue_cpu_us", "bulk_cpu_us", "drain_cpu_us", "drain_server_us", "drain_write_kb",
+    "drain_per_s",
+)  # fmt: skip
+
+
+def written_bytes() -> int:
+    """Bytes this process has passed to write calls (Linux /proc/self/io wchar: the WAL
+    frames and checkpoints of SQLite, the socket of Redis); 0 elsewhere."""
+    try:
+        with open("/proc/self/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
@@ -71,7 +96,9 @@ def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
         queue.enqueue_many(items[start : start + 1000])
     bulk_cpu = (time.process_time() - cpu) / jobs * 1e6
     consumer = Consumer(broker, ["email"])
-    cpu, wall, server = time.process_time(), time.perf_counter(), server_cpu()
+    cpu, wall, server, written = (
+        time.process_time(), time.perf_counter(), server_cpu(), written_bytes()
+    )  # fmt: skip
     consumer.start()
     if not done.wait(600):
         raise RuntimeError(f"only {count[0]} of {jobs} jobs ran")
@@ -80,10 +107,37 @@ def child(url: str, jobs: int, max_len: int) -> dict[str, Any]:
         "bulk_cpu_us": bulk_cpu,
         "drain_cpu_us": (time.process_time() - cpu) / jobs * 1e6,
         "drain_server_us": (server_cpu() - server) / jobs * 1e6,
+        "drain_write_kb": (written_bytes() - written) / jobs / 1024,
         "drain_per_s": jobs / (time.perf_counter() - wall),
     }
     consumer.stop(5)
     return {k: round(v, 1) for k, v in figures.items()}
+
+
+def store_drain(jobs: int, batch: int, max_len: int) -> dict[str, float]:
+    """The SQLite store's own drain cost (see the module docstring)."""
+    from crmqueue.engine.storage import NewJob, SqliteJobStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteJobStore("email", f"{tmp}/queues.db", events_max_len=max_len)
+        new = [
+            NewJob(os.urandom(16).hex(), "email", "bench.events.noop", "t1", 0, 3, b"x" * 250)
+            for _ in range(jobs)
+        ]
+        for start in range(0, jobs, 1000):
+            store.enqueue_jobs(new[start : start + 1000])
+        conn = store._connection()
+        conn.execute("pragma wal_autocheckpoint = 0")
+        conn.execute("pragma wal_checkpoint(truncate)")
+        cpu, done = time.process_time(), 0
+        while claimed := store.claim("bench-host:1:abcdef", 60, batch).jobs:
+            store.complete_many([(claim, None) for claim in claimed], 3600)
+            done += len(claimed)
+        cpu = time.process_time() - cpu
+        frames = os.path.getsize(f"{tmp}/queues.db-wal") / (24 + 4096)
+        conn.close()
+    assert done == jobs, done
+    return {"drain_cpu_us": round(cpu / jobs * 1e6, 1), "wal_frames": round(frames / jobs, 3)}
 
 
 def main() -> None:
@@ -92,8 +146,31 @@ def main() -> None:
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--jobs", type=int, default=6000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--store-drain", type=int, default=0, metavar="K")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.store_drain:
+        figures: dict[int, list[dict[str, float]]] = {10_000: [], 0: []}
+        for _ in range(args.runs):
+            for max_len, rows in figures.items():
+                rows.append(store_drain(args.jobs, args.store_drain, max_len))
+                print(json.dumps({"max_len": max_len, **rows[-1]}), flush=True)
+        med = {
+            m: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            for m, rows in figures.items()
+        }
+        ratios = {k: round(med[10_000][k] / med[0][k], 3) for k in med[0]}
+        print(
+            json.dumps(
+                {
+                    "store_drain": args.store_drain,
+                    "on": med[10_000],
+                    "off": med[0],
+                    "ratios": ratios,
+                }
+            )
+        )
+        return
     if args.child is not None:
         print(json.dumps(child(args.url, args.jobs, args.child)))
         os._exit(0)
@@ -116,7 +193,9 @@ def main() -> None:
         }
         for max_len, rows in results.items()
     }
-    print(json.dumps({"storage": args.storage, "medians": medians}))
+    on, off = medians["events_on"], medians["events_off"]
+    ratios = {k: round(on[k] / off[k], 3) for k in FIGURES if off[k]}
+    print(json.dumps({"storage": args.storage, "medians": medians, "ratios": ratios}))
 
 
 if __name__ == "__main__":

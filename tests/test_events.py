@@ -368,7 +368,7 @@ def test_a_version_2_sqlite_queue_database_gains_the_events_table(tmp_path: Path
         ("enqueued", "j1", "1")
     ]
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("pragma user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION == 3
+        assert conn.execute("pragma user_version").fetchone()[0] == SQLITE_SCHEMA_VERSION == 4
 
 
 def test_notification_follow_up_jobs_have_short_kinds() -> None:
@@ -388,3 +388,78 @@ def test_notification_follow_up_jobs_have_short_kinds() -> None:
     assert EventFilter.of(kinds="sms").matches(sms)
     assert not EventFilter.of(kinds="sms").matches(push)
     assert EventFilter.of(kinds=SEND_PUSH).matches(push)  # the task name still works
+
+
+def test_a_version_3_sqlite_events_table_is_converted_to_the_compact_one(tmp_path: Path) -> None:
+    """Version 3 kept type and state as text; version 4 as codes. The kept events come
+    through the upgrade unchanged (same cursors, same fields), and new ones follow them."""
+    import contextlib
+    import sqlite3
+
+    from crmqueue.engine.storage import NewJob, SqliteJobStore
+
+    path = str(tmp_path / "queues.db")
+    SqliteJobStore("email", filename=path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as version 3 left it
+        conn.executescript(
+            "drop table job_events;"
+            "create table job_events (seq integer primary key, type text not null,"
+            " job_id text not null, queue text not null, name text not null,"
+            " tenant text not null, state text not null, progress integer not null default 0,"
+            " attempt integer not null default 0, consumer text, error text, at real not null);"
+            "insert into job_events values (7, 'dead', 'j0', 'email', 'a.b', 't1', 'dead', 40,"
+            " 3, 'h:1:abc', 'Boom: no', 1.5);"
+            "insert into job_events values (8, 'removed', 'j0', 'email', 'a.b', 't1',"
+            " 'removed', 40, 3, null, null, 2.5);"
+            "pragma user_version = 3;"
+        )
+    store = SqliteJobStore("email", filename=path)
+    store.enqueue_jobs([NewJob("j1", "email", "a.b", "t2", 0, 1, b"{}")])
+    got = store.read_events("0")
+    assert [{k: e[k] for k in ("cursor", "type", "id", "state")} for e in got] == [
+        {"cursor": "7", "type": "dead", "id": "j0", "state": "dead"},
+        {"cursor": "8", "type": "removed", "id": "j0", "state": "removed"},
+        {"cursor": "9", "type": "enqueued", "id": "j1", "state": "waiting"},
+    ]
+    assert {k: got[0][k] for k in ("progress", "attempt", "consumer", "error", "at")} == {
+        "progress": 40, "attempt": 3, "consumer": "h:1:abc", "error": "Boom: no", "at": 1.5,
+    }  # fmt: skip
+    assert store.events_bounds() == ("7", "9", "6")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        types = {row[1]: row[2] for row in conn.execute("pragma table_info(job_events)")}
+        assert types["type"] == types["state"] == "INTEGER"
+
+
+@pytest.mark.parametrize("keep", [3600, 0])
+def test_a_batch_claim_and_group_commit_write_one_event_a_job(tmp_path: Path, keep: int) -> None:
+    """Claims and completions of several jobs write their events in one statement over
+    the batch (SQLite): exactly one event a job, with that job's fields, also for ids
+    that need quoting, and none for a job the batch no longer owns."""
+    from crmqueue.engine.storage import NewJob, SqliteJobStore
+
+    store = SqliteJobStore("email", filename=str(tmp_path / "queues.db"))
+    ids = ["plain", 'q"uote', "back\\slash", "ünï", "gone"]
+    store.enqueue_jobs([NewJob(i, "email", "a.b", f"t-{i}", 0, 3, b"{}") for i in ids])
+    claims = store.claim("host:1:abc", 60, limit=5).jobs
+    assert sorted(c.id for c in claims) == sorted(ids)
+    store.complete_many([(c, None) for c in claims if c.id == "gone"], keep)
+    lost = next(c for c in claims if c.id == "gone")  # already recorded: no second event
+    rest = [c for c in claims if c.id != "gone"]
+    assert store.complete_many([(c, None) for c in [*rest, lost]], keep) == [True] * 4 + [False]
+    got = store.read_events("0")
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for event in got:
+        by_type.setdefault(event["type"], []).append(event)
+    assert sorted(by_type) == ["active", "completed", "enqueued"]
+    for kind, state in (("active", "active"), ("completed", "completed")):
+        assert sorted(e["id"] for e in by_type[kind]) == sorted(ids)
+        for e in by_type[kind]:
+            assert (e["tenant"], e["name"], e["queue"], e["state"]) == (
+                f"t-{e['id']}",
+                "a.b",
+                "email",
+                state,
+            )
+            assert (e["attempt"], e["consumer"]) == (1, "host:1:abc")
+    assert {e["progress"] for e in by_type["completed"]} == {100}
+    assert [int(e["cursor"]) for e in got] == list(range(1, len(got) + 1))
