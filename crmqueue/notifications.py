@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import os
-import queue
 import threading
 import time
 import zoneinfo
@@ -38,6 +36,7 @@ from crmqueue.config import NOTIFICATION_CHANNELS, Settings
 from crmqueue.crm import schema
 from crmqueue.crm.users import check_hhmm, check_time_zone, check_user_id, get_user
 from crmqueue.errors import PayloadError
+from crmqueue.group_commit import GroupCommit
 
 __all__ = [
     "CHANNELS",
@@ -169,7 +168,7 @@ def store(
     """Store an in-app notification; returns its id. It expires keep_days after `now`.
     With a `job_id`, storing again for the same job (a retried job) returns the first
     one's id instead of a second notification; such rows are group-committed with the
-    other worker threads' (_StoreWriter: one transaction for every row waiting);
+    other worker threads' (_WRITER: one transaction for every row waiting);
     `first_run` True says no earlier run of the job can have stored it (the lookup is
     skipped; the unique index on tenant and job id still refuses a second row). The
     user need not be in ``users`` (the CRM may add them later). Raises PayloadError for
@@ -191,7 +190,9 @@ def store(
         "expires_at": stamp + dt.timedelta(days=config.notifications.keep_days),
     }  # fmt: skip
     if job_id is not None:
-        return _WRITER.store(engine, row, maybe_stored=not first_run)
+        pending = _Pending(engine, row, maybe_stored=not first_run)
+        _WRITER.submit(pending)
+        return pending.id
     return _store_one(engine, row)
 
 
@@ -274,70 +275,19 @@ def _store_batch(engine: Engine, batch: builtins.list[_Pending]) -> None:
         pending.id = int(found[(pending.row["tenant_id"], pending.row["job_id"])])
 
 
-class _StoreWriter:
-    """Group commit of in-app notifications stored by jobs (store with a job id), like
-    the webhook delivery log's (crmqueue.webhooks._LogWriter): the worker threads of a
-    process hand their rows to one writer thread, which stores every row waiting in one
-    transaction (_store_batch) and then wakes their threads. A caller returns only once
-    its row is committed, so a job never completes before its notification is stored.
-    With one notification at a time the batch is one row; under a burst, one commit
-    serves many. The thread ends after IDLE_SECONDS with nothing to write and starts
-    again on demand (also in a forked child)."""
-
-    BATCH = 256
-    IDLE_SECONDS = 5.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[_Pending] | None = None
-        self._pid = 0
-
-    def store(self, engine: Engine, row: dict[str, Any], maybe_stored: bool = True) -> int:
-        """The id of `row`'s notification; raises what storing it raised."""
-        pending = _Pending(engine, row, maybe_stored)
-        with self._lock:  # put under the lock: the thread cannot end in between
-            if self._inbox is None or self._pid != os.getpid():
-                self._inbox, self._pid = queue.SimpleQueue(), os.getpid()
-                threading.Thread(
-                    target=self._run, args=(self._inbox,), name="notification-store",
-                    daemon=True,
-                ).start()  # fmt: skip
-            self._inbox.put(pending)
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.id
-
-    def _run(self, inbox: queue.SimpleQueue[_Pending]) -> None:
-        while True:
-            try:
-                batch = [inbox.get(timeout=self.IDLE_SECONDS)]
-            except queue.Empty:
-                with self._lock:
-                    if inbox.empty():
-                        if self._inbox is inbox:
-                            self._inbox = None
-                        return
-                continue
-            while len(batch) < self.BATCH:
-                try:
-                    batch.append(inbox.get_nowait())
-                except queue.Empty:
-                    break
-            by_engine: dict[int, builtins.list[_Pending]] = {}
-            for pending in batch:
-                by_engine.setdefault(id(pending.engine), []).append(pending)
-            for group in by_engine.values():
-                try:
-                    _store_batch(group[0].engine, group)
-                except Exception as exc:  # the transaction failed: every caller learns it
-                    for pending in group:
-                        pending.error = exc
-                for pending in group:
-                    pending.done.set()
+def _store_group(batch: builtins.list[_Pending]) -> None:
+    _store_batch(batch[0].engine, batch)
 
 
-_WRITER = _StoreWriter()
+# Group commit of in-app notifications stored by jobs (store with a job id), like the
+# webhook delivery log's: the worker threads of a process hand their rows to one writer
+# thread, which stores every row waiting, per engine, in one transaction (_store_batch)
+# and then wakes their threads. A caller returns only once its row is committed, so a job
+# never completes before its notification is stored.
+_WRITER: GroupCommit[_Pending] = GroupCommit(
+    _store_group, name="notification-store", batch=256, idle_seconds=5.0,
+    key=lambda pending: id(pending.engine),
+)  # fmt: skip
 
 
 def _cursor(cursor: str | None) -> int | None:

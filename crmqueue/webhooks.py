@@ -22,8 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import queue
 import re
 import secrets as random_secrets
 import threading
@@ -40,6 +38,7 @@ from crmqueue.config import Settings, mask_url
 from crmqueue.crm import schema
 from crmqueue.crm.store import get_engine
 from crmqueue.errors import PayloadError, PermanentError, RetryableError
+from crmqueue.group_commit import GroupCommit
 from crmqueue.providers.http import check_url
 
 log = logging.getLogger(__name__)
@@ -528,7 +527,15 @@ class WebhookService:
         # so keep_days holds with no scheduler; the first trim waits one interval.
         self._trim_lock = threading.Lock()
         self._next_trim = time.monotonic() + TRIM_INTERVAL
-        self._log_writer = _LogWriter(self)
+        # Group commit of successful attempts: the worker threads of a process hand their
+        # log rows to one writer thread, which writes every row waiting in one transaction
+        # (_log_successes) and then wakes their threads. A caller returns only once its
+        # row is committed, so a job's outcome is never recorded before its attempt's log
+        # row (a crash loses no logged attempt of a completed job).
+        self._log_writer: GroupCommit[_Success] = GroupCommit(
+            self._log_successes, name="webhook-log", batch=256, idle_seconds=5.0,
+            finish=_log_finished,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ endpoints
 
@@ -851,7 +858,7 @@ class WebhookService:
         saved = self._message_values(message) if message is not None else None
         row = self._log_row(endpoint, attempt, _now())
         pending = PendingLog(row, saved, waited=False, result=result)
-        self._log_writer.submit(pending)
+        self._log_writer.submit_nowait(pending)
         self._trim_now_and_then()
         return pending
 
@@ -892,7 +899,7 @@ class WebhookService:
         rules = self.settings.webhooks
         logged = self._log_row(endpoint, attempt, at)
         if attempt.succeeded:
-            self._log_writer.write(PendingLog(logged, message))
+            self._log_writer.submit(PendingLog(logged, message))
             return BreakerState(0, None, None, tripped=False, disabled=False)
         mine = {"p_tenant_id": endpoint.tenant_id, "p_webhook_id": endpoint.webhook_id}
         # The breaker changes: deliveries read the endpoint afresh.
@@ -943,7 +950,7 @@ class WebhookService:
         )
 
     def _log_successes(self, batch: builtins.list[_Success]) -> None:
-        """One transaction for a batch of successful attempts (see _LogWriter): their
+        """One transaction for a batch of successful attempts (the log writer): their
         messages, their log rows (each with its endpoint id read in the INSERT) and the
         breaker resets. When an endpoint is gone (fewer rows than attempts) it is rolled
         back and every attempt is written alone, so that only the ones of the removed
@@ -1073,7 +1080,7 @@ class PendingLog:
     logged: dict[str, Any]
     message: dict[str, Any] | None
     done: threading.Event = field(default_factory=threading.Event)
-    error: Exception | None = None
+    error: BaseException | None = None
     waited: bool = True
     # A job result not yet recorded (record_success): a failed write adds a "warning".
     result: dict[str, Any] | None = None
@@ -1082,76 +1089,21 @@ class PendingLog:
 _Success = PendingLog
 
 
-class _LogWriter:
-    """Group commit of successful attempts: the worker threads of a process hand their
-    log rows to one writer thread, which writes every row waiting in one transaction
-    (executemany) and then wakes their threads. A caller returns only once its row is
-    committed, so a job's outcome is never recorded before its attempt's log row (a crash
-    loses no logged attempt of a completed job). With one delivery at a time the batch is
-    one row; under load, one commit serves many. The thread ends after IDLE_SECONDS with
-    nothing to write and starts again on demand (also in a forked child)."""
-
-    BATCH = 256
-    IDLE_SECONDS = 5.0
-
-    def __init__(self, service: WebhookService) -> None:
-        self._service = service
-        self._lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[_Success] | None = None
-        self._pid = 0
-
-    def write(self, item: _Success) -> None:
-        """Log `item`; raises what writing it raised (EndpointNotFound, database errors)."""
-        self.submit(item)
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
-
-    def submit(self, item: _Success) -> None:
-        """Queue `item` for the next commit; its `done` is set once it is written."""
-        with self._lock:  # put under the lock: the thread cannot end in between
-            if self._inbox is None or self._pid != os.getpid():
-                self._inbox, self._pid = queue.SimpleQueue(), os.getpid()
-                threading.Thread(
-                    target=self._run, args=(self._inbox,), name="webhook-log", daemon=True
-                ).start()
-            self._inbox.put(item)
-
-    def _run(self, inbox: queue.SimpleQueue[_Success]) -> None:
-        while True:
-            try:
-                batch = [inbox.get(timeout=self.IDLE_SECONDS)]
-            except queue.Empty:
-                with self._lock:
-                    if inbox.empty():
-                        if self._inbox is inbox:
-                            self._inbox = None
-                        return
-                continue
-            while len(batch) < self.BATCH:
-                try:
-                    batch.append(inbox.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._service._log_successes(batch)
-            except Exception as exc:  # the transaction failed: every caller learns it
-                for item in batch:
-                    item.error = exc
-            for item in batch:
-                # An endpoint removed meanwhile took its log with it: nothing to say.
-                gone = isinstance(item.error, EndpointNotFound)
-                if item.error is not None and not item.waited and not gone:
-                    warning = f"the delivery log could not be written ({type(item.error).__name__})"
-                    if item.result is not None:
-                        item.result["warning"] = warning
-                    row = item.logged
-                    log.error(
-                        "webhook %s of tenant %s, message %s, attempt %d (ok): %s",
-                        row["webhook_id"], row["tenant_id"], row["message_id"], row["attempt"],
-                        warning,
-                    )  # fmt: skip
-                item.done.set()
+def _log_finished(item: _Success) -> None:
+    """After the log writer's commit: a failed write nobody waits for is logged as an
+    error and noted in the job's result."""
+    # An endpoint removed meanwhile took its log with it: nothing to say.
+    gone = isinstance(item.error, EndpointNotFound)
+    if item.error is not None and not item.waited and not gone:
+        warning = f"the delivery log could not be written ({type(item.error).__name__})"
+        if item.result is not None:
+            item.result["warning"] = warning
+        row = item.logged
+        log.error(
+            "webhook %s of tenant %s, message %s, attempt %d (ok): %s",
+            row["webhook_id"], row["tenant_id"], row["message_id"], row["attempt"],
+            warning,
+        )  # fmt: skip
 
 
 class _RecentEndpoints:

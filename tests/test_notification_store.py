@@ -1,5 +1,5 @@
 """In-app notifications stored by jobs are group-committed (crmqueue.notifications:
-_StoreWriter, one transaction for the rows of many worker threads) and still stored once
+_WRITER, one transaction for the rows of many worker threads) and still stored once
 per job id, on SQLite and PostgreSQL: retried jobs find their row, a job claiming a
 first run it is not gets the row all the same (the unique index refuses a second), and
 a row the database refuses fails only its own caller. Preferences read by jobs are

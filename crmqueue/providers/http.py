@@ -22,6 +22,7 @@ import email.utils
 import heapq
 import ipaddress
 import itertools
+import json
 import os
 import re
 import socket
@@ -29,8 +30,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import urllib3
@@ -80,6 +82,26 @@ class Response:
 
     def text(self, limit: int = 500) -> str:
         return self.data[:limit].decode("utf-8", "replace")
+
+
+@dataclass
+class HttpRequest:
+    """A request a vendor adapter built (email and SMS providers): method, URL, headers
+    and body (bytes, or None for none)."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+
+
+def json_body(response: Response) -> Any:
+    """The answer's body parsed as JSON (an empty body as None); None when it is not
+    JSON."""
+    try:
+        return json.loads(response.data or b"null")
+    except ValueError:
+        return None
 
 
 def request(

@@ -7,10 +7,9 @@ never a secret."""
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import urllib3
@@ -20,6 +19,8 @@ from crmqueue.email_rules import recipient_limit
 from crmqueue.errors import PermanentError
 from crmqueue.providers import http
 from crmqueue.providers.email.message import OutgoingEmail
+from crmqueue.providers.http import HttpRequest as HttpRequest
+from crmqueue.providers.http import json_body as json_body
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,6 @@ class EmailProvider(ABC):
     @abstractmethod
     def deliver(self, email: OutgoingEmail) -> str:
         """Send `email`; return the vendor's message id."""
-
-
-@dataclass
-class HttpRequest:
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | None = None
 
 
 class HttpProvider(EmailProvider):
@@ -122,13 +115,6 @@ class HttpProvider(EmailProvider):
         )
         self.classify(response)
         return self.parse_response(response)
-
-
-def json_body(response: http.Response) -> Any:
-    try:
-        return json.loads(response.data or b"null")
-    except ValueError:
-        return None
 
 
 def vendor_message(response: http.Response) -> str:

@@ -7,16 +7,17 @@ carrying the vendor's message and never a secret."""
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from crmqueue.config import OutboundSettings, SmsSettings
 from crmqueue.errors import PermanentError
 from crmqueue.providers import http
+from crmqueue.providers.http import HttpRequest as HttpRequest
+from crmqueue.providers.http import json_body as json_body
 
 # E.164 (ITU-T E.164, as Twilio takes it): a plus, a country code not starting with 0,
 # at most 15 digits in all. The number's existence is the vendor's to judge (Twilio
@@ -88,14 +89,6 @@ class SmsProvider(ABC):
         """Send `sms`; return the vendor's answer."""
 
 
-@dataclass
-class HttpRequest:
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | None = None
-
-
 class HttpSmsProvider(SmsProvider):
     """A vendor reached over HTTP(S). Requests take the SSRF-guarded path
     (crmqueue.providers.http.guarded_request): the vendor's base URL is configuration,
@@ -141,10 +134,3 @@ class HttpSmsProvider(SmsProvider):
         )
         self.classify(response)
         return self.parse_response(response)
-
-
-def json_body(response: http.Response) -> Any:
-    try:
-        return json.loads(response.data or b"null")
-    except ValueError:
-        return None
