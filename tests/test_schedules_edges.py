@@ -56,8 +56,11 @@ def test_the_cli_refuses_an_id_beyond_a_bigint_in_one_line(
 ) -> None:
     for verb in ("show", "pause", "resume", "remove", "run-now"):
         result = cli(verb, "99999999999999999999", "--tenant", "t1")
-        assert result.exit_code == 2, (verb, result.output, result.exception)
-        assert "ID" in result.stderr and "Traceback" not in result.output
+        # Not an id (beyond 64 bits), so looked up as a name: one line saying so.
+        assert result.exit_code == 1, (verb, result.output, result.exception)
+        assert "no schedule '99999999999999999999'" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
 
 
 @SQLITE_ONLY
