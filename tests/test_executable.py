@@ -346,7 +346,13 @@ def test_smoke_run_enqueue_restart_and_stop(
     assert second["tag"] != first["tag"], "a restart is a new consumer"
     assert server.process.poll() is None
     assert server.python_pid() == python_pid
-    assert _children(python_pid) == [], "the restart must not stack launchers"
+    # Its only child, if started yet, is the restarted run's admin API (the old one was
+    # reaped before the re-exec): no stacked launchers, no zombie API.
+    children = _children(python_pid)
+    assert len(children) <= 1, "the restart must not stack launchers or API children"
+    for child in children:
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        assert b"api" in argv and b"--watch-fd" in argv, argv
     assert len(frozen.unpacked_dirs()) == 1, "the restart reuses the unpacked files"
     after = frozen("enqueue", "email", "--kind", "smoke_jobs.hello", "--json",
                    '{"tenant_id": "t2"}', "--wait", "--timeout", "30")  # fmt: skip

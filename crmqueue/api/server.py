@@ -116,10 +116,29 @@ def start_child(config_file: str | None) -> subprocess.Popen[bytes]:
     child = subprocess.Popen(argv, pass_fds=(read_end,))
     os.close(read_end)
     _keep_open.append(write_end)  # closed by the exit (or exec) of this process
+    _children.append(child)
     return child
 
 
+def stop_children(seconds: float) -> None:
+    """End the API children this process started and reap them, before a SIGHUP re-exec:
+    the new image would never wait for them (zombies) and their port would still be
+    held when its own child starts. Closing the pipe asks each to stop (the watcher in
+    `serve`); one still running after `seconds` is killed."""
+    while _keep_open:
+        os.close(_keep_open.pop())
+    deadline = time.monotonic() + seconds
+    while _children:
+        child = _children.pop()
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 _keep_open: list[int] = []
+_children: list[subprocess.Popen[bytes]] = []
 
 
 def describe(settings: Settings) -> str:

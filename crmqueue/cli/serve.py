@@ -40,6 +40,7 @@ def _serve(
     workers: dict[str, int],
     started: Callable[[], None] | None = None,
     scheduler: bool = False,
+    before_restart: Callable[[], None] | None = None,
 ) -> None:
     from crmqueue.engine.runner import Consumer, exit_process
 
@@ -83,6 +84,8 @@ def _serve(
         schedules.stop()  # enqueues nothing more; the lead passes to another process
     consumer.stop()
     if requests[0][0] == signal.SIGHUP:
+        if before_restart is not None:
+            before_restart()
         _reexec(executable)
     exit_process(0)  # skips the interpreter teardown, up to a second past the grace
 
@@ -140,9 +143,9 @@ def run(queues: str, no_api: bool) -> None:
             param_hint="--queues",
         )
     broker = open_broker()
-    serve_api = None
+    serve_api = stop_api = None
     if broker.settings.api.enabled and not no_api:
-        from crmqueue.api.server import describe, start_child
+        from crmqueue.api.server import describe, start_child, stop_children
         from crmqueue.cli.common import config_file
 
         given = config_file()
@@ -163,7 +166,10 @@ def run(queues: str, no_api: bool) -> None:
 
             threading.Thread(target=report_exit, name="crmqueue-api-exit", daemon=True).start()
 
-    _serve(broker, names, {}, serve_api, scheduler=True)
+        def stop_api() -> None:
+            stop_children(5.0)  # reaped and its port free before the restarted run's child
+
+    _serve(broker, names, {}, serve_api, scheduler=True, before_restart=stop_api)
 
 
 @command()
