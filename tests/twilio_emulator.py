@@ -29,13 +29,14 @@ import json
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
+
+from conftest import wait_until
 
 INVALID_TO = "+15005550001"  # Twilio's test number that is "invalid" (error 21211)
 _PATH = re.compile(r"/2010-04-01/Accounts/(AC[0-9a-fA-F]{32})/Messages\.json")
@@ -96,13 +97,14 @@ class TwilioEmulator:
             self._forced.append(Forced(status, code, message, headers or {}))
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def enough() -> list[Received] | None:
             with self._lock:
-                if len(self.received) >= count:
-                    return list(self.received)
-            time.sleep(0.01)
-        raise AssertionError(f"expected {count} request(s), got {len(self.received)}")
+                return list(self.received) if len(self.received) >= count else None
+
+        received: list[Received] = wait_until(
+            enough, timeout, message=lambda: f"{count} request(s), got {len(self.received)}"
+        )
+        return received
 
     # ----------------------------------------------------------------------- the answer
 
