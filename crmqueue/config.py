@@ -574,6 +574,21 @@ def _pairs(value: Any) -> Any:
     return value
 
 
+def check_tenant_zones(entries: list[str]) -> list[str]:
+    """`entries` unchanged when each is tenant=Area/City with a known zone and no tenant is
+    listed twice; ValueError naming the entry otherwise."""
+    seen: set[str] = set()
+    for entry in entries:
+        tenant, sep, zone = (part.strip() for part in entry.partition("="))
+        if not sep or not tenant or not zone:
+            raise ValueError(f"{entry!r}: expected tenant=Area/City")
+        if tenant in seen:
+            raise ValueError(f"tenant {tenant!r} is listed twice")
+        seen.add(tenant)
+        check_time_zone(zone)
+    return entries
+
+
 class ReportsSettings(Section):
     # Longest date range of a report, in days (inclusive of both ends).
     max_range_days: PositiveInt = 3660
@@ -602,16 +617,7 @@ class ReportsSettings(Section):
     @field_validator("tenant_time_zones")
     @classmethod
     def _tenant_zones(cls, value: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for entry in value:
-            tenant, sep, zone = (part.strip() for part in entry.partition("="))
-            if not sep or not tenant or not zone:
-                raise ValueError(f"{entry!r}: expected tenant=Area/City")
-            if tenant in seen:
-                raise ValueError(f"tenant {tenant!r} is listed twice")
-            seen.add(tenant)
-            check_time_zone(zone)
-        return value
+        return check_tenant_zones(value)
 
     @field_validator("stage_probabilities")
     @classmethod
@@ -702,16 +708,7 @@ class TenantsSettings(Section):
     @field_validator("time_zones")
     @classmethod
     def _tenant_zones(cls, value: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for entry in value:
-            tenant, sep, zone = (part.strip() for part in entry.partition("="))
-            if not sep or not tenant or not zone:
-                raise ValueError(f"{entry!r}: expected tenant=Area/City")
-            if tenant in seen:
-                raise ValueError(f"tenant {tenant!r} is listed twice")
-            seen.add(tenant)
-            check_time_zone(zone)
-        return value
+        return check_tenant_zones(value)
 
     @field_validator("daily_quota")
     @classmethod
